@@ -1,0 +1,56 @@
+"""`logtorukun`: one entry point; each part of the system registers its own subcommands.
+
+A subcommand module exposes `register(subparsers)` and sets `func` on its parsers; the
+function gets the parsed args and returns an exit code. Errors the user can fix are
+`UserError`s and print as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import UserError
+
+# Each module adds its own subcommands; order is the order of `logtorukun --help`.
+COMMAND_MODULES = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logtorukun",
+        description="Read worker logs over SSH: web server, client and operator tools.",
+    )
+    parser.add_argument("--version", action="version", version=f"logtorukun {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="server config (default: $LOGTORUKUN_CONFIG or /etc/logtorukun/server.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args) or 0)
+    except UserError as exc:
+        print(f"logtorukun: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

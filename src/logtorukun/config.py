@@ -1,0 +1,249 @@
+"""The web server's config file (`server.toml`): listen address, database, hosts, roles.
+
+Validated once at load time so a typo is one line naming the file, the line and the key,
+instead of a surprise on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+DEFAULT_CONFIG = "/etc/logtorukun/server.toml"
+CAPABILITIES = frozenset({"tail", "search", "follow", "download", "audit"})
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+class ConfigError(UserError):
+    """The config file is missing or wrong."""
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    address: str
+    key: Path
+    known_hosts: Path
+    port: int = 22
+    user: str = "logtorukun"
+    labels: tuple[str, ...] = ()
+    connect_timeout: float = 10.0
+    request_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    name: str
+    hosts: tuple[str, ...]
+    sources: tuple[str, ...]
+    capabilities: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:8080"
+    database: Path = Path("/var/lib/logtorukun/logtorukun.db")
+    # Addresses of reverse proxies whose X-Forwarded-For / user header is believed.
+    trusted_proxies: tuple[str, ...] = ()
+    # Header carrying the signed-in user from an auth proxy (oauth2-proxy, Authelia).
+    proxy_user_header: str | None = None
+    # Cookies get the Secure flag unless this is false (plain-HTTP demo on loopback).
+    secure_cookies: bool = True
+    # Optional copies of every audit record for a SIEM.
+    audit_jsonl: Path | None = None
+    audit_syslog: bool = False
+    session_hours: float = 12.0
+    max_follows_per_user: int = 4
+    requests_per_minute: int = 600
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    server: ServerSettings = field(default_factory=ServerSettings)
+    hosts: tuple[HostConfig, ...] = ()
+    roles: dict[str, RoleConfig] = field(default_factory=dict)
+
+    def host(self, name: str) -> HostConfig | None:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        return None
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`--config` wins, then `LOGTORUKUN_CONFIG`, then the system default."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("LOGTORUKUN_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path = config_path(explicit)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found (pass --config FILE or set LOGTORUKUN_CONFIG)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path, text)
+
+
+class _Reader:
+    """Pulls typed keys out of one TOML table and rejects the ones nobody asked for."""
+
+    def __init__(self, path: Path, text: str, table: str, data: Any, index: int = 0) -> None:
+        self.path, self.text, self.table, self.index = path, text, table, index
+        if not isinstance(data, dict):
+            self.fail("", f"[{table}] must be a table")
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def where(self, key: str) -> str:
+        header = re.escape(self.table)
+        starts = [m.end() for m in re.finditer(rf"(?m)^\s*\[\[?{header}\]\]?", self.text)]
+        start = starts[self.index] if self.index < len(starts) else 0
+        line = self.text.count("\n", 0, start) + 1 if starts else 1
+        if key:
+            m = re.compile(rf"(?m)^\s*{re.escape(key)}\s*=").search(self.text, start)
+            if m:
+                line = self.text.count("\n", 0, m.start()) + 1
+        return f"{self.path}:{line}"
+
+    def fail(self, key: str, message: str) -> None:
+        label = f"[{self.table}] {key}: " if key else ""
+        raise ConfigError(f"{self.where(key)}: {label}{message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                self.fail(key, "is required")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            self.fail(key, f"must be {names}, not {type(value).__name__}")
+        return value
+
+    def strings(self, key: str, default: Any = None) -> tuple[str, ...]:
+        value = self.get(key, list, default)
+        if value is None:
+            return ()
+        if not all(isinstance(v, str) and v for v in value):
+            self.fail(key, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def done(self) -> None:
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            self.fail(extra[0], "unknown key (check the spelling; see docs/configuration.md)")
+
+
+_REQUIRED: Any = object()
+
+
+def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
+    top = _Reader(path, text, "", data)
+    top.used.update({"server", "host", "role"})
+    top.done()
+
+    s = _Reader(path, text, "server", data.get("server", {}))
+    audit_jsonl = s.get("audit_jsonl", str)
+    proxies = s.strings("trusted_proxies")
+    header = s.get("proxy_user_header", str)
+    if header and not proxies:
+        s.fail("proxy_user_header", "needs trusted_proxies, or anyone could claim a user")
+    listen = s.get("listen", str, "127.0.0.1:8080")
+    if not re.fullmatch(r"(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}", listen):
+        s.fail("listen", f"{listen!r} is not HOST:PORT")
+    server = ServerSettings(
+        listen=listen,
+        database=_resolve(path, s.get("database", str, "/var/lib/logtorukun/logtorukun.db")),
+        trusted_proxies=proxies,
+        proxy_user_header=header,
+        secure_cookies=s.get("secure_cookies", bool, True),
+        audit_jsonl=_resolve(path, audit_jsonl) if audit_jsonl else None,
+        audit_syslog=s.get("audit_syslog", bool, False),
+        session_hours=s.get("session_hours", float, 12.0),
+        max_follows_per_user=s.get("max_follows_per_user", int, 4),
+        requests_per_minute=s.get("requests_per_minute", int, 600),
+    )
+    s.done()
+
+    hosts: list[HostConfig] = []
+    raw_hosts = data.get("host", [])
+    if not isinstance(raw_hosts, list):
+        top.fail("host", "write hosts as [[host]] tables")
+    for i, raw in enumerate(raw_hosts):
+        h = _Reader(path, text, "host", raw, i)
+        name = h.get("name", str, _REQUIRED)
+        if not _NAME.fullmatch(name):
+            h.fail("name", f"{name!r}: use letters, digits, '.', '_' or '-'")
+        if any(x.name == name for x in hosts):
+            h.fail("name", f"host {name!r} is defined twice")
+        port = h.get("port", int, 22)
+        if not 0 < port < 65536:
+            h.fail("port", f"{port} is not a TCP port")
+        labels = h.strings("labels")
+        for label in labels:
+            if not _NAME.fullmatch(label):
+                h.fail("labels", f"{label!r}: use letters, digits, '.', '_' or '-'")
+        hosts.append(
+            HostConfig(
+                name=name,
+                address=h.get("address", str, _REQUIRED),
+                port=port,
+                user=h.get("user", str, "logtorukun"),
+                key=_resolve(path, h.get("key", str, _REQUIRED)),
+                known_hosts=_resolve(path, h.get("known_hosts", str, _REQUIRED)),
+                labels=labels,
+                connect_timeout=h.get("connect_timeout", float, 10.0),
+                request_timeout=h.get("request_timeout", float, 60.0),
+            )
+        )
+        h.done()
+
+    roles: dict[str, RoleConfig] = {}
+    raw_roles = data.get("role", [])
+    if not isinstance(raw_roles, list):
+        top.fail("role", "write roles as [[role]] tables")
+    for i, raw in enumerate(raw_roles):
+        r = _Reader(path, text, "role", raw, i)
+        name = r.get("name", str, _REQUIRED)
+        if name in roles:
+            r.fail("name", f"role {name!r} is defined twice")
+        caps = r.strings("capabilities")
+        unknown = sorted(set(caps) - CAPABILITIES)
+        if unknown:
+            r.fail(
+                "capabilities",
+                f"unknown capability {unknown[0]!r} (known: {', '.join(sorted(CAPABILITIES))})",
+            )
+        sources = r.strings("sources")
+        for src in sources:
+            if not (src.startswith(("/", "unit:", "container:")) or src == "*"):
+                r.fail("sources", f"{src!r}: use an absolute path glob, unit:X or container:X")
+        roles[name] = RoleConfig(name, r.strings("hosts"), sources, frozenset(caps))
+        r.done()
+    return Config(path=path, server=server, hosts=tuple(hosts), roles=roles)
+
+
+def _resolve(config_file: Path, value: str) -> Path:
+    """Relative paths in the config are relative to the config file, not the cwd."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (config_file.parent / p).resolve()

@@ -1,0 +1,1 @@
+"""Operator tooling: building and installing the gate, demo, worker setup, doctor."""

@@ -1,0 +1,176 @@
+"""The sshd fixtures themselves: a real sshd, a real client, and nothing left behind."""
+
+from __future__ import annotations
+
+import pwd
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MakeWorker
+from tests.support.sshd import USER, Worker, alive, descendants
+
+GATE_MAIN = Path(__file__).resolve().parents[1] / "src/logtorukun/gate/__main__.py"
+
+
+def test_forced_command_runs_whatever_is_asked(make_worker: MakeWorker) -> None:
+    w = make_worker(command="/bin/echo forced")
+    for request in ["tail -n 5 /etc/passwd", "'; cat /etc/passwd; echo '", "-oProxyCommand=x"]:
+        out = w.ssh(request)
+        assert (out.returncode, out.stdout, out.stderr) == (0, b"forced\n", b""), request
+
+
+def test_command_reaches_sshd_verbatim(make_worker: MakeWorker) -> None:
+    w = make_worker(command="/usr/bin/printenv SSH_ORIGINAL_COMMAND")
+    for request in ["tail -n 5 /var/log/x", "-n;echo${IFS}x $(id) `id`", "a\nb", "  two  spaces "]:
+        out = w.ssh(request)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == request.encode() + b"\n"
+
+
+def test_input_reaches_the_command(make_worker: MakeWorker) -> None:
+    w = make_worker(command="/usr/bin/wc -c")
+    assert w.ssh("x", input=b"12345").stdout.strip() == b"5"
+    assert w.ssh("x").stdout.strip() == b"0"  # no input: stdin is /dev/null, not ours
+
+
+def test_no_forced_command_shows_what_the_user_can_do(make_worker: MakeWorker) -> None:
+    """A broken worker (no command=) runs anything: this is what the gate has to prevent."""
+    w = make_worker(command=None)
+    out = w.ssh("id -un; pwd")
+    assert (out.returncode, out.stderr) == (0, b""), out.stderr  # no chdir warning
+    assert out.stdout.decode().split() == [USER, pwd.getpwnam(USER).pw_dir]
+    # The secret is readable by the gate user: a refusal must come from the gate.
+    assert w.ssh(f"cat {w.secret_path}").stdout.decode().count(w.secret_marker) == 1
+    assert w.ssh(f"head -n 1 {w.app_log}").stdout.startswith(b"2024-12-17 13:00:00 ")
+    assert w.ssh(f"touch {w.audit_path}").returncode == 0
+    assert w.ssh(f"touch {w.root}/x.log").returncode != 0  # the logs are read-only
+    assert w.ssh(f"cat {w.client_key}").returncode != 0
+    assert w.ssh(f"/usr/bin/python3 -IS -c 'import zipfile; zipfile.ZipFile(\"{w.zipapp}\")'")\
+        .returncode == 0  # fmt: skip
+    auth = w.ssh('cat "$SSH_USER_AUTH"').stdout.decode()  # ExposeAuthInfo
+    assert auth.startswith("publickey ssh-ed25519 ")
+
+
+def test_restrict_refuses_a_tty(make_worker: MakeWorker) -> None:
+    w = make_worker(command="/bin/echo forced")
+    out = subprocess.run(
+        w.ssh_argv("x", options=["-tt"]), capture_output=True, stdin=subprocess.DEVNULL,
+        timeout=30, check=False,
+    )  # fmt: skip
+    # a forced tty (-tt) that the server refuses is fatal for the client
+    assert out.returncode == 255
+    assert b"PTY allocation request failed" in out.stderr
+
+
+def test_host_key_change_is_refused(make_worker: MakeWorker) -> None:
+    w = make_worker(command="/bin/echo forced")
+    port = w.port
+    w.regenerate_host_key()
+    assert w.port == port and w.running
+    out = w.ssh("x")
+    assert out.returncode == 255
+    assert b"REMOTE HOST IDENTIFICATION HAS CHANGED" in out.stderr
+    assert out.stdout == b""
+    w.trust_host_key()
+    assert w.ssh("x").stdout == b"forced\n"
+
+
+def test_unknown_key_is_refused(make_worker: MakeWorker) -> None:
+    a = make_worker(command="/bin/echo a")
+    b = make_worker(command="/bin/echo b")
+    # a's key and known_hosts against b's port: b's host key is not known
+    argv = a.ssh_argv("x")
+    argv[argv.index(str(a.port))] = str(b.port)
+    out = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert out.returncode == 255 and b"Host key verification failed" in out.stderr
+    # b's known_hosts, a's client key: not in b's authorized_keys
+    argv = b.ssh_argv("x")
+    argv[argv.index(str(b.client_key))] = str(a.client_key)
+    out = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert out.returncode == 255 and b"Permission denied" in out.stderr
+
+
+def test_restart_keeps_port_and_key_and_kills_sessions(make_worker: MakeWorker) -> None:
+    w = make_worker(command=None)
+    port = w.port
+    slow = subprocess.Popen(w.ssh_argv("sleep 300"), stdin=subprocess.DEVNULL)
+    try:
+        for _ in range(500):
+            tree = descendants(w.pid or 0)
+            if any(_cmdline(p) == b"sleep\x00300\x00" for p in tree):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the remote sleep never started")
+        w.stop()
+        assert not w.running
+        assert not [p for p in tree if alive(p)], "sessions left behind"
+        assert slow.wait(10) == 255  # the client saw its connection die
+    finally:
+        slow.kill()
+        slow.wait()
+    w.start()
+    assert w.port == port
+    assert w.ssh("echo back").stdout == b"back\n"
+
+
+def test_start_failure_reports_the_log(make_worker: MakeWorker) -> None:
+    w = make_worker(command="/bin/echo forced", start=False)
+    w.host_key.write_text("not a key\n")
+    with pytest.raises(RuntimeError, match=r"(?s)did not start.*host key"):
+        w.start()
+    assert not w.running
+
+
+def test_workers_are_separate(make_worker: MakeWorker) -> None:
+    a, b = make_worker(command="/bin/echo a"), make_worker(command="/bin/echo b")
+    assert a.port != b.port and a.dir != b.dir and a.secret_marker != b.secret_marker
+    assert (a.ssh("x").stdout, b.ssh("x").stdout) == (b"a\n", b"b\n")
+
+
+def test_policy_context_restores(make_worker: MakeWorker) -> None:
+    w = make_worker(start=False)
+    before = w.policy_path.read_text()
+    assert f'root = "{w.root}"' in before and '"*.log.*.gz"' in before
+    with w.policy(w.default_policy(max_lines=5)):
+        assert "max_lines = 5\n" in w.policy_path.read_text()
+    assert w.policy_path.read_text() == before
+    assert w.audit_records() == []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+# --------------------------------------------------------------------------- the real gate
+
+needs_gate = pytest.mark.skipif(not GATE_MAIN.exists(), reason="gate __main__ not written yet")
+
+
+@needs_gate
+def test_gate_tail_on_the_shared_worker(worker: Worker) -> None:
+    before = len(worker.audit_records())
+    out = worker.ssh(f"tail -n 5 {worker.app_log}")
+    assert out.returncode == 0, out.stderr.decode()
+    expected = worker.app_log.read_bytes().splitlines(keepends=True)[-5:]
+    assert out.stdout == b"".join(expected)
+    assert len(worker.audit_records()) == before + 1
+
+
+@needs_gate
+def test_gate_refuses_the_secret(worker: Worker) -> None:
+    for request in [
+        f"tail -n 5 {worker.secret_path}",
+        f"tail -n 5 {worker.root}/../../../secret/shadow",
+        f"cat {worker.secret_path}",
+        f"tail -n 5 {worker.app_log}; cat {worker.secret_path}",
+    ]:
+        out = worker.ssh(request)
+        assert out.returncode not in (0, 255), request
+        assert worker.secret_marker.encode() not in out.stdout + out.stderr

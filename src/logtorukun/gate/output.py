@@ -85,10 +85,7 @@ class Output:
 
     def sleep(self, seconds: float) -> None:
         """Wait for more input; raises Cancelled as soon as the client has gone."""
-        if self._waiter is not None:
-            gone = self._waiter(seconds)
-        else:
-            gone = self.cancelled.wait(seconds)
+        gone = self._waiter(seconds) if self._waiter is not None else self.cancelled.wait(seconds)
         if gone or self.cancelled.is_set():
             self.cancelled.set()
             raise Cancelled()

@@ -1,0 +1,95 @@
+"""`logtorukun-gate [--policy PATH]`: the forced command in authorized_keys.
+
+Reads the request from SSH_ORIGINAL_COMMAND, never from argv, so nothing the client
+sends can become an option of the gate itself. Imports stay minimal: this process
+starts once per one-shot request.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+from collections.abc import Sequence
+
+from . import GATE_VERSION
+from .errors import Exit, GateError
+
+USAGE = "usage: logtorukun-gate [--policy PATH]   (the request comes from SSH_ORIGINAL_COMMAND)"
+
+
+def _say(reason: str) -> None:
+    os.write(2, f"logtorukun-gate: {reason}\n".encode("utf-8", "replace"))
+
+
+def _write_stdout(data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view) :]
+
+
+def _stdout_gone(seconds: float) -> bool:
+    """Wait up to `seconds`; True once the reader of our stdout has closed it."""
+    poller = select.poll()
+    poller.register(1, 0)  # POLLERR/POLLHUP are always reported
+    return bool(poller.poll(max(0, int(seconds * 1000))))
+
+
+def _parse_argv(argv: Sequence[str]) -> str | None:
+    policy: str | None = None
+    it = iter(argv)
+    for arg in it:
+        if arg == "--policy":
+            policy = next(it, None)
+            if not policy:
+                raise GateError(Exit.BAD_REQUEST, "--policy needs a PATH")
+        elif arg.startswith("--policy="):
+            policy = arg.partition("=")[2]
+        elif arg == "--version":
+            print(f"logtorukun-gate {GATE_VERSION}")
+            raise SystemExit(0)
+        elif arg in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        else:
+            raise GateError(Exit.BAD_REQUEST, f"unknown argument {arg!r}; {USAGE}")
+    return policy
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .policy import load_policy, policy_path
+
+    try:
+        path = policy_path(_parse_argv(sys.argv[1:] if argv is None else argv))
+        policy = load_policy(path)
+    except GateError as exc:
+        _say(exc.reason)
+        return int(exc.code)
+
+    from .audit import AuditLog, identity_from_env
+    from .output import Output
+    from .runner import Context, serve
+
+    ctx = Context(policy, AuditLog(policy.audit), identity_from_env(dict(os.environ)))
+    command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    if not command.strip():
+        command = ""  # serve() refuses and audits it: "empty command"
+    elif command.strip(" ") == "bridge":
+        from .bridge import Bridge
+
+        return Bridge(ctx).run()
+    out = Output(
+        _write_stdout,
+        max_lines=policy.limits.max_lines,
+        max_bytes=policy.limits.max_bytes,
+        waiter=_stdout_gone,
+    )
+    result = serve(command, ctx, out)
+    if result.reason and result.reason != "client went away":
+        _say(result.reason)
+    ctx.audit.close()
+    return int(result.code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

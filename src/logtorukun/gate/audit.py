@@ -1,0 +1,151 @@
+"""The gate's own audit trail: one JSON line per request event, on the worker.
+
+A request that is allowed gets a `request` record *before* any byte of log data is
+sent and an `end` record with the outcome; a refusal gets one `request` record with
+decision `deny`. If the record cannot be written the request is refused (fail closed),
+which is why syslog is spoken directly over its socket: Python's `syslog` module drops
+messages silently when no daemon listens.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+from .errors import Exit, GateError
+from .policy import AuditSettings
+
+# authpriv (10) * 8 + info (6): readable by root only on a stock syslog setup.
+_PRI = 10 * 8 + 6
+
+
+def identity_from_env(env: dict[str, str]) -> dict[str, Any]:
+    """Who connected: client address and the key or certificate sshd accepted."""
+    ident: dict[str, Any] = {}
+    client = env.get("SSH_CLIENT", "").split()
+    if client:
+        ident["client"] = client[0]
+        if len(client) > 1:
+            ident["client_port"] = client[1]
+    auth_file = env.get("SSH_USER_AUTH")  # sshd's ExposeAuthInfo yes
+    if auth_file:
+        try:
+            with open(auth_file, encoding="ascii", errors="replace") as f:
+                first = f.readline().split()
+        except OSError:
+            first = []
+        if len(first) >= 3 and first[0] == "publickey":
+            ident["key_type"] = first[1]
+            ident.update(_describe_key(first[1], first[2]))
+    return ident
+
+
+def _describe_key(key_type: str, b64: str) -> dict[str, Any]:
+    try:
+        blob = base64.b64decode(b64, validate=True)
+    except ValueError:
+        return {}
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    out: dict[str, Any] = {"key": f"SHA256:{digest}"}
+    if "-cert-v01@openssh.com" in key_type:
+        out.update(_cert_fields(key_type, blob))
+    return out
+
+
+def _cert_fields(key_type: str, blob: bytes) -> dict[str, Any]:
+    """Serial and key id of an OpenSSH certificate (PROTOCOL.certkeys): who it was issued to."""
+    per_key = {"ssh-ed25519": 1, "ssh-rsa": 2, "ecdsa-sha2-nistp256": 2,
+               "ecdsa-sha2-nistp384": 2, "ecdsa-sha2-nistp521": 2}  # fmt: skip
+    skip = per_key.get(key_type.replace("-cert-v01@openssh.com", ""))
+    if skip is None:
+        return {}
+    try:
+        off = 0
+        for _ in range(2 + skip):  # type name, nonce, public key fields
+            (n,) = struct.unpack_from(">I", blob, off)
+            off += 4 + n
+        (serial,) = struct.unpack_from(">Q", blob, off)
+        off += 8 + 4  # serial, cert type
+        (n,) = struct.unpack_from(">I", blob, off)
+        key_id = blob[off + 4 : off + 4 + n].decode("utf-8", "replace")
+    except struct.error:
+        return {}
+    return {"cert_serial": serial, "cert_key_id": key_id}
+
+
+class AuditLog:
+    """Writes records to the policy's destination; raises GateError(AUDIT) when it cannot."""
+
+    def __init__(self, settings: AuditSettings) -> None:
+        self.settings = settings
+        self._fd: int | None = None
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
+        line = line.replace("\x7f", "\\u007f")
+        with self._lock:
+            try:
+                if self.settings.destination == "file":
+                    self._write_file(line)
+                else:
+                    self._write_syslog(line)
+            except OSError as exc:
+                self.close()
+                where = (
+                    self.settings.path
+                    if self.settings.destination == "file"
+                    else (f"syslog socket {self.settings.socket}")
+                )
+                raise GateError(
+                    Exit.AUDIT,
+                    f"audit record cannot be written to {where}: "
+                    f"{exc.strerror or exc}; refusing (fail closed)",
+                ) from None
+
+    def _write_file(self, line: str) -> None:
+        if self._fd is None:
+            self._fd = os.open(
+                self.settings.path,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o640,
+            )
+        data = (line + "\n").encode()
+        # One write() of an O_APPEND fd: concurrent gates never interleave a record.
+        written = os.write(self._fd, data)
+        if written != len(data):
+            raise OSError(0, f"short write ({written} of {len(data)} bytes)")
+
+    def _write_syslog(self, line: str) -> None:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.connect(self.settings.socket)
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+        stamp = time.strftime("%b %d %H:%M:%S", time.localtime())
+        msg = f"<{_PRI}>{stamp} logtorukun-gate[{os.getpid()}]: {line}"
+        self._sock.send(msg.encode())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def now_iso() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"

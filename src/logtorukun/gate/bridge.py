@@ -1,0 +1,258 @@
+"""The persistent gate session: many requests multiplexed over one SSH channel.
+
+Started as the forced command with `SSH_ORIGINAL_COMMAND=bridge`. Each REQUEST frame goes
+through `runner.serve`, exactly like a one-shot command (same parser, policy, limits and
+audit records). Quick bounded reads (tail -n, range, sources) run inline on the reading
+thread — handing them to a thread would cost more than the read; follows, greps and
+child processes run on their own threads. Per-request credit keeps memory bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from typing import Any
+
+from . import GATE_VERSION, grammar
+from .audit import now_iso
+from .errors import Exit, GateError
+from .output import Output
+from .protocol import (
+    CANCEL,
+    CREDIT,
+    CREDIT_BODY,
+    DATA,
+    END,
+    HELLO,
+    MAX_DATA,
+    MAX_REQUEST,
+    PROTOCOL_VERSION,
+    REQUEST,
+    WINDOW,
+    FrameReader,
+    ProtocolError,
+    pack,
+)
+from .runner import Context, Result, is_quick, serve
+
+MAX_STREAMS = 1024
+
+
+class _Writer:
+    """Serialises frames onto stdout; one write per frame so frames never interleave."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.broken = False
+
+    def send(self, ftype: int, rid: int, payload: bytes = b"") -> None:
+        frame = pack(ftype, rid, payload)
+        with self.lock:
+            if self.broken:
+                raise BrokenPipeError()
+            view = memoryview(frame)
+            try:
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError:
+                self.broken = True
+                raise BrokenPipeError() from None
+
+
+class _Stream:
+    """One request's credit window and cancellation flag."""
+
+    def __init__(self, rid: int, writer: _Writer) -> None:
+        self.rid = rid
+        self.writer = writer
+        self.credit = WINDOW
+        self.cond = threading.Condition()
+        self.cancelled = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def add_credit(self, n: int) -> None:
+        with self.cond:
+            self.credit += n
+            self.cond.notify_all()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self.cond:
+            self.cond.notify_all()
+
+    def send_data(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            with self.cond:
+                while self.credit <= 0 and not self.cancelled.is_set():
+                    self.cond.wait()
+                if self.cancelled.is_set():
+                    raise BrokenPipeError()
+                n = min(self.credit, MAX_DATA, len(view))
+                self.credit -= n
+            self.writer.send(DATA, self.rid, bytes(view[:n]))
+            view = view[n:]
+
+    def end(self, result: Result) -> None:
+        body = {
+            "exit": int(result.code),
+            "reason": result.reason,
+            "lines": result.lines,
+            "bytes": result.bytes,
+            "truncated": result.truncated,
+        }
+        self.writer.send(END, self.rid, json.dumps(body).encode())
+
+
+class Bridge:
+    def __init__(self, ctx: Context, infd: int = 0, outfd: int = 1) -> None:
+        self.ctx = ctx
+        self.infd = infd
+        self.writer = _Writer(outfd)
+        self.streams: dict[int, _Stream] = {}
+        self.lock = threading.Lock()
+
+    def run(self) -> int:
+        ctx = self.ctx
+        ctx.mode = "bridge"
+        try:
+            ctx.audit.write({"ts": now_iso(), "event": "session_start", **ctx.identity})
+        except GateError as exc:
+            _stderr(exc.reason)
+            return int(exc.code)
+        lim = ctx.policy.limits
+        hello = {
+            "protocol": PROTOCOL_VERSION,
+            "gate": GATE_VERSION,
+            "window": WINDOW,
+            "max_data": MAX_DATA,
+            "limits": {
+                "max_lines": lim.max_lines,
+                "max_bytes": lim.max_bytes,
+                "max_seconds": lim.max_seconds,
+                "follow_max_seconds": lim.follow_max_seconds,
+                "max_concurrent": lim.max_concurrent,
+            },
+        }
+        t0 = time.monotonic()
+        requests = 0
+        code = 0
+        try:
+            self.writer.send(HELLO, 0, json.dumps(hello).encode())
+            reader = FrameReader()
+            while True:
+                chunk = os.read(self.infd, 1 << 18)
+                if not chunk:
+                    break
+                for ftype, rid, payload in reader.feed(chunk):
+                    if ftype == REQUEST:
+                        requests += 1
+                        self._request(rid, payload)
+                    elif ftype == CREDIT and len(payload) == CREDIT_BODY.size:
+                        stream = self.streams.get(rid)
+                        if stream is not None:
+                            stream.add_credit(CREDIT_BODY.unpack(payload)[0])
+                    elif ftype == CANCEL:
+                        stream = self.streams.get(rid)
+                        if stream is not None:
+                            stream.cancel()
+                    else:
+                        raise ProtocolError(f"unexpected frame type {ftype}")
+        except ProtocolError as exc:
+            _stderr(f"bridge protocol error: {exc}")
+            code = int(Exit.BAD_REQUEST)
+        except (BrokenPipeError, ConnectionError):
+            pass
+        finally:
+            with self.lock:
+                streams = list(self.streams.values())
+            for stream in streams:
+                stream.cancel()
+            for stream in streams:
+                if stream.thread is not None:
+                    stream.thread.join(timeout=5)
+            # Ending the session is audited too; a failure here cannot refuse anything.
+            try:
+                ctx.audit.write({
+                    "ts": now_iso(), "event": "session_end", **ctx.identity,
+                    "requests": requests,
+                    "duration_ms": round((time.monotonic() - t0) * 1000, 3),
+                })  # fmt: skip
+            except GateError as exc:
+                _stderr(exc.reason)
+        return code
+
+    def _request(self, rid: int, payload: bytes) -> None:
+        stream = _Stream(rid, self.writer)
+        with self.lock:
+            busy = rid in self.streams or len(self.streams) >= MAX_STREAMS
+            if not busy:
+                self.streams[rid] = stream
+        if busy:
+            why = "request id already in use" if rid in self.streams else "too many streams"
+            stream.end(Result(Exit.BUSY if "many" in why else Exit.BAD_REQUEST, why))
+            return
+        try:
+            if len(payload) > MAX_REQUEST:
+                raise ValueError(f"request of {len(payload)} bytes is over {MAX_REQUEST}")
+            body = json.loads(payload)
+            command = body["command"]
+            via = body.get("via")
+            if not isinstance(command, str) or not (via is None or isinstance(via, dict)):
+                raise ValueError("command must be a string, via an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            self._finish(stream, Result(Exit.BAD_REQUEST, f"malformed request: {exc}"))
+            return
+        try:
+            quick = is_quick(grammar.parse(command))
+        except GateError:
+            quick = True  # refused by serve() below, inline, with its audit record
+        if quick:
+            self._inline(stream, command, via)
+        else:
+            t = threading.Thread(target=self._threaded, args=(stream, command, via), daemon=True)
+            stream.thread = t
+            t.start()
+
+    def _output(self, sink: Any, stream: _Stream) -> Output:
+        lim = self.ctx.policy.limits
+        return Output(sink, max_lines=lim.max_lines, max_bytes=lim.max_bytes,
+                      cancelled=stream.cancelled)  # fmt: skip
+
+    def _inline(self, stream: _Stream, command: str, via: dict[str, Any] | None) -> None:
+        buf = bytearray()
+        result = serve(command, self.ctx, self._output(buf.extend, stream), via=via)
+        if len(buf) <= stream.credit:
+            for i in range(0, len(buf), MAX_DATA):
+                self.writer.send(DATA, stream.rid, bytes(buf[i : i + MAX_DATA]))
+            stream.credit -= len(buf)
+            self._finish(stream, result)
+            return
+
+        def drain() -> None:
+            try:
+                stream.send_data(bytes(buf))
+            except BrokenPipeError:
+                result.reason = result.reason or "cancelled"
+            self._finish(stream, result)
+
+        stream.thread = threading.Thread(target=drain, daemon=True)
+        stream.thread.start()
+
+    def _threaded(self, stream: _Stream, command: str, via: dict[str, Any] | None) -> None:
+        result = serve(command, self.ctx, self._output(stream.send_data, stream), via=via)
+        self._finish(stream, result)
+
+    def _finish(self, stream: _Stream, result: Result) -> None:
+        with self.lock:
+            self.streams.pop(stream.rid, None)
+        with contextlib.suppress(BrokenPipeError):
+            stream.end(result)
+
+
+def _stderr(reason: str) -> None:
+    os.write(2, f"logtorukun-gate: {reason}\n".encode())

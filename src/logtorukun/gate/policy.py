@@ -1,0 +1,261 @@
+"""The worker's policy file: what this key may read, and the limits on every request.
+
+A policy that is missing or invalid refuses everything (exit CONFIG) with one line
+naming the file and the problem; there is no permissive fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import Exit, GateError
+
+DEFAULT_POLICY = "/etc/logtorukun/policy.toml"
+
+# Unit and container names as the gate accepts them: no spaces, no '=', no '+',
+# never starting with '-', so they can only ever be a name, not a match or an option.
+UNIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9@_.:-]{0,254}")
+CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_lines: int = 10_000
+    max_bytes: int = 10_000_000
+    max_seconds: float = 30.0
+    follow_max_seconds: float = 3600.0
+    max_concurrent: int = 8
+    # Where the per-worker concurrency slots (lock files) live.
+    state_dir: str = ""
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    destination: str = "syslog"  # or "file"
+    path: str = ""
+    socket: str = "/dev/log"
+
+
+@dataclass(frozen=True)
+class Programs:
+    """Absolute paths of the only programs the gate ever starts."""
+
+    grep: str = "/usr/bin/grep"
+    gzip: str = "/usr/bin/gzip"
+    journalctl: str = "/usr/bin/journalctl"
+    # Never the docker group (it is root): sudo with an exact sudoers rule, see docs/gate.md.
+    docker: tuple[str, ...] = ("/usr/bin/sudo", "-n", "/usr/bin/docker")
+
+
+@dataclass(frozen=True)
+class FileRule:
+    root: str
+    patterns: tuple[str, ...]
+    allow_hardlinks: bool = False
+    regex: re.Pattern[str] = field(default=re.compile(r"(?!)"), compare=False, repr=False)
+
+    def matches(self, rel: str) -> bool:
+        return self.regex.fullmatch(rel) is not None
+
+
+@dataclass(frozen=True)
+class Policy:
+    path: str
+    limits: Limits = field(default_factory=Limits)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    programs: Programs = field(default_factory=Programs)
+    files: tuple[FileRule, ...] = ()
+    units: tuple[str, ...] = ()
+    containers: tuple[str, ...] = ()
+
+    def file_rule(self, path: str) -> tuple[FileRule, list[str]]:
+        """The rule admitting `path` and its components below the root, or a refusal.
+
+        The caller has already checked the path's syntax (absolute, ASCII, no `.`/`..`).
+        """
+        for rule in self.files:
+            prefix = rule.root.rstrip("/") + "/"
+            # Compare with the trailing separator: /var/log/app must not admit /var/log/app-x.
+            if path.startswith(prefix):
+                rel = path[len(prefix) :]
+                if rel and rule.matches(rel):
+                    return rule, rel.split("/")
+        raise GateError(Exit.REFUSED, f"{path} is not allowed by the policy")
+
+
+def glob_regex(pattern: str) -> str:
+    """A glob as a regex where `*`, `?` and `[...]` never cross '/', and `**/` spans dirs."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                neg = body.startswith("!")
+                body = body[1:] if neg else body
+                body = body.replace("\\", "\\\\").replace("^", "\\^")
+                out.append(f"(?!/)[{'^' if neg else ''}{body}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def policy_path(explicit: str | None) -> str:
+    return explicit or os.environ.get("LOGTORUKUN_POLICY") or DEFAULT_POLICY
+
+
+def load_policy(path: str) -> Policy:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise _bad(path, "file not found") from None
+    except PermissionError:
+        raise _bad(path, "cannot be read by this user") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise _bad(path, str(exc)) from None
+    return parse_policy(data, path)
+
+
+def _bad(path: str, problem: str) -> GateError:
+    return GateError(Exit.CONFIG, f"policy {path}: {problem}; refusing every request")
+
+
+def _table(data: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise _bad(path, f"[{key}] must be a table")
+    return value
+
+
+def _take(table: dict[str, Any], key: str, kind: type, default: Any, where: str, path: str) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise _bad(path, f"{where}.{key} must be {kind.__name__}")
+    return value
+
+
+def _no_extra(table: dict[str, Any], known: set[str], where: str, path: str) -> None:
+    extra = sorted(set(table) - known)
+    if extra:
+        raise _bad(path, f"unknown key {where}.{extra[0]}")
+
+
+def parse_policy(data: dict[str, Any], path: str) -> Policy:
+    _no_extra(data, {"limits", "audit", "programs", "files", "journal", "docker"}, "", path)
+    lim = _table(data, "limits", path)
+    d = Limits()
+    limits = Limits(
+        max_lines=_take(lim, "max_lines", int, d.max_lines, "limits", path),
+        max_bytes=_take(lim, "max_bytes", int, d.max_bytes, "limits", path),
+        max_seconds=_take(lim, "max_seconds", float, d.max_seconds, "limits", path),
+        follow_max_seconds=_take(
+            lim, "follow_max_seconds", float, d.follow_max_seconds, "limits", path
+        ),
+        max_concurrent=_take(lim, "max_concurrent", int, d.max_concurrent, "limits", path),
+        state_dir=_take(lim, "state_dir", str, "", "limits", path),
+    )
+    _no_extra(lim, set(Limits.__dataclass_fields__), "limits", path)
+    for name in ("max_lines", "max_bytes", "max_seconds", "follow_max_seconds", "max_concurrent"):
+        if getattr(limits, name) <= 0:
+            raise _bad(path, f"limits.{name} must be positive")
+
+    aud = _table(data, "audit", path)
+    audit = AuditSettings(
+        destination=_take(aud, "destination", str, "syslog", "audit", path),
+        path=_take(aud, "path", str, "", "audit", path),
+        socket=_take(aud, "socket", str, "/dev/log", "audit", path),
+    )
+    _no_extra(aud, {"destination", "path", "socket"}, "audit", path)
+    if audit.destination not in ("syslog", "file"):
+        raise _bad(path, 'audit.destination must be "syslog" or "file"')
+    if audit.destination == "file" and not audit.path.startswith("/"):
+        raise _bad(path, 'audit.destination = "file" needs an absolute audit.path')
+
+    prog = _table(data, "programs", path)
+    dp = Programs()
+    docker = _take(prog, "docker", list, list(dp.docker), "programs", path)
+    programs = Programs(
+        grep=_take(prog, "grep", str, dp.grep, "programs", path),
+        gzip=_take(prog, "gzip", str, dp.gzip, "programs", path),
+        journalctl=_take(prog, "journalctl", str, dp.journalctl, "programs", path),
+        docker=tuple(docker),
+    )
+    _no_extra(prog, {"grep", "gzip", "journalctl", "docker"}, "programs", path)
+    for exe in (programs.grep, programs.gzip, programs.journalctl, *programs.docker[:1]):
+        if not exe.startswith("/"):
+            raise _bad(path, f"programs: {exe!r} must be an absolute path")
+
+    files: list[FileRule] = []
+    raw_files = data.get("files", [])
+    if not isinstance(raw_files, list):
+        raise _bad(path, "write file rules as [[files]] tables")
+    for i, raw in enumerate(raw_files):
+        where = f"files[{i}]"
+        if not isinstance(raw, dict):
+            raise _bad(path, f"{where} must be a table")
+        _no_extra(raw, {"root", "patterns", "allow_hardlinks"}, where, path)
+        root = _take(raw, "root", str, "", where, path)
+        if not root.startswith("/") or "/../" in f"{root}/" or "/./" in f"{root}/":
+            raise _bad(path, f"{where}.root must be an absolute path without . or ..")
+        patterns = _take(raw, "patterns", list, ["*.log"], where, path)
+        if not patterns or not all(
+            isinstance(p, str) and p and "/." not in f"/{p}" for p in patterns
+        ):
+            raise _bad(path, f"{where}.patterns must be non-empty globs without . or ..")
+        if any(p.startswith("/") for p in patterns):
+            raise _bad(path, f"{where}.patterns are relative to root; drop the leading /")
+        regex = re.compile("|".join(f"(?:{glob_regex(p)})" for p in patterns))
+        files.append(
+            FileRule(
+                root=root.rstrip("/") or "/",
+                patterns=tuple(patterns),
+                allow_hardlinks=_take(raw, "allow_hardlinks", bool, False, where, path),
+                regex=regex,
+            )
+        )
+
+    units = _names(data, "journal", "unit", UNIT_NAME, path)
+    containers = _names(data, "docker", "container", CONTAINER_NAME, path)
+    return Policy(path, limits, audit, programs, tuple(files), units, containers)
+
+
+def _names(
+    data: dict[str, Any], table: str, key: str, rx: re.Pattern[str], path: str
+) -> tuple[str, ...]:
+    raw = data.get(table, [])
+    if not isinstance(raw, list):
+        raise _bad(path, f"write [[{table}]] tables")
+    names: list[str] = []
+    for i, entry in enumerate(raw):
+        where = f"{table}[{i}]"
+        if not isinstance(entry, dict):
+            raise _bad(path, f"{where} must be a table")
+        _no_extra(entry, {key}, where, path)
+        name = _take(entry, key, str, "", where, path)
+        if not rx.fullmatch(name):
+            raise _bad(path, f"{where}.{key} {name!r} is not a valid name")
+        names.append(name)
+    return tuple(names)

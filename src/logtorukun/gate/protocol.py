@@ -1,0 +1,68 @@
+"""Bridge framing: the only part of the gate the web server's client imports.
+
+Every frame is a 9-byte header (payload length, frame type, request id; big-endian)
+followed by the payload. The client sends REQUEST (JSON: {"command": "...", "via": {...}}),
+CANCEL and CREDIT (4-byte byte count); the gate answers with HELLO once (JSON), then
+DATA chunks and one END (JSON: exit, reason, lines, bytes, truncated) per request.
+Per-request credit gives end-to-end back-pressure: the gate sends at most `window`
+bytes of DATA for a request until the client grants more, so one slow reader never
+stalls the others and nobody buffers without bound.
+"""
+
+from __future__ import annotations
+
+import struct
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">IBI")
+CREDIT_BODY = struct.Struct(">I")
+
+REQUEST = 1
+CANCEL = 2
+CREDIT = 3
+HELLO = 16
+DATA = 17
+END = 18
+
+FRAME_NAMES = {REQUEST: "REQUEST", CANCEL: "CANCEL", CREDIT: "CREDIT", HELLO: "HELLO",
+               DATA: "DATA", END: "END"}  # fmt: skip
+
+MAX_DATA = 65536  # largest DATA payload the gate sends
+MAX_REQUEST = 16384  # largest REQUEST payload the gate accepts
+MAX_FRAME = 1 << 20  # anything larger is a protocol violation
+WINDOW = 1 << 20  # initial per-request credit, in bytes
+
+
+class ProtocolError(Exception):
+    """The peer broke the framing; the session cannot continue."""
+
+
+def pack(ftype: int, rid: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(len(payload), ftype, rid) + payload
+
+
+class FrameReader:
+    """Incremental parser: feed bytes as they arrive, get whole frames back."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        buf = self._buf
+        buf += data
+        frames: list[tuple[int, int, bytes]] = []
+        pos = 0
+        hsize = HEADER.size
+        while len(buf) - pos >= hsize:
+            length, ftype, rid = HEADER.unpack_from(buf, pos)
+            if length > self._max:
+                raise ProtocolError(f"frame of {length} bytes is over the {self._max} limit")
+            end = pos + hsize + length
+            if len(buf) < end:
+                break
+            frames.append((ftype, rid, bytes(buf[pos + hsize : end])))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return frames

@@ -1,0 +1,484 @@
+"""One request, start to end: parse, check the policy, audit, run under limits, audit again.
+
+`serve` is the only way a command is executed, for a one-shot `ssh host CMD` and for each
+request inside a bridge session alike, so both get the same checks and records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import select
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import GATE_VERSION, grammar, slots
+from .audit import AuditLog, now_iso
+from .errors import Cancelled, Exit, GateError
+from .grammar import Bridge, Docker, Grep, Head, Help, Journal, Range, Request, Sources, Tail
+from .output import LimitReached, Output
+from .paths import open_under
+from .policy import Policy
+
+CHUNK = 65536
+_CHILD_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+
+
+@dataclass
+class Context:
+    """What a request runs with: the policy, the audit log and who is asking."""
+
+    policy: Policy
+    audit: AuditLog
+    identity: dict[str, Any] = field(default_factory=dict)
+    mode: str = "oneshot"
+
+
+@dataclass
+class Result:
+    code: Exit
+    reason: str = ""
+    lines: int = 0
+    bytes: int = 0
+    truncated: bool = False
+
+
+@dataclass
+class Plan:
+    """An authorised request, ready to run: its opened file (if any) and how to run it."""
+
+    request: Request
+    run: Callable[[Output], None]
+    needs_slot: bool = True
+    fds: list[int] = field(default_factory=list)
+    target: str = ""
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+def is_quick(request: Request) -> bool:
+    """Served inline by a bridge: bounded, in-process, no waiting."""
+    return isinstance(request, Sources | Help | Range) or (
+        isinstance(request, Tail) and not request.follow
+    )
+
+
+def serve(
+    command: str,
+    ctx: Context,
+    out: Output,
+    *,
+    via: dict[str, Any] | None = None,
+    plan_hook: Callable[[Plan], None] | None = None,
+) -> Result:
+    """Run `command`; every outcome, including refusals, is audited. Never raises GateError."""
+    t0 = time.monotonic()
+    base: dict[str, Any] = {
+        "ts": now_iso(),
+        "id": secrets.token_hex(8),
+        "mode": ctx.mode,
+        **ctx.identity,
+        "command": command,
+    }
+    if via:
+        base["via"] = via
+    try:
+        plan = authorize(grammar.parse(command), ctx.policy)
+    except GateError as exc:
+        return _refuse(ctx, base, exc)
+    slot = None
+    try:
+        if plan.needs_slot:
+            slot = slots.acquire(ctx.policy.limits)
+        ctx.audit.write({**base, "event": "request", "decision": "allow", "target": plan.target})
+    except GateError as exc:
+        plan.close()
+        if slot is not None:
+            slot.release()
+        return _refuse(ctx, base, exc)
+    if plan_hook is not None:
+        plan_hook(plan)
+    result = Result(Exit.OK)
+    try:
+        plan.run(out)
+    except LimitReached as exc:
+        result = Result(Exit.LIMIT, exc.reason)
+    except Cancelled:
+        result = Result(Exit.OK, "client went away")
+    except GateError as exc:
+        result = Result(exc.code, exc.reason)
+    except OSError as exc:
+        result = Result(Exit.FAILED, f"read failed: {exc.strerror or exc}")
+    finally:
+        plan.close()
+        if slot is not None:
+            slot.release()
+    result.lines, result.bytes = out.lines, out.bytes
+    result.truncated = out.truncated or result.code == Exit.LIMIT
+    end = {
+        "ts": now_iso(),
+        "id": base["id"],
+        "event": "end",
+        "exit": int(result.code),
+        "reason": result.reason,
+        "lines": result.lines,
+        "bytes": result.bytes,
+        "truncated": result.truncated,
+        "duration_ms": round((time.monotonic() - t0) * 1000, 3),
+    }
+    try:
+        ctx.audit.write(end)
+    except GateError as exc:
+        # The data is out already; the start record exists. Say so rather than hide it.
+        result.reason = f"{result.reason}; {exc.reason}" if result.reason else exc.reason
+        if result.code == Exit.OK:
+            result.code = Exit.AUDIT
+    return result
+
+
+def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
+    record = {**base, "event": "request", "decision": "deny", "exit": int(exc.code),
+              "reason": exc.reason}  # fmt: skip
+    try:
+        ctx.audit.write(record)
+    except GateError as audit_exc:
+        return Result(audit_exc.code, audit_exc.reason)
+    return Result(exc.code, exc.reason)
+
+
+# ---------------------------------------------------------------- authorisation
+
+
+def authorize(req: Request, policy: Policy) -> Plan:
+    """Check `req` against the policy and open what it reads; refusals raise GateError."""
+    lim = policy.limits
+    if isinstance(req, Bridge):
+        raise GateError(Exit.BAD_REQUEST, "bridge cannot be nested inside a request")
+    if isinstance(req, Help):
+        text = grammar.USAGE.encode()
+        return Plan(req, lambda out: out.write(text), needs_slot=False)
+    if isinstance(req, Sources):
+        return Plan(req, lambda out: out.write(sources_json(policy)), needs_slot=False)
+    if isinstance(req, Journal):
+        if not _allowed_unit(req.unit, policy):
+            raise GateError(Exit.REFUSED, f"unit {req.unit!r} is not allowed by the policy")
+        argv = journal_argv(req, policy)
+        secs = lim.follow_max_seconds if req.follow else lim.max_seconds
+        env = {**_CHILD_ENV, "LC_ALL": "C.UTF-8", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
+        return Plan(req, lambda out: run_child(argv, None, out, seconds=secs, limits=policy,
+                                               env=env), target=f"unit:{req.unit}")  # fmt: skip
+    if isinstance(req, Docker):
+        if req.container not in policy.containers:
+            raise GateError(Exit.REFUSED, f"container {req.container!r} is not allowed")
+        argv = docker_argv(req, policy)
+        secs = lim.follow_max_seconds if req.follow else lim.max_seconds
+        return Plan(req, lambda out: run_child(argv, None, out, seconds=secs, limits=policy,
+                                               merge_stderr=True),
+                    target=f"container:{req.container}")  # fmt: skip
+
+    rule, parts = policy.file_rule(req.path)
+    fd = open_under(rule, parts, req.path)
+    gz = req.path.endswith(".gz")
+    plan = Plan(req, lambda out: None, fds=[fd], target=req.path)
+    from . import readers
+
+    if isinstance(req, Tail):
+        n = min(req.lines, lim.max_lines)
+        if req.follow:
+            if gz:
+                plan.close()
+                raise GateError(Exit.BAD_REQUEST, "tail -f of a compressed file never grows")
+            plan.fds.clear()  # follow owns the fd from here on
+
+            def reopen() -> int | None:
+                try:
+                    return open_under(rule, parts, req.path)
+                except GateError:
+                    return None
+
+            deadline = time.monotonic() + lim.follow_max_seconds
+            reason = f"follow stopped after {lim.follow_max_seconds:g} s (follow_max_seconds)"
+            plan.run = lambda out: readers.follow(
+                fd, reopen, n, out, deadline=deadline, deadline_reason=reason
+            )
+        else:
+
+            def run_tail(out: Output) -> None:
+                readers.tail(fd, n, out, gz=gz)
+                if n < req.lines:
+                    raise LimitReached(f"asked for {req.lines} lines; max_lines is {n}")
+
+            plan.run = run_tail
+            plan.needs_slot = False
+    elif isinstance(req, Head):
+        head_n = req.lines
+        plan.run = lambda out: copy_lines(fd, out, head_n, gz=gz)
+    elif isinstance(req, Range):
+        from .timerange import parse_time_arg, read_range
+
+        since = parse_time_arg(req.since)
+        until = parse_time_arg(req.until) if req.until else None
+        plan.run = lambda out: read_range(fd, since, until, out, max_lines=req.max_lines, gz=gz)
+        plan.needs_slot = False
+    else:
+        argv = grep_argv(req, policy)
+        plan.run = lambda out: run_child(
+            argv, fd, out, seconds=lim.max_seconds, limits=policy, keep_last=req.tail,
+            gunzip=gz,
+        )  # fmt: skip
+    return plan
+
+
+def _allowed_unit(unit: str, policy: Policy) -> bool:
+    return any(unit in (u, f"{u}.service") or f"{unit}.service" == u for u in policy.units)
+
+
+# ---------------------------------------------------------------- argv builders
+
+
+def grep_argv(req: Grep, policy: Policy) -> list[str]:
+    argv = [policy.programs.grep, "-a", "--color=never", "-E" if req.regex else "-F"]
+    for on, flag in ((req.ignore_case, "-i"), (req.invert, "-v"), (req.count, "-c"),
+                     (req.line_numbers, "-n"), (req.word, "-w")):  # fmt: skip
+        if on:
+            argv.append(flag)
+    if req.max_count is not None:
+        argv += ["-m", str(req.max_count)]
+    # -e: the pattern is a pattern even when it starts with '-'. No file operand: stdin.
+    return [*argv, "-e", req.pattern]
+
+
+def journal_argv(req: Journal, policy: Policy) -> list[str]:
+    argv = [policy.programs.journalctl, "--no-pager", "--quiet", "-o", req.output, "-u", req.unit]
+    if req.lines is not None:
+        argv += ["-n", str(min(req.lines, policy.limits.max_lines))]
+    if req.since:
+        argv.append(f"--since={req.since}")
+    if req.until:
+        argv.append(f"--until={req.until}")
+    if req.grep:
+        argv.append(f"--grep={req.grep}")
+    if req.priority:
+        argv += ["-p", req.priority]
+    if req.follow:
+        argv.append("--follow")
+    return argv
+
+
+def docker_argv(req: Docker, policy: Policy) -> list[str]:
+    """Fixed order, so the sudoers rule in docs/gate.md can match it exactly."""
+    argv = [*policy.programs.docker, "logs"]
+    if req.tail is not None:
+        argv += ["--tail", str(min(req.tail, policy.limits.max_lines))]
+    if req.timestamps:
+        argv.append("--timestamps")
+    if req.since:
+        argv += ["--since", req.since]
+    if req.until:
+        argv += ["--until", req.until]
+    if req.follow:
+        argv.append("--follow")
+    return [*argv, "--", req.container]
+
+
+# ---------------------------------------------------------------- execution
+
+
+def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
+    """`head -n N` / `cat`: from the start, whole lines, until N lines or the caps."""
+    from .readers import gunzip_chunks
+
+    chunks = gunzip_chunks(fd) if gz else iter(lambda: os.read(fd, CHUNK), b"")
+    left = n
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if left is not None:
+            data = _first_lines(data[:cut], left)
+            left -= data.count(b"\n")
+            out.write(data)
+            if left <= 0:
+                return
+        else:
+            out.write(data[:cut])
+    if rest and (left is None or left > 0):
+        out.write(rest)
+
+
+def _first_lines(data: bytes, k: int) -> bytes:
+    pos = 0
+    for _ in range(k):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return data
+        pos = nl + 1
+    return data[:pos]
+
+
+def run_child(
+    argv: list[str],
+    stdin_fd: int | None,
+    out: Output,
+    *,
+    seconds: float,
+    limits: Policy,
+    env: dict[str, str] | None = None,
+    merge_stderr: bool = False,
+    keep_last: int | None = None,
+    gunzip: bool = False,
+) -> None:
+    """Stream a child's stdout as whole lines; kill it at the wall or CPU limit or on cancel."""
+    import resource
+    import subprocess
+    import tempfile
+
+    deadline = time.monotonic() + seconds
+    cpu = max(1, int(limits.limits.max_seconds))
+    procs: list[subprocess.Popen[bytes]] = []
+    errfile = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
+    try:
+        src: int | Any = stdin_fd if stdin_fd is not None else subprocess.DEVNULL
+        if gunzip:
+            unzip = subprocess.Popen(
+                [limits.programs.gzip, "-dc"], stdin=src, stdout=subprocess.PIPE,
+                stderr=errfile, env=_CHILD_ENV, close_fds=True,
+            )  # fmt: skip
+            procs.append(unzip)
+            src = unzip.stdout
+        proc = subprocess.Popen(
+            argv,
+            stdin=src,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else errfile,
+            env=env or _CHILD_ENV,
+            close_fds=True,
+        )
+        procs.append(proc)
+        if gunzip and procs[0].stdout is not None:
+            procs[0].stdout.close()
+        for p in procs:
+            with contextlib.suppress(OSError):
+                resource.prlimit(p.pid, resource.RLIMIT_CPU, (cpu, cpu + 1))
+        assert proc.stdout is not None
+        pipe = proc.stdout.fileno()
+        poller = select.poll()
+        poller.register(pipe, select.POLLIN | select.POLLHUP)
+        rest = b""
+        ring: deque[bytes] = deque()
+        ring_bytes = 0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise LimitReached(f"stopped after {seconds:g} s (time limit in the policy)")
+            if not poller.poll(min(500.0, (deadline - now) * 1000)):
+                out.sleep(0)  # raises Cancelled if the client went away
+                continue
+            chunk = os.read(pipe, CHUNK)
+            if not chunk:
+                break
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) < 1 << 20:
+                rest = data
+                continue
+            cut = cut or len(data)
+            rest = data[cut:]
+            if keep_last is None:
+                out.write(data[:cut])
+                continue
+            for line in data[:cut].splitlines(keepends=True):
+                ring.append(line)
+                ring_bytes += len(line)
+                while len(ring) > keep_last or ring_bytes > out.max_bytes:
+                    ring_bytes -= len(ring.popleft())
+        if rest:
+            if keep_last is None:
+                out.write(rest)
+            else:
+                ring.append(rest)
+                while len(ring) > keep_last:
+                    ring.popleft()
+        if ring:
+            out.write(b"".join(ring))
+        code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if code < 0 and -code in (24, 9):  # SIGXCPU / SIGKILL from RLIMIT_CPU
+            raise LimitReached(f"stopped at the CPU limit ({cpu} s)")
+        if code not in (0, 1) or (code == 1 and not argv[0].endswith("grep")):
+            errfile.seek(0)
+            msg = errfile.read(400).decode("utf-8", "replace").strip().splitlines()
+            detail = msg[0] if msg else f"exit status {code}"
+            raise GateError(Exit.FAILED, f"{os.path.basename(argv[0])} failed: {detail}")
+    except subprocess.TimeoutExpired:
+        raise LimitReached(f"stopped after {seconds:g} s (time limit in the policy)") from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+        errfile.close()
+
+
+def sources_json(policy: Policy) -> bytes:
+    """What this key may read: files (size, mtime) under each root, units, containers."""
+    files: list[dict[str, Any]] = []
+    for rule in policy.files:
+        _walk(rule.root, "", 0, rule, files)
+    doc = {
+        "gate": GATE_VERSION,
+        "files": files,
+        "units": list(policy.units),
+        "containers": list(policy.containers),
+        "limits": {
+            "max_lines": policy.limits.max_lines,
+            "max_bytes": policy.limits.max_bytes,
+            "max_seconds": policy.limits.max_seconds,
+            "follow_max_seconds": policy.limits.follow_max_seconds,
+        },
+    }
+    return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
+
+
+_MAX_LISTED = 2000
+
+
+def _walk(root: str, rel: str, depth: int, rule: Any, files: list[dict[str, Any]]) -> None:
+    import stat as st
+
+    if depth > 8 or len(files) >= _MAX_LISTED:
+        return
+    try:
+        entries = sorted(os.scandir(os.path.join(root, rel) if rel else root), key=lambda e: e.name)
+    except OSError:
+        return
+    for e in entries:
+        name = f"{rel}/{e.name}" if rel else e.name
+        try:
+            info = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if st.S_ISDIR(info.st_mode):
+            _walk(root, name, depth + 1, rule, files)
+        elif st.S_ISREG(info.st_mode) and rule.matches(name):
+            if info.st_nlink > 1 and not rule.allow_hardlinks:
+                continue
+            files.append({
+                "path": f"{root.rstrip('/')}/{name}",
+                "size": info.st_size,
+                "mtime": int(info.st_mtime),
+                "compressed": name.endswith(".gz"),
+            })  # fmt: skip
+        if len(files) >= _MAX_LISTED:
+            return

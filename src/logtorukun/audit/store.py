@@ -287,9 +287,9 @@ class VerifyReport:
         return self.problems[0].seq if self.problems else None
 
     def summary(self) -> str:
-        head = f"head {self.head}" if self.head else "head none"
+        head = f"head {self.head.seq} {self.head.hash}" if self.head else "head none"
         if self.ok:
-            return f"audit chain OK: {self.records} records, {head.replace(':', ' ', 1)}"
+            return f"audit chain OK: {self.records} records, {head}"
         return (
             f"audit chain BROKEN: first bad seq {self.first_bad}; "
             f"{self.problem_count} problem(s) in {self.records} records, {head}"

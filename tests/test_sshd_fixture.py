@@ -5,12 +5,13 @@ from __future__ import annotations
 import pwd
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import MakeWorker
-from tests.support.sshd import USER, Worker, alive, descendants
+from tests.support.sshd import PATTERNS, USER, Worker, alive, descendants
 
 GATE_MAIN = Path(__file__).resolve().parents[1] / "src/logtorukun/gate/__main__.py"
 
@@ -141,6 +142,34 @@ def test_policy_context_restores(make_worker: MakeWorker) -> None:
     assert w.audit_records() == []
 
 
+def test_shared_worker_layout(worker: Worker) -> None:
+    assert worker.running
+    host, key = worker.known_hosts.read_text().split(" ", 1)
+    assert host == f"[127.0.0.1]:{worker.port}" and key.startswith("ssh-ed25519 ")
+    line = worker.authorized_keys.read_text()
+    assert line.startswith(f'restrict,command="{worker.gate_command()}" ssh-ed25519 AAAA')
+    assert worker.gate_command().startswith(f"/usr/bin/python3 -IS {worker.zipapp} --policy ")
+    for p in (worker.client_key, worker.known_hosts, worker.host_key):
+        assert p.stat().st_uid == 0 and p.stat().st_mode & 0o077 == 0
+    app = worker.app_log.read_text()
+    for hour in ("13", "14", "15"):
+        for level in ("INFO ", "WARN ", "ERROR "):
+            assert f"\n2024-12-17 {hour}:" in app and f" {level}" in app
+    assert "\n2024-12-17 14:03:05 ERROR [payments] charge failed for order 80412\n" in app
+    assert "\nTraceback (most recent call last):\n" in app
+    assert worker.secret_marker in worker.secret_path.read_text()
+    assert not worker.secret_path.is_relative_to(worker.root)
+
+
+def test_default_policy_is_valid_for_the_gate(worker: Worker) -> None:
+    data = tomllib.loads(worker.policy_path.read_text())
+    assert data["audit"] == {"destination": "file", "path": str(worker.audit_path)}
+    assert data["files"] == [{"root": str(worker.root), "patterns": list(PATTERNS)}]
+    policy = pytest.importorskip("logtorukun.gate.policy")
+    loaded = policy.load_policy(str(worker.policy_path))
+    assert loaded.audit.path == str(worker.audit_path)
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -156,11 +185,13 @@ needs_gate = pytest.mark.skipif(not GATE_MAIN.exists(), reason="gate __main__ no
 @needs_gate
 def test_gate_tail_on_the_shared_worker(worker: Worker) -> None:
     before = len(worker.audit_records())
-    out = worker.ssh(f"tail -n 5 {worker.app_log}")
+    request = f"tail -n 5 {worker.app_log}"
+    out = worker.ssh(request)
     assert out.returncode == 0, out.stderr.decode()
     expected = worker.app_log.read_bytes().splitlines(keepends=True)[-5:]
     assert out.stdout == b"".join(expected)
-    assert len(worker.audit_records()) == before + 1
+    new = worker.audit_records()[before:]
+    assert any(r.get("command") == request for r in new), new  # the gate audited it
 
 
 @needs_gate

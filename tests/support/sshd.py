@@ -491,6 +491,7 @@ PrintMotd no
             "-o", "BatchMode=yes",
             "-o", "IdentitiesOnly=yes",
             "-o", "ConnectTimeout=10",
+            "-T",  # never ask for a tty (restrict refuses it anyway): no warning on stderr
             *options,
             "-p", str(self.port),
             "--", f"{USER}@{HOST}",

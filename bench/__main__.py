@@ -1,4 +1,4 @@
-"""Run every benchmark module in bench/ that has a `main()`, one after the other."""
+"""Run every benchmark module in bench/ that has a `main()` (no arguments), in turn."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def run() -> int:
         if main is None:
             continue
         print(f"\n## bench.{info.name}\n", flush=True)
-        failed += 1 if main([]) else 0
+        sys.argv = [f"bench.{info.name}"]  # each module parses its own (empty) arguments
+        failed += 1 if main() else 0
     return 1 if failed else 0
 
 

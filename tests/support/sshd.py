@@ -241,6 +241,9 @@ class Worker:
     `command`: GATE (default), any other forced command string, or None for a broken
     worker with no forced command at all (the key then runs whatever the client asks).
     `key_options`: the authorized_keys options before `command=`, "restrict" by default.
+    `sshd_options`: extra sshd_config lines, written first so they override the defaults
+    below (sshd keeps the first value of a keyword), e.g. ["MaxSessions 10"] for sshd's
+    stock limit or ["HostCertificate PATH"]; the attribute may be changed before start().
     """
 
     user = USER
@@ -253,8 +256,10 @@ class Worker:
         command: str | Forced | None = GATE,
         key_options: str = "restrict",
         policy: str | None = None,
+        sshd_options: Sequence[str] = (),
     ) -> None:
         ensure_prerequisites()
+        self.sshd_options = list(sshd_options)
         self.name = re.sub(r"[^a-z0-9-]", "-", name.lower())[:40] or "worker"
         self.dir = Path(tempfile.mkdtemp(prefix=f"logtorukun-test-{self.name}-"))
         try:
@@ -373,9 +378,12 @@ class Worker:
 
     def _write_sshd_config(self) -> None:
         d = self.dir
+        if any(c in line for line in self.sshd_options for c in "\r\n\0"):
+            raise ValueError(f"an sshd option is one line: {self.sshd_options!r}")
+        extra = "".join(f"{line}\n" for line in self.sshd_options)
         config = f"""\
 # test worker {self.name}, written by tests/support/sshd.py
-Port {self.port}
+{extra}Port {self.port}
 ListenAddress {HOST}
 HostKey {self.host_key}
 PidFile {self.pid_path}

@@ -250,8 +250,12 @@ class AuditRecord:
         return d
 
     def to_json(self) -> str:
-        """One canonical JSON line: what exports and sinks write, verifiable on its own."""
-        return canonical_json(self.as_dict())
+        """One JSON line: what exports and sinks write, verifiable on its own.
+
+        Canonical JSON except that NEL, U+2028 and U+2029 are escaped: `str.splitlines`
+        and some log shippers break lines there.
+        """
+        return canonical_json(self.as_dict()).translate(_LINE_BREAKS)
 
     def as_ref(self) -> AuditRef:
         return AuditRef(self.seq, self.hash)
@@ -294,6 +298,9 @@ class VerifyReport:
             f"audit chain BROKEN: first bad seq {self.first_bad}; "
             f"{self.problem_count} problem(s) in {self.records} records, {head}"
         )
+
+
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def canonical_json(value: Any) -> str:
@@ -535,6 +542,11 @@ class AuditStore:
                 log.warning("%s: journal_mode is %s, not wal (unsupported filesystem?)", path, mode)
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit_log'").fetchone():
+                for warning in _missing_triggers(conn):
+                    log.warning(
+                        "%s: %s; recreating it (check `logtorukun audit verify`)", path, warning
+                    )
             for statement in _SCHEMA:
                 conn.execute(statement)
             # Also a write probe: a read-only file fails here, at startup, not on a request.

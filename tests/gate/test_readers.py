@@ -189,9 +189,14 @@ def test_tail_line_cap_keeps_newest(tmp_path: Path) -> None:
 def test_tail_byte_cap_cuts_on_line_boundary(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 100))
-    got, err, _ = run_tail(p, 50, max_bytes=12 * 7 + 5)
-    assert got == numbered(93, 100)
-    assert err is not None and "max_bytes" in err.reason
+    for cap in (12 * 7, 12 * 7 + 5, 12 * 8 - 1):
+        got, err, _ = run_tail(p, 50, max_bytes=cap)
+        assert got == numbered(93, 100)
+        assert err is not None and "max_bytes" in err.reason
+    got, err, _ = run_tail(p, 100, max_bytes=1200)
+    assert got == numbered(0, 100) and err is None
+    got, err, _ = run_tail(p, 100, max_bytes=1199)
+    assert got == numbered(1, 100) and err is not None
 
 
 def test_tail_respects_what_was_already_sent(tmp_path: Path) -> None:
@@ -227,6 +232,7 @@ def test_tail_large_writes(tmp_path: Path) -> None:
     max_lines=st.integers(0, 40),
     max_bytes=st.integers(0, 200),
     block=st.integers(1, 9),
+    chunk=st.sampled_from([1, 3, 7, 64, 1 << 20]),
     gz=st.booleans(),
 )
 def test_tail_matches_model(
@@ -236,6 +242,7 @@ def test_tail_matches_model(
     max_lines: int,
     max_bytes: int,
     block: int,
+    chunk: int,
     gz: bool,
 ) -> None:
     p = tmp_path / ("app.log.gz" if gz else "app.log")
@@ -243,6 +250,8 @@ def test_tail_matches_model(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(readers, "_FIRST_BLOCK", block)  # many block boundaries
         mp.setattr(readers, "_MAX_BLOCK", block * 2)
+        mp.setattr(readers, "CHUNK", chunk)  # many forward writes and gzip pieces
+        mp.setattr(readers, "_GZ_INPUT", max(1, chunk // 2))
         got, err, _ = run_tail(p, n, gz=gz, max_lines=max_lines, max_bytes=max_bytes)
     want, short = expected_tail(data, n, max_lines, max_bytes)
     assert got == want
@@ -288,6 +297,36 @@ def test_tail_gz_bounded_by_byte_cap(tmp_path: Path) -> None:
     assert got == numbered(10, 20) and err is not None
     got, err, _ = run_tail(p, 10, gz=True, max_bytes=1 << 20)
     assert got == numbered(10, 20) and err is None
+
+
+def test_tail_gz_overlong_line_in_small_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "CHUNK", 4)  # the long line arrives in many pieces
+    p = tmp_path / "app.log.gz"
+    p.write_bytes(gzip.compress(b"x" * 50 + b"\nab\ncd\n"))
+    got, err, _ = run_tail(p, 5, gz=True, max_bytes=20)
+    assert got == b"ab\ncd\n" and err is not None
+    got, err, _ = run_tail(p, 2, gz=True, max_bytes=20)
+    assert got == b"ab\ncd\n" and err is None
+
+
+def test_tail_gz_memory_is_bounded(tmp_path: Path) -> None:
+    import tracemalloc
+
+    p = tmp_path / "app.log.gz"
+    data = numbered(0, 1_500_000)  # 19 MB of text
+    p.write_bytes(gzip.compress(data, compresslevel=1))
+    want, _ = expected_tail(data, 1_000_000, BIG, 1 << 20)
+    del data
+    tracemalloc.start()
+    try:
+        got, err, _ = run_tail(p, 1_000_000, gz=True, max_bytes=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == want and err is not None
+    assert peak < 8 << 20  # the byte cap plus a few decompressed pieces, not 19 MB
 
 
 @pytest.mark.parametrize(
@@ -468,9 +507,11 @@ def test_follow_rename_create_with_overlapping_writer(tmp_path: Path) -> None:
     stepper.step()  # reads 10..14 from the old file, sees the new one
     old.write(numbered(15, 20))
     stepper.step()  # the old file is still growing: stay on it
+    old.write(numbered(20, 22))
+    stepper.step()  # and still
     old.close()
     with open(p, "ab", buffering=0) as new:  # the app reopens (postrotate)
-        new.write(numbered(20, 25))
+        new.write(numbered(22, 25))
         stepper.step()  # old was quiet for an interval: switch and read the new file
         assert b"".join(sink) == numbered(0, 25)
         new.write(numbered(25, 27))

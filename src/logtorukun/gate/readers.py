@@ -178,12 +178,14 @@ def tail(fd: int, n: int, out: Output, *, gz: bool = False) -> None:
     raise GateError(Exit.FAILED, "the file kept shrinking while it was being read")
 
 
-def gunzip_chunks(fd: int, chunk: int = CHUNK) -> Iterator[bytes]:
-    """Decompressed data of a gzip file, `chunk` bytes at most at a time (bounded memory
-    even for a decompression bomb). Handles multi-member files and NUL padding after a
-    member, like `gzip -d`; corrupt or truncated data raises `GateError(FAILED)`."""
+def gunzip_chunks(fd: int, chunk: int = 0) -> Iterator[bytes]:
+    """Decompressed data of a gzip file, at most `chunk` (default `CHUNK`) bytes at a time,
+    so memory stays bounded even for a decompression bomb. Handles multi-member files and
+    NUL padding after a member, like `gzip -d`; corrupt or truncated data raises
+    `GateError(FAILED)`."""
     import zlib  # only the gz path pays for it
 
+    chunk = chunk or CHUNK
     offset = 0
     data = b""
     d: zlib._Decompress | None = None  # None: between members

@@ -11,41 +11,42 @@ option *value* in the argv the gate builds.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .errors import Exit, GateError
+from .record import record
 
 MAX_COMMAND = 4096
 MAX_PATH = 1024
 MAX_PATTERN = 1024
 
-_NUMBER = re.compile(r"[0-9]{1,9}")
+_NUMBER = r"[0-9]{1,9}"
+# Patterns stay strings: re compiles (and caches) only the ones a request uses.
 # Absolute, printable ASCII without spaces or backslashes: look-alike letters are refused.
-_PATH = re.compile(r"/[!-\[\]-~]*")
+_PATH = r"/[!-\[\]-~]*"
 _ABS_TIME = (
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[ T][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?)?"
     r"(?:Z|[+-][0-9]{2}:?[0-9]{2})?"
 )
-_JOURNAL_TIME = re.compile(rf"{_ABS_TIME}|today|yesterday|now|-[0-9]{{1,6}}(?:s|min|m|h|d)")
-_DOCKER_TIME = re.compile(rf"{_ABS_TIME}|[0-9]{{1,6}}(?:s|m|h)|[0-9]{{1,10}}")
-_PRIORITY = re.compile(
+_JOURNAL_TIME = rf"{_ABS_TIME}|today|yesterday|now|-[0-9]{{1,6}}(?:s|min|m|h|d)"
+_DOCKER_TIME = rf"{_ABS_TIME}|[0-9]{{1,6}}(?:s|m|h)|[0-9]{{1,10}}"
+_PRIORITY = (
     r"(?:[0-7]|emerg|alert|crit|err|warning|notice|info|debug)"
     r"(?:\.\.(?:[0-7]|emerg|alert|crit|err|warning|notice|info|debug))?"
 )
 _JOURNAL_OUTPUTS = ("short", "short-iso", "short-precise", "json", "cat")
-_BACKREF = re.compile(r"\\[1-9]")
-_REPEAT = re.compile(r"\{([0-9]*)(?:,([0-9]*))?\}")
+_BACKREF = r"\\[1-9]"
+_REPEAT = r"\{([0-9]*)(?:,([0-9]*))?\}"
 MAX_REPEAT = 255
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Tail:
     path: str
     lines: int
     follow: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Head:
     """`head -n N PATH` and `cat PATH` (N = None: up to the policy's caps)."""
 
@@ -53,7 +54,7 @@ class Head:
     lines: int | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Grep:
     path: str
     pattern: str
@@ -67,7 +68,7 @@ class Grep:
     tail: int | None = None  # `| tail -n N`: keep only the last N output lines
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Range:
     path: str
     since: str
@@ -75,7 +76,7 @@ class Range:
     max_lines: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Journal:
     unit: str
     lines: int | None = None
@@ -87,7 +88,7 @@ class Journal:
     follow: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Docker:
     container: str
     tail: int | None = None
@@ -97,17 +98,17 @@ class Docker:
     follow: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Sources:
     pass
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Bridge:
     pass
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Help:
     pass
 
@@ -265,7 +266,7 @@ def _unknown(verb: str, opt: str, flags: dict[str, str], values: dict[str, str])
 
 
 def number(verb: str, opt: str, text: str) -> int:
-    if not _NUMBER.fullmatch(text):
+    if not re.fullmatch(_NUMBER, text):
         raise bad(f"{verb}: {opt} takes a whole number, not {text!r}")
     return int(text)
 
@@ -273,7 +274,7 @@ def number(verb: str, opt: str, text: str) -> int:
 def check_path(verb: str, text: str) -> str:
     if len(text) > MAX_PATH:
         raise bad(f"{verb}: path longer than {MAX_PATH} characters")
-    if not _PATH.fullmatch(text):
+    if not re.fullmatch(_PATH, text):
         if text.startswith("-"):
             raise bad(f"{verb}: {text!r} is not an accepted option or an absolute path")
         raise bad(f"{verb}: path must be absolute and plain ASCII without spaces: {text!r}")
@@ -295,9 +296,9 @@ def check_pattern(verb: str, text: str, regex: bool) -> str:
             if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
                 raise bad(f"{verb}: invisible or control character U+{ord(ch):04X} in pattern")
     if regex:
-        if _BACKREF.search(text):
+        if re.search(_BACKREF, text):
             raise bad(f"{verb}: back-references are refused (they make matching exponential)")
-        for m in _REPEAT.finditer(text):
+        for m in re.finditer(_REPEAT, text):
             for g in m.groups():
                 if g and int(g) > MAX_REPEAT:
                     raise bad(f"{verb}: repetition count {g} is over {MAX_REPEAT}")
@@ -402,8 +403,8 @@ def _range(args: list[str]) -> Range:
     )
 
 
-def _time(verb: str, opt: str, text: str, rx: re.Pattern[str]) -> str:
-    if not rx.fullmatch(text):
+def _time(verb: str, opt: str, text: str, rx: str) -> str:
+    if not re.fullmatch(rx, text):
         raise bad(f"{verb}: {opt} {text!r} is not a time this gate accepts")
     return text
 
@@ -428,7 +429,7 @@ def _journal(args: list[str]) -> Journal:
     if output not in _JOURNAL_OUTPUTS:
         raise bad(f"journalctl: -o {output!r} is not accepted ({', '.join(_JOURNAL_OUTPUTS)})")
     prio = got.get("p")
-    if prio is not None and not _PRIORITY.fullmatch(prio):
+    if prio is not None and not re.fullmatch(_PRIORITY, prio):
         raise bad(f"journalctl: -p {prio!r} is not a priority (0-7, err, warning..., or A..B)")
     return Journal(
         unit=got["u"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import tempfile
 
 from .errors import Exit, GateError
 from .policy import Limits
@@ -26,15 +25,17 @@ class Slot:
 
 
 def state_dir(limits: Limits) -> str:
-    if limits.state_dir:
-        return limits.state_dir
+    return limits.state_dir or default_state_dir()
+
+
+def default_state_dir() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = runtime if runtime and runtime.startswith("/") else tempfile.gettempdir()
+    base = runtime if runtime and runtime.startswith("/") else os.environ.get("TMPDIR", "/tmp")  # noqa: S108
     return os.path.join(base, f"logtorukun-gate-{os.getuid()}")
 
 
-def acquire(limits: Limits) -> Slot:
-    path = state_dir(limits)
+def private_dir(path: str) -> None:
+    """Create `path` (0700) or check that it is a directory only this user can write."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -49,6 +50,11 @@ def acquire(limits: Limits) -> Slot:
             f"state dir {path} is not a private directory of this user; "
             "set limits.state_dir in the policy",
         )
+
+
+def acquire(limits: Limits) -> Slot:
+    path = state_dir(limits)
+    private_dir(path)
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     for i in range(limits.max_concurrent):
         fd = os.open(os.path.join(path, f"slot.{i}"), flags, 0o600)

@@ -365,6 +365,16 @@ def test_verify_catches_an_edit_that_was_rehashed(store: AuditStore, db: Path) -
     assert "seq 4" in report.problems[0].detail
 
 
+def test_verify_report_stays_bounded_when_everything_was_rewritten(
+    store: AuditStore, db: Path
+) -> None:
+    fill(store, 1500)
+    tamper(db, "UPDATE audit_log SET user = 'nobody'")
+    report = store.verify(max_problems=10)
+    assert report.problem_count == 1500 and len(report.problems) == 10
+    assert report.first_bad == 1 and {p.kind for p in report.problems} == {"edited"}
+
+
 def test_tail_truncation_needs_an_anchor(store: AuditStore, db: Path) -> None:
     fill(store, 10)
     anchor = store.head()

@@ -103,7 +103,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UserError(f"--since: {exc}") from None
     with _store(args) as store:
         if not args.output:
-            store.export(args.fmt, sys.stdout, since=since)
+            try:
+                store.export(args.fmt, sys.stdout, since=since)
+                sys.stdout.flush()
+            except BrokenPipeError:  # `| head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 1
             return 0
         with _open_output(args.output) as out:
             n = store.export(args.fmt, out, since=since)

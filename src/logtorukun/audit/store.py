@@ -480,6 +480,11 @@ class AuditStore:
     `append`/`finish` raise `AuditWriteError` when the record is not committed: refuse the
     request. Sinks (SIEM copies) run after the commit; their failures are counted in
     `sink_failures` and logged, never raised.
+
+    Calls block: an append is tens of microseconds, but SQLite's WAL checkpoint (about
+    every hundred appends) adds a few milliseconds to one of them, and another process
+    holding the database's write lock (any table in the file) makes it wait up to
+    `busy_timeout` before failing closed.
     """
 
     def __init__(
@@ -866,7 +871,14 @@ class AuditStore:
         """Walk the whole chain from one snapshot; see the module docstring for what it proves."""
         started = time.perf_counter()
         report = VerifyReport()
+        # Bounded memory even when every record of a big store was rewritten.
         problems: list[VerifyProblem] = []
+
+        def add(problem: VerifyProblem) -> None:
+            report.problem_count += 1
+            if len(problems) < _KEEP_PROBLEMS:
+                problems.append(problem)
+
         conn = self._connection_for_scan()
         try:
             conn.execute("BEGIN")
@@ -883,27 +895,31 @@ class AuditStore:
                     seq, prev_hash, stored = row[0], row[-2], row[-1]
                     gap = seq != expected_seq
                     if gap:
-                        problems.append(_gap_problem(expected_seq, seq))
+                        add(_gap_problem(expected_seq, seq))
                     flagged = False
                     try:
                         content = _row_content(row)
                     except ValueError as exc:
-                        problems.append(VerifyProblem(seq, "edited", str(exc)))
+                        add(VerifyProblem(seq, "edited", str(exc)))
                         flagged = True
                     else:
                         if (
                             not isinstance(prev_hash, str)
                             or record_hash(prev_hash, content) != stored
                         ):
-                            mismatched.append((seq, content, str(prev_hash), str(stored)))
+                            if len(mismatched) < _KEEP_PROBLEMS:
+                                mismatched.append((seq, content, str(prev_hash), str(stored)))
+                            else:
+                                add(VerifyProblem(seq, "edited", _EDITED))
                             flagged = True
                         elif prev_hash != expected_prev and not gap and not prev_flagged:
-                            problems.append(_unlinked_problem(seq))
+                            add(_unlinked_problem(seq))
                     if expect_head is not None and seq == expect_head.seq:
                         anchor_hash = stored
                     expected_seq, expected_prev, prev_flagged = seq + 1, stored, flagged
                     last = (seq, stored)
-            problems.extend(_classify_mismatches(mismatched))
+            for problem in _classify_mismatches(mismatched):
+                add(problem)
             row = conn.execute(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'"
             ).fetchone()
@@ -916,7 +932,7 @@ class AuditStore:
         report.head = AuditRef(*last) if last else None
         high_water = row[0] if row and isinstance(row[0], int) else 0
         if high_water > last_seq:
-            problems.append(
+            add(
                 VerifyProblem(
                     last_seq + 1,
                     "deleted",
@@ -926,7 +942,7 @@ class AuditStore:
             )
         if expect_head is not None:
             if expect_head.seq > last_seq and high_water <= last_seq:
-                problems.append(
+                add(
                     VerifyProblem(
                         last_seq + 1,
                         "deleted",
@@ -935,7 +951,7 @@ class AuditStore:
                     )
                 )
             elif anchor_hash is not None and anchor_hash != expect_head.hash:
-                problems.append(
+                add(
                     VerifyProblem(
                         expect_head.seq,
                         "edited",
@@ -944,7 +960,6 @@ class AuditStore:
                     )
                 )
         problems.sort(key=lambda p: p.seq)
-        report.problem_count = len(problems)
         report.problems = problems[:max_problems]
         report.seconds = time.perf_counter() - started
         return report
@@ -970,6 +985,10 @@ class AuditStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_KEEP_PROBLEMS = 1000
+_EDITED = "its contents no longer match its hash"
 
 
 def _gap_problem(expected: int, found: int) -> VerifyProblem:
@@ -1016,7 +1035,7 @@ def _classify_mismatches(
                 VerifyProblem(seq, "reordered", f"this record was written as seq {moved_from}")
             )
         else:
-            out.append(VerifyProblem(seq, "edited", "its contents no longer match its hash"))
+            out.append(VerifyProblem(seq, "edited", _EDITED))
     return out
 
 

@@ -108,8 +108,11 @@ def emit_span(fd: int, start: int, end: int, out: Output, max_lines: int | None 
     sent = 0
     pos = start
     carry = b""
+    # With a line limit, start small and grow: `-m 200` should not read a whole MiB.
+    size = CHUNK if max_lines is None else min(_FIRST_BLOCK * 4, CHUNK)
     while pos < end:
-        want = min(CHUNK, end - pos)
+        want = min(size, end - pos)
+        size = min(size * 2, CHUNK)
         data = os.pread(fd, want, pos)
         if len(data) < want:
             end = pos + len(data)  # the file shrank under us: send what there is
@@ -409,7 +412,11 @@ def follow(
     longer "lines" go out in pieces, each with a newline added) and flushed with a
     newline appended when its file is truncated or left behind.
     """
-    current = _Follower(fd, out, deadline, deadline_reason)
+    try:
+        current = _Follower(fd, out, deadline, deadline_reason)
+    except BaseException:
+        os.close(fd)
+        raise
     candidate: int | None = None  # a new file at the path, waiting for the old to go quiet
     candidate_since = 0.0
     try:
@@ -419,23 +426,24 @@ def follow(
             if candidate is not None:
                 if got == 0 or time.monotonic() - candidate_since >= SWITCH_GRACE:
                     current.flush()
-                    os.close(current.fd)
+                    old = current
                     current = _Follower(candidate, out, deadline, deadline_reason)
                     candidate = None
+                    os.close(old.fd)
                     current.pump()
             else:
                 new = reopen()
                 if new is not None:
+                    candidate, candidate_since = new, time.monotonic()
                     st = os.fstat(new)
                     if (st.st_dev, st.st_ino) == current.ident:
+                        candidate = None
                         os.close(new)
-                    else:
-                        candidate, candidate_since = new, time.monotonic()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LimitReached(deadline_reason)
             out.sleep(min(interval, remaining))
     finally:
-        os.close(current.fd)
         if candidate is not None:
             os.close(candidate)
+        os.close(current.fd)

@@ -34,7 +34,7 @@ from .readers import LINE_CAP, emit_span, gunzip_chunks
 __all__ = ["DETECT_BYTES", "TimeKey", "parse_time_arg", "read_range"]
 
 DETECT_BYTES = 1 << 16  # the format must show up in the first 64 KiB
-_LINEAR = 1 << 16  # below this span, scan instead of bisecting
+_LINEAR = 1 << 12  # below this span, scan instead of bisecting (parsing heads is slow)
 _HEAD = 64  # bytes of a line that hold its timestamp
 _FIRST_BLOCK = 4096  # a probe's first read; must be >= _HEAD
 _MAX_BLOCK = 1 << 20

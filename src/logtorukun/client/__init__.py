@@ -1,0 +1,52 @@
+"""The SSH client side: config hosts, an asyncssh pool, the bridge, a typed async API.
+
+The web server imports `Client` and the errors; the CLI (`commands`) uses the same API.
+Of the gate, only `logtorukun.gate.protocol` is imported here.
+"""
+
+from .api import Client, Reply, SourceFile, Sources
+from .errors import (
+    AuthRefused,
+    Busy,
+    ClientError,
+    ConnectionLost,
+    GateError,
+    GateRefused,
+    HostKeyChanged,
+    HostKeyUnknown,
+    InvalidArgument,
+    LimitHit,
+    NotFound,
+    ProtocolError,
+    RequestTimeout,
+    UnknownHost,
+    Unreachable,
+)
+from .pool import Pool, PoolOptions
+from .stream import Status, Stream
+
+__all__ = [
+    "AuthRefused",
+    "Busy",
+    "Client",
+    "ClientError",
+    "ConnectionLost",
+    "GateError",
+    "GateRefused",
+    "HostKeyChanged",
+    "HostKeyUnknown",
+    "InvalidArgument",
+    "LimitHit",
+    "NotFound",
+    "Pool",
+    "PoolOptions",
+    "ProtocolError",
+    "Reply",
+    "RequestTimeout",
+    "SourceFile",
+    "Sources",
+    "Status",
+    "Stream",
+    "UnknownHost",
+    "Unreachable",
+]

@@ -1,0 +1,270 @@
+"""The client side of the gate's bridge: many requests over one SSH channel.
+
+sshd allows `MaxSessions` (10 by default) channels per connection, and every one-shot
+request costs a channel and a gate process start (~13 ms of Python). The bridge is one
+long-lived gate process (`SSH_ORIGINAL_COMMAND=bridge`) that takes framed requests
+(`logtorukun.gate.protocol`) and answers each with DATA chunks and an END; requests are
+told apart by id, so follows, greps and tails run side by side and cancelling one stops
+only that one. The gate parses, checks, limits and audits each request exactly like a
+one-shot command.
+
+Back-pressure: the gate sends at most `window` bytes per request until this side grants
+more credit, and credit is granted only as the caller reads, so unread data here is
+bounded per request and a stalled reader never blocks the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import asyncssh
+
+from ..gate.protocol import (
+    CANCEL,
+    CREDIT,
+    CREDIT_BODY,
+    DATA,
+    END,
+    HELLO,
+    MAX_REQUEST,
+    PROTOCOL_VERSION,
+    REQUEST,
+    WINDOW,
+    FrameReader,
+    pack,
+)
+from ..gate.protocol import ProtocolError as FrameError
+from .errors import ClientError, ConnectionLost, GateRefused, ProtocolError, error_for_exit
+from .stream import Status, Stream, gate_reason
+
+MAX_IN_FLIGHT = 512  # requests per bridge; the gate accepts up to 1024 streams
+_STDERR_CAP = 4096
+
+
+class BridgeStream(Stream):
+    """One request inside a bridge."""
+
+    def __init__(self, bridge: Bridge, rid: int, command: str) -> None:
+        super().__init__(bridge.host, command)
+        self.bridge = bridge
+        self.rid = rid
+        self._ungranted = 0
+
+    def _consumed(self, n: int) -> None:
+        if self.done:
+            return
+        self._ungranted += n
+        if self._ungranted >= self.bridge.grant_step:
+            self.bridge._send(pack(CREDIT, self.rid, CREDIT_BODY.pack(self._ungranted)))
+            self._ungranted = 0
+
+    def _cancel(self) -> None:
+        # The id stays registered until the gate's END, so late DATA is dropped, not
+        # mistaken for a new request's.
+        self.bridge._send(pack(CANCEL, self.rid))
+
+
+class _Session(asyncssh.SSHClientSession[bytes]):
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            b = self.bridge
+            if len(b.stderr) < _STDERR_CAP:
+                b.stderr += data[: _STDERR_CAP - len(b.stderr)]
+        else:
+            self.bridge._feed(data)
+
+    def exit_status_received(self, status: int) -> None:
+        self.bridge.exit_status = status
+
+    def exit_signal_received(
+        self, signal: str, core_dumped: bool, msg: str, lang: str
+    ) -> None:
+        self.bridge.exit_signal = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bridge._lost(exc)
+
+
+class Bridge:
+    """A running bridge: open with `Bridge.open(conn, host)`, then `start()` requests."""
+
+    def __init__(self, host: str, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self.host = host
+        self.hello: dict[str, Any] = {}
+        self.window = WINDOW
+        self.grant_step = WINDOW // 2
+        self.stderr = b""
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.requests = 0
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self._reader = FrameReader()
+        self._streams: dict[int, BridgeStream] = {}
+        self._next_rid = 1
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._hello: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._error: ClientError | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        conn: asyncssh.SSHClientConnection,
+        host: str,
+        *,
+        timeout: float,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> Bridge:
+        """Start the gate's bridge on `conn` and wait for its HELLO."""
+        bridge = cls(host, max_in_flight)
+        chan, _ = await conn.create_session(lambda: _Session(bridge), "bridge", encoding=None)
+        bridge._chan = chan
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(bridge._hello)
+        except TimeoutError:
+            bridge.close()
+            raise ProtocolError(host, f"the bridge sent no HELLO within {timeout:g} s") from None
+        return bridge
+
+    @property
+    def closed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._streams)
+
+    async def start(self, command: str, via: dict[str, Any] | None = None) -> BridgeStream:
+        """Send one request; the returned stream yields its output."""
+        if self._error is not None:
+            raise self._error
+        body: dict[str, Any] = {"command": command}
+        if via:
+            body["via"] = via
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(payload) > MAX_REQUEST:
+            raise GateRefused(self.host, 2, f"request of {len(payload)} bytes is too large")
+        await self._slots.acquire()
+        if self._error is not None:
+            self._slots.release()
+            raise self._error
+        rid = self._next_rid
+        self._next_rid = rid + 1 if rid < 0xFFFFFFFF else 1
+        stream = BridgeStream(self, rid, command)
+        self._streams[rid] = stream
+        self.requests += 1
+        self._send(pack(REQUEST, rid, payload))
+        return stream
+
+    def _send(self, frame: bytes) -> None:
+        chan = self._chan
+        if chan is None or self._error is not None:
+            return
+        try:
+            chan.write(frame)
+        except (OSError, asyncssh.Error) as exc:
+            self._fail(ConnectionLost(self.host, f"bridge write failed: {exc}"))
+
+    # ------------------------------------------------------------------ incoming
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except FrameError as exc:
+            self._fail(ProtocolError(self.host, f"bridge framing: {exc}"))
+            return
+        streams = self._streams
+        for ftype, rid, payload in frames:
+            if ftype == DATA:
+                stream = streams.get(rid)
+                if stream is not None:
+                    stream._push(payload)
+            elif ftype == END:
+                stream = streams.pop(rid, None)
+                if stream is None:
+                    continue
+                self._slots.release()
+                try:
+                    stream._finish(_status(payload))
+                except (ValueError, KeyError, TypeError) as exc:
+                    stream._finish(None, ProtocolError(self.host, f"bad END frame: {exc}"))
+            elif ftype == HELLO and not self._hello.done():
+                try:
+                    self._on_hello(payload)
+                except (ValueError, TypeError, ClientError) as exc:
+                    err = exc if isinstance(exc, ClientError) else ProtocolError(
+                        self.host, f"bad HELLO frame: {exc}")  # fmt: skip
+                    self._fail(err)
+                    return
+            else:
+                self._fail(ProtocolError(self.host, f"unexpected bridge frame type {ftype}"))
+                return
+
+    def _on_hello(self, payload: bytes) -> None:
+        hello = json.loads(payload)
+        if not isinstance(hello, dict):
+            raise ValueError("not an object")
+        if hello.get("protocol") != PROTOCOL_VERSION:
+            raise ProtocolError(
+                self.host,
+                f"gate speaks bridge protocol {hello.get('protocol')!r},"
+                f" this client {PROTOCOL_VERSION}: update one of them",
+            )
+        self.hello = hello
+        self.window = int(hello.get("window", WINDOW))
+        self.grant_step = max(1, self.window // 2)
+        self._hello.set_result(None)
+
+    def _lost(self, exc: Exception | None) -> None:
+        """The channel closed: every running request fails, the next call reopens."""
+        if self._error is not None:
+            return
+        reason = gate_reason(self.stderr)
+        if exc is not None:
+            err: ClientError = ConnectionLost(self.host, f"connection lost: {exc}")
+        elif self.exit_signal:
+            err = ConnectionLost(self.host, f"the bridge was killed by SIG{self.exit_signal}")
+        elif self.exit_status not in (None, 0) and reason:
+            err = error_for_exit(self.host, int(self.exit_status or 0), reason)
+        elif reason:
+            err = ConnectionLost(self.host, f"the bridge ended: {reason}")
+        else:
+            err = ConnectionLost(self.host, "the bridge ended (worker restarted or went away)")
+        self._fail(err)
+
+    def _fail(self, err: ClientError) -> None:
+        if self._error is None:
+            self._error = err
+        if not self._hello.done():
+            self._hello.set_exception(err)
+            self._hello.exception()  # retrieved: no "never retrieved" warning
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            self._slots.release()
+            stream._finish(None, err)
+        chan = self._chan
+        if chan is not None:
+            with contextlib.suppress(Exception):
+                chan.close()
+
+    def close(self) -> None:
+        """End the session: running requests fail with ConnectionLost."""
+        self._fail(ConnectionLost(self.host, "the bridge was closed by the client"))
+
+
+def _status(payload: bytes) -> Status:
+    body = json.loads(payload)
+    return Status(
+        exit=int(body["exit"]),
+        reason=str(body.get("reason") or ""),
+        lines=int(body.get("lines", 0)),
+        bytes=int(body.get("bytes", 0)),
+        truncated=bool(body.get("truncated", False)),
+    )
+

@@ -1,0 +1,49 @@
+"""Which configured hosts a name, a glob or a label means.
+
+One place decides this so the CLI's `--hosts` and the web server's host pickers agree:
+`web1` is one host, `web*` a glob over names, `label:prod` every host with that label.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+
+from ..config import Config, HostConfig
+from .errors import UnknownHost
+
+
+def host_by_name(hosts: Sequence[HostConfig] | Config, name: str) -> HostConfig:
+    """The host called exactly `name`, or `UnknownHost` listing what exists."""
+    for h in _hosts(hosts):
+        if h.name == name:
+            return h
+    known = ", ".join(h.name for h in _hosts(hosts)) or "none configured"
+    raise UnknownHost("", f"unknown host {name!r} (configured: {known})")
+
+
+def matches(host: HostConfig, pattern: str) -> bool:
+    """`label:X` matches by label, anything else is a glob over the host name."""
+    if pattern.startswith("label:"):
+        return pattern[len("label:") :] in host.labels
+    return fnmatch.fnmatchcase(host.name, pattern)
+
+
+def select_hosts(hosts: Sequence[HostConfig] | Config, patterns: Iterable[str]) -> list[HostConfig]:
+    """Hosts matching any pattern, in config order; a pattern matching nothing is an error.
+
+    Patterns may also be comma-separated (`web*,label:db`), as typed on a command line.
+    """
+    pats = [p.strip() for arg in patterns for p in arg.split(",") if p.strip()]
+    if not pats:
+        raise UnknownHost("", "no host pattern given")
+    all_hosts = _hosts(hosts)
+    for p in pats:
+        if not any(matches(h, p) for h in all_hosts):
+            known = ", ".join(h.name for h in all_hosts) or "none configured"
+            raise UnknownHost("", f"no host matches {p!r} (configured: {known})")
+    return [h for h in all_hosts if any(matches(h, p) for p in pats)]
+
+
+def _hosts(hosts: Sequence[HostConfig] | Config) -> Sequence[HostConfig]:
+    return hosts.hosts if isinstance(hosts, Config) else hosts

@@ -1,0 +1,329 @@
+"""One SSH connection per worker, opened on first use and kept.
+
+A fresh `ssh` per request costs ~200 ms and trips sshd's `MaxStartups` under load; a kept
+connection costs nothing per request. Each worker's connection is opened lazily (one
+attempt at a time, shared by every caller waiting for it), kept alive with SSH
+keepalives, and reopened after a drop; failed attempts back off exponentially so a dead
+worker costs its callers a fast error, not a connect timeout each.
+
+Host keys are always checked against the host's known_hosts file (plain, hashed and
+`@cert-authority` lines; `@revoked` too). A key that is unknown and a key that changed
+are different errors, and neither ever gets as far as authentication. The client key is
+the only credential offered: no agent, no ~/.ssh/config, no passwords.
+
+Connections are keyed by host name today; per-user certificates (see DESIGN.md) will key
+them by (host, identity) without changing callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from ..config import Config, HostConfig
+from .bridge import MAX_IN_FLIGHT, Bridge
+from .errors import (
+    AuthRefused,
+    ClientError,
+    ConnectionLost,
+    HostKeyChanged,
+    HostKeyUnknown,
+    KeyFileError,
+    UnknownHost,
+    Unreachable,
+)
+from .oneshot import start_oneshot
+from .stream import Stream
+
+# AES-GCM first: with AES-NI it is ~100 µs per request cheaper than chacha20 in asyncssh.
+CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """Tuning shared by every host; per-host timeouts come from the config."""
+
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 3
+    backoff_min: float = 0.25
+    backoff_max: float = 30.0
+    # One-shot channels at once per connection: below sshd's default MaxSessions 10.
+    max_sessions: int = 8
+    max_in_flight: int = MAX_IN_FLIGHT
+    ciphers: tuple[str, ...] = CIPHERS
+
+
+class _Client(asyncssh.SSHClient):
+    def __init__(self, owner: HostConnection) -> None:
+        self.owner = owner
+        self.conn: asyncssh.SSHClientConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.conn = conn
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.owner._dropped(self.conn)
+
+
+class HostConnection:
+    """The connection (and bridge) to one worker."""
+
+    def __init__(self, host: HostConfig, options: PoolOptions) -> None:
+        self.host = host
+        self.options = options
+        self.fingerprint: str | None = None  # SHA256 of the host key last connected to
+        self.connects = 0  # successful connects (a reconnect makes it 2)
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._bridge: Bridge | None = None
+        self._lock = asyncio.Lock()
+        self._bridge_lock = asyncio.Lock()
+        self._sessions = asyncio.Semaphore(options.max_sessions)
+        self._delay = 0.0
+        self._retry_at = 0.0
+        self._error: ClientError | None = None
+        self._bridge_retry_at = 0.0
+        self._bridge_error: ClientError | None = None
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    # ------------------------------------------------------------------ connection
+
+    async def connection(self) -> asyncssh.SSHClientConnection:
+        """The open connection, opening it if needed; raises the connect error."""
+        conn = self._conn
+        if conn is not None:
+            return conn
+        async with self._lock:
+            if self._conn is not None:
+                return self._conn
+            now = time.monotonic()
+            if self._error is not None and now < self._retry_at:
+                raise self._error.again(f"(next attempt in {self._retry_at - now:.1f} s)")
+            try:
+                conn = await self._connect()
+            except ClientError as exc:
+                opts = self.options
+                self._delay = min(opts.backoff_max, max(opts.backoff_min, self._delay * 2))
+                self._retry_at = time.monotonic() + self._delay
+                self._error = exc
+                raise
+            self._delay = 0.0
+            self._error = None
+            self._conn = conn
+            self.connects += 1
+            key = conn.get_server_host_key()
+            self.fingerprint = key.get_fingerprint("sha256") if key else None
+            return conn
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        h = self.host
+        if not h.known_hosts.is_file():
+            raise HostKeyUnknown(
+                h.name,
+                f"known_hosts file {h.known_hosts} not found;"
+                f" run `logtorukun hosts trust {h.name}` to create it",
+            )
+        try:
+            asyncssh.read_private_key(str(h.key))
+        except (OSError, asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+            raise KeyFileError(h.name, f"cannot use client key {h.key}: {_why(exc)}") from None
+        opts = self.options
+        where = f"{h.user}@{h.address}:{h.port}"
+        try:
+            async with asyncio.timeout(h.connect_timeout):
+                return await asyncssh.connect(
+                    h.address,
+                    h.port,
+                    username=h.user,
+                    client_keys=[str(h.key)],
+                    known_hosts=str(h.known_hosts),  # never None: strict, always
+                    config=None,
+                    agent_path=None,
+                    agent_forwarding=False,
+                    x509_trusted_certs=None,
+                    password_auth=False,
+                    kbdint_auth=False,
+                    host_based_auth=False,
+                    gss_auth=False,
+                    gss_kex=False,
+                    preferred_auth="publickey",
+                    encryption_algs=list(opts.ciphers),
+                    connect_timeout=h.connect_timeout,
+                    login_timeout=h.connect_timeout,
+                    keepalive_interval=opts.keepalive_interval,
+                    keepalive_count_max=opts.keepalive_count_max,
+                    client_factory=lambda: _Client(self),
+                )
+        except asyncssh.HostKeyNotVerifiable:
+            raise self._host_key_error() from None
+        except asyncssh.PermissionDenied:
+            raise AuthRefused(
+                h.name,
+                f"authentication refused for {where} with key {h.key}"
+                " (is it in the worker's authorized_keys, and does from= allow this address?)",
+            ) from None
+        except asyncssh.KeyExchangeFailed as exc:
+            if self._known_entries():
+                raise self._host_key_error(f" ({exc.reason})") from None
+            raise Unreachable(h.name, f"key exchange with {where} failed: {exc.reason}") from None
+        except asyncssh.DisconnectError as exc:
+            raise Unreachable(h.name, f"{where} closed the connection: {exc.reason}") from None
+        except TimeoutError:
+            raise Unreachable(
+                h.name, f"no SSH connection to {where} within {h.connect_timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise Unreachable(h.name, f"cannot connect to {where}: {_why(exc)}") from None
+
+    def _known_entries(self) -> int:
+        """How many keys or CAs known_hosts trusts for this host (0: never trusted)."""
+        h = self.host
+        try:
+            known = asyncssh.read_known_hosts(str(h.known_hosts))
+        except (OSError, ValueError):
+            return 0
+        keys, cas, *_ = known.match(h.address, h.address, h.port)
+        return len(keys) + len(cas)
+
+    def _host_key_error(self, detail: str = "") -> ClientError:
+        h = self.host
+        if self._known_entries():
+            return HostKeyChanged(
+                h.name,
+                f"HOST KEY CHANGED: {h.address}:{h.port} offered a key that {h.known_hosts}"
+                f" does not trust{detail}; not connecting (possible man-in-the-middle)."
+                f" If the change is expected, remove the old entry and run"
+                f" `logtorukun hosts trust {h.name}`",
+            )
+        return HostKeyUnknown(
+            h.name,
+            f"host key of {h.address}:{h.port} is not in {h.known_hosts};"
+            f" check it and run `logtorukun hosts trust {h.name}`",
+        )
+
+    def _dropped(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The connection closed: the next request reconnects at once (no backoff yet)."""
+        if self._conn is conn:
+            self._conn = None
+            self._delay = 0.0
+        bridge = self._bridge
+        if bridge is not None and not bridge.closed:
+            bridge._lost(ConnectionResetError("the SSH connection dropped"))
+
+    # ------------------------------------------------------------------ requests
+
+    async def bridge(self) -> Bridge:
+        """The running bridge on this connection, starting one if needed."""
+        b = self._bridge
+        if b is not None and not b.closed:
+            return b
+        async with self._bridge_lock:
+            b = self._bridge
+            if b is not None and not b.closed:
+                return b
+            if self._bridge_error is not None and time.monotonic() < self._bridge_retry_at:
+                raise self._bridge_error.again()
+            conn = await self.connection()
+            try:
+                b = await Bridge.open(
+                    conn,
+                    self.name,
+                    timeout=self.host.connect_timeout,
+                    max_in_flight=self.options.max_in_flight,
+                )
+            except ClientError as exc:
+                self._bridge_error = exc
+                self._bridge_retry_at = time.monotonic() + self.options.backoff_min
+                raise
+            except (asyncssh.Error, OSError) as exc:
+                raise ConnectionLost(self.name, f"cannot start the bridge: {_why(exc)}") from None
+            self._bridge_error = None
+            self._bridge = b
+            return b
+
+    async def start(
+        self, command: str, via: dict[str, Any] | None = None, *, oneshot: bool = False
+    ) -> Stream:
+        """Send `command` to the gate; the stream yields its output."""
+        if not oneshot:
+            bridge = await self.bridge()
+            return await bridge.start(command, via)
+        if via:
+            raise ValueError("`via` needs the bridge: a one-shot command has nowhere to carry it")
+        conn = await self.connection()
+        await self._sessions.acquire()
+        try:
+            return await start_oneshot(conn, self.name, command, self._sessions.release)
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectionLost(self.name, f"cannot open a session: {_why(exc)}") from None
+
+    async def close(self) -> None:
+        bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            bridge.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            await conn.wait_closed()
+
+
+class Pool:
+    """Connections to the configured workers; `async with Pool(config) as pool:`."""
+
+    def __init__(
+        self, hosts: Config | Sequence[HostConfig], options: PoolOptions | None = None
+    ) -> None:
+        self.hosts = list(hosts.hosts if isinstance(hosts, Config) else hosts)
+        self.options = options or PoolOptions()
+        self._conns: dict[str, HostConnection] = {}
+
+    def get(self, name: str) -> HostConnection:
+        """The (lazily connected) worker `name`; UnknownHost if it is not configured."""
+        hc = self._conns.get(name)
+        if hc is None:
+            host = next((h for h in self.hosts if h.name == name), None)
+            if host is None:
+                known = ", ".join(h.name for h in self.hosts) or "none configured"
+                raise UnknownHost("", f"unknown host {name!r} (configured: {known})")
+            hc = self._conns[name] = HostConnection(host, self.options)
+        return hc
+
+    async def start(
+        self, host: str, command: str, via: dict[str, Any] | None = None, *, oneshot: bool = False
+    ) -> Stream:
+        return await self.get(host).start(command, via, oneshot=oneshot)
+
+    async def close(self) -> None:
+        conns = list(self._conns.values())
+        self._conns.clear()
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -142,6 +142,10 @@ def tokenize(command: str) -> list[str | object]:
         o = ord(ch)
         if o < 0x20 or o == 0x7F:
             raise bad(f"control character 0x{o:02x} in the command")
+        if 0xD800 <= o <= 0xDFFF:
+            # Invalid UTF-8 from sshd (U+DC80..U+DCFF escapes) or a lone surrogate from a
+            # bridge request's JSON: neither can be a path or a pattern.
+            raise bad("the command is not valid UTF-8")
     tokens: list[str | object] = []
     cur: list[str] = []
     started = False
@@ -480,7 +484,8 @@ def _bare(verb: str, args: list[str], req: Request) -> Request:
 
 def parse(command: str) -> Request:
     """One command line -> one request, or GateError(BAD_REQUEST) with a one-line reason."""
-    if len(command.encode("utf-8", "surrogateescape")) > MAX_COMMAND:
+    # surrogatepass: a lone surrogate (bridge JSON "\ud800") must be a refusal, not a crash.
+    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND:
         raise bad(f"command longer than {MAX_COMMAND} bytes")
     if not command.strip(" "):
         raise bad("empty command; try `help`")

@@ -262,7 +262,7 @@ def test_unknown_verb_is_shown_escaped_and_short() -> None:
         ("/var/log/w\u043erker/app.log", r"plain ASCII"),  # Cyrillic o
         ("/var/log/worker/app\u2024log", r"plain ASCII"),  # one dot leader
         ("/var/log/worker/\u2025/secret", r"plain ASCII"),  # two dot leader
-        ("/var/log/worker/\udcc0\udcae\udcc0\udcae/x.log", r"plain ASCII"),  # overlong '.'
+        ("/var/log/worker/\udcc0\udcae\udcc0\udcae/x.log", r"not valid UTF-8"),  # overlong '.'
         ("/var/log/worker/\u00a0app.log", r"plain ASCII"),  # no-break space
         ("/var/log/worker/app.log\u200b", r"plain ASCII"),  # zero width space
         ("/var/log/worker\\..\\secret", r"plain ASCII"),
@@ -333,7 +333,7 @@ def test_bounded_repetition_is_accepted() -> None:
 
 
 @pytest.mark.parametrize("ch", ["\u200b", "\u202e", "\u2028", "\u2029", "\u0085", "\ue000",
-                                "\udcff", "\ufeff"])  # fmt: skip
+                                "\ufeff"])  # fmt: skip
 def test_invisible_characters_in_patterns_are_refused(ch: str) -> None:
     refused(f"grep 'a{ch}b' {LOG}", r"invisible or control character")
 
@@ -398,6 +398,7 @@ def test_docker_container_after_double_dash_is_a_name() -> None:
 @pytest.mark.parametrize(
     "command",
     ["\ud800", f"tail -n 1 {LOG}\udfff", f"grep '\ud83d' {LOG}", "\udcff" * 5000, "\ud800" * 2000],
+    ids=["lone", "in-path", "in-pattern", "escapes-5000", "lone-2000"],
 )
 def test_lone_surrogates_are_a_refusal_not_a_crash(command: str) -> None:
     """A bridge REQUEST is JSON, and JSON can carry "\\ud800": not UTF-8, not encodable.

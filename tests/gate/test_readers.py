@@ -471,6 +471,31 @@ def test_follow_initial_lines_partial_and_pieces(
     assert open_fds() == before
 
 
+@pytest.mark.parametrize(
+    ("initial", "n", "first", "rest"),
+    [
+        (b"abc", 5, b"", b"abc\n"),  # only a partial line: nothing yet
+        (numbered(0, 10) + b"z" * 20_000, 2, numbered(8, 10), b"z" * 20_000 + b"\n"),
+        (numbered(0, 10), 2, numbered(8, 10), b"\n"),  # an empty line arrives
+        (b"", 3, b"", b"\n"),
+    ],
+)
+def test_follow_start(tmp_path: Path, initial: bytes, n: int, first: bytes, rest: bytes) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(initial)
+    stepper = Stepper()
+    out, sink = make_out(waiter=stepper.waiter)
+    f = Follow(p, out, n=n)
+    stepper.idle()
+    assert b"".join(sink) == first
+    with p.open("ab") as w:
+        w.write(b"\n")
+    stepper.step()
+    assert b"".join(sink) == first + rest
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
 def test_follow_n_zero_and_missing_path(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 10))

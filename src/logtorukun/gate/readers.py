@@ -321,16 +321,22 @@ class _Follower:
         """Send the last `n` complete lines; a partial last line waits for its newline."""
         size = os.fstat(self.fd).st_size
         complete_end = size
-        if size:
-            look = min(size, LINE_CAP)
+        look = min(size, _FIRST_BLOCK)
+        while look:
             buf = os.pread(self.fd, look, size - look)
-            if not buf.endswith(b"\n"):
-                nl = buf.rfind(b"\n")
-                if nl >= 0:
-                    complete_end = size - len(buf) + nl + 1
-                elif size <= LINE_CAP:
-                    complete_end = 0
-                # else: a partial line longer than LINE_CAP; its rest arrives as a piece
+            if len(buf) != look:
+                complete_end = 0  # truncated as we start: follow from the top
+                break
+            nl = buf.rfind(b"\n")
+            if nl >= 0:
+                complete_end = size - len(buf) + nl + 1
+                break
+            if look >= min(size, LINE_CAP):
+                if size <= LINE_CAP:
+                    complete_end = 0  # one partial line: it is all still to come
+                # else: a partial line longer than LINE_CAP; its rest goes out as a piece
+                break
+            look = min(size, LINE_CAP)
         if n > 0 and complete_end > 0:
             for _attempt in range(3):
                 try:
@@ -393,23 +399,26 @@ def follow(
     Ownership: `follow` takes `fd` and every fd `reopen()` returns, and closes all of
     them before it returns or raises. It only ends by an exception: `LimitReached`
     (`deadline_reason` at `deadline`, or a cap), `Cancelled`, or whatever `reopen` raises.
+    The first `n` lines obey the caps as in `tail` (newest lines that fit, then the cap).
 
     Rotation. Each `interval`, `reopen()` gives a fresh fd for the path (`None` while the
-    path is missing). A different (st_dev, st_ino) means the file was renamed away
-    (logrotate `create`): we keep reading the old fd until it has been quiet for a whole
-    interval (or `SWITCH_GRACE` seconds have passed), because with `create` the writer
-    keeps appending to the old file until postrotate makes it reopen; then we flush its
-    partial last line, close it, and read the new file from offset 0. Nothing is lost or
-    repeated as long as the writer is done with the old file within the grace.
+    path is missing: we keep reading the fd we have). A different (st_dev, st_ino) means
+    the file was renamed away: we keep reading the old fd until one whole interval
+    passes with nothing new in it (at most `SWITCH_GRACE` seconds), because with
+    logrotate's `create` the app keeps appending to the old file until postrotate makes
+    it reopen; then we flush the old file's partial last line, close it, and read the new
+    file from offset 0. Nothing is lost or repeated unless the app writes to the old file
+    again after leaving it idle for a whole interval (or past the grace).
 
     copytruncate: a file smaller than our offset was truncated; we restart at offset 0.
-    Inherent race: lines appended after our last read and before the truncate are
-    copied to the rotated file but never reach us; and if the new content has already
-    grown past our old offset when we look, the truncation goes unnoticed and we resume
-    mid-file. Polling every `interval` keeps both windows small; rename+create has neither.
+    Inherent races: lines appended after our last read and before the truncate are in the
+    copy only and never reach us; and if the new content has already grown past our old
+    offset when we look, the truncation goes unnoticed and we resume mid-file. Polling
+    every `interval` keeps both windows small; rename+create has neither. (The writer
+    must use O_APPEND, as copytruncate itself requires, or it leaves a sparse file.)
 
-    Only complete lines are sent; the partial last line is held (at most `LINE_CAP`,
-    longer "lines" go out in pieces, each with a newline added) and flushed with a
+    Only complete lines are sent; a partial last line is held (at most `LINE_CAP`:
+    longer "lines" go out in pieces, each with a newline added) and is flushed with a
     newline appended when its file is truncated or left behind.
     """
     try:

@@ -224,7 +224,11 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
     )
     _no_extra(lim, set(Limits.__annotations__), "limits", path)
     for name in ("max_lines", "max_bytes", "max_seconds", "follow_max_seconds", "max_concurrent"):
-        if getattr(limits, name) <= 0:
+        value = getattr(limits, name)
+        # TOML has nan and inf: a deadline of now + nan never comes, int(inf) raises.
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _bad(path, f"limits.{name} must be a finite number")
+        if value <= 0:
             raise _bad(path, f"limits.{name} must be positive")
 
     aud = _table(data, "audit", path)

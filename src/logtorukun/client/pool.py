@@ -18,6 +18,7 @@ them by (host, identity) without changing callers.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -324,6 +325,10 @@ class Pool:
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is sshd running on that port?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the address ({exc.strerror or exc})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

@@ -1,0 +1,462 @@
+"""CLI over the client API: `sources`, `tail`, `grep`, `follow`, `hosts check|trust`.
+
+The same calls the web server makes, so an operator can check a worker from a shell with
+the server's own config and key. Log text is neutralised before it reaches the terminal
+(see `terminal.py`); `--raw` writes the bytes as they are, but only into a pipe or file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TextIO
+
+import asyncssh
+
+from ..config import Config, HostConfig, load_config
+from ..errors import UserError
+from .api import Client, Reply, grep_command
+from .errors import EXIT_LIMIT, ClientError, HostKeyChanged, LimitHit
+from .hosts import host_by_name, select_hosts
+from .stream import Status
+from .terminal import neutralise
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("sources", help="list what a worker's policy lets us read")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("--json", action="store_true", help="print the gate's JSON as it is")
+    _common(p)
+    p.set_defaults(func=_cmd_sources)
+
+    p = sub.add_parser("tail", help="the last lines of a log on a worker")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("-n", "--lines", type=int, default=200, metavar="N")
+    _output_options(p)
+    _common(p)
+    p.set_defaults(func=_cmd_tail)
+
+    p = sub.add_parser(
+        "grep",
+        help="search a log on one worker, or on many in parallel",
+        usage="logtorukun grep [options] (HOST | --hosts GLOB) PATH PATTERN",
+        description="Fixed-string search by default. With --hosts (a name glob or "
+        "label:LABEL, repeatable or comma-separated) every matching host is searched in "
+        "parallel, each line is prefixed with its host, and a host that fails is reported "
+        "on stderr without stopping the others (exit 1 if any failed).",
+    )
+    p.add_argument("words", nargs="+", metavar="HOST PATH PATTERN")
+    p.add_argument("--hosts", action="append", metavar="GLOB", help="hosts or label:LABEL")
+    p.add_argument("-E", "--regex", action="store_true", help="extended regex, not fixed")
+    p.add_argument("-i", "--ignore-case", action="store_true")
+    p.add_argument("-v", "--invert", action="store_true")
+    p.add_argument("-c", "--count", action="store_true")
+    p.add_argument("-m", "--max-count", type=int, metavar="N")
+    p.add_argument("--last", type=int, metavar="N", help="only the last N matches")
+    _output_options(p)
+    _common(p)
+    p.set_defaults(func=_cmd_grep)
+
+    p = sub.add_parser("follow", help="follow a log on a worker (tail -F) until Ctrl-C")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("-n", "--lines", type=int, default=10, metavar="N")
+    _output_options(p)
+    _common(p)
+    p.set_defaults(func=_cmd_follow)
+
+    hosts = sub.add_parser("hosts", help="check the configured workers, trust a host key")
+    hcmd = hosts.add_subparsers(dest="hosts_command", metavar="ACTION", required=True)
+    p = hcmd.add_parser(
+        "check", help="reachability, host key fingerprint and gate version of every host"
+    )
+    p.add_argument("patterns", nargs="*", metavar="GLOB", help="only these (default: all)")
+    p.set_defaults(func=_cmd_check)
+    p = hcmd.add_parser(
+        "trust",
+        help="show a host's key fingerprint; add it to known_hosts with --yes or --fingerprint",
+        description="Connects without authenticating, shows the key the host offers, and "
+        "appends it to the host's known_hosts file only with --fingerprint matching it (the "
+        "safe way: compare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the "
+        "worker) or --yes. Never replaces a key that is already there for the host.",
+    )
+    p.add_argument("host", metavar="HOST")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--yes", action="store_true", help="trust the key shown, as it is")
+    g.add_argument("--fingerprint", metavar="SHA256:...", help="trust it only if it matches")
+    p.set_defaults(func=_cmd_trust)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--oneshot",
+        action="store_true",
+        help="one SSH channel and gate process per request instead of the bridge",
+    )
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--color",
+        "--colour",
+        action="store_true",
+        help="keep ANSI colours (SGR only; every other escape is still shown)",
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="write the log bytes unchanged (refused when stdout is a terminal)",
+    )
+
+
+# ---------------------------------------------------------------------- output
+
+
+class Printer:
+    """Writes log lines to stdout safely, optionally prefixed with their host."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.raw = bool(getattr(args, "raw", False))
+        self.colour = bool(getattr(args, "color", False))
+        if self.raw and self.out.isatty():
+            raise UserError("--raw writes control characters as they are: not to a terminal")
+        self.lines = 0
+
+    def write(self, data: bytes, prefix: str = "") -> None:
+        if not data:
+            return
+        if prefix:
+            # Whole lines only, each with its host; a missing final newline is added.
+            if not data.endswith(b"\n"):
+                data += b"\n"
+            lines = data.split(b"\n")[:-1]
+            self.lines += len(lines)
+            pre = prefix.encode()
+            data = b"".join(pre + line + b"\n" for line in lines)
+        else:
+            self.lines += data.count(b"\n")
+        if self.raw:
+            self.out.flush()
+            self.out.buffer.write(data)
+            self.out.buffer.flush()
+        else:
+            self.out.write(neutralise(data, colour=self.colour))
+            self.out.flush()
+
+
+def _note(text: str) -> None:
+    print(f"logtorukun: {neutralise(text)}", file=sys.stderr, flush=True)
+
+
+def _limit_note(host: str, status: Status) -> None:
+    _note(f"{host}: output truncated: {status.reason or 'a gate limit was hit'}")
+
+
+def _run(config_arg: str | None, body: Callable[[Config], Coroutine[Any, Any, int]]) -> int:
+    config = load_config(config_arg)
+    return asyncio.run(body(config))
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _cmd_sources(args: argparse.Namespace) -> int:
+    async def body(config: Config) -> int:
+        host = host_by_name(config, args.host).name
+        async with Client(config, oneshot=args.oneshot) as client:
+            if args.json:
+                reply = await client.run(host, "sources")
+                sys.stdout.write(neutralise(reply.data))
+                return 0
+            src = await client.sources(host)
+        out = [f"# {host}: gate {src.gate}"]
+        for f in src.files:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(f.mtime))
+            out.append(f"{f.size:>12}  {stamp}  {f.path}")
+        out += [f"unit:{u}" for u in src.units]
+        out += [f"container:{c}" for c in src.containers]
+        print(neutralise("\n".join(out)))
+        return 0
+
+    return _run(args.config, body)
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    printer = Printer(args)
+
+    async def body(config: Config) -> int:
+        host = host_by_name(config, args.host).name
+        async with Client(config, oneshot=args.oneshot) as client:
+            reply = await client.tail(host, args.path, args.lines)
+        return _finish_single(reply, printer)
+
+    return _run(args.config, body)
+
+
+def _finish_single(reply: Reply, printer: Printer) -> int:
+    printer.write(reply.data)
+    err = reply.limit_error()
+    if err is not None:
+        raise LimitHit(reply.host, EXIT_LIMIT, err.reason)
+    return 0
+
+
+def _cmd_follow(args: argparse.Namespace) -> int:
+    printer = Printer(args)
+
+    async def body(config: Config) -> int:
+        host = host_by_name(config, args.host).name
+        async with Client(config, oneshot=args.oneshot) as client:
+            stream = await client.follow(host, args.path, lines=args.lines)
+            async with stream:
+                async for chunk in stream:
+                    printer.write(chunk)
+            if stream.status is not None and stream.status.truncated:
+                _limit_note(host, stream.status)
+        return 0
+
+    return _run(args.config, body)
+
+
+def _cmd_grep(args: argparse.Namespace) -> int:
+    words: list[str] = args.words
+    if args.hosts:
+        if len(words) != 2:
+            raise UserError("grep --hosts GLOB takes PATH PATTERN (a pattern starting with"
+                             " '-' goes after `--`)")  # fmt: skip
+        host_arg, (path, pattern) = None, words
+    else:
+        if len(words) != 3:
+            raise UserError("grep takes HOST PATH PATTERN, or --hosts GLOB PATH PATTERN")
+        host_arg, path, pattern = words
+    command = grep_command(
+        path, pattern, regex=args.regex, ignore_case=args.ignore_case, invert=args.invert,
+        count=args.count, max_count=args.max_count, last=args.last,
+    )  # fmt: skip
+    printer = Printer(args)
+
+    async def body(config: Config) -> int:
+        if host_arg is not None:
+            host = host_by_name(config, host_arg).name
+            async with Client(config, oneshot=args.oneshot) as client:
+                reply = await client.run(host, command)
+            return _finish_single(reply, printer)
+        hosts = select_hosts(config, args.hosts)
+        async with Client(config, oneshot=args.oneshot) as client:
+            return await grep_hosts(client, hosts, command, printer)
+
+    return _run(args.config, body)
+
+
+async def grep_hosts(
+    client: Client,
+    hosts: list[HostConfig],
+    command: str,
+    printer: Printer,
+    *,
+    progress_after: float = 1.0,
+) -> int:
+    """Run `command` on every host at once; lines prefixed `host: `; 1 if any host failed."""
+    width = max(len(h.name) for h in hosts)
+    failed: list[str] = []
+    done = 0
+    progress = _Progress(len(hosts))
+
+    async def one(h: HostConfig) -> None:
+        nonlocal done
+        prefix = f"{h.name}:".ljust(width + 2)
+        try:
+            stream = await client.stream(h.name, command)
+            async with stream:
+                async for chunk in stream.lines():
+                    progress.clear()
+                    printer.write(chunk, prefix)
+            if stream.status is not None and stream.status.truncated:
+                progress.clear()
+                _limit_note(h.name, stream.status)
+        except ClientError as exc:
+            failed.append(h.name)
+            progress.clear()
+            _note(str(exc))
+        finally:
+            done += 1
+            progress.update(done, len(failed), printer.lines)
+
+    ticker = asyncio.create_task(progress.tick(progress_after))
+    try:
+        await asyncio.gather(*(one(h) for h in hosts))
+    finally:
+        ticker.cancel()
+        progress.clear()
+    if progress.shown or failed:
+        ok = len(hosts) - len(failed)
+        which = f" ({', '.join(failed)})" if failed else ""
+        _note(f"grep: {len(hosts)} hosts, {ok} answered, {len(failed)} failed{which},"
+              f" {printer.lines} lines")  # fmt: skip
+    return 1 if failed else 0
+
+
+class _Progress:
+    """`[3/10 hosts, 1 failed, 1200 lines]` on stderr once a run lasts; redrawn on a tty."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.text = ""
+        self.shown = False
+        self.tty = sys.stderr.isatty()
+        self._drawn = False
+
+    def update(self, done: int, failed: int, lines: int) -> None:
+        self.text = f"[{done}/{self.total} hosts, {failed} failed, {lines} lines]"
+        if self.shown and self.tty:
+            self._draw()
+
+    async def tick(self, after: float) -> None:
+        await asyncio.sleep(after)
+        self.shown = True
+        while True:
+            self._draw()
+            await asyncio.sleep(0.5 if self.tty else 5.0)
+
+    def _draw(self) -> None:
+        if not self.text:
+            self.text = f"[0/{self.total} hosts]"
+        if self.tty:
+            sys.stderr.write(f"\r\x1b[K{self.text}")
+            self._drawn = True
+        else:
+            sys.stderr.write(f"logtorukun: grep: {self.text}\n")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self._drawn:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._drawn = False
+
+
+# ---------------------------------------------------------------------- hosts
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    async def body(config: Config) -> int:
+        hosts = select_hosts(config, args.patterns) if args.patterns else list(config.hosts)
+        if not hosts:
+            raise UserError(f"{config.path}: no [[host]] configured")
+        async with Client(config) as client:
+            rows = await asyncio.gather(*(check_host(client, h) for h in hosts))
+        head = ("HOST", "ADDRESS", "GATE", "MS", "FINGERPRINT", "STATUS")
+        table = [head, *rows]
+        widths = [max(len(r[i]) for r in table) for i in range(len(head) - 1)]
+        for r in table:
+            cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)]
+            print(neutralise("  ".join([*cells, r[-1]]).rstrip()))
+        return 1 if any(r[-1] != "ok" for r in rows) else 0
+
+    return _run(args.config, body)
+
+
+async def check_host(client: Client, h: HostConfig) -> tuple[str, str, str, str, str, str]:
+    """One row of `hosts check`: connect, start the bridge, read the gate's HELLO."""
+    hc = client.pool.get(h.name)
+    t0 = time.perf_counter()
+    status, gate = "ok", ""
+    try:
+        bridge = await hc.bridge()
+        gate = str(bridge.hello.get("gate", ""))
+    except ClientError as exc:
+        status = f"{_kind(exc)}: {exc.message}"
+    ms = f"{(time.perf_counter() - t0) * 1000:.0f}"
+    return (h.name, f"{h.address}:{h.port}", gate or "-", ms, hc.fingerprint or "-", status)
+
+
+def _kind(exc: ClientError) -> str:
+    name = type(exc).__name__
+    return "".join(f" {c.lower()}" if c.isupper() else c for c in name).strip()
+
+
+def _cmd_trust(args: argparse.Namespace) -> int:
+    async def body(config: Config) -> int:
+        h = host_by_name(config, args.host)
+        return await trust_host(h, yes=args.yes, fingerprint=args.fingerprint)
+
+    return _run(args.config, body)
+
+
+async def trust_host(h: HostConfig, *, yes: bool = False, fingerprint: str | None = None) -> int:
+    """Show the host's key; append it to known_hosts if confirmed. Never replaces a key."""
+    from .errors import Unreachable
+
+    try:
+        async with asyncio.timeout(h.connect_timeout):
+            key = await asyncssh.get_server_host_key(h.address, h.port, config=None)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise Unreachable(h.name, f"cannot fetch the host key of {h.address}:{h.port}:"
+                                  f" {exc or type(exc).__name__}") from None  # fmt: skip
+    if key is None:
+        raise Unreachable(h.name, "the server presented no host key")
+    fp = key.get_fingerprint("sha256")
+    print(f"{h.name} ({h.address}:{h.port}) offers {key.get_algorithm()} key {fp}")
+    known, cas = _known_keys(h)
+    if cas:
+        print(f"{h.known_hosts} trusts a certificate authority for this host: nothing to add")
+        return 0
+    if any(k.public_data == key.public_data for k in known):
+        print(f"already trusted in {h.known_hosts}")
+        return 0
+    if known:
+        raise HostKeyChanged(
+            h.name,
+            f"{h.known_hosts} already holds another key for {h.address}:{h.port}; not adding"
+            f" this one. If the change is expected, remove the old entry first"
+            f" (ssh-keygen -R '{_pattern(h)}' -f {h.known_hosts})",
+        )
+    if fingerprint is not None:
+        if fingerprint.strip() != fp:
+            raise UserError(f"{h.name}: fingerprint mismatch: expected {fingerprint.strip()},"
+                            f" the host offers {fp}; nothing written")  # fmt: skip
+    elif not yes:
+        print("not written: compare it with the worker's own key (on the worker:"
+              " ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then run again with"
+              f" --fingerprint {fp}")  # fmt: skip
+        return 1
+    algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
+    _append(h.known_hosts, f"{_pattern(h)} {algorithm} {blob}\n")
+    print(f"added to {h.known_hosts}")
+    return 0
+
+
+def _pattern(h: HostConfig) -> str:
+    return h.address if h.port == 22 else f"[{h.address}]:{h.port}"
+
+
+def _known_keys(h: HostConfig) -> tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey]]:
+    """The host keys and the CA keys known_hosts trusts for this host."""
+    if not h.known_hosts.exists():
+        return [], []
+    try:
+        known = asyncssh.read_known_hosts(str(h.known_hosts))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{h.known_hosts}: cannot read known_hosts: {exc}") from None
+    keys, cas, *_ = known.match(h.address, h.address, h.port)
+    return list(keys), list(cas)
+
+
+def _append(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "a", encoding="ascii") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    f.write("\n")
+        f.write(line)
+

@@ -126,15 +126,23 @@ def test_tail_huge_lines(tmp_path: Path) -> None:
     assert err is not None and err.code == Exit.LIMIT and "max_bytes" in err.reason
 
 
-@pytest.mark.parametrize("n", [1, 200, 5000])
-def test_tail_reads_proportional_to_n(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int
-) -> None:
-    p = tmp_path / "big.log"
+@pytest.fixture(scope="module")
+def big_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    p = tmp_path_factory.mktemp("big") / "big.log"
     block = numbered(0, 100_000)  # 1.2 MB
     with p.open("wb") as f:
         for _ in range(42):  # ~50 MB
             f.write(block)
+    yield p
+    p.unlink()  # do not leave 50 MB in pytest's kept temp dirs
+
+
+@pytest.mark.parametrize("n", [1, 200, 5000])
+def test_tail_reads_proportional_to_n(
+    big_log: Path, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    p = big_log
+    block = numbered(0, 100_000)
     size = p.stat().st_size
     read = 0
     real = os.pread

@@ -17,7 +17,9 @@ A line that does not start with a timestamp (stack trace, continuation) belongs 
 timestamped line before it, and is in the window iff that line is; lines before the
 first timestamped line of the file belong to no line and are never in a window.
 Timestamps are assumed non-decreasing. If they are not, the search still ends and
-prints some contiguous run of lines, just not a well-defined one.
+prints some contiguous run of lines, just not a well-defined one. A probe that lands
+in a long run of lines without timestamps reads forward to the next timestamped line,
+so such runs (megabytes of one stack trace) cost their length, not a few KiB.
 """
 
 from __future__ import annotations
@@ -278,7 +280,7 @@ def read_range(
     gz: bool = False,
 ) -> None:
     """Send the lines from the first one stamped `>= since` up to (not including) the
-    first one after it stamped `>= until`, continuation lines included.
+    first one from there on stamped `>= until`, continuation lines included.
 
     The fd stays open (the caller owns it). Plain files are bisected, so the cost is a
     few reads per probe plus the window itself. `gz=True` cannot seek (gzip has no

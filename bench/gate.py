@@ -51,8 +51,7 @@ def make_log(path: Path, size: int) -> None:
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, bytes]:
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          check=False)  # fmt: skip
+    proc = subprocess.run(argv, env=env, capture_output=True, check=False)  # fmt: skip
     elapsed = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {proc.stderr[:300]!r}")

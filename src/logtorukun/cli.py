@@ -16,7 +16,11 @@ from . import __version__
 from .errors import UserError
 
 # Each module adds its own subcommands; order is the order of `logtorukun --help`.
-COMMAND_MODULES: tuple[str, ...] = ("logtorukun.client.commands", "logtorukun.audit.commands")
+COMMAND_MODULES: tuple[str, ...] = (
+    "logtorukun.web.commands",
+    "logtorukun.client.commands",
+    "logtorukun.audit.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,4 @@
+"""The web server: sign-in, per-user access, audited reads over SSH, the log viewer.
+
+`create_app(config)` in `app.py` builds the ASGI app; `logtorukun serve` runs it.
+"""

@@ -1,0 +1,586 @@
+"""The JSON API under /api/ (OpenAPI at /openapi.json): the same data the pages show,
+for scripts (`Authorization: Bearer TOKEN`).
+
+Every handler takes the same path: `_begin` authenticates, rate-limits, resolves the
+host and source, checks the grant and writes the audit record (allow or deny) before
+the worker is asked anything; `_end` writes the outcome. Status codes follow the
+design: 403 refused (JSON reason), 404 unknown host or source, 422 bad parameters,
+502 worker unreachable, 503 audit trail unwritable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ..audit import AuditRef, parse_time
+from ..config import HostConfig
+from .access import (
+    DOWNLOAD,
+    SEARCH,
+    TAIL,
+    BadSource,
+    Source,
+    glob_regex,
+    host_matches,
+    source_from,
+)
+from .app import ApiError, Ctx, Server
+from .workers import Outcome, ReadSpec, WorkerError
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+MAX_LINES = 10_000  # the web side caps again, whatever a worker's policy says
+MAX_BYTES = 10_000_000
+MAX_FILES_PER_HOST = 20  # a cross-host search reads at most this many files per host
+_TIME = re.compile(r"[0-9A-Za-z:.+ -]{1,40}")
+
+Lines = Annotated[int, Query(ge=1, le=MAX_LINES, description="how many lines (last N)")]
+PathQ = Annotated[str | None, Query(max_length=1024, description="absolute file path")]
+UnitQ = Annotated[str | None, Query(max_length=255, description="systemd unit")]
+ContainerQ = Annotated[str | None, Query(max_length=128, description="container name")]
+TimeQ = Annotated[str | None, Query(max_length=40, description="time: 2024-12-17 14:03")]
+
+
+def server_of(request: Request) -> Server:
+    server: Server = request.app.state.server
+    return server
+
+
+@dataclass(slots=True)
+class Allowed:
+    """A request that passed every check and has its audit record."""
+
+    ctx: Ctx
+    host: HostConfig
+    source: Source | None
+    ref: AuditRef
+    started: float
+
+
+def _begin(
+    server: Server,
+    request: Request,
+    *,
+    action: str,
+    host: str,
+    capability: str,
+    params: dict[str, Any],
+    source: dict[str, str | None] | None = None,
+    also: str | None = None,
+    event: str = "read",
+) -> Allowed:
+    """Authenticate, check, audit; raises ApiError (already audited) on any refusal."""
+    started = time.monotonic()
+    params = {k: v for k, v in params.items() if v is not None}
+    src_text = next((v for v in (source or {}).values() if v), None)
+    ctx = server.require_user(request, action, host=host, source=src_text, params=params)
+    hc = server.config.host(host)
+    if hc is None:
+        raise server.refuse(ctx, 404, f"unknown host {host!r}", action=action, host=host,
+                            source=src_text, params=params)  # fmt: skip
+    src: Source | None = None
+    if source is not None:
+        try:
+            src = source_from(**source)
+        except BadSource as exc:
+            raise server.refuse(ctx, 422, str(exc), action=action, host=host, source=src_text,
+                                params=params) from None  # fmt: skip
+    for value in (params.get("pattern"), params.get("since"), params.get("until")):
+        if isinstance(value, str) and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise server.refuse(ctx, 422, "control characters are not accepted", action=action,
+                                host=host, source=src_text, params=params)  # fmt: skip
+    for name in ("since", "until"):
+        value = params.get(name)
+        if isinstance(value, str) and not _TIME.fullmatch(value):
+            raise server.refuse(ctx, 422, f"{name}: not a time such as 2024-12-17 14:03:00",
+                                action=action, host=host, source=src_text,
+                                params=params)  # fmt: skip
+    assert ctx.access is not None
+    key = src.key if src else None
+    for cap in (capability, also):
+        if cap is None:
+            continue
+        decision = ctx.access.check(hc, src, cap)
+        if not decision.allowed:
+            raise server.refuse(ctx, 403, decision.reason, action=action, host=host,
+                                source=key, params=params)  # fmt: skip
+    ref = server.record(ctx, event, action=action, host=host, source=key, params=params,
+                        decision="allow", reason=f"{capability} granted")  # fmt: skip
+    return Allowed(ctx, hc, src, ref, started)
+
+
+def _via(a: Allowed) -> dict[str, Any]:
+    return {"user": a.ctx.name, "audit": a.ref.seq}
+
+
+def _end(server: Server, a: Allowed, outcome: dict[str, Any], event: str = "read_end") -> None:
+    outcome = {"duration_ms": round((time.monotonic() - a.started) * 1000, 3), **outcome}
+    server.finish(a.ref, event, outcome)
+
+
+async def _worker_call(server: Server, a: Allowed, spec: ReadSpec) -> tuple[bytes, Outcome]:
+    try:
+        return await server.workers.read(a.host, spec, _via(a))
+    except WorkerError as exc:
+        _end(server, a, {"status": exc.status, "error": exc.reason, "bytes": 0, "lines": 0})
+        raise ApiError(exc.status, exc.reason) from None
+
+
+def _split(data: bytes, limit: int) -> tuple[list[str], bool]:
+    """Text lines (invalid UTF-8 replaced), at most `limit` (the last ones)."""
+    if len(data) > MAX_BYTES:
+        data = data[-MAX_BYTES:]
+        data = data[data.find(b"\n") + 1 :]
+        cut = True
+    else:
+        cut = False
+    text = data.decode("utf-8", "replace")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) > limit:
+        return lines[-limit:], True
+    return lines, cut
+
+
+def _result(
+    server: Server,
+    a: Allowed,
+    action: str,
+    data: bytes,
+    outcome: Outcome,
+    limit: int,
+    download: bool,
+) -> Response:
+    lines, cut = _split(data, limit)
+    truncated = cut or outcome.truncated
+    note = None
+    if truncated:
+        why = outcome.reason or f"capped at {limit} lines / {MAX_BYTES} bytes by the web server"
+        note = f"output truncated: {why}"
+    assert a.source is not None
+    if download:
+        body = ("\n".join(lines) + ("\n" if lines else "")).encode()
+        _end(server, a, {**outcome.as_audit(), "bytes": len(body), "lines": len(lines),
+                         "truncated": truncated, "download": True})  # fmt: skip
+        server.metrics.sent("download", len(body), len(lines))
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", a.source.name.rsplit("/", 1)[-1])[:80]
+        filename = f"{a.host.name}_{base}_{action}.log"
+        return Response(body, media_type="text/plain; charset=utf-8", headers={
+            "content-disposition": f'attachment; filename="{filename}"'})  # fmt: skip
+    payload = {
+        "host": a.host.name,
+        "source": a.source.key,
+        "kind": a.source.kind,
+        "action": action,
+        "lines": lines,
+        "count": len(lines),
+        "truncated": truncated,
+        "note": note,
+        "audit": a.ref.seq,
+    }
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    _end(server, a, {**outcome.as_audit(), "bytes": len(body), "lines": len(lines),
+                     "truncated": truncated})  # fmt: skip
+    server.metrics.sent(action, len(body), len(lines))
+    return Response(body, media_type="application/json")
+
+
+# ---------------------------------------------------------------------- who am I
+
+
+@router.get("/me", summary="the signed-in user, roles and capabilities")
+async def me(request: Request) -> dict[str, Any]:
+    server = server_of(request)
+    ctx = server.require_user(request, "me")
+    assert ctx.user is not None and ctx.access is not None
+    return {
+        "user": ctx.user.name,
+        "roles": list(ctx.user.roles),
+        "capabilities": sorted(ctx.access.capabilities),
+        "auth": ctx.via,
+        "csrf": ctx.csrf,
+    }
+
+
+# ---------------------------------------------------------------------- hosts
+
+
+@router.get("/hosts", summary="hosts you may read, with reachability")
+async def hosts(request: Request, probe: bool = False) -> dict[str, Any]:
+    """Only hosts some role of yours grants; `probe=true` connects to check reachability."""
+    server = server_of(request)
+    ctx = server.require_user(request, "hosts")
+    assert ctx.access is not None
+    visible = ctx.access.hosts()
+    server.record(ctx, "read", action="hosts", params={"probe": probe, "count": len(visible)},
+                  decision="allow", reason="host list filtered by grants")  # fmt: skip
+    if probe and visible:
+        await asyncio.gather(*(server.workers.probe(h) for h in visible))
+    out = []
+    for h in visible:
+        state = server.workers.state.get(h.name)
+        out.append({
+            "name": h.name,
+            "labels": list(h.labels),
+            "capabilities": sorted(ctx.access.host_caps(h)),
+            "up": state.up if state else None,
+            "error": state.error if state else "",
+            "checked": state.checked if state else 0,
+        })  # fmt: skip
+    return {"hosts": out}
+
+
+@router.get("/hosts/{host}/sources", summary="files, units and containers you may read")
+async def sources(request: Request, host: str) -> dict[str, Any]:
+    server = server_of(request)
+    ctx = server.require_user(request, "sources", host=host)
+    assert ctx.access is not None
+    hc = server.config.host(host)
+    if hc is None:
+        raise server.refuse(ctx, 404, f"unknown host {host!r}", action="sources", host=host)
+    if not ctx.access.host_caps(hc):
+        raise server.refuse(ctx, 403, f"no role grants anything on host {host}",
+                            action="sources", host=host)  # fmt: skip
+    ref = server.record(ctx, "read", action="sources", host=host, decision="allow",
+                        reason="listing filtered by grants")  # fmt: skip
+    started = time.monotonic()
+    try:
+        doc = await server.workers.sources(hc, {"user": ctx.name, "audit": ref.seq})
+    except WorkerError as exc:
+        server.finish(ref, "read_end", {"status": exc.status, "error": exc.reason})
+        raise ApiError(exc.status, exc.reason) from None
+    files: list[dict[str, Any]] = []
+    units: list[dict[str, Any]] = []
+    containers: list[dict[str, Any]] = []
+    for f in doc.get("files", []):
+        path = f.get("path")
+        if not isinstance(path, str):
+            continue
+        try:
+            src = source_from(path=path)
+        except BadSource:
+            continue
+        caps = ctx.access.source_caps(hc, src)
+        if caps:
+            files.append({**f, "capabilities": sorted(caps)})
+    for kind, names, dest in (("unit", doc.get("units", []), units),
+                              ("container", doc.get("containers", []), containers)):  # fmt: skip
+        for name in names:
+            try:
+                src = source_from(**{kind: name})
+            except (BadSource, TypeError):
+                continue
+            caps = ctx.access.source_caps(hc, src)
+            if caps:
+                dest.append({"name": name, "capabilities": sorted(caps)})
+    server.finish(ref, "read_end", {
+        "files": len(files), "units": len(units), "containers": len(containers),
+        "duration_ms": round((time.monotonic() - started) * 1000, 3)})  # fmt: skip
+    return {"host": host, "files": files, "units": units, "containers": containers,
+            "limits": doc.get("limits", {})}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- reads
+
+
+@router.get("/hosts/{host}/tail", summary="the last N lines (or a time window) of a source")
+async def tail(
+    request: Request,
+    host: str,
+    path: PathQ = None,
+    unit: UnitQ = None,
+    container: ContainerQ = None,
+    lines: Lines = 200,
+    since: TimeQ = None,
+    until: TimeQ = None,
+    download: bool = False,
+) -> Response:
+    """Give one of `path`, `unit` or `container`. With `since`/`until` a file is read by
+    the gate's `range` (binary search on timestamps): the first `lines` lines of the window."""
+    server = server_of(request)
+    params: dict[str, Any] = {"lines": lines, "since": since, "until": until}
+    if download:
+        params["download"] = True
+    a = _begin(server, request, action="tail", host=host, capability=TAIL, params=params,
+               source={"path": path, "unit": unit, "container": container},
+               also=DOWNLOAD if download else None)  # fmt: skip
+    assert a.source is not None
+    verb = "range" if a.source.kind == "file" and (since or until) else "tail"
+    spec = ReadSpec(verb, a.source, lines=lines, since=since or ("1970-01-01" if until else None),
+                    until=until)  # fmt: skip
+    data, outcome = await _worker_call(server, a, spec)
+    return _result(server, a, "tail", data, outcome, lines, download)
+
+
+@router.get("/hosts/{host}/grep", summary="lines matching a pattern (fixed string by default)")
+async def grep(
+    request: Request,
+    host: str,
+    pattern: Annotated[str, Query(min_length=1, max_length=1024)],
+    path: PathQ = None,
+    unit: UnitQ = None,
+    container: ContainerQ = None,
+    regex: bool = False,
+    ignore_case: bool = False,
+    invert: bool = False,
+    max: Annotated[int, Query(ge=1, le=MAX_LINES)] = 1000,
+    download: bool = False,
+) -> Response:
+    """Files: grep -F (or -E with `regex=true`) on the worker; units: journalctl -g.
+    Containers have no server-side search in the gate: 422."""
+    server = server_of(request)
+    params: dict[str, Any] = {"pattern": pattern, "regex": regex, "ignore_case": ignore_case,
+                              "invert": invert, "max": max}  # fmt: skip
+    if download:
+        params["download"] = True
+    a = _begin(server, request, action="grep", host=host, capability=SEARCH, params=params,
+               source={"path": path, "unit": unit, "container": container},
+               also=DOWNLOAD if download else None)  # fmt: skip
+    assert a.source is not None
+    if a.source.kind == "container" or (a.source.kind == "unit" and invert):
+        why = ("the gate cannot search container logs; use tail with since/until"
+               if a.source.kind == "container" else "invert is not supported for units")
+        _end(server, a, {"status": 422, "error": why})
+        raise ApiError(422, why)
+    spec = ReadSpec("grep", a.source, pattern=pattern, regex=regex, ignore_case=ignore_case,
+                    invert=invert, max=max, lines=max)  # fmt: skip
+    data, outcome = await _worker_call(server, a, spec)
+    return _result(server, a, "grep", data, outcome, max, download)
+
+
+# ---------------------------------------------------------------------- search
+
+
+def _select_hosts(server: Server, ctx: Ctx, hosts: str) -> list[HostConfig]:
+    assert ctx.access is not None
+    wanted = [h.strip() for h in hosts.split(",") if h.strip()] or ["*"]
+    from ..config import RoleConfig
+
+    probe = RoleConfig("select", tuple(wanted), (), frozenset())
+    return [h for h in server.config.hosts if host_matches(probe, h)
+            and SEARCH in ctx.access.host_caps(h)]  # fmt: skip
+
+
+@router.get(
+    "/search",
+    summary="search one source glob across hosts; streamed as JSON lines",
+    response_class=StreamingResponse,
+)
+async def search(
+    request: Request,
+    pattern: Annotated[str, Query(min_length=1, max_length=1024)],
+    path: Annotated[str, Query(min_length=2, max_length=1024)],
+    hosts: Annotated[str, Query(max_length=512, description="host globs or label:X, comma-separated")] = "*",  # noqa: E501
+    regex: bool = False,
+    ignore_case: bool = False,
+    invert: bool = False,
+    max: Annotated[int, Query(ge=1, le=MAX_LINES)] = 500,
+) -> StreamingResponse:
+    """Events, one JSON object per line: `start` (the hosts), `file` (per host and file:
+    lines, truncated), `error` (per host), `progress`, and `end`."""
+    server = server_of(request)
+    params = {"pattern": pattern, "regex": regex, "ignore_case": ignore_case,
+              "invert": invert, "max": max, "hosts": hosts}  # fmt: skip
+    ctx = server.require_user(request, "search", host=hosts, source=path, params=params)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in pattern + path + hosts):
+        raise server.refuse(ctx, 422, "control characters are not accepted", action="search",
+                            host=hosts, source=path, params=params)  # fmt: skip
+    if not path.startswith("/") or "/../" in f"{path}/" or "/./" in f"{path}/":
+        raise server.refuse(ctx, 422, "path must be an absolute glob without '.' or '..'",
+                            action="search", host=hosts, source=path, params=params)  # fmt: skip
+    selected = _select_hosts(server, ctx, hosts)
+    if not selected:
+        raise server.refuse(ctx, 403, f"no host matching {hosts!r} grants you search",
+                            action="search", host=hosts, source=path, params=params)  # fmt: skip
+    ref = server.record(ctx, "read", action="search", host=hosts, source=path,
+                        params={**params, "selected": [h.name for h in selected]},
+                        decision="allow", reason="search granted on selected hosts")  # fmt: skip
+    started = time.monotonic()
+    matcher = glob_regex(path)
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=64)
+    totals = {"lines": 0, "bytes": 0, "files": 0, "errors": 0}
+
+    async def one_host(h: HostConfig) -> None:
+        assert ctx.access is not None
+        try:
+            doc = await server.workers.sources(h, {"user": ctx.name, "audit": ref.seq})
+        except WorkerError as exc:
+            totals["errors"] += 1
+            await queue.put({"type": "error", "host": h.name, "status": exc.status,
+                             "reason": exc.reason})  # fmt: skip
+            return
+        files: list[Source] = []
+        for f in doc.get("files", []):
+            p = f.get("path")
+            if not isinstance(p, str) or not matcher.fullmatch(p):
+                continue
+            try:
+                src = source_from(path=p)
+            except BadSource:
+                continue
+            if ctx.access.check(h, src, SEARCH).allowed:
+                files.append(src)
+        if len(files) > MAX_FILES_PER_HOST:
+            await queue.put({"type": "note", "host": h.name, "reason":
+                             f"{len(files)} files match; searching the first "
+                             f"{MAX_FILES_PER_HOST}"})  # fmt: skip
+            files = files[:MAX_FILES_PER_HOST]
+        if not files:
+            await queue.put({"type": "error", "host": h.name, "status": 404,
+                             "reason": "no file you may search matches the path"})  # fmt: skip
+        for src in files:
+            sub = server.record(ctx, "read", action="grep", host=h.name, source=src.key,
+                                params={**params, "search": ref.seq}, decision="allow",
+                                reason="part of a cross-host search")  # fmt: skip
+            t0 = time.monotonic()
+            spec = ReadSpec("grep", src, pattern=pattern, regex=regex, ignore_case=ignore_case,
+                            invert=invert, max=max)  # fmt: skip
+            try:
+                data, outcome = await server.workers.read(h, spec, {"user": ctx.name,
+                                                                    "audit": sub.seq})  # fmt: skip
+            except WorkerError as exc:
+                server.finish(sub, "read_end", {"status": exc.status, "error": exc.reason})
+                totals["errors"] += 1
+                await queue.put({"type": "error", "host": h.name, "source": src.key,
+                                 "status": exc.status, "reason": exc.reason})  # fmt: skip
+                continue
+            lines, cut = _split(data, max)
+            event = {"type": "file", "host": h.name, "source": src.key, "lines": lines,
+                     "truncated": cut or outcome.truncated,
+                     "note": outcome.reason or None}  # fmt: skip
+            server.finish(sub, "read_end", {**outcome.as_audit(), "lines": len(lines),
+                          "duration_ms": round((time.monotonic() - t0) * 1000, 3)})  # fmt: skip
+            totals["lines"] += len(lines)
+            totals["bytes"] += len(data)
+            totals["files"] += 1
+            await queue.put(event)
+
+    async def run_all() -> None:
+        done = 0
+
+        async def wrapped(h: HostConfig) -> None:
+            nonlocal done
+            try:
+                await one_host(h)
+            except ApiError as exc:  # the audit trail failed mid-search: stop that host
+                totals["errors"] += 1
+                await queue.put({"type": "error", "host": h.name, "status": exc.status,
+                                 "reason": exc.reason})  # fmt: skip
+            done += 1
+            await queue.put({"type": "progress", "done": done, "total": len(selected),
+                             "host": h.name})  # fmt: skip
+
+        await asyncio.gather(*(wrapped(h) for h in selected))
+        await queue.put(None)
+
+    async def body() -> AsyncIterator[bytes]:
+        task = asyncio.create_task(run_all())
+        sent = 0
+        try:
+            first = {"type": "start", "hosts": [h.name for h in selected], "audit": ref.seq}
+            yield (json.dumps(first) + "\n").encode()
+            while (item := await queue.get()) is not None:
+                chunk = (json.dumps(item, ensure_ascii=False) + "\n").encode()
+                sent += len(chunk)
+                yield chunk
+            end = {"type": "end", **totals}
+            yield (json.dumps(end) + "\n").encode()
+        finally:
+            task.cancel()
+            server.metrics.sent("search", sent, totals["lines"])
+            elapsed = round((time.monotonic() - started) * 1000, 3)
+            with contextlib.suppress(ApiError):  # counted in metrics; the data is out already
+                server.finish(ref, "read_end", {**totals, "bytes_sent": sent,
+                                                "duration_ms": elapsed})  # fmt: skip
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
+# ---------------------------------------------------------------------- audit
+
+
+def _audit_ctx(server: Server, request: Request, action: str, params: dict[str, Any]) -> Ctx:
+    ctx = server.require_user(request, action, params=params)
+    assert ctx.access is not None
+    if not ctx.access.can_audit():
+        raise server.refuse(ctx, 403, "the audit trail is for roles with the audit capability",
+                            action=action, params=params)  # fmt: skip
+    return ctx
+
+
+@router.get("/audit", summary="audit records, newest first (auditors only)")
+async def audit(
+    request: Request,
+    user: Annotated[str | None, Query(max_length=128)] = None,
+    host: Annotated[str | None, Query(max_length=128)] = None,
+    source: Annotated[str | None, Query(max_length=1024)] = None,
+    decision: Literal["allow", "deny"] | None = None,
+    event: Annotated[str | None, Query(max_length=32)] = None,
+    since: Annotated[str | None, Query(max_length=40)] = None,
+    until: Annotated[str | None, Query(max_length=40)] = None,
+    before: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    server = server_of(request)
+    filters = {"user": user, "host": host, "source": source, "decision": decision,
+               "event": event, "since": since, "until": until, "before": before}  # fmt: skip
+    filters = {k: v for k, v in filters.items() if v not in (None, "")}
+    ctx = _audit_ctx(server, request, "audit", filters)
+    try:
+        since_ts = parse_time(since) if since else None
+        until_ts = parse_time(until) if until else None
+    except ValueError as exc:
+        raise server.refuse(ctx, 422, str(exc), action="audit", params=filters) from None
+    # The view itself is a record, written before any record is shown.
+    ref = server.record(ctx, "audit_view", action="audit", params=filters, decision="allow",
+                        reason="audit capability")  # fmt: skip
+    records = server.audit.query(
+        user=user or None, host=host or None, source=source or None, decision=decision,
+        event=event or None, since=since_ts, until=until_ts, before_seq=before, limit=limit,
+    )  # fmt: skip
+    rows = [r.as_dict() for r in records if r.seq != ref.seq]
+    return {"records": rows, "next_before": rows[-1]["seq"] if len(rows) >= limit else None,
+            "head": str(server.audit.head() or "")}  # fmt: skip
+
+
+@router.get("/audit/export", summary="the audit trail as JSON lines or CSV (auditors only)")
+async def audit_export(
+    request: Request,
+    format: Literal["jsonl", "csv"] = "jsonl",
+    since: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    server = server_of(request)
+    params = {"format": format, **({"since": since} if since else {})}
+    ctx = _audit_ctx(server, request, "export", params)
+    try:
+        since_ts = parse_time(since) if since else None
+    except ValueError as exc:
+        raise server.refuse(ctx, 422, str(exc), action="export", params=params) from None
+    ref = server.record(ctx, "export", action="export", params=params, decision="allow",
+                        reason="audit capability")  # fmt: skip
+    import io
+
+    buf = io.StringIO(newline="")
+    n = await asyncio.to_thread(server.audit.export, format, buf, since_ts)
+    body = buf.getvalue().encode()
+    server.finish(ref, "read_end", {"records": n, "bytes": len(body)})
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
+    name = f"logtorukun-audit.{'csv' if format == 'csv' else 'jsonl'}"
+    return Response(body, media_type=media,
+                    headers={"content-disposition": f'attachment; filename="{name}"'})  # fmt: skip
+
+
+@router.get("/", include_in_schema=False)
+async def api_root() -> JSONResponse:
+    return JSONResponse({"openapi": "/openapi.json"})

@@ -1,0 +1,400 @@
+"""The app factory and the request plumbing every route shares: who is asking, what
+gets audited, and how a refusal looks.
+
+Order of a data request (api.py): authenticate -> rate limit -> resolve host and source
+-> access check -> audit record (allow or deny; if it cannot be written, 503 and no
+data) -> worker -> end record with bytes, lines and duration. A refusal at any step is
+itself an audit record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..audit import AuditRef, AuditStore, AuditWriteError
+from ..config import Config
+from .access import Access
+from .auth import AuthStore, User
+from .metrics import Metrics
+from .security import (
+    HSTS,
+    SECURITY_HEADERS,
+    LoginThrottle,
+    RateLimiter,
+    TrustedProxies,
+)
+from .workers import Workers
+
+HERE = Path(__file__).parent
+TOKEN_USE_INTERVAL = 60.0  # seconds between two token_used records for one token
+
+
+class ApiError(Exception):
+    """Ends a request with `status` and a JSON `{"error", "reason"}` (or an HTML page)."""
+
+    def __init__(self, status: int, reason: str, error: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.error = error or _ERRORS.get(status, "error")
+
+
+_ERRORS = {
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    422: "bad_request",
+    429: "too_many_requests",
+    502: "worker_unreachable",
+    503: "audit_unavailable",
+}
+
+
+@dataclass(slots=True)
+class Ctx:
+    """Who is asking, resolved once per request (`server.ctx(request)`)."""
+
+    user: User | None
+    via: str  # "session" | "token:ID" | "proxy" | "none"
+    client: str
+    user_agent: str
+    session_id: str | None = None
+    csrf: str | None = None
+    auth_problem: str | None = None
+    access: Access | None = None
+
+    @property
+    def name(self) -> str | None:
+        return self.user.name if self.user else None
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return self.user.roles if self.user else ()
+
+    def audit_fields(self) -> dict[str, Any]:
+        return {
+            "user": self.name,
+            "roles": list(self.roles),
+            "client": self.client,
+            "user_agent": self.user_agent,
+        }
+
+
+@dataclass
+class Server:
+    """Everything the routes share; one per app."""
+
+    config: Config
+    audit: AuditStore
+    auth: AuthStore
+    workers: Workers
+    metrics: Metrics = field(default_factory=Metrics)
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(600))
+    proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
+    hub: Any = None  # sse.FollowHub
+    templates: Jinja2Templates = field(
+        default_factory=lambda: Jinja2Templates(directory=str(HERE / "templates"))
+    )
+    _token_seen: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cookie_name(self) -> str:
+        # __Host- cookies must be Secure, Path=/, without Domain: no subdomain can set it.
+        return "__Host-ltk_session" if self.config.server.secure_cookies else "ltk_session"
+
+    # -- who is asking ---------------------------------------------------------------
+
+    def ctx(self, request: Request) -> Ctx:
+        cached = getattr(request.state, "ctx", None)
+        if isinstance(cached, Ctx):
+            return cached
+        ctx = self._authenticate(request)
+        if ctx.user is not None:
+            ctx.access = Access(self.config, ctx.user.roles)
+        request.state.ctx = ctx
+        return ctx
+
+    def _authenticate(self, request: Request) -> Ctx:
+        peer = request.client.host if request.client else None
+        client = self.proxies.client_address(request)
+        ua = request.headers.get("user-agent", "")[:512]
+        header = request.headers.get("authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return Ctx(None, "none", client, ua, auth_problem="use Authorization: Bearer TOKEN")
+            user, tid, why = self.auth.token_user(token.strip())
+            if user is None:
+                self.record(
+                    Ctx(None, f"token:{tid}", client, ua), "token_used", action="token",
+                    params={"token": tid}, decision="deny", reason=why,
+                )  # fmt: skip
+                return Ctx(None, f"token:{tid}", client, ua, auth_problem=why)
+            assert tid is not None
+            ctx = Ctx(user, f"token:{tid}", client, ua)
+            now = time.monotonic()
+            if now - self._token_seen.get(tid, -1e9) >= TOKEN_USE_INTERVAL:
+                self.record(ctx, "token_used", action="token", params={"token": tid},
+                            decision="allow", reason=why)  # fmt: skip
+                self.auth.touch_token(tid)
+                self._token_seen[tid] = now
+            return ctx
+        settings = self.config.server
+        if settings.proxy_user_header and self.proxies.trusts(peer):
+            name = request.headers.get(settings.proxy_user_header, "").strip()
+            if name:
+                user = self.auth.get_user(name)
+                if user is None or user.disabled:
+                    why = (f"the auth proxy's user {name!r} is not a logtorukun user "
+                           "(logtorukun user add NAME --role ROLE --sso)")
+                    return Ctx(None, "proxy", client, ua, auth_problem=why)
+                sid = request.cookies.get(self.cookie_name, "")
+                sess = self.auth.session(sid) if sid else None
+                if sess is not None and sess.user.name == user.name:
+                    return Ctx(user, "proxy", client, ua, sid, sess.csrf)
+                return Ctx(user, "proxy", client, ua)
+        sid = request.cookies.get(self.cookie_name, "")
+        if sid:
+            sess = self.auth.session(sid)
+            if sess is not None:
+                return Ctx(sess.user, "session", client, ua, sid, sess.csrf)
+            return Ctx(None, "none", client, ua, auth_problem="session expired; sign in again")
+        return Ctx(None, "none", client, ua, auth_problem="not signed in")
+
+    # -- the audit trail -------------------------------------------------------------
+
+    def record(self, ctx: Ctx, event: str, **fields: Any) -> AuditRef:
+        """Write one record now; if it cannot be written the request ends with 503."""
+        params = dict(fields.pop("params", None) or {})
+        if ctx.via != "session":
+            params.setdefault("auth", ctx.via)
+        try:
+            return self.audit.append(event, **ctx.audit_fields(), params=params, **fields)
+        except AuditWriteError as exc:
+            self.metrics.audit_failures += 1
+            raise ApiError(
+                503, f"the audit trail cannot be written, so nothing is served: {exc}"
+            ) from None
+
+    def finish(self, ref: AuditRef, event: str, outcome: Mapping[str, Any]) -> None:
+        try:
+            self.audit.finish(ref, event, outcome)
+        except AuditWriteError as exc:
+            self.metrics.audit_failures += 1
+            raise ApiError(
+                503, f"the audit trail cannot be written, so nothing is served: {exc}"
+            ) from None
+
+    def refuse(
+        self,
+        ctx: Ctx,
+        status: int,
+        reason: str,
+        *,
+        action: str,
+        host: str | None = None,
+        source: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> ApiError:
+        """Audit a refusal and return the error to raise (a failed write makes it a 503)."""
+        self.metrics.refused[(("status", str(status)),)] += 1
+        self.record(ctx, "refused", action=action, host=host, source=source,
+                    params={**(params or {}), "status": status}, decision="deny",
+                    reason=reason)  # fmt: skip
+        return ApiError(status, reason)
+
+    def require_user(self, request: Request, action: str, **audit: Any) -> Ctx:
+        """The signed-in user, after the per-user rate limit; refusals are audited."""
+        ctx = self.ctx(request)
+        if ctx.user is None:
+            raise self.refuse(ctx, 401, ctx.auth_problem or "not signed in", action=action,
+                              **audit)  # fmt: skip
+        if not self.limiter.allow(f"u:{ctx.user.name}"):
+            raise self.refuse(ctx, 429, "too many requests; slow down", action=action, **audit)
+        return ctx
+
+
+class _Headers:
+    """ASGI middleware: security headers on every response, and request metrics.
+
+    Pure ASGI rather than BaseHTTPMiddleware so streamed responses (SSE) pass through
+    unbuffered.
+    """
+
+    def __init__(self, app: ASGIApp, server: Server) -> None:
+        self.app = app
+        self.server = server
+        extra = dict(SECURITY_HEADERS)
+        if server.config.server.secure_cookies:
+            extra["strict-transport-security"] = HSTS
+        self.headers = [(k.encode(), v.encode()) for k, v in extra.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        path = scope.get("path", "")
+        no_store = path.startswith("/api/") or not path.startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.extend(self.headers)
+                if no_store:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or ("/static" if path.startswith("/static/")
+                                                    else "unmatched")  # fmt: skip
+            self.server.metrics.observe(
+                name, scope.get("method", ""), status, time.perf_counter() - started
+            )
+
+
+def create_app(
+    config: Config,
+    *,
+    audit: AuditStore | None = None,
+    auth: AuthStore | None = None,
+    workers: Workers | None = None,
+) -> FastAPI:
+    """Build the app. Opening the audit store here means a server that cannot write its
+    audit trail does not start (fail closed from the first second)."""
+    from . import api, pages, sse
+
+    settings = config.server
+    audit = audit or AuditStore.from_settings(settings)
+    auth = auth or AuthStore(settings.database)
+    server = Server(
+        config=config,
+        audit=audit,
+        auth=auth,
+        workers=workers or Workers(config.hosts),
+        limiter=RateLimiter(settings.requests_per_minute),
+        proxies=TrustedProxies(settings.trusted_proxies),
+    )
+    server.hub = sse.FollowHub(server)
+    _gauges(server)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await server.hub.close()
+            await server.workers.close()
+
+    app = FastAPI(
+        title="logtorukun",
+        version=__version__,
+        description="Read worker logs over SSH; every read is audited. Sign in with "
+        "`Authorization: Bearer TOKEN` (`logtorukun token create USER`).",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    app.add_middleware(_Headers, server=server)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.include_router(sse.router)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(request, server, exc.status, exc.error, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_params(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+            for e in exc.errors()
+        )
+        ctx = server.ctx(request)
+        try:
+            server.refuse(ctx, 422, problems, action=_action(request),
+                          host=request.path_params.get("host"),
+                          params=dict(request.query_params))  # fmt: skip
+        except ApiError as err:
+            return error_response(request, server, err.status, err.error, err.reason)
+        return error_response(request, server, 422, "bad_request", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        reason = str(exc.detail)
+        if exc.status_code == 404 and request.url.path.startswith("/api/"):
+            reason = "no such API route"
+        return error_response(request, server, exc.status_code, _ERRORS.get(exc.status_code,
+                              "error"), reason)  # fmt: skip
+
+    return app
+
+
+def _action(request: Request) -> str:
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    return str(path).rsplit("/", 1)[-1] or "page"
+
+
+def error_response(request: Request, server: Server, status: int, error: str,
+                   reason: str) -> Response:  # fmt: skip
+    """JSON for the API, a small HTML page for people."""
+    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    if request.url.path.startswith("/api/") or "text/html" not in request.headers.get(
+        "accept", ""
+    ):
+        return JSONResponse({"error": error, "reason": reason}, status_code=status,
+                            headers=headers)  # fmt: skip
+    if status == 401:
+        from urllib.parse import quote
+
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return Response(status_code=303, headers={"location": f"/login?next={quote(target)}"})
+    ctx = getattr(request.state, "ctx", None)
+    html = server.templates.get_template("error.html").render(
+        request=request, status=status, error=error, reason=reason,
+        user=ctx.user if isinstance(ctx, Ctx) else None, csrf=getattr(ctx, "csrf", None),
+        page="error",
+    )  # fmt: skip
+    return HTMLResponse(html, status_code=status)
+
+
+def _gauges(server: Server) -> None:
+    def up() -> list[tuple[dict[str, str], float]]:
+        return [({"host": n}, 1.0 if s.up else 0.0) for n, s in server.workers.state.items()
+                if s.up is not None]  # fmt: skip
+
+    server.metrics.gauge("logtorukun_worker_up", "1 if the last contact worked.", up)
+    server.metrics.gauge(
+        "logtorukun_follow_upstreams", "Upstream follows open to workers.",
+        lambda: [({}, float(len(server.hub.upstreams)))],
+    )  # fmt: skip
+    server.metrics.gauge(
+        "logtorukun_followers", "Browsers following a log.",
+        lambda: [({}, float(server.hub.follower_count()))],
+    )  # fmt: skip

@@ -1,0 +1,287 @@
+"""Pages for people (server-rendered shells; the data comes from /api with the same
+checks), sign-in and sign-out, `/healthz` and `/metrics`.
+
+A page that names a host or source (a deep link to the viewer) checks the grant before
+it renders anything, so a link passed to someone without access shows a refusal, not
+an empty viewer that then fails.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from .access import READ_CAPS, SEARCH, BadSource, source_from
+from .app import ApiError, Ctx, Server
+from .security import PRE_COOKIE, csrf_ok, same_origin
+
+router = APIRouter(include_in_schema=False)
+# argon2 needs 64 MiB per check: two at a time keeps a password spray from eating memory.
+_HASHING = threading.BoundedSemaphore(2)
+
+
+def _server(request: Request) -> Server:
+    server: Server = request.app.state.server
+    return server
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a local path: `//evil.example` or `https://...` would be an open redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _render(server: Server, request: Request, template: str, ctx: Ctx | None, status: int = 200,
+            **values: Any) -> HTMLResponse:  # fmt: skip
+    user = ctx.user if ctx else None
+    caps = sorted(ctx.access.capabilities) if ctx and ctx.access else []
+    html = server.templates.get_template(template).render(
+        request=request, user=user, csrf=ctx.csrf if ctx else None, caps=caps, **values
+    )
+    return HTMLResponse(html, status_code=status)
+
+
+def _page_ctx(server: Server, request: Request, page: str) -> tuple[Ctx, Response | None]:
+    """The signed-in user for a page, or a redirect to the sign-in form."""
+    ctx = server.ctx(request)
+    if ctx.user is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return ctx, RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+    if not server.limiter.allow(f"u:{ctx.user.name}"):
+        raise server.refuse(ctx, 429, "too many requests; slow down", action=page)
+    return ctx, None
+
+
+def _with_proxy_session(server: Server, ctx: Ctx, response: Response) -> Response:
+    """Users signed in by the auth proxy get a session too: it carries their CSRF token."""
+    if ctx.via == "proxy" and ctx.user is not None and ctx.csrf is None:
+        sid, csrf = server.auth.create_session(
+            ctx.user.name, server.config.server.session_hours, via="proxy"
+        )
+        server.record(ctx, "login", action="login", decision="allow",
+                      reason="signed in by the trusted auth proxy")  # fmt: skip
+        _set_session_cookie(server, response, sid)
+        ctx.csrf = csrf
+    return response
+
+
+def _set_session_cookie(server: Server, response: Response, sid: str) -> None:
+    response.set_cookie(
+        server.cookie_name, sid, max_age=int(server.config.server.session_hours * 3600),
+        path="/", secure=server.config.server.secure_cookies, httponly=True, samesite="strict",
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------- sign-in
+
+
+@router.get("/login")
+async def login_form(request: Request, next: str = "/") -> Response:
+    server = _server(request)
+    ctx = server.ctx(request)
+    if ctx.user is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _login_page(server, request, _safe_next(next))
+
+
+def _login_page(server: Server, request: Request, target: str, error: str | None = None,
+                status: int = 200, name: str = "") -> Response:  # fmt: skip
+    pre = secrets.token_urlsafe(24)
+    response = _render(server, request, "login.html", None, status, next=target, error=error,
+                       pre=pre, name=name, page="login")  # fmt: skip
+    response.set_cookie(PRE_COOKIE, pre, max_age=3600, path="/login",
+                        secure=server.config.server.secure_cookies, httponly=True,
+                        samesite="strict")  # fmt: skip
+    return response
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    user: str = Form("", max_length=64),
+    password: str = Form("", max_length=1024),
+    csrf: str = Form("", max_length=100),
+    next: str = Form("/", max_length=2048),
+) -> Response:
+    server = _server(request)
+    ctx = server.ctx(request)
+    target = _safe_next(next)
+    name = user.strip()
+    anon = Ctx(None, "none", ctx.client, ctx.user_agent)
+    if not csrf_ok(request.cookies.get(PRE_COOKIE), csrf) or not same_origin(request):
+        server.record(anon, "login_failed", action="login", params={"name": name},
+                      decision="deny", reason="CSRF check failed on the sign-in form")  # fmt: skip
+        server.metrics.logins[(("result", "csrf"),)] += 1
+        return _login_page(server, request, target, "The form expired; please try again.", 403,
+                           name)  # fmt: skip
+    wait = server.throttle.blocked(name, ctx.client)
+    if wait > 0:
+        server.record(anon, "login_failed", action="login", params={"name": name},
+                      decision="deny", reason=f"throttled: too many failed sign-ins "
+                      f"({wait:.0f} s left)")  # fmt: skip
+        server.metrics.logins[(("result", "throttled"),)] += 1
+        return _login_page(server, request, target, f"Too many failed sign-ins. Try again in "
+                           f"{int(wait // 60) + 1} minutes.", 429, name)  # fmt: skip
+    found = await run_in_threadpool(_check_password, server, name, password)
+    if found is None:
+        server.throttle.failed(name, ctx.client)
+        server.record(anon, "login_failed", action="login", params={"name": name},
+                      decision="deny", reason="wrong user name or password")  # fmt: skip
+        server.metrics.logins[(("result", "failed"),)] += 1
+        return _login_page(server, request, target, "Wrong user name or password.", 401, name)
+    server.throttle.succeeded(name)
+    signed = Ctx(found, "session", ctx.client, ctx.user_agent)
+    # The record comes first: if it cannot be written, nobody is signed in (503).
+    server.record(signed, "login", action="login", decision="allow", reason="password")
+    sid, _csrf = server.auth.create_session(found.name, server.config.server.session_hours)
+    server.metrics.logins[(("result", "ok"),)] += 1
+    response = RedirectResponse(target, status_code=303)
+    _set_session_cookie(server, response, sid)
+    response.delete_cookie(PRE_COOKIE, path="/login")
+    return response
+
+
+def _check_password(server: Server, name: str, password: str) -> Any:
+    with _HASHING:
+        return server.auth.check_password(name, password)
+
+
+@router.post("/logout")
+async def logout(request: Request, csrf: str = Form("", max_length=100)) -> Response:
+    server = _server(request)
+    ctx = server.ctx(request)
+    if ctx.user is None:
+        return RedirectResponse("/login", status_code=303)
+    if not csrf_ok(ctx.csrf, csrf or request.headers.get("x-csrf-token")) or not same_origin(
+        request
+    ):
+        raise server.refuse(ctx, 403, "CSRF token missing or wrong", action="logout")
+    server.record(ctx, "logout", action="logout", decision="allow", reason="signed out")
+    if ctx.session_id:
+        server.auth.end_session(ctx.session_id)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(server.cookie_name, path="/", secure=server.config.server.secure_cookies,
+                           httponly=True, samesite="strict")  # fmt: skip
+    return response
+
+
+# ---------------------------------------------------------------------- pages
+
+
+@router.get("/")
+async def home(request: Request) -> Response:
+    server = _server(request)
+    ctx, redirect = _page_ctx(server, request, "home")
+    if redirect:
+        return redirect
+    return _with_proxy_session(server, ctx, _render(server, request, "hosts.html", ctx,
+                                                    page="hosts"))  # fmt: skip
+
+
+@router.get("/view")
+async def view(
+    request: Request,
+    host: str = "",
+    path: str | None = None,
+    unit: str | None = None,
+    container: str | None = None,
+) -> Response:
+    """The log viewer. A deep link: the grant is checked here, then again by every API call."""
+    server = _server(request)
+    ctx, redirect = _page_ctx(server, request, "view")
+    if redirect:
+        return redirect
+    assert ctx.access is not None
+    hc = server.config.host(host)
+    src_text = path or unit or container
+    if hc is None:
+        raise server.refuse(ctx, 404, f"unknown host {host!r}", action="view", host=host,
+                            source=src_text)  # fmt: skip
+    try:
+        src = source_from(path=path, unit=unit, container=container)
+    except BadSource as exc:
+        raise server.refuse(ctx, 422, str(exc), action="view", host=host,
+                            source=src_text) from None  # fmt: skip
+    caps = ctx.access.source_caps(hc, src) & READ_CAPS
+    if not caps:
+        raise server.refuse(ctx, 403, ctx.access.check(hc, src, "tail").reason, action="view",
+                            host=host, source=src.key)  # fmt: skip
+    response = _render(server, request, "view.html", ctx, page="view", host=hc, source=src,
+                       source_caps=sorted(caps))  # fmt: skip
+    return _with_proxy_session(server, ctx, response)
+
+
+@router.get("/search")
+async def search_page(request: Request) -> Response:
+    server = _server(request)
+    ctx, redirect = _page_ctx(server, request, "search")
+    if redirect:
+        return redirect
+    assert ctx.access is not None
+    hosts = [h for h in ctx.access.hosts() if SEARCH in ctx.access.host_caps(h)]
+    if not hosts:
+        raise server.refuse(ctx, 403, "no role grants you search on any host", action="search")
+    labels = sorted({label for h in hosts for label in h.labels})
+    response = _render(server, request, "search.html", ctx, page="search", hosts=hosts,
+                       labels=labels)  # fmt: skip
+    return _with_proxy_session(server, ctx, response)
+
+
+@router.get("/audit")
+async def audit_page(request: Request) -> Response:
+    server = _server(request)
+    ctx, redirect = _page_ctx(server, request, "audit")
+    if redirect:
+        return redirect
+    assert ctx.access is not None
+    if not ctx.access.can_audit():
+        raise server.refuse(ctx, 403, "the audit trail is for roles with the audit capability",
+                            action="audit_page")  # fmt: skip
+    return _with_proxy_session(server, ctx, _render(server, request, "audit.html", ctx,
+                                                    page="audit"))  # fmt: skip
+
+
+# ---------------------------------------------------------------------- operations
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> Response:
+    """200 when the audit trail is writable-looking and readable; 503 otherwise."""
+    server = _server(request)
+    try:
+        head = server.audit.head()
+    except Exception as exc:
+        return PlainTextResponse(f"audit store unreadable: {exc}\n", status_code=503)
+    if server.audit.write_failures and server.metrics.audit_failures:
+        status = "degraded: audit writes have failed since start"
+    else:
+        status = "ok"
+    return PlainTextResponse(f"{status}\naudit head {head or 'none'}\n")
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text. From loopback, a trusted proxy, or with an auditor's token only:
+    host names and request counts are not for everyone."""
+    server = _server(request)
+    peer = request.client.host if request.client else ""
+    if not (peer in ("127.0.0.1", "::1") or server.proxies.trusts(peer)):
+        ctx = server.ctx(request)
+        if ctx.access is None or not ctx.access.can_audit():
+            raise ApiError(403, "metrics are served to loopback, trusted proxies and auditors")
+    a = server.audit
+    text = server.metrics.render({
+        "logtorukun_audit_write_failures_total": ("Audit records that could not be written "
+                                                  "(each refused a request).",
+                                                  float(a.write_failures)),
+        "logtorukun_audit_sink_failures_total": ("SIEM copies that failed.",
+                                                 float(a.sink_failures)),
+    })  # fmt: skip
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,255 @@
+"""The one place the web server talks to workers: a thin adapter over `logtorukun.client`.
+
+Everything above this module speaks `ReadSpec` in and bytes + `Outcome` out, and sees
+worker failures only as `WorkerError` carrying the HTTP status the API contract gives
+them (404 not found, 403 refused by the gate's policy, 422 bad request, 502 worker
+unreachable or broken, 503 worker busy). The client keeps one SSH connection and one
+multiplexed bridge session per worker; `via` ({"user", "audit"}) travels with each
+request into the worker's own audit record, so both sides name the person and the
+web audit seq. Data is pulled chunk by chunk: a slow HTTP client slows the worker down
+(bridge credit) instead of growing a buffer here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..client import Client, ClientError
+from ..client import api as commands
+from ..client.errors import (
+    EXIT_BAD_REQUEST,
+    EXIT_REFUSED,
+    Busy,
+    GateError,
+    InvalidArgument,
+    NotFound,
+    UnknownHost,
+)
+from ..client.stream import Stream as ClientStream
+from ..config import HostConfig
+from .access import Source
+
+
+class WorkerError(Exception):
+    """A request to a worker failed; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _status_for(exc: ClientError) -> int:
+    if isinstance(exc, UnknownHost | NotFound):
+        return 404
+    if isinstance(exc, InvalidArgument):
+        return 422
+    if isinstance(exc, Busy):
+        return 503
+    if isinstance(exc, GateError):
+        if exc.gate_exit == EXIT_BAD_REQUEST:
+            return 422
+        if exc.gate_exit == EXIT_REFUSED:
+            return 403
+    return 502  # unreachable, host key, auth, timeout, protocol, worker-side failure
+
+
+def _error(exc: ClientError) -> WorkerError:
+    reason = exc.reason if isinstance(exc, GateError) else exc.message
+    return WorkerError(_status_for(exc), reason or str(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSpec:
+    """One bounded read or a follow, in the web's terms; `command()` is the gate's."""
+
+    verb: str  # "tail" | "grep" | "range" | "follow"
+    source: Source
+    lines: int = 200
+    pattern: str | None = None
+    regex: bool = False
+    ignore_case: bool = False
+    invert: bool = False
+    max: int | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def command(self) -> str:
+        """Built by the client's quoting builders; raises InvalidArgument on bad values."""
+        s = self.source
+        if s.kind == "unit":
+            if self.verb == "follow":
+                return commands.journal_command(s.name, lines=0, follow=True)
+            grep = None
+            if self.verb == "grep" and self.pattern is not None:
+                grep = self.pattern if self.regex else _pcre_escape(self.pattern)
+                grep = f"(?i){grep}" if self.ignore_case else grep
+            n = self.max if self.verb == "grep" and self.max else self.lines
+            return commands.journal_command(s.name, lines=n, since=self.since,
+                                            until=self.until, grep=grep)  # fmt: skip
+        if s.kind == "container":
+            if self.verb == "follow":
+                return commands.docker_command(s.name, tail=0, timestamps=True, follow=True)
+            return commands.docker_command(s.name, tail=self.lines, timestamps=True,
+                                           since=self.since, until=self.until)  # fmt: skip
+        if self.verb == "follow":
+            return commands.tail_command(s.name, 0, follow=True)
+        if self.verb == "range":
+            return commands.range_command(s.name, self.since or "1970-01-01", self.until,
+                                          max_lines=self.lines)  # fmt: skip
+        if self.verb == "grep":
+            return commands.grep_command(
+                s.name, self.pattern or "", regex=self.regex, ignore_case=self.ignore_case,
+                invert=self.invert, max_count=self.max,
+            )  # fmt: skip
+        return commands.tail_command(s.name, self.lines)
+
+
+def _pcre_escape(text: str) -> str:
+    """journalctl -g is always PCRE: escape a fixed string so it matches literally."""
+    return "".join("\\" + c if c in "\\^$.|?*+()[]{}" else c for c in text)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a worker request ended: what the gate said, and what came through."""
+
+    exit: int | None = None
+    reason: str = ""
+    truncated: bool = False
+    bytes: int = 0
+    lines: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_audit(self) -> dict[str, Any]:
+        return {
+            "exit": self.exit,
+            "bytes": self.bytes,
+            "lines": self.lines,
+            "truncated": self.truncated,
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
+            **({"reason": self.reason} if self.reason else {}),
+        }
+
+
+@dataclass(slots=True)
+class HostState:
+    """Reachability for the host browser and /metrics."""
+
+    up: bool | None = None
+    error: str = ""
+    checked: float = 0.0
+
+
+class Stream:
+    """The bytes of one worker request; iterate `chunks()`, then read `outcome`.
+
+    `WorkerError` is raised from `__aenter__` (could not start) or from `chunks()` (the
+    gate refused, or the connection dropped). Data already yielded stays yielded: a
+    caller that has sent some of it records the failure in its end record.
+    """
+
+    def __init__(self, pool: Workers, host: HostConfig, spec: ReadSpec, via: dict[str, Any]):
+        self.pool, self.host, self.spec, self.via = pool, host, spec, via
+        self.outcome = Outcome()
+        self._stream: ClientStream | None = None
+
+    async def __aenter__(self) -> Stream:
+        try:
+            command = self.spec.command()
+            self._stream = await self.pool.client.stream(self.host.name, command, via=self.via)
+        except ClientError as exc:
+            self.pool.note(self.host, exc)
+            raise _error(exc) from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                await self._stream.aclose()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        stream = self._stream
+        assert stream is not None
+        try:
+            while chunk := await stream.read():
+                self.outcome.bytes += len(chunk)
+                self.outcome.lines += chunk.count(b"\n")
+                yield chunk
+        except ClientError as exc:
+            self.pool.note(self.host, exc)
+            if isinstance(exc, GateError):
+                self.outcome.exit = exc.gate_exit
+            self.outcome.reason = exc.reason if isinstance(exc, GateError) else exc.message
+            raise _error(exc) from None
+        status = stream.status
+        if status is not None:
+            self.outcome.exit = status.exit
+            self.outcome.reason = status.reason
+            self.outcome.truncated = status.truncated or status.exit != 0
+        self.pool.note(self.host, None)
+
+
+class Workers:
+    """The web server's view of its workers: the client plus reachability."""
+
+    def __init__(self, hosts: tuple[HostConfig, ...], client: Client | None = None) -> None:
+        self.hosts = {h.name: h for h in hosts}
+        self.client = client or Client(hosts)
+        self.state: dict[str, HostState] = {h.name: HostState() for h in hosts}
+
+    def note(self, host: HostConfig, exc: ClientError | None) -> None:
+        """Reachability from every call: a gate's answer (even a refusal) means it is up."""
+        if exc is None or isinstance(exc, GateError | InvalidArgument):
+            self.state[host.name] = HostState(True, "", time.time())
+        else:
+            self.state[host.name] = HostState(False, exc.message, time.time())
+
+    def open(self, host: HostConfig, spec: ReadSpec, via: dict[str, Any]) -> Stream:
+        """`async with workers.open(...) as s: async for chunk in s.chunks(): ...`"""
+        return Stream(self, host, spec, via)
+
+    async def read(
+        self, host: HostConfig, spec: ReadSpec, via: dict[str, Any]
+    ) -> tuple[bytes, Outcome]:
+        """A bounded read, whole (the gate caps lines and bytes; so does `request_timeout`)."""
+        buf = bytearray()
+        async with self.open(host, spec, via) as stream:
+            async for chunk in stream.chunks():
+                buf += chunk
+        return bytes(buf), stream.outcome
+
+    async def sources(self, host: HostConfig, via: dict[str, Any]) -> dict[str, Any]:
+        """The gate's `sources`: files (path, size, mtime, compressed), units, containers."""
+        try:
+            doc = await self.client.sources(host.name, via=via)
+        except ClientError as exc:
+            self.note(host, exc)
+            raise _error(exc) from None
+        self.note(host, None)
+        return {
+            "files": [
+                {"path": f.path, "size": f.size, "mtime": f.mtime, "compressed": f.compressed}
+                for f in doc.files
+            ],
+            "units": list(doc.units),
+            "containers": list(doc.containers),
+            "limits": doc.limits,
+        }
+
+    async def probe(self, host: HostConfig) -> HostState:
+        """Open (or reuse) the connection; reachability for the host browser."""
+        try:
+            await self.client.pool.get(host.name).connection()
+        except ClientError as exc:
+            self.note(host, exc)
+        else:
+            self.note(host, None)
+        return self.state[host.name]
+
+    async def close(self) -> None:
+        await self.client.close()

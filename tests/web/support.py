@@ -1,0 +1,173 @@
+"""A real web server for tests: uvicorn on 127.0.0.1 in a thread, a real sshd worker
+behind it, a config naming that worker under several host names and roles.
+
+Hosts (all the same sshd, so access decisions are the web server's alone):
+  web1 (labels prod, web), web2 (labels web), db1 (labels prod, db), down (nothing
+  listens there: unreachable).
+Roles:
+  ops      web* and label:web (so: web1, web2, down), all of the worker's files, tail/search/follow/download
+  reader   web1 only, app.log only, tail only
+  dbsearch label:db, *.log, search only
+  auditor  audit capability, no hosts
+  nothing  grants nothing
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from argon2 import PasswordHasher
+
+from logtorukun.audit import AuditStore
+from logtorukun.config import Config, load_config
+from logtorukun.web.app import create_app
+from logtorukun.web.auth import AuthStore
+from tests.support.sshd import Worker
+
+PASSWORD = "correct horse battery"
+# Fast argon2 for tests (the server's default costs ~50 ms and 64 MiB per check).
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+USERS = {
+    "olivia": ["ops"],
+    "rita": ["reader"],
+    "dan": ["dbsearch"],
+    "alice": ["auditor"],
+    "nobody": ["nothing"],
+    "both": ["reader", "auditor"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(directory: Path, worker: Worker, **server: Any) -> Path:
+    root = worker.root
+    dead = free_port()
+    settings = {
+        "listen": "127.0.0.1:0",
+        "database": str(directory / "logtorukun.db"),
+        "secure_cookies": False,
+        "requests_per_minute": 100000,
+        **server,
+    }
+    lines = ["[server]"]
+    for k, v in settings.items():
+        lines.append(f"{k} = {_toml(v)}")
+    for name, labels, port in (("web1", ["prod", "web"], worker.port),
+                               ("web2", ["web"], worker.port),
+                               ("db1", ["prod", "db"], worker.port),
+                               ("down", ["web"], dead)):  # fmt: skip
+        lines += [
+            "", "[[host]]", f'name = "{name}"', 'address = "127.0.0.1"', f"port = {port}",
+            f'user = "{worker.user}"', f"key = {_toml(str(worker.client_key))}",
+            f"known_hosts = {_toml(str(worker.known_hosts))}", f"labels = {_toml(labels)}",
+            "connect_timeout = 3.0", "request_timeout = 20.0",
+        ]  # fmt: skip
+    roles = [
+        ("ops", ["web*", "label:web"], [f"{root}/*"], ["tail", "search", "follow", "download"]),
+        ("reader", ["web1"], [f"{root}/app.log"], ["tail"]),
+        ("dbsearch", ["label:db"], [f"{root}/*.log"], ["search"]),
+        ("auditor", [], [], ["audit"]),
+        ("nothing", [], [], []),
+    ]
+    for name, hosts, sources, caps in roles:
+        lines += ["", "[[role]]", f'name = "{name}"', f"hosts = {_toml(hosts)}",
+                  f"sources = {_toml(sources)}", f"capabilities = {_toml(caps)}"]  # fmt: skip
+    path = directory / "server.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v)
+
+
+@dataclass
+class LiveServer:
+    """A running server; `client(user)` gives an httpx client signed in as that user."""
+
+    config: Config
+    url: str
+    app: Any
+    thread: threading.Thread
+    uv: uvicorn.Server
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def server(self) -> Any:
+        return self.app.state.server
+
+    @property
+    def audit(self) -> AuditStore:
+        store: AuditStore = self.server.audit
+        return store
+
+    def anon(self) -> httpx.Client:
+        c = httpx.Client(base_url=self.url, timeout=30, follow_redirects=False)
+        self.clients.append(c)
+        return c
+
+    def client(self, user: str, password: str = PASSWORD) -> httpx.Client:
+        c = self.anon()
+        login(c, user, password)
+        return c
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.uv.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def login(c: httpx.Client, user: str, password: str = PASSWORD) -> httpx.Response:
+    form = c.get("/login")
+    pre = form.cookies.get("ltk_pre") or c.cookies.get("ltk_pre")
+    r = c.post("/login", data={"user": user, "password": password, "csrf": pre, "next": "/"})
+    return r
+
+
+def start_server(config_path: Path, users: dict[str, list[str]] | None = None) -> LiveServer:
+    config = load_config(config_path)
+    auth = AuthStore(config.server.database, hasher=FAST_HASHER)
+    for name, roles in (USERS if users is None else users).items():
+        with contextlib.suppress(Exception):
+            auth.add_user(name, roles, PASSWORD)
+    app = create_app(config, auth=auth)
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                       lifespan="on"))  # fmt: skip
+    uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not uv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the web server did not start")
+        time.sleep(0.01)
+    return LiveServer(config, f"http://127.0.0.1:{port}", app, thread, uv)
+
+
+@contextlib.contextmanager
+def running(config_path: Path, users: dict[str, list[str]] | None = None) -> Iterator[LiveServer]:
+    live = start_server(config_path, users)
+    try:
+        yield live
+    finally:
+        live.stop()

@@ -33,7 +33,7 @@ from .stream import Status, Stream
 
 MAX_VALUE = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NAME = re.compile(r"[A-Za-z0-9@_.:-][A-Za-z0-9@_.:+-]{0,254}")
+_NAME = re.compile(r"[A-Za-z0-9@_.:][A-Za-z0-9@_.:+-]{0,254}")
 
 
 # ---------------------------------------------------------------------- commands

@@ -199,7 +199,6 @@ def authorize(req: Request, policy: Policy) -> Plan:
             if gz:
                 plan.close()
                 raise GateError(Exit.BAD_REQUEST, "tail -f of a compressed file never grows")
-            plan.fds.clear()  # follow owns the fd from here on
 
             def reopen() -> int | None:
                 try:
@@ -209,9 +208,14 @@ def authorize(req: Request, policy: Policy) -> Plan:
 
             deadline = time.monotonic() + lim.follow_max_seconds
             reason = f"follow stopped after {lim.follow_max_seconds:g} s (follow_max_seconds)"
-            plan.run = lambda out: readers.follow(
-                fd, reopen, n, out, deadline=deadline, deadline_reason=reason
-            )
+
+            def run_follow(out: Output) -> None:
+                # follow owns (and closes) the fd once it runs; until then the plan does,
+                # so a follow refused as busy or for the audit does not leak it.
+                plan.fds.clear()
+                readers.follow(fd, reopen, n, out, deadline=deadline, deadline_reason=reason)
+
+            plan.run = run_follow
         else:
 
             def run_tail(out: Output) -> None:

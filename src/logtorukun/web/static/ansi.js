@@ -1,0 +1,155 @@
+// Log lines to DOM nodes, safely. Text goes in text nodes only; ANSI SGR colour codes
+// become classes (or a computed rgb() via CSSOM, which CSP permits); every other escape
+// or control sequence is removed or shown as a visible symbol. Nothing in a log line
+// can become markup.
+"use strict";
+
+const LogRender = (() => {
+  // CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), other two-byte escapes.
+  const ESCAPES = /\x1b\[([0-9;:?]*)([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?/g;
+  const CONTROL = /[\x00-\x08\x0b-\x1f\x7f]/g;
+  const LEVEL = /\b(FATAL|CRIT(?:ICAL)?|EMERG|ALERT|ERROR|ERR|SEVERE|WARN(?:ING)?|NOTICE|INFO|DEBUG|TRACE)\b/;
+  const LEVEL_CLASS = {
+    FATAL: "error", CRIT: "error", CRITICAL: "error", EMERG: "error", ALERT: "error",
+    ERROR: "error", ERR: "error", SEVERE: "error", WARN: "warn", WARNING: "warn",
+    NOTICE: "info", INFO: "info", DEBUG: "debug", TRACE: "debug",
+  };
+  const TIMESTAMP = /^\[?(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2})\]?/;
+  const PALETTE = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
+
+  function visibleControl(s) {
+    return s.replace(CONTROL, (c) => String.fromCharCode(0x2400 + (c === "\x7f" ? 0x21 : c.charCodeAt(0))));
+  }
+
+  function xterm256(n) {
+    if (n < 16) return null;
+    if (n >= 232) { const v = 8 + (n - 232) * 10; return [v, v, v]; }
+    n -= 16;
+    const steps = [0, 95, 135, 175, 215, 255];
+    return [steps[Math.floor(n / 36)], steps[Math.floor(n / 6) % 6], steps[n % 6]];
+  }
+
+  function applySgr(state, params) {
+    const codes = params === "" ? [0] : params.split(/[;:]/).map((p) => parseInt(p || "0", 10));
+    for (let i = 0; i < codes.length; i++) {
+      const c = codes[i];
+      if (c === 0) { state.fg = state.bg = state.rgbFg = state.rgbBg = null; state.bold = state.dim = state.italic = state.underline = false; }
+      else if (c === 1) state.bold = true;
+      else if (c === 2) state.dim = true;
+      else if (c === 3) state.italic = true;
+      else if (c === 4) state.underline = true;
+      else if (c === 22) state.bold = state.dim = false;
+      else if (c === 23) state.italic = false;
+      else if (c === 24) state.underline = false;
+      else if (c >= 30 && c <= 37) { state.fg = PALETTE[c - 30]; state.rgbFg = null; }
+      else if (c >= 90 && c <= 97) { state.fg = "bright-" + PALETTE[c - 90]; state.rgbFg = null; }
+      else if (c === 39) state.fg = state.rgbFg = null;
+      else if (c >= 40 && c <= 47) { state.bg = PALETTE[c - 40]; state.rgbBg = null; }
+      else if (c >= 100 && c <= 107) { state.bg = "bright-" + PALETTE[c - 100]; state.rgbBg = null; }
+      else if (c === 49) state.bg = state.rgbBg = null;
+      else if (c === 38 || c === 48) {
+        let rgb = null;
+        if (codes[i + 1] === 5) {
+          const n = codes[i + 2] | 0;
+          rgb = n < 16 ? null : xterm256(n);
+          if (n < 16) { const name = (n >= 8 ? "bright-" : "") + PALETTE[n % 8]; if (c === 38) state.fg = name; else state.bg = name; }
+          i += 2;
+        } else if (codes[i + 1] === 2) {
+          rgb = [codes[i + 2], codes[i + 3], codes[i + 4]].map((v) => Math.max(0, Math.min(255, v | 0)));
+          i += 4;
+        }
+        if (rgb) { if (c === 38) state.rgbFg = rgb; else state.rgbBg = rgb; }
+      }
+    }
+  }
+
+  function styled(state, text) {
+    if (!state.fg && !state.bg && !state.rgbFg && !state.rgbBg && !state.bold && !state.dim && !state.italic && !state.underline) {
+      return null;
+    }
+    const span = document.createElement("span");
+    const cls = [];
+    if (state.fg) cls.push("fg-" + state.fg);
+    if (state.bg) cls.push("bg-" + state.bg);
+    if (state.bold) cls.push("b");
+    if (state.dim) cls.push("dim");
+    if (state.italic) cls.push("i");
+    if (state.underline) cls.push("u");
+    span.className = cls.join(" ");
+    if (state.rgbFg) span.style.color = "rgb(" + state.rgbFg.join(",") + ")";
+    if (state.rgbBg) span.style.backgroundColor = "rgb(" + state.rgbBg.join(",") + ")";
+    return span;
+  }
+
+  // Append `text` to `parent`, wrapping matches of `matcher` (a RegExp with g flag) in <mark>.
+  function appendText(parent, text, matcher) {
+    if (!text) return;
+    if (!matcher) { parent.append(document.createTextNode(text)); return; }
+    matcher.lastIndex = 0;
+    let last = 0;
+    let m;
+    let guard = 0;
+    while ((m = matcher.exec(text)) !== null && guard++ < 1000) {
+      if (m[0] === "") { matcher.lastIndex++; continue; }
+      if (m.index > last) parent.append(document.createTextNode(text.slice(last, m.index)));
+      const mark = document.createElement("mark");
+      mark.textContent = m[0];
+      parent.append(mark);
+      last = m.index + m[0].length;
+    }
+    if (last < text.length) parent.append(document.createTextNode(text.slice(last)));
+  }
+
+  // One row element for one log line.
+  function row(line, matcher) {
+    const div = document.createElement("div");
+    div.className = "line";
+    const head = line.length > 200 ? line.slice(0, 200) : line;
+    const lvl = LEVEL.exec(head.replace(ESCAPES, ""));
+    if (lvl) div.classList.add("lvl-" + LEVEL_CLASS[lvl[1]]);
+    else if (/^\s/.test(line)) div.classList.add("cont");
+    let rest = line;
+    const ts = TIMESTAMP.exec(rest);
+    if (ts) {
+      const span = document.createElement("span");
+      span.className = "ts";
+      appendText(span, ts[0], matcher);
+      div.append(span);
+      rest = rest.slice(ts[0].length);
+    }
+    if (rest.indexOf("\x1b") < 0) {
+      appendText(div, visibleControl(rest), matcher);
+      return div;
+    }
+    const state = {};
+    let last = 0;
+    let m;
+    ESCAPES.lastIndex = 0;
+    const flush = (chunk) => {
+      if (!chunk) return;
+      const span = styled(state, chunk);
+      appendText(span || div, visibleControl(chunk), matcher);
+      if (span) div.append(span);
+    };
+    while ((m = ESCAPES.exec(rest)) !== null) {
+      flush(rest.slice(last, m.index));
+      if (m[2] === "m") applySgr(state, m[1]);
+      last = m.index + m[0].length;
+      if (m[0] === "") ESCAPES.lastIndex++;
+    }
+    flush(rest.slice(last));
+    return div;
+  }
+
+  function matcherFor(pattern, regex, ignoreCase) {
+    if (!pattern) return null;
+    const source = regex ? pattern : pattern.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    try {
+      return new RegExp(source, ignoreCase ? "gi" : "g");
+    } catch (e) {
+      return null;
+    }
+  }
+
+  return { row, matcherFor, visibleControl };
+})();

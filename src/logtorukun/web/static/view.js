@@ -1,0 +1,335 @@
+// The log viewer: tail / time range / search, live follow with pause, deep links.
+"use strict";
+
+(() => {
+  const MAX_ROWS = 5000;      // DOM rows kept while following; older ones are removed
+  const MAX_RESULT_ROWS = 10000;
+  const $ = (id) => document.getElementById(id);
+  const body = document.body;
+  const host = body.dataset.host;
+  const kind = body.dataset.kind;          // file | unit | container
+  const sourceName = body.dataset.source;
+  const caps = new Set((body.dataset.caps || "").split(",").filter(Boolean));
+  const srcParam = kind === "file" ? "path" : kind;
+
+  const log = $("log"), status = $("status"), notice = $("notice");
+  const newLinesBtn = $("new-lines"), followBtn = $("follow"), pauseBtn = $("pause");
+  const badge = $("live-badge");
+  const inputs = {
+    lines: $("lines"), since: $("since"), until: $("until"), pattern: $("pattern"),
+    regex: $("regex"), icase: $("icase"), invert: $("invert"), mark: $("highlight-only"),
+    wrap: $("wrap"),
+  };
+
+  let following = null;   // { abort: AbortController }
+  let paused = false;
+  let pending = [];        // lines received while paused (capped)
+  let pendingDropped = 0;
+  let queue = [];          // lines waiting for the next animation frame
+  let frameRequested = false;
+  let currentUrl = null;   // the API URL of the result on screen (for Download)
+  let loadSeq = 0;
+
+  // ------------------------------------------------------------------ state <-> URL
+
+  function readUrl() {
+    const q = new URLSearchParams(location.search);
+    if (q.has("lines")) inputs.lines.value = q.get("lines");
+    for (const k of ["since", "until", "pattern"]) if (q.has(k)) inputs[k].value = q.get(k);
+    for (const k of ["regex", "icase", "invert", "mark"]) inputs[k].checked = q.get(k) === "1";
+    inputs.wrap.checked = q.get("wrap") !== "0";
+    return q.get("follow") === "1";
+  }
+
+  function viewUrl(extra) {
+    const q = new URLSearchParams({ host, [srcParam]: sourceName });
+    const lines = inputs.lines.value.trim();
+    if (lines && lines !== "200") q.set("lines", lines);
+    for (const k of ["since", "until", "pattern"]) if (inputs[k].value.trim()) q.set(k, inputs[k].value.trim());
+    for (const k of ["regex", "icase", "invert", "mark"]) if (inputs[k].checked) q.set(k, "1");
+    if (!inputs.wrap.checked) q.set("wrap", "0");
+    if (extra && extra.follow) q.set("follow", "1");
+    return "/view?" + q.toString();
+  }
+
+  function remember() {
+    history.replaceState(null, "", viewUrl({ follow: !!following }));
+  }
+
+  // ------------------------------------------------------------------ rendering
+
+  function matcher() {
+    return LogRender.matcherFor(inputs.pattern.value, inputs.regex.checked, inputs.icase.checked);
+  }
+
+  function atBottom() {
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  }
+
+  function showNotice(text, kindClass) {
+    notice.textContent = text;
+    notice.className = "notice " + (kindClass || "warn");
+  }
+
+  function hideNotice() {
+    notice.className = "notice hidden";
+    notice.textContent = "";
+  }
+
+  function renderAll(lines) {
+    const m = matcher();
+    const frag = document.createDocumentFragment();
+    const shown = lines.length > MAX_RESULT_ROWS ? lines.slice(-MAX_RESULT_ROWS) : lines;
+    for (const line of shown) frag.append(LogRender.row(line, m));
+    log.replaceChildren(frag);
+    if (!shown.length) {
+      log.append(LTK.el("div", { class: "empty", text: "No lines." }));
+    }
+  }
+
+  function clientFilter(lines) {
+    if (!inputs.pattern.value || inputs.mark.checked) return lines;
+    const m = matcher();
+    if (!m) return lines;
+    const keep = !inputs.invert.checked;
+    return lines.filter((l) => { m.lastIndex = 0; return m.test(l) === keep; });
+  }
+
+  function appendLines(lines) {
+    queue.push(...lines);
+    if (queue.length > MAX_ROWS) queue = queue.slice(-MAX_ROWS);
+    if (!frameRequested) {
+      frameRequested = true;
+      requestAnimationFrame(flush);
+    }
+  }
+
+  // Batched: one DOM update per frame however many lines arrived.
+  function flush() {
+    frameRequested = false;
+    if (!queue.length) return;
+    const stick = atBottom();
+    const m = matcher();
+    const frag = document.createDocumentFragment();
+    for (const line of queue) frag.append(LogRender.row(line, m));
+    queue = [];
+    const empty = log.querySelector(".empty");
+    if (empty) empty.remove();
+    log.append(frag);
+    const extra = log.childElementCount - MAX_ROWS;
+    if (extra > 0) {
+      const range = document.createRange();
+      range.setStartBefore(log.firstElementChild);
+      range.setEndAfter(log.children[extra - 1]);
+      range.deleteContents();
+      log.classList.add("trimmed");
+    }
+    if (stick) log.scrollTop = log.scrollHeight;
+    status.textContent = statusFollow();
+  }
+
+  let followCount = 0;
+  function statusFollow() {
+    return "Following " + host + ":" + sourceName + " — " + followCount + " new lines" +
+      (log.classList.contains("trimmed") ? " (showing the last " + MAX_ROWS + ")" : "");
+  }
+
+  // ------------------------------------------------------------------ loading
+
+  function apiUrl(download) {
+    const q = new URLSearchParams({ [srcParam]: sourceName });
+    const pattern = inputs.pattern.value;
+    const useGrep = pattern && !inputs.mark.checked && caps.has("search");
+    if (useGrep) {
+      q.set("pattern", pattern);
+      q.set("max", inputs.lines.value || "200");
+      if (inputs.regex.checked) q.set("regex", "true");
+      if (inputs.icase.checked) q.set("ignore_case", "true");
+      if (inputs.invert.checked) q.set("invert", "true");
+    } else {
+      q.set("lines", inputs.lines.value || "200");
+      if (inputs.since.value.trim()) q.set("since", inputs.since.value.trim());
+      if (inputs.until.value.trim()) q.set("until", inputs.until.value.trim());
+    }
+    if (download) q.set("download", "true");
+    return "/api/hosts/" + encodeURIComponent(host) + "/" + (useGrep ? "grep" : "tail") + "?" + q;
+  }
+
+  async function load() {
+    stopFollow("");
+    const seq = ++loadSeq;
+    const url = apiUrl(false);
+    status.textContent = "Loading…";
+    hideNotice();
+    const t0 = performance.now();
+    try {
+      const data = await LTK.api(url);
+      if (seq !== loadSeq) return;
+      currentUrl = url;
+      log.classList.remove("trimmed");
+      renderAll(data.lines);
+      log.scrollTop = data.action === "grep" ? 0 : log.scrollHeight;
+      const ms = Math.round(performance.now() - t0);
+      status.textContent = data.count + (data.action === "grep" ? " matching" : "") + " lines · " +
+        ms + " ms · audit #" + data.audit;
+      if (data.truncated) showNotice("⚠ " + (data.note || "Output truncated."), "warn");
+      if (inputs.pattern.value && !caps.has("search") && !inputs.mark.checked) {
+        showNotice("You may not search this source: the pattern only highlights.", "info");
+      }
+    } catch (e) {
+      if (seq !== loadSeq) return;
+      currentUrl = null;
+      log.replaceChildren(LTK.el("div", { class: "empty error", text: e.reason || String(e) }));
+      status.textContent = "Error " + (e.status || "") + ".";
+      showNotice((e.status === 403 ? "Not allowed: " : "") + (e.reason || String(e)), "error");
+    }
+    remember();
+  }
+
+  // ------------------------------------------------------------------ follow
+
+  async function startFollow() {
+    if (following || !caps.has("follow")) return;
+    const ctrl = new AbortController();
+    following = { abort: ctrl };
+    paused = false;
+    pending = [];
+    followCount = 0;
+    followBtn.textContent = "Stop";
+    followBtn.classList.add("active");
+    pauseBtn.classList.remove("hidden");
+    pauseBtn.textContent = "Pause";
+    badge.classList.remove("hidden");
+    remember();
+    const url = "/api/hosts/" + encodeURIComponent(host) + "/follow?" +
+      new URLSearchParams({ [srcParam]: sourceName });
+    try {
+      const resp = await fetch(url, { credentials: "same-origin", signal: ctrl.signal,
+        headers: { "Accept": "text/event-stream" } });
+      if (!resp.ok) throw await LTK.errorFrom(resp);
+      status.textContent = statusFollow();
+      for await (const ev of LTK.sse(resp)) {
+        if (ev.event === "lines") {
+          const data = JSON.parse(ev.data);
+          const lines = clientFilter(data.lines);
+          if (data.dropped) {
+            lines.unshift("… " + data.dropped + " lines skipped: this browser fell behind the log …");
+          }
+          followCount += lines.length;
+          if (paused) {
+            pending.push(...lines);
+            if (pending.length > MAX_ROWS) {
+              pendingDropped += pending.length - MAX_ROWS;
+              pending = pending.slice(-MAX_ROWS);
+            }
+            newLinesBtn.textContent = followCount - shownCount + " new lines — resume";
+            newLinesBtn.classList.remove("hidden");
+          } else {
+            shownCount = followCount;
+            appendLines(lines);
+          }
+        } else if (ev.event === "end") {
+          const data = JSON.parse(ev.data);
+          showNotice("Follow ended: " + data.reason, "info");
+          break;
+        }
+      }
+    } catch (e) {
+      if (e.name !== "AbortError") {
+        showNotice("Follow failed: " + (e.reason || e.message || String(e)), "error");
+      }
+    }
+    if (following && following.abort === ctrl) stopFollow(null);
+  }
+  let shownCount = 0;
+
+  function stopFollow(message) {
+    if (!following) return;
+    following.abort.abort();
+    following = null;
+    if (paused) resume();
+    followBtn.textContent = "Follow";
+    followBtn.classList.remove("active");
+    pauseBtn.classList.add("hidden");
+    badge.classList.add("hidden");
+    newLinesBtn.classList.add("hidden");
+    if (message !== null && message !== "") status.textContent = message;
+    remember();
+  }
+
+  function pause() {
+    if (!following || paused) return;
+    paused = true;
+    shownCount = followCount;
+    pauseBtn.textContent = "Resume";
+    badge.textContent = "PAUSED";
+    badge.classList.add("paused");
+  }
+
+  function resume() {
+    paused = false;
+    pauseBtn.textContent = "Pause";
+    badge.textContent = "LIVE";
+    badge.classList.remove("paused");
+    newLinesBtn.classList.add("hidden");
+    const lines = pending;
+    pending = [];
+    if (pendingDropped) {
+      lines.unshift("… " + pendingDropped + " lines not kept while paused …");
+      pendingDropped = 0;
+    }
+    shownCount = followCount;
+    appendLines(lines);
+    requestAnimationFrame(() => { log.scrollTop = log.scrollHeight; });
+  }
+
+  // ------------------------------------------------------------------ wiring
+
+  $("controls").addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
+  followBtn.addEventListener("click", () => (following ? stopFollow("Stopped.") : startFollow()));
+  pauseBtn.addEventListener("click", () => (paused ? resume() : pause()));
+  newLinesBtn.addEventListener("click", resume);
+  inputs.wrap.addEventListener("change", () => { log.classList.toggle("nowrap", !inputs.wrap.checked); remember(); });
+  $("download").addEventListener("click", () => {
+    if (!currentUrl) { showNotice("Load something first.", "info"); return; }
+    const a = LTK.el("a", { href: currentUrl.replace("?", "?download=true&"), download: "" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+  });
+  $("copy-link").addEventListener("click", async () => {
+    const link = location.origin + viewUrl({ follow: !!following });
+    try { await navigator.clipboard.writeText(link); status.textContent = "Link copied."; }
+    catch (e) { status.textContent = link; }
+  });
+
+  if (!caps.has("follow")) { followBtn.disabled = true; followBtn.title = "You may not follow this source"; }
+  if (!caps.has("download")) { $("download").disabled = true; $("download").title = "You may not download this source"; }
+  if (!caps.has("search")) {
+    inputs.pattern.placeholder = "Highlight ( / ) — you may not search this source";
+    inputs.mark.checked = true;
+    inputs.mark.disabled = true;
+  }
+  if (kind === "container") inputs.pattern.placeholder = "Highlight ( / ) — containers are not searched on the worker";
+  if (kind !== "file") {
+    for (const k of ["since", "until"]) inputs[k].placeholder = kind === "unit" ? "-1h, today, 2024-12-17 14:00" : "10m, 2024-12-17T14:00:00";
+  }
+
+  document.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (LTK.typing(ev)) {
+      if (ev.key === "Escape") ev.target.blur();
+      return;
+    }
+    if (ev.key === "/") { ev.preventDefault(); inputs.pattern.focus(); inputs.pattern.select(); }
+    else if (ev.key === "f") { ev.preventDefault(); following ? stopFollow("Stopped.") : startFollow(); }
+    else if (ev.key === "g") { log.scrollTop = 0; }
+    else if (ev.key === "G") { log.scrollTop = log.scrollHeight; }
+    else if (ev.key === " " && following) { ev.preventDefault(); paused ? resume() : pause(); }
+    else if (ev.key === "w") { inputs.wrap.checked = !inputs.wrap.checked; inputs.wrap.dispatchEvent(new Event("change")); }
+  });
+
+  const wantFollow = readUrl();
+  log.classList.toggle("nowrap", !inputs.wrap.checked);
+  load().then(() => { if (wantFollow) startFollow(); });
+})();

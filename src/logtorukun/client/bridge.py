@@ -232,6 +232,11 @@ class Bridge:
             err = ConnectionLost(self.host, f"the bridge was killed by SIG{self.exit_signal}")
         elif self.exit_status not in (None, 0) and reason:
             err = error_for_exit(self.host, int(self.exit_status or 0), reason)
+        elif not self._hello.done():
+            got = f" (exit {self.exit_status}{', ' + reason if reason else ''})"
+            err = ProtocolError(
+                self.host, f"the worker's command ended before its HELLO{got}: not a gate bridge"
+            )
         elif reason:
             err = ConnectionLost(self.host, f"the bridge ended: {reason}")
         else:

@@ -1,0 +1,284 @@
+"""The bridge: many requests over one channel, each one checked and audited like a one-shot."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from logtorukun.client import (
+    Busy,
+    Client,
+    ConnectionLost,
+    GateError,
+    GateRefused,
+    PoolOptions,
+    ProtocolError,
+)
+from logtorukun.client.api import tail_command
+from logtorukun.gate.protocol import MAX_DATA, WINDOW
+from tests.client.helpers import FAST, eventually, gate_pids, host_for, records
+from tests.conftest import MakeWorker
+from tests.support.sshd import Worker
+
+STOCK_SSHD = ["MaxSessions 10", "MaxStartups 10:30:100"]  # sshd's own defaults
+
+
+async def test_500_concurrent_requests_one_channel_stock_max_sessions(
+    make_worker: MakeWorker,
+) -> None:
+    w = make_worker(name="stock", sshd_options=STOCK_SSHD)
+    want = b"".join(w.app_log.read_bytes().splitlines(keepends=True)[-20:])
+    async with Client([host_for(w)], options=FAST) as c:
+        replies = await asyncio.gather(
+            *(c.tail("w", str(w.app_log), 20) for _ in range(500)), return_exceptions=True
+        )
+        failures = [r for r in replies if isinstance(r, BaseException)]
+        assert failures == []
+        assert all(r.data == want for r in replies if not isinstance(r, BaseException))
+        hc = c.pool.get("w")
+        assert hc.connects == 1 and hc._bridge is not None and hc._bridge.requests == 500
+    assert len(records(w, "session_start")) == 1  # one gate process served them all
+    assert len(records(w, "request", decision="allow", mode="bridge")) == 500
+
+
+async def test_oneshot_stays_under_max_sessions(make_worker: MakeWorker) -> None:
+    """Why the bridge: channels per connection are capped; the pool queues rather than fail."""
+    w = make_worker(name="stock1", sshd_options=STOCK_SSHD)
+    path = str(w.app_log)
+    greedy = PoolOptions(max_sessions=40)
+    async with Client([host_for(w)], oneshot=True, options=greedy) as c:
+        replies = await asyncio.gather(
+            *(c.tail("w", path, 5) for _ in range(40)), return_exceptions=True
+        )
+    refused = [r for r in replies if isinstance(r, Busy)]
+    assert refused and "sshd refused another session" in str(refused[0])
+    async with Client([host_for(w)], oneshot=True, options=FAST) as c:  # max_sessions=8
+        replies = await asyncio.gather(
+            *(c.tail("w", path, 5) for _ in range(40)), return_exceptions=True
+        )
+    assert [r for r in replies if isinstance(r, BaseException)] == []
+
+
+async def test_cancelling_one_follow_leaves_the_others(mine: Worker) -> None:
+    a, b = mine.root / "fa.log", mine.root / "fb.log"
+    a.write_text("a0\n")
+    b.write_text("b0\n")
+    try:
+        async with Client([host_for(mine)], options=FAST) as c:
+            sa = await c.follow("w", str(a), lines=1)
+            sb = await c.follow("w", str(b), lines=1)
+            assert await sa.read() == b"a0\n" and await sb.read() == b"b0\n"
+            await sa.aclose()
+            with open(b, "a") as f:
+                f.write("b1\n")
+            assert await asyncio.wait_for(sb.read(), 5) == b"b1\n"
+            bridge = c.pool.get("w")._bridge
+            assert bridge is not None
+            await eventually(lambda: bridge.in_flight == 1)
+            end = await eventually(lambda: records(mine, "end", reason="client went away"))
+            assert end[-1]["lines"] == 1
+            # the bridge still serves new requests while sb runs
+            assert (await c.tail("w", str(a), 1)).data == b"a0\n"
+            with open(b, "a") as f:
+                f.write("b2\n")
+            assert await asyncio.wait_for(sb.read(), 5) == b"b2\n"
+            await sb.aclose()
+    finally:
+        a.unlink()
+        b.unlink()
+
+
+async def test_slow_reader_holds_back_the_worker_not_memory(mine: Worker) -> None:
+    big = mine.root / "big.log"
+    line = b"x" * 999 + b"\n"
+    big.write_bytes(line * 8_000)  # 8 MB in 8000 lines: under the policy's caps
+    try:
+        async with Client([host_for(mine)], options=FAST) as c:
+            stream = await c.stream("w", f"cat {big}")
+            first = await stream.read()
+            await asyncio.sleep(0.5)  # a stalled consumer
+            # The gate sent at most one window; nothing more arrived while we slept.
+            assert stream.received <= WINDOW and stream.max_buffered <= WINDOW
+            assert not records(mine, "end", bytes=len(line) * 8_000)  # cat still running
+            t0 = time.monotonic()
+            other = await c.tail("w", str(mine.app_log), 5)  # others are not stuck behind it
+            assert other.status.exit == 0 and time.monotonic() - t0 < 1
+            rest = await stream.read_all()
+            assert first + rest == big.read_bytes()
+            assert stream.max_buffered <= WINDOW + MAX_DATA
+    finally:
+        big.unlink()
+
+
+async def test_slow_reader_oneshot_uses_the_channel_window(mine: Worker) -> None:
+    big = mine.root / "big1.log"
+    big.write_bytes((b"y" * 999 + b"\n") * 8_000)
+    try:
+        async with Client([host_for(mine)], oneshot=True, options=FAST) as c:
+            stream = await c.stream("w", f"cat {big}")
+            await stream.read()
+            await asyncio.sleep(0.5)
+            assert stream.received < 4 * WINDOW  # 8 MB file; SSH window + pipes hold less
+            await stream.aclose()
+    finally:
+        big.unlink()
+
+
+async def test_rotation_during_a_follow_loses_and_repeats_nothing(mine: Worker) -> None:
+    log = mine.root / "rot.log"
+    log.write_text("")
+    total, every = 300, 100
+
+    def writer() -> None:
+        # logrotate `create`: rename away, the app writes a few more lines to the old
+        # file until it reopens. Rotations are spaced over the gate's 0.2 s poll: two
+        # inside one poll would skip a whole file, as with any polling `tail -F`.
+        f = open(log, "a")  # noqa: SIM115
+        i = 0
+        while i < total:
+            f.write(f"line {i:05d}\n")
+            f.flush()
+            i += 1
+            if i % every == 0 and i < total:
+                os.rename(log, mine.root / "rot.log.1")
+                for _ in range(5):
+                    f.write(f"line {i:05d}\n")
+                    f.flush()
+                    i += 1
+                f.close()
+                f = open(log, "a")  # noqa: SIM115
+                time.sleep(0.6)
+            time.sleep(0.001)
+        f.close()
+
+    try:
+        async with Client([host_for(mine)], options=FAST) as c:
+            stream = await c.follow("w", str(log), lines=0)
+            await asyncio.sleep(0.3)  # the follow is running
+            t = threading.Thread(target=writer)
+            t.start()
+            got: list[str] = []
+            try:
+                async with asyncio.timeout(15):
+                    async for ln in stream.lines():
+                        got.append(ln.decode())
+                        if ln == f"line {total - 1:05d}\n".encode():
+                            break
+            finally:
+                t.join()
+                await stream.aclose()
+        assert got == [f"line {i:05d}\n" for i in range(total)]
+    finally:
+        for p in (log, mine.root / "rot.log.1"):
+            p.unlink(missing_ok=True)
+
+
+def _same(r: dict[str, Any]) -> dict[str, Any]:
+    volatile = {"ts", "id", "mode", "duration_ms", "client_port", "via"}
+    return {k: v for k, v in r.items() if k not in volatile}
+
+
+async def test_bridge_and_oneshot_share_one_code_path(
+    client: Client, oneshot: Client, worker: Worker
+) -> None:
+    """Same answer, same exit, same reason and the same audit records in both forms."""
+    app, sec = str(worker.app_log), str(worker.secret_path)
+    commands = [
+        f"tail -n 3 {app}",
+        f"grep 'ERROR' {app} | tail -n 2",
+        f"grep -c -i warn {app}",
+        f"range --since '2024-12-17 14:03' --until '2024-12-17 14:04' {app}",
+        f"tail -n 20000 {app}",
+        f"tail -n 5 {sec}",
+        f"tail -n 5 {worker.root}/nope.log",
+        f"tail -n 5 {worker.root}/notes.txt",
+        "tail -n 5 /var/log/../etc/shadow",
+        f"cat {app}; id",
+        "sources",
+        "help",
+    ]
+    with worker.policy(worker.default_policy(max_lines=500)):
+        for command in commands:
+            outcomes = []
+            for c in (client, oneshot):
+                before = len(worker.audit_records())
+                try:
+                    reply = await c.run("w", command)
+                    outcome: tuple[Any, ...] = (reply.status.exit, reply.status.reason, reply.data)
+                except GateError as exc:
+                    outcome = (exc.gate_exit, exc.reason, b"")
+                await eventually(lambda b=before: len(worker.audit_records()) > b)
+                new = [r for r in worker.audit_records()[before:] if "command" in r or "exit" in r]
+                new = [r for r in new if r.get("event") in ("request", "end")]
+                outcomes.append((outcome, [_same(r) for r in new]))
+            (bridge_out, bridge_audit), (one_out, one_audit) = outcomes
+            assert bridge_out == one_out, command
+            assert bridge_audit == one_audit, command
+            assert worker.secret_marker.encode() not in bridge_out[2]
+
+
+async def test_max_concurrent_slots_apply_inside_the_bridge(mine: Worker) -> None:
+    with mine.policy(mine.default_policy(max_concurrent=1)):
+        async with Client([host_for(mine)], options=FAST) as c:
+            follow = await c.follow("w", str(mine.app_log), lines=1)
+            assert await follow.read()
+            with pytest.raises(Busy) as busy:
+                await c.grep("w", str(mine.app_log), "ERROR")
+            assert busy.value.gate_exit == 6
+            assert (await c.tail("w", str(mine.app_log), 1)).status.exit == 0  # needs no slot
+            await follow.aclose()
+            reply = await _retry_busy(lambda: c.grep("w", str(mine.app_log), "ERROR", count=True))
+            assert int(reply.data) > 0
+
+
+async def _retry_busy(call: Any) -> Any:
+    for _ in range(100):
+        try:
+            return await call()
+        except Busy:
+            await asyncio.sleep(0.05)
+    return await call()
+
+
+async def test_a_killed_bridge_fails_its_requests_and_is_restarted(mine: Worker) -> None:
+    async with Client([host_for(mine)], options=FAST) as c:
+        stream = await c.follow("w", str(mine.app_log), lines=1)
+        assert await stream.read()
+        pids = await eventually(lambda: gate_pids(mine))
+        for pid in pids:
+            os.kill(pid, 9)
+        with pytest.raises(ConnectionLost, match="bridge"):
+            await asyncio.wait_for(stream.read_all(), 5)
+        reply = await c.tail("w", str(mine.app_log), 2)  # a new bridge, same connection
+        assert reply.status.exit == 0 and c.pool.get("w").connects == 1
+
+
+async def test_broken_policy_refuses_the_bridge_with_the_gate_reason(mine: Worker) -> None:
+    async with Client([host_for(mine)], options=FAST) as c:
+        with mine.policy("[limits\n"):
+            with pytest.raises(GateRefused) as exc:
+                await c.tail("w", str(mine.app_log), 1)
+            assert exc.value.gate_exit == 7 and str(mine.policy_path) in exc.value.reason
+        await asyncio.sleep(FAST.backoff_min)
+        assert (await c.tail("w", str(mine.app_log), 1)).status.exit == 0
+
+
+@pytest.mark.parametrize(
+    ("forced", "match"),
+    [
+        ("/bin/true", "before its HELLO"),
+        ("/bin/echo this is not a bridge frame at all", "framing"),
+    ],
+)
+async def test_something_else_than_a_bridge_is_a_protocol_error(
+    make_worker: MakeWorker, forced: str, match: str
+) -> None:
+    w = make_worker(name="notabridge", command=forced)
+    async with Client([host_for(w)], options=FAST) as c:
+        with pytest.raises(ProtocolError, match=match):
+            await c.tail("w", str(w.app_log), 1)

@@ -77,7 +77,7 @@ def test_certificate_key_id_and_serial(tmp_path: Path) -> None:
         "publickey ssh-ed25519\n",
         "publickey ssh-ed25519 !!notbase64!!\n",
         "keyboard-interactive\npublickey ssh-ed25519 AAAA\n",
-    ],  # fmt: skip
+    ],
 )
 def test_odd_auth_info_gives_no_key(tmp_path: Path, content: str) -> None:
     ident = identity_from_env({"SSH_USER_AUTH": auth_file(tmp_path, content)})

@@ -19,7 +19,6 @@ from logtorukun.client import (
     PoolOptions,
     ProtocolError,
 )
-from logtorukun.client.api import tail_command
 from logtorukun.gate.protocol import MAX_DATA, WINDOW
 from tests.client.helpers import FAST, eventually, gate_pids, host_for, records
 from tests.conftest import MakeWorker

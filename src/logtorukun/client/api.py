@@ -23,6 +23,7 @@ from ..config import Config, HostConfig
 from ..gate.protocol import MAX_REQUEST
 from .errors import (
     EXIT_LIMIT,
+    ConnectionLost,
     InvalidArgument,
     LimitHit,
     ProtocolError,
@@ -288,18 +289,31 @@ class Client:
     ) -> Reply:
         """Run a command to its end (bounded by the gate's caps and `request_timeout`)."""
         limit = self.pool.get(host).host.request_timeout if timeout is None else timeout
-        stream = await self.stream(host, command, via=via)
         try:
             async with asyncio.timeout(limit):
-                data = await stream.read_all()
+                try:
+                    return await self._run_once(host, command, via)
+                except ConnectionLost as exc:
+                    # A connection that died while idle is only found out by using it
+                    # (worker restarted, NAT timeout). Nothing came back, and a read is
+                    # safe to repeat: try once more on a fresh connection.
+                    if not exc.nothing_received:
+                        raise
+                    return await self._run_once(host, command, via)
         except TimeoutError:
-            await stream.aclose()
             raise RequestTimeout(
                 host, f"{command[:80]!r} took longer than {limit:g} s (request_timeout)"
             ) from None
-        except BaseException:
-            await stream.aclose()
+
+    async def _run_once(self, host: str, command: str, via: dict[str, Any] | None) -> Reply:
+        stream = await self.stream(host, command, via=via)
+        try:
+            data = await stream.read_all()
+        except ConnectionLost as exc:
+            exc.nothing_received = stream.received == 0
             raise
+        finally:
+            await stream.aclose()
         assert stream.status is not None
         return Reply(host, command, data, stream.status)
 

@@ -68,6 +68,8 @@ class Unreachable(ClientError):
 class ConnectionLost(Unreachable):
     """The connection or the bridge went away while this request was running."""
 
+    nothing_received = False  # set by the API when no byte of the answer had arrived
+
 
 class AuthRefused(ClientError):
     """sshd did not accept the client key (wrong key, wrong user, `from=` mismatch)."""

@@ -172,12 +172,12 @@ def read_key(path: str) -> str:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"--key {path}: cannot read it ({exc})") from None
+    if "PRIVATE KEY" in text:
+        raise UserError(f"--key {path}: this is a private key; pass the .pub file")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if len(lines) != 1:
         raise UserError(f"--key {path}: expected exactly one public key line, found {len(lines)}")
     parts = lines[0].split()
-    if "PRIVATE KEY" in text:
-        raise UserError(f"--key {path}: this is a private key; pass the .pub file")
     if len(parts) < 2 or parts[0] not in _KEY_TYPES or not _B64.fullmatch(parts[1]):
         raise UserError(
             f"--key {path}: not an OpenSSH public key line (TYPE BASE64 [COMMENT]) without"

@@ -9,7 +9,12 @@
 
   function viewLink(host, param, value, label, extra) {
     const href = "/view?" + new URLSearchParams({ host, [param]: value });
-    return el("a", { class: "source", href }, el("span", { class: "name", text: label }), extra || null);
+    // The name is cut from the left (the file name matters most): an RTL box with the
+    // text isolated as LTR, so "/" and "." stay where they belong.
+    const cut = label.lastIndexOf("/") + 1;
+    const name = el("span", { class: "name" },
+      el("bdi", {}, el("span", { class: "dir", text: label.slice(0, cut) }), el("b", { text: label.slice(cut) })));
+    return el("a", { class: "source", href, title: label }, name, extra || null);
   }
 
   function dot(h) {

@@ -200,6 +200,13 @@ class Demo:
         system.need_program(system.SSHD, "openssh-server")
         system.need_program(system.SSH_KEYGEN, "openssh-client")
         system.need_program(DEFAULT_PYTHON, "python3")
+        for parent in self.dir.parents:
+            if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+                raise UserError(
+                    f"{parent} is mode {stat.S_IMODE(parent.stat().st_mode):04o}: the gate user"
+                    f" {DEMO_USER} could not reach {self.dir}; pick a --state-dir below"
+                    f" world-searchable directories (default {DEFAULT_STATE_DIR})"
+                )
         self.lock()
         for sub, mode in (("client", 0o700), ("sshd", 0o700), ("worker", 0o755),
                           ("server", 0o700), ("home", 0o755)):  # fmt: skip

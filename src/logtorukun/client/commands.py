@@ -297,7 +297,8 @@ async def grep_hosts(
         progress.clear()
     if progress.shown or failed:
         ok = len(hosts) - len(failed)
-        which = f" ({', '.join(failed)})" if failed else ""
+        names = [h.name for h in hosts if h.name in failed]  # config order, not finish order
+        which = f" ({', '.join(names)})" if failed else ""
         _note(f"grep: {len(hosts)} hosts, {ok} answered, {len(failed)} failed{which},"
               f" {printer.lines} lines")  # fmt: skip
     return 1 if failed else 0

@@ -133,11 +133,11 @@ class Stream:
         rest = b""
         while chunk := await self.read():
             data = rest + chunk if rest else chunk
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                for line in data[:cut].splitlines(keepends=True):
-                    yield line
-            rest = data[cut:]
+            start = 0
+            while (nl := data.find(b"\n", start)) >= 0:  # not splitlines: a \r is not an end
+                yield data[start : nl + 1]
+                start = nl + 1
+            rest = data[start:]
         if rest:
             yield rest
 

@@ -1,3 +1,6 @@
+"""Fixtures for the web tests: one worker of our own (we add log files to it) and one
+server for the session; tests that need their own server start one with `running()`."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -8,6 +11,30 @@ import pytest
 from tests.support.sshd import Worker
 from tests.web.support import LiveServer, running, write_config
 
+XSS_LINES = [
+    "<img src=x onerror=alert(1)>",
+    "</script><script>window.__pwned = 1</script>",
+    '"><svg onload=alert(2)>',
+    "\x1b[31mERROR\x1b[0m red \x1b[1;32mbold green\x1b[0m \x1b]0;evil title\x07 tail",
+]
+
+
+@pytest.fixture(scope="session")
+def web_worker() -> Iterator[Worker]:
+    """A worker only the web tests use: they append to follow.log and add files."""
+    w = Worker(name="web")
+    try:
+        w.start()
+        xss = w.root / "xss.log"
+        xss.write_text("\n".join(XSS_LINES) + "\n")
+        xss.chmod(0o644)
+        follow = w.root / "follow.log"
+        follow.write_text("2024-12-17 14:00:00 INFO first line\n")
+        follow.chmod(0o644)
+        yield w
+    finally:
+        w.destroy()
+
 
 @pytest.fixture(scope="session")
 def web_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -15,7 +42,7 @@ def web_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def live(worker: Worker, web_dir: Path) -> Iterator[LiveServer]:
-    """One server for the session, on the shared worker."""
-    with running(write_config(web_dir, worker)) as server:
+def live(web_worker: Worker, web_dir: Path) -> Iterator[LiveServer]:
+    """One server for the session."""
+    with running(write_config(web_dir, web_worker)) as server:
         yield server

@@ -152,6 +152,7 @@ def start_server(config_path: Path, users: dict[str, list[str]] | None = None) -
     app = create_app(config, auth=auth)
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                       proxy_headers=False,
                                        lifespan="on"))  # fmt: skip
     uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)

@@ -261,3 +261,36 @@ def test_sshd_config_without_include_is_refused(
     cfg.write_text("\n".join(cfg.read_text().splitlines()[1:]) + "\n")
     assert main(box.setup_argv("--dry-run")) == 2
     assert "has no `Include" in capsys.readouterr().err
+
+
+def test_key_rotation_new_beside_old_then_old_removed(
+    box: Box, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/operations.md's procedure: both keys, switch, then only the new one."""
+    new = tmp_path / "web_key_new"
+    keygen(new, "web-new")
+    old = box.key
+    box.start_sshd()
+    argv = box.setup_argv()
+    argv[argv.index("--key") + 1 : argv.index("--key") + 1] = [f"{old}.pub", "--key"]
+    argv[argv.index(f"{box.key}.pub")] = f"{new}.pub"
+    assert main(argv) == 0
+    lines = Layout(box.root, USER).authorized_keys.read_text().splitlines()
+    assert len(lines) == 2 and all(ln.startswith('restrict,from="127.0.0.1",command=')
+                                   for ln in lines)  # fmt: skip
+
+    def works(key: Path) -> bool:
+        box.key = key
+        return box.ssh(f"tail -n 1 {box.logs}/app.log").returncode == 0
+
+    deadline = time.monotonic() + 15
+    while not works(new):  # until sshd has re-executed with the Match block (SIGHUP)
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert works(old)
+    # authorized_keys is read on every connection: from here on no reload is involved
+    argv = box.setup_argv()
+    argv[argv.index("--key") + 1] = f"{new}.pub"
+    assert main(argv) == 0
+    assert "update" in capsys.readouterr().out
+    assert works(new) and not works(old)

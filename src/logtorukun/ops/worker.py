@@ -131,7 +131,7 @@ class Spec:
     """What the operator asked for, checked."""
 
     layout: Layout
-    key_line: str  # "ssh-ed25519 AAAA... comment"
+    keys: list[str]  # "ssh-ed25519 AAAA... comment": two during a key rotation
     sources: list[str]  # from= patterns
     files: list[FilesRule] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
@@ -531,7 +531,8 @@ def plan_setup(spec: Spec) -> list[Change]:
     command = gate_command(lay.zipapp, lay.policy, python=spec.python)
     changes.append(_dir_change(lay.keys_dir, 0o755))
     changes.append(_file_change(lay.authorized_keys,
-                                key_line(spec.key_line, command, spec.sources) + "\n", 0o644))
+                                "".join(key_line(k, command, spec.sources) + "\n"
+                                        for k in spec.keys), 0o644))  # fmt: skip
     changes.append(_file_change(lay.sshd_dropin, match_block(user, lay.authorized_keys, command),
                                 0o644))  # fmt: skip
 
@@ -780,7 +781,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         audit = default_audit_file(layout)
     spec = Spec(
         layout=layout,
-        key_line=read_key(args.key),
+        keys=list(dict.fromkeys(read_key(k) for k in args.key)),
         sources=parse_from(args.from_),
         files=parse_files(args.files),
         units=list(dict.fromkeys(args.unit)),
@@ -819,8 +820,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = wsub.add_parser("setup", help="create the gate user, key, policy and sshd block",
                         description="Idempotent: a second run changes nothing.")  # fmt: skip
     common(s)
-    s.add_argument("--key", required=True, metavar="PUBKEY_FILE",
-                   help="the web server's public key (*.pub)")
+    s.add_argument("--key", required=True, action="append", metavar="PUBKEY_FILE",
+                   help="the web server's public key (*.pub); twice while rotating keys")
     s.add_argument("--from", dest="from_", action="append", default=[], metavar="ADDR",
                    help="web server address or CIDR the key may connect from (repeatable)")
     s.add_argument("--files", action="append", default=[], metavar="ROOT:PATTERN",

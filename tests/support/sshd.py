@@ -241,9 +241,9 @@ class Worker:
     `command`: GATE (default), any other forced command string, or None for a broken
     worker with no forced command at all (the key then runs whatever the client asks).
     `key_options`: the authorized_keys options before `command=`, "restrict" by default.
-    `sshd_options`: extra sshd_config lines, written first so they override the defaults
-    below (sshd keeps the first value of a keyword), e.g. ["MaxSessions 10"] for sshd's
-    stock limit or ["HostCertificate PATH"]; the attribute may be changed before start().
+    `sshd_options`: extra sshd_config lines that override the fixture's defaults (a default
+    whose keyword they name is left out), e.g. ["MaxSessions 10", "MaxStartups 10:30:100"]
+    for sshd's stock limits or ["HostCertificate PATH"]; may be changed before start().
     """
 
     user = USER
@@ -381,9 +381,8 @@ class Worker:
         if any(c in line for line in self.sshd_options for c in "\r\n\0"):
             raise ValueError(f"an sshd option is one line: {self.sshd_options!r}")
         extra = "".join(f"{line}\n" for line in self.sshd_options)
-        config = f"""\
-# test worker {self.name}, written by tests/support/sshd.py
-{extra}Port {self.port}
+        defaults = f"""\
+Port {self.port}
 ListenAddress {HOST}
 HostKey {self.host_key}
 PidFile {self.pid_path}
@@ -405,7 +404,13 @@ DisableForwarding yes
 PermitTTY no
 PrintMotd no
 """
-        _write_atomic(self.config_path, config.encode(), 0o600)
+        # sshd keeps the first value of most keywords but the last of some (MaxStartups),
+        # so a default whose keyword an option names is left out, not relied on to lose.
+        named = {line.split()[0].lower() for line in self.sshd_options if line.strip()}
+        kept = [ln for ln in defaults.splitlines(keepends=True)
+                if ln.startswith("#") or ln.split()[0].lower() not in named]  # fmt: skip
+        header = f"# test worker {self.name}, written by tests/support/sshd.py\n"
+        _write_atomic(self.config_path, (header + extra + "".join(kept)).encode(), 0o600)
 
     # ----------------------------------------------------------------- process
 

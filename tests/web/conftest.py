@@ -19,6 +19,17 @@ XSS_LINES = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _quick_heartbeat() -> Iterator[None]:
+    """SSE comments every 0.3 s instead of 15: a test's reader thread notices its stop
+    flag on the next line, and the server notices a closed stream on its next write."""
+    from logtorukun.web import sse
+
+    before, sse.HEARTBEAT = sse.HEARTBEAT, 0.3
+    yield
+    sse.HEARTBEAT = before
+
+
 @pytest.fixture(scope="session")
 def web_worker() -> Iterator[Worker]:
     """A worker only the web tests use: they append to follow.log and add files."""

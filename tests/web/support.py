@@ -5,7 +5,7 @@ Hosts (all the same sshd, so access decisions are the web server's alone):
   web1 (labels prod, web), web2 (labels web), db1 (labels prod, db), down (nothing
   listens there: unreachable).
 Roles:
-  ops      web* and label:web (so: web1, web2, down), all of the worker's files, tail/search/follow/download
+  ops      web* and label:web (so: web1, web2, down), all files, tail/search/follow/download
   reader   web1 only, app.log only, tail only
   dbsearch label:db, *.log, search only
   auditor  audit capability, no hosts

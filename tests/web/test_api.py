@@ -14,7 +14,7 @@ import pytest
 from logtorukun.web.auth import AuthStore
 from tests.support.sshd import Worker
 from tests.web.conftest import XSS_LINES
-from tests.web.support import FAST_HASHER, LiveServer, login, running, write_config
+from tests.web.support import LiveServer, login, running, write_config
 
 
 def test_tail_returns_the_last_lines_and_audits_before_and_after(
@@ -153,11 +153,12 @@ def test_tokens_work_until_revoked_or_expired(live: LiveServer, web_worker: Work
     assert r.status_code == 200
     rec = live.audit.query(user="olivia", event="read", limit=1)[0]
     assert rec.params["auth"] == f"token:{info.id}"
-    assert live.audit.query(event="token_used", decision="allow", limit=1)[0].params["token"] == info.id
+    used = live.audit.query(event="token_used", decision="allow", limit=1)[0]
+    assert used.params["token"] == info.id
     auth.revoke_token(info.id)
     r = c.get("/api/hosts/web1/tail", params=params, headers=h)
     assert r.status_code == 401 and r.json()["reason"] == "token revoked"
-    old, old_info = auth.create_token("olivia", 1)
+    old, _ = auth.create_token("olivia", 1)
     time.sleep(1.1)
     r = c.get("/api/hosts/web1/tail", params=params, headers={"authorization": f"Bearer {old}"})
     assert r.status_code == 401 and r.json()["reason"] == "token expired"
@@ -291,7 +292,8 @@ def test_open_redirect_refused(live: LiveServer) -> None:
     c = live.anon()
     form = c.get("/login")
     r = c.post("/login", data={"user": "olivia", "password": "correct horse battery",
-                               "csrf": form.cookies["ltk_pre"], "next": "//evil.example/x"})  # fmt: skip
+                               "csrf": form.cookies["ltk_pre"],
+                               "next": "//evil.example/x"})  # fmt: skip
     assert r.status_code == 303 and r.headers["location"] == "/"
 
 

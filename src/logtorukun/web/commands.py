@@ -69,7 +69,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _auth(config: Config) -> AuthStore:
-    config.server.database.parent.mkdir(parents=True, exist_ok=True)
+    if not config.server.database.parent.is_dir():
+        raise AuthError(f"{config.server.database.parent}: no such directory (create it, "
+                        "owned by the server's user, mode 0700; see docs/web.md)")  # fmt: skip
     return AuthStore(config.server.database)
 
 
@@ -93,7 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     listen = args.listen or config.server.listen
     host, _, port = listen.rpartition(":")
-    config.server.database.parent.mkdir(parents=True, exist_ok=True)
+    # No mkdir here: a wrong `database` path must stop the server (it cannot audit),
+    # not quietly start a new, empty audit trail somewhere else.
     app = create_app(config)
     forwarded = ",".join(config.server.trusted_proxies) or "127.0.0.1"
     uvicorn.run(

@@ -12,6 +12,7 @@ hands it to the gate, which puts it in its own audit record next to the SSH iden
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import shlex
@@ -42,6 +43,11 @@ _NAME = re.compile(r"[A-Za-z0-9@_.:][A-Za-z0-9@_.:+-]{0,254}")
 
 def quote_command(argv: Sequence[str], pipe_tail: int | None = None) -> str:
     """Join argv for the gate with every word quoted; re-split to prove nothing leaked."""
+    return _quote(tuple(argv), pipe_tail)
+
+
+@functools.lru_cache(maxsize=4096)  # the re-split costs more than the request itself
+def _quote(argv: tuple[str, ...], pipe_tail: int | None) -> str:
     for word in argv:
         if not isinstance(word, str):
             raise InvalidArgument("", f"command word {word!r} is not a string")

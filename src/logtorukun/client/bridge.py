@@ -110,6 +110,7 @@ class Bridge:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._hello: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._error: ClientError | None = None
+        self._out: list[bytes] = []
 
     @classmethod
     async def open(
@@ -163,11 +164,24 @@ class Bridge:
         return stream
 
     def _send(self, frame: bytes) -> None:
+        """Queue a frame; frames queued in one loop turn leave in one SSH packet write.
+
+        500 requests started together cost one encryption and one syscall here, and one
+        read in the gate, instead of 500 of each.
+        """
+        if self._error is not None:
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(frame)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
         chan = self._chan
-        if chan is None or self._error is not None:
+        if chan is None or self._error is not None or not out:
             return
         try:
-            chan.write(frame)
+            chan.write(b"".join(out) if len(out) > 1 else out[0])
         except (OSError, asyncssh.Error) as exc:
             self._fail(ConnectionLost(self.host, f"bridge write failed: {exc}"))
 

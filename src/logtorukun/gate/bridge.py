@@ -52,8 +52,9 @@ class _Writer:
         self.lock = threading.Lock()
         self.broken = False
 
-    def send(self, ftype: int, rid: int, payload: bytes = b"") -> None:
-        frame = pack(ftype, rid, payload)
+    def send(self, ftype: int, rid: int, payload: bytes = b"", before: bytes = b"") -> None:
+        """Write one frame, preceded by `before` (whole frames) in the same write()."""
+        frame = before + pack(ftype, rid, payload) if before else pack(ftype, rid, payload)
         with self.lock:
             if self.broken:
                 raise BrokenPipeError()
@@ -100,7 +101,7 @@ class _Stream:
             self.writer.send(DATA, self.rid, bytes(view[:n]))
             view = view[n:]
 
-    def end(self, result: Result) -> None:
+    def end(self, result: Result, before: bytes = b"") -> None:
         body = {
             "exit": int(result.code),
             "reason": result.reason,
@@ -108,7 +109,7 @@ class _Stream:
             "bytes": result.bytes,
             "truncated": result.truncated,
         }
-        self.writer.send(END, self.rid, json.dumps(body).encode())
+        self.writer.send(END, self.rid, json.dumps(body).encode(), before)
 
 
 class Bridge:
@@ -230,10 +231,11 @@ class Bridge:
         buf = bytearray()
         result = serve(command, self.ctx, self._output(buf.extend, stream), via=via)
         if len(buf) <= stream.credit:
-            for i in range(0, len(buf), MAX_DATA):
-                self.writer.send(DATA, stream.rid, bytes(buf[i : i + MAX_DATA]))
+            # DATA and END in one write: one syscall and one SSH packet for a quick answer.
+            data = b"".join(pack(DATA, stream.rid, bytes(buf[i : i + MAX_DATA]))
+                            for i in range(0, len(buf), MAX_DATA))  # fmt: skip
             stream.credit -= len(buf)
-            self._finish(stream, result)
+            self._finish(stream, result, data)
             return
 
         def drain() -> None:
@@ -250,11 +252,11 @@ class Bridge:
         result = serve(command, self.ctx, self._output(stream.send_data, stream), via=via)
         self._finish(stream, result)
 
-    def _finish(self, stream: _Stream, result: Result) -> None:
+    def _finish(self, stream: _Stream, result: Result, data: bytes = b"") -> None:
         with self.lock:
             self.streams.pop(stream.rid, None)
         with contextlib.suppress(BrokenPipeError):
-            stream.end(result)
+            stream.end(result, data)
 
 
 def _stderr(reason: str) -> None:

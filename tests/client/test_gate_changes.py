@@ -1,0 +1,59 @@
+"""The two gate changes made for bridge throughput keep the gate's behaviour exactly.
+
+(The gate's own tests cover the grammar; these pin the equivalences the changes rely on.)
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from logtorukun.gate import grammar
+from logtorukun.gate.errors import GateError
+
+PLAIN = "abcxyzABCXYZ0189 ./_:=,@+%-"
+ANY = PLAIN + "'\"\\|;&<>()$`*?[]~#\t\n\x00é"
+
+
+def _slow(command: str, monkeypatch: pytest.MonkeyPatch) -> list[str | object] | str:
+    monkeypatch.setattr(grammar, "_PLAIN", re.compile(r"(?!)"))  # never matches
+    try:
+        return grammar.tokenize(command)
+    except GateError as exc:
+        return exc.reason
+    finally:
+        monkeypatch.undo()
+
+
+def _fast(command: str) -> list[str | object] | str:
+    try:
+        return grammar.tokenize(command)
+    except GateError as exc:
+        return exc.reason
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=ANY, max_size=40))
+def test_fast_tokenizer_agrees_with_the_full_one(command: str) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        assert _fast(command) == _slow(command, mp)
+
+
+def test_fast_path_is_only_for_plain_text() -> None:
+    assert grammar._PLAIN.fullmatch("tail -n 200 /var/log/worker/app.log")
+    for ch in "'\"\\|;&<>()$`*?[]~#\t\n\x00é":
+        assert not grammar._PLAIN.fullmatch(f"tail -n 5 /x{ch}"), repr(ch)
+
+
+def test_parse_cache_returns_equal_requests_and_never_caches_refusals() -> None:
+    command = "tail -n 7 /var/log/cache-test.log"
+    first = grammar.parse(command)
+    assert grammar.parse(command) is first and first == grammar._parse(command)
+    with pytest.raises(GateError):
+        grammar.parse("tail -n 7 /var/log/../x.log")
+    assert "tail -n 7 /var/log/../x.log" not in grammar._PARSED
+    with pytest.raises(AttributeError):
+        first.lines = 8  # type: ignore[misc]  # frozen: a cached request cannot change

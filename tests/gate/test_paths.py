@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +58,11 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
     (t.root / "zero.log").symlink_to("/dev/zero")
     os.mkfifo(t.root / "fifo.log")
     os.mknod(t.root / "dev.log", stat.S_IFCHR | 0o666, os.makedev(1, 5))  # like /dev/zero
-    os.link(t.secret, t.root / "hard.log")
+    # a second secret for the hard link: the first keeps st_nlink == 1, so that the link
+    # count alone cannot be what refuses the symlink attacks on it
+    linked = t.secret.with_name("linked")
+    linked.write_bytes(MARKER + b"\n")
+    os.link(linked, t.root / "hard.log")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(t.root / "sock.log"))
     try:
@@ -196,21 +201,38 @@ import os, sys
 kind, name, good, evil, stop = sys.argv[1:6]
 tmp = name + ".swap"
 n = 0
+
+
+def hold():  # stay in each state for a few microseconds, so both states get hit
+    for _ in range(20):
+        os.lstat(name)
+
+
+open(stop + "." + kind, "w").close()  # started
 while not os.path.exists(stop):
     if kind == "file":
         with open(tmp, "wb") as f:
             f.write(open(good, "rb").read())
-        os.replace(tmp, name)            # a regular file...
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, name)  # a regular log file...
+        hold()
         os.symlink(evil, tmp)
-        os.replace(tmp, name)            # ...then a symlink to the secret, same name
+        os.replace(tmp, name)  # ...then a symlink to the secret, at the same name
+        hold()
     else:
-        os.rename(good, name)            # the real directory...
+        os.rename(good, name)  # a real directory...
+        hold()
         os.rename(name, good)
-        os.symlink(evil, name)           # ...then a symlink to a directory outside
+        os.symlink(evil, name)  # ...then a symlink to a directory outside the root
+        hold()
         os.unlink(name)
     n += 1
 print(n)
 """
+
+
+def both_seen(outcomes: dict[str, int]) -> bool:
+    return "opened" in outcomes and len(outcomes) > 1
 
 
 @pytest.mark.parametrize("kind", ["file", "dir"])
@@ -234,7 +256,16 @@ def test_swapped_in_a_tight_loop_never_escapes(tree: Tree, tmp_path: Path, kind:
     )  # fmt: skip
     outcomes: dict[str, int] = {}
     try:
-        for _ in range(5000):
+        for _ in range(400):  # the loop is running before the first open
+            if Path(f"{stop}.{kind}").exists():
+                break
+            time.sleep(0.05)
+        # at least 5000 opens, and on until both states were seen (a loaded machine can
+        # leave the swapper off the CPU for longer than 5000 opens take); bounded
+        deadline = time.monotonic() + 20
+        done = 0
+        while done < 5000 or (not both_seen(outcomes) and time.monotonic() < deadline):
+            done += 1
             try:
                 fd = open_under(tree.rule, rel, "x")
             except GateError as exc:
@@ -257,5 +288,5 @@ def test_swapped_in_a_tight_loop_never_escapes(tree: Tree, tmp_path: Path, kind:
     assert swapper.returncode == 0
     assert int(out) > 10, "the swapper hardly ran"
     # both states were hit: the race was real, and the file was still readable at times
-    assert outcomes.get("opened", 0) > 0 and sum(outcomes.values()) > outcomes["opened"]
+    assert both_seen(outcomes), outcomes
     assert set(outcomes) <= {"opened", f"refused {Exit.REFUSED}", f"refused {Exit.NOT_FOUND}"}

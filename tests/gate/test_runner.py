@@ -56,7 +56,9 @@ class Env:
         self.fake.write_text(FAKE)
         self.fake.chmod(0o755)
         (self.root / "link.log").symlink_to(self.secret)
-        os.link(self.secret, self.root / "hard.log")
+        linked = self.secret.with_name("linked")  # the secret itself keeps st_nlink == 1
+        linked.write_text(f"root:{MARKER}:19000::::::\n")
+        os.link(linked, self.root / "hard.log")
         os.mkfifo(self.root / "fifo.log")
         (self.root / "opts.log").write_text(
             "a -v b\nplain line\n--include=x\n-c counted\nERROR upper\nerror lower\n"

@@ -293,19 +293,6 @@ class AuthStore:
             rows = self._db.execute(sql + " ORDER BY created", args).fetchall()
         return [TokenInfo(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
-    def ensure_proxy_user(self, name: str, roles: list[str]) -> User:
-        """A user signed in by the auth proxy: created on first sight without a password."""
-        user = self.get_user(name)
-        if user is not None:
-            return user
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO auth_users (name, password_hash, roles, created) "
-                "VALUES (?, NULL, ?, ?)",
-                (name, json.dumps(sorted(set(roles))), time.time()),
-            )
-        return self.get_user(name) or User(name, tuple(roles), has_password=False)
-
 
 def _user(row: tuple[object, ...] | list[object]) -> User:
     return User(

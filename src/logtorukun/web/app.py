@@ -379,6 +379,7 @@ def error_response(request: Request, server: Server, status: int, error: str,
     html = server.templates.get_template("error.html").render(
         request=request, status=status, error=error, reason=reason,
         user=ctx.user if isinstance(ctx, Ctx) else None, csrf=getattr(ctx, "csrf", None),
+        caps=sorted(ctx.access.capabilities) if isinstance(ctx, Ctx) and ctx.access else [],
         page="error",
     )  # fmt: skip
     return HTMLResponse(html, status_code=status)

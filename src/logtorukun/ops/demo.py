@@ -38,6 +38,7 @@ from .worker import FilesRule, key_line, match_block, policy_text
 
 DEMO_USER = "logtorukun-demo"
 DEFAULT_STATE_DIR = "/var/lib/logtorukun-demo"
+DEMO_HOME = "/var/lib/logtorukun-demo-home"  # root-owned, empty: the gate user owns nothing
 DEFAULT_WEB_PORT = 8080
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -168,7 +169,9 @@ class Demo:
         self.policy = d / "worker/policy.toml"
         self.keys_dir = d / "worker/authorized_keys"
         self.logs = d / "logs"
-        self.home = d / "home"
+        # Fixed, whatever the state dir: changing a user's home fails while another demo
+        # (another state dir) has a session open, and the user is shared.
+        self.home = Path(DEMO_HOME)
         self.gate_state = d / "gate-state"
         self.gate_audit = d / "gate-audit/gate.jsonl"
         self.server_dir = d / "server"
@@ -209,10 +212,11 @@ class Demo:
                 )
         self.lock()
         for sub, mode in (("client", 0o700), ("sshd", 0o700), ("worker", 0o755),
-                          ("server", 0o700), ("home", 0o755)):  # fmt: skip
+                          ("server", 0o700)):  # fmt: skip
             (self.dir / sub).mkdir(exist_ok=True)
             (self.dir / sub).chmod(mode)
         self.keys_dir.mkdir(mode=0o755, exist_ok=True)
+        self.home.mkdir(mode=0o755, parents=True, exist_ok=True)
         system.ensure_system_user(DEMO_USER, self.home)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation
         pw = pwd.getpwnam(DEMO_USER)

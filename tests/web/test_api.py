@@ -466,3 +466,23 @@ def test_follow_cap_per_user_and_grants(live: LiveServer, web_worker: Worker) ->
     missing = SSE(live.client("olivia"), "/api/hosts/web1/follow",
                   {"path": str(web_worker.root / "gone.log")})  # fmt: skip
     assert missing.status == 404
+
+
+def test_follow_upstream_restarts_cleanly_after_the_last_viewer_left(
+    live: LiveServer, web_worker: Worker
+) -> None:
+    path = web_worker.root / "follow.log"
+    hub = live.server.hub
+    for round_ in range(3):  # leave and come back: each time exactly one fresh upstream
+        s = SSE(live.client("olivia"), "/api/hosts/web1/follow", {"path": str(path)})
+        try:
+            assert s.status == 200 and len(hub.upstreams) == 1
+            for i in range(200):
+                _append(path, f"2024-12-17 14:00:02 DEBUG again {round_} {i}\n")
+                time.sleep(0.05)
+                if s.lines():
+                    break
+            assert s.lines()
+        finally:
+            s.close()
+        _wait(lambda: not hub.upstreams and not hub.per_user.get("olivia"))

@@ -102,7 +102,7 @@ class Upstream:
             reason = "stopped"
             raise
         finally:
-            self.hub.upstreams.pop(self.key, None)
+            self._unlist()
             for v in list(self.viewers):
                 v.end(reason)
 
@@ -113,11 +113,16 @@ class Upstream:
         for v in self.viewers:
             v.push(encoded)
 
+    def _unlist(self) -> None:
+        # Only if it is still us: a new upstream for the same key may have replaced us.
+        if self.hub.upstreams.get(self.key) is self:
+            del self.hub.upstreams[self.key]
+
     def leave(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
         if not self.viewers and not self.task.done():
             self.task.cancel()
-            self.hub.upstreams.pop(self.key, None)
+            self._unlist()
 
 
 class FollowHub:

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from ..config import HostConfig
 from .access import FOLLOW, Source
@@ -47,6 +48,7 @@ class Viewer:
         self.user = user
         self.backlog: deque[str] = deque(maxlen=BACKLOG)
         self.dropped = 0
+        self.dropped_total = 0
         self.wake = asyncio.Event()
         self.ended: str | None = None  # reason, once the upstream has ended
         self.lines = 0
@@ -203,8 +205,24 @@ async def follow(
         hub.per_user[user] -= 1
         raise
 
+    state = {"reason": "viewer closed", "done": False}
+
+    async def cleanup() -> None:
+        """Once per viewer: from the generator's end, or (if the client went away before
+        the stream started) from the response's background task."""
+        if state["done"]:
+            return
+        state["done"] = True
+        up.leave(viewer)
+        hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
+        server.metrics.sent("follow", viewer.bytes, viewer.lines)
+        with contextlib.suppress(ApiError):
+            server.finish(a.ref, "follow_end", {
+                "lines": viewer.lines, "bytes": viewer.bytes, "reason": state["reason"],
+                "dropped": viewer.dropped_total,
+                "duration_ms": round((time.monotonic() - a.started) * 1000, 3)})  # fmt: skip
+
     async def events() -> AsyncIterator[bytes]:
-        reason = "viewer closed"
         try:
             yield b"retry: 3000\n" + _event("ready", {"host": host, "source": source_key,
                                                       "audit": a.ref.seq})  # fmt: skip
@@ -218,6 +236,7 @@ async def follow(
                     batch = [viewer.backlog.popleft() for _ in range(n)]
                     payload = (f'event: lines\ndata: {{"lines":[{",".join(batch)}],'
                                f'"dropped":{viewer.dropped}}}\n\n').encode()
+                    viewer.dropped_total += viewer.dropped
                     viewer.dropped = 0
                     viewer.lines += len(batch)
                     viewer.bytes += len(payload)
@@ -228,21 +247,15 @@ async def follow(
                     await asyncio.sleep(BATCH_SECONDS)
                     continue
                 if viewer.ended is not None:
-                    reason = viewer.ended
-                    yield _event("end", {"reason": reason})
+                    state["reason"] = viewer.ended
+                    yield _event("end", {"reason": viewer.ended})
                     return
                 if time.monotonic() - last_beat >= HEARTBEAT:
                     yield b": keep-alive\n\n"
                     last_beat = time.monotonic()
         finally:
-            up.leave(viewer)
-            hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
-            server.metrics.sent("follow", viewer.bytes, viewer.lines)
-            with contextlib.suppress(ApiError):
-                server.finish(a.ref, "follow_end", {
-                    "lines": viewer.lines, "bytes": viewer.bytes, "reason": reason,
-                    "dropped_total": viewer.dropped,
-                    "duration_ms": round((time.monotonic() - a.started) * 1000, 3)})  # fmt: skip
+            await cleanup()
 
     return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"x-accel-buffering": "no"})  # fmt: skip
+                             headers={"x-accel-buffering": "no"},
+                             background=BackgroundTask(cleanup))  # fmt: skip

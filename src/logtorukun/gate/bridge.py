@@ -18,7 +18,7 @@ import time
 from . import GATE_VERSION, grammar
 from .audit import now_iso
 from .errors import Exit, GateError
-from .output import Output
+from .output import LimitReached, Output
 from .protocol import (
     CANCEL,
     CREDIT,
@@ -77,6 +77,10 @@ class _Stream:
         self.cond = threading.Condition()
         self.cancelled = threading.Event()
         self.thread: threading.Thread | None = None
+        # A request's time limit holds while it waits for credit, too: a client that
+        # never reads must not keep a concurrency slot (and a child) past max_seconds.
+        self.deadline: float | None = None
+        self.limit = 0.0
 
     def add_credit(self, n: int) -> None:
         with self.cond:
@@ -93,7 +97,13 @@ class _Stream:
         while view:
             with self.cond:
                 while self.credit <= 0 and not self.cancelled.is_set():
-                    self.cond.wait()
+                    left = None if self.deadline is None else self.deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise LimitReached(
+                            f"stopped after {self.limit:g} s waiting for the client to read "
+                            "(time limit in the policy)"
+                        )
+                    self.cond.wait(left)
                 if self.cancelled.is_set():
                     raise BrokenPipeError()
                 n = min(self.credit, MAX_DATA, len(view))
@@ -249,6 +259,13 @@ class Bridge:
         stream.thread.start()
 
     def _threaded(self, stream: _Stream, command: str, via: dict[str, Any] | None) -> None:
+        lim = self.ctx.policy.limits
+        try:
+            follow = bool(getattr(grammar.parse(command), "follow", False))
+        except GateError:
+            follow = False
+        stream.limit = lim.follow_max_seconds if follow else lim.max_seconds
+        stream.deadline = time.monotonic() + stream.limit
         result = serve(command, self.ctx, self._output(stream.send_data, stream), via=via)
         self._finish(stream, result)
 

@@ -381,3 +381,21 @@ def test_killing_the_client_ends_the_bridge_and_its_follows(bw: Worker) -> None:
     s.close()
     records = bw.audit_records()
     assert records[-1]["event"] == "session_end" and records[-1]["requests"] == 2
+
+
+def test_a_request_starved_of_credit_still_ends_at_its_time_limit(bw: Worker) -> None:
+    """No credit must not mean no limit: the stream gives up (and its slot) at max_seconds."""
+    with bw.policy(bw.default_policy(max_seconds=1, follow_max_seconds=1, max_concurrent=2)):
+        s = BridgeClient(bw.ssh_argv("bridge"))
+        try:
+            s.request(1, f"cat {bw.root}/big.log")  # 3 MB: blocks after the first window
+            s.request(2, f"tail -F -n 3000 {bw.root}/big.log")
+            assert len(s.data_until(1, WINDOW)) == WINDOW
+            assert len(s.data_until(2, WINDOW)) == WINDOW
+            for rid in (1, 2):
+                _, end = s.result(rid, timeout=15)
+                assert end["exit"] == Exit.LIMIT and end["truncated"] is True, end
+            out = bw.ssh(f"grep -c ERROR {bw.app_log}")  # both slots are free again
+            assert out.returncode == 0, out.stderr
+        finally:
+            s.close()

@@ -458,6 +458,8 @@ def test_ssh_follow_sees_appended_lines_and_ends_with_the_client(make_worker: Ma
     proc, first = start_follow(w)
     try:
         assert first == w.app_log.read_bytes().splitlines(keepends=True)[-1]
+        # the data is flowing, and its `request` record is already there (no `end` yet)
+        assert [(r["event"], r["decision"]) for r in w.audit_records()] == [("request", "allow")]
         with open(w.app_log, "ab") as f:
             f.write(b"2024-12-17 16:00:00 INFO  [test] appended while following\n")
         assert proc.stdout is not None

@@ -34,7 +34,9 @@ _PRIORITY = (
     r"(?:\.\.(?:[0-7]|emerg|alert|crit|err|warning|notice|info|debug))?"
 )
 _JOURNAL_OUTPUTS = ("short", "short-iso", "short-precise", "json", "cat")
-_BACKREF = r"\\[1-9]"
+# \1..\9 (ERE and PCRE), and PCRE2's other spellings for journalctl -g: \g1 \g{-1}
+# \k<n> (?P=n), and its recursion (?R) (?1) (?-1) (?&n) (?P>n).
+_BACKREF = r"\\[1-9]|\\[gk]|\(\?(?:P[=>]|&|R\)|[+-]?[0-9])"
 _REPEAT = r"\{([0-9]*)(?:,([0-9]*))?\}"
 MAX_REPEAT = 255
 

@@ -406,3 +406,26 @@ def test_lone_surrogates_are_a_refusal_not_a_crash(command: str) -> None:
     (From SSH_ORIGINAL_COMMAND, invalid UTF-8 arrives as U+DC80..U+DCFF escapes.)
     """
     refused(command, r"not valid UTF-8|longer than 4096")
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"(a)\g1",
+        r"(a)\g{1}",
+        r"(a)\g{-1}",
+        r"(?<n>a)\k<n>",
+        r"(?<n>a)\k'n'",
+        r"(?<n>a)\k{n}",
+        r"(?P<n>a)(?P=n)",
+        r"(a|(?R))",
+        r"(a)(?1)",
+        r"(?<n>a)(?&n)",
+        r"(?P<n>a)(?P>n)",
+        r"(a)(?-1)",
+        r"(a)(?+1)",
+    ],
+)
+def test_pcre_back_references_and_recursion_are_refused_for_journalctl(pattern: str) -> None:
+    """journalctl -g is PCRE2: its back-references are not spelled only \\1..\\9."""
+    refused(f"journalctl -u worker-service -g '{pattern}'", r"back-references")

@@ -7,6 +7,7 @@ SSH's own channel window: reading is paused while the caller has not taken the d
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import asyncssh
@@ -101,12 +102,24 @@ async def start_oneshot(
     """Open a channel running `command`; `release` is called once when it has ended."""
     stream = OneShotStream(host, command, release)
     try:
-        chan, _ = await conn.create_session(lambda: _Session(stream), command, encoding=None)
-    except asyncssh.ChannelOpenError as exc:
-        stream._let_go()
-        raise Busy(host, 6, f"sshd refused another session ({exc.reason})") from None
+        for delay in _RETRY:
+            try:
+                chan, _ = await conn.create_session(
+                    lambda: _Session(stream), command, encoding=None
+                )
+                break
+            except asyncssh.ChannelOpenError as exc:
+                # sshd frees a closed session only after its main loop has handled the
+                # packets that arrived with the CLOSE, so an OPEN right behind our CLOSE
+                # can find MaxSessions still full. Nothing ran: try again shortly.
+                if delay is None:
+                    raise Busy(host, 6, f"sshd refused another session ({exc.reason})") from None
+                await asyncio.sleep(delay)
     except BaseException:
         stream._let_go()
         raise
     stream.chan = chan
     return stream
+
+
+_RETRY = (0.005, 0.02, 0.05, 0.1, None)

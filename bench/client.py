@@ -230,7 +230,7 @@ async def run(args: argparse.Namespace) -> str:
                              total500))  # fmt: skip
 
             print("bench.client: streaming ...", file=sys.stderr, flush=True)
-            runs = 1 if q else 2
+            runs = 1 if q else 3
             cat = f"cat {path}"
             streams = [
                 ("bridge, gate `cat`", lambda: client_stream(bridge, cat)),
@@ -240,9 +240,11 @@ async def run(args: argparse.Namespace) -> str:
                 ("fresh `ssh`, gate `cat` (OpenSSH client)",
                  lambda: ssh_stream(w.ssh_argv(cat))),
             ]  # fmt: skip
-            rates = []
-            for name, fn in streams:
-                rates.append((name, await timed_bytes(fn, size, runs)))
+            best = {name: 0.0 for name, _ in streams}
+            for _ in range(runs):  # rounds, so a busy moment hurts every method alike
+                for name, fn in streams:
+                    best[name] = max(best[name], await timed_bytes(fn, size, 1))
+            rates = list(best.items())
     finally:
         if master is not None:
             master.terminate()

@@ -258,7 +258,7 @@ def test_stdout_is_only_data_and_stderr_one_line(local: Local) -> None:
         out = subprocess.run(
             [SYSTEM_PYTHON, "-IS", str(local.zipapp), "--policy", str(local.policy)],
             env={b"PATH": b"/usr/bin", b"TMPDIR": str(local.tmp).encode(),
-                 b"SSH_ORIGINAL_COMMAND": env_command},  # type: ignore[dict-item]
+                 b"SSH_ORIGINAL_COMMAND": env_command},
             capture_output=True, timeout=30, check=False,
         )  # fmt: skip
         assert out.returncode in (Exit.BAD_REQUEST, Exit.REFUSED, Exit.NOT_FOUND), out

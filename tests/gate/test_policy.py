@@ -7,6 +7,7 @@ import os
 import pwd
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -265,7 +266,7 @@ def test_changed_policy_is_reparsed(tmp_path: Path) -> None:
     config_error(path, "limits.max_lines must be positive")  # validated every time
 
 
-def _forge(tmp_path: Path, path: str, data: dict[str, object]) -> Path:
+def _forge(tmp_path: Path, path: str, data: dict[str, Any]) -> Path:
     raw = Path(path).read_bytes()
     cache = _cache(tmp_path)
     cache.parent.mkdir(mode=0o700, exist_ok=True)

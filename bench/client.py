@@ -325,14 +325,17 @@ def report(
         out.append(f"| {name} | {rate:,.0f} | {ratio} |")
     out += [
         "",
-        "Notes: \"failed\" counts requests that errored or returned other bytes. "
+        'Notes: "failed" counts requests that errored or returned other bytes. '
         "Concurrency rows ran a fixed number of requests (the denominator) with that many "
         "outstanding at once. The fresh-ssh rows pay `MaxStartups`: sshd drops connections "
         "beyond 10 unauthenticated ones at random. The one-shot pool queues its channels "
         "below `MaxSessions` (8 at a time), so it waits instead of failing. ControlMaster has "
         "no such queue: sshd refused "
-        + (f"{fallbacks[0]} (50 in flight) and {fallbacks[1]} (500 in flight) " if fallbacks
-           else "some ")
+        + (
+            f"{fallbacks[0]} (50 in flight) and {fallbacks[1]} (500 in flight) "
+            if fallbacks
+            else "some "
+        )
         + "of its channels over `MaxSessions 10`, and OpenSSH's mux client then quietly "
         "opened a fresh connection of its own for each (so they count as successes, at "
         "fresh-connection cost and under `MaxStartups`).",

@@ -71,5 +71,8 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
 
 
 def records(w: Worker, event: str, **match: Any) -> list[dict[str, Any]]:
-    return [r for r in w.audit_records()
-            if r.get("event") == event and all(r.get(k) == v for k, v in match.items())]
+    return [
+        r
+        for r in w.audit_records()
+        if r.get("event") == event and all(r.get(k) == v for k, v in match.items())
+    ]

@@ -238,4 +238,3 @@ async def test_hosts_trust(
     code, out, err = await cli(capsys, config, "hosts", "trust", "w", "--yes")
     assert code == 255 and "already holds another key" in err and "ssh-keygen -R" in err
     assert kh.read_text().count("\n") == 1  # never replaced
-

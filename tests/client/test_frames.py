@@ -10,8 +10,7 @@ from logtorukun.client.bridge import Frames, _FrameError
 from logtorukun.gate.protocol import DATA, END, FrameReader, pack
 
 frames_st = st.lists(
-    st.tuples(st.sampled_from([DATA, END, 16]), st.integers(0, 2**32 - 1),
-              st.binary(max_size=300)),
+    st.tuples(st.sampled_from([DATA, END, 16]), st.integers(0, 2**32 - 1), st.binary(max_size=300)),
     max_size=20,
 )
 

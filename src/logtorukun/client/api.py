@@ -279,9 +279,7 @@ class Client:
 
     # ---------------------------------------------------------------- generic
 
-    async def stream(
-        self, host: str, command: str, *, via: dict[str, Any] | None = None
-    ) -> Stream:
+    async def stream(self, host: str, command: str, *, via: dict[str, Any] | None = None) -> Stream:
         """Start any gate command; read it as it comes. Close the stream to cancel it."""
         return await self.pool.start(host, command, check_via(via), oneshot=self.oneshot)
 

@@ -130,9 +130,7 @@ class _Session(asyncssh.SSHClientSession[bytes]):
     def exit_status_received(self, status: int) -> None:
         self.bridge.exit_status = status
 
-    def exit_signal_received(
-        self, signal: str, core_dumped: bool, msg: str, lang: str
-    ) -> None:
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
         self.bridge.exit_signal = signal
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -334,4 +332,3 @@ def _status(payload: bytes) -> Status:
         bytes=int(body.get("bytes", 0)),
         truncated=bool(body.get("truncated", False)),
     )
-

@@ -460,4 +460,3 @@ def _append(path: Path, line: str) -> None:
                 if r.read(1) != b"\n":
                     f.write("\n")
         f.write(line)
-

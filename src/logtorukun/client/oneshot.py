@@ -87,9 +87,7 @@ class _Session(asyncssh.SSHClientSession[bytes]):
     def exit_status_received(self, status: int) -> None:
         self.stream.exit_status = status
 
-    def exit_signal_received(
-        self, signal: str, core_dumped: bool, msg: str, lang: str
-    ) -> None:
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
         self.stream.exit_signal = signal
 
     def connection_lost(self, exc: Exception | None) -> None:

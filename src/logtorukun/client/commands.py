@@ -147,8 +147,15 @@ class Printer:
             self.out.buffer.write(data)
             self.out.buffer.flush()
         else:
-            self.out.write(neutralise(data, colour=self.colour))
-            self.out.flush()
+            text = neutralise(data, colour=self.colour)
+            buffer = getattr(self.out, "buffer", None)
+            if buffer is not None:  # UTF-8 whatever the locale: log text must not crash us
+                self.out.flush()
+                buffer.write(text.encode("utf-8", "replace"))
+                buffer.flush()
+            else:
+                self.out.write(text)
+                self.out.flush()
 
 
 def _note(text: str) -> None:
@@ -216,8 +223,8 @@ def _cmd_follow(args: argparse.Namespace) -> int:
         async with Client(config, oneshot=args.oneshot) as client:
             stream = await client.follow(host, args.path, lines=args.lines)
             async with stream:
-                async for chunk in stream:
-                    printer.write(chunk)
+                async for line in stream.lines():  # whole lines: no UTF-8 or escape split
+                    printer.write(line)
             if stream.status is not None and stream.status.truncated:
                 _limit_note(host, stream.status)
         return 0

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 CHUNK = 65536
+# How often a follow looks for new lines: half of it is the median delay a viewer sees
+# (goal: under 100 ms from write to browser); an fstat+pread per look is cheap.
+FOLLOW_INTERVAL = 0.1
 _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 
 
@@ -213,7 +216,10 @@ def authorize(req: Request, policy: Policy) -> Plan:
                 # follow owns (and closes) the fd once it runs; until then the plan does,
                 # so a follow refused as busy or for the audit does not leak it.
                 plan.fds.clear()
-                readers.follow(fd, reopen, n, out, deadline=deadline, deadline_reason=reason)
+                readers.follow(
+                    fd, reopen, n, out, deadline=deadline, deadline_reason=reason,
+                    interval=FOLLOW_INTERVAL,
+                )  # fmt: skip
 
             plan.run = run_follow
         else:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from logtorukun.ops.bundle import build_gate_zipapp, gate_command
+from logtorukun.ops.system import alive, descendants
 
 USER = "logtorukun-t"
 HOST = "127.0.0.1"
@@ -574,32 +575,6 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry.name))
-    return kids
-
-
-def descendants(pid: int) -> set[int]:
-    kids = _children()
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in kids.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def kill_tree(pid: int) -> None:
     """SIGKILL `pid` and all its descendants.
 
@@ -623,14 +598,6 @@ def kill_tree(pid: int) -> None:
     while others and time.monotonic() < deadline:
         others = {p for p in others if alive(p)}
         time.sleep(0.01)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def stop_all() -> None:

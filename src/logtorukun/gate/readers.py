@@ -127,14 +127,15 @@ def emit_span(fd: int, start: int, end: int, out: Output, max_lines: int | None 
         chunk, carry = buf[:cut], buf[cut:]
         nls = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
         if max_lines is not None and sent + nls >= max_lines:
-            out.write(_first_lines(chunk, max_lines - sent))
+            out.write(first_lines(chunk, max_lines - sent))
             return max_lines
         sent += nls
         out.write(chunk)
     return sent
 
 
-def _first_lines(data: bytes, k: int) -> bytes:
+def first_lines(data: bytes, k: int) -> bytes:
+    """The first `k` lines of `data` (all of it if it has fewer)."""
     pos = 0
     for _ in range(k):
         nl = data.find(b"\n", pos)

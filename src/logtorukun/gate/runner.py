@@ -307,7 +307,7 @@ def docker_argv(req: Docker, policy: Policy) -> list[str]:
 
 def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
     """`head -n N` / `cat`: from the start, whole lines, until N lines or the caps."""
-    from .readers import gunzip_chunks
+    from .readers import first_lines, gunzip_chunks
 
     chunks = gunzip_chunks(fd) if gz else iter(lambda: os.read(fd, CHUNK), b"")
     left = n
@@ -317,7 +317,7 @@ def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
         cut = data.rfind(b"\n") + 1
         rest = data[cut:]
         if left is not None:
-            data = _first_lines(data[:cut], left)
+            data = first_lines(data[:cut], left)
             left -= data.count(b"\n")
             out.write(data)
             if left <= 0:
@@ -326,16 +326,6 @@ def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
             out.write(data[:cut])
     if rest and (left is None or left > 0):
         out.write(rest)
-
-
-def _first_lines(data: bytes, k: int) -> bytes:
-    pos = 0
-    for _ in range(k):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            return data
-        pos = nl + 1
-    return data[:pos]
 
 
 def run_child(

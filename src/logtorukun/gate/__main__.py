@@ -7,10 +7,11 @@ starts once per one-shot request.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import GATE_VERSION
 from .errors import Exit, GateError
@@ -22,10 +23,39 @@ def _say(reason: str) -> None:
     os.write(2, f"logtorukun-gate: {reason}\n".encode("utf-8", "replace"))
 
 
-def _write_stdout(data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(1, view) :]
+def _stdout_writer(seconds: float) -> Callable[[bytes], None]:
+    """Writes to stdout that give up at the request's time limit.
+
+    A client that stays connected but reads nothing would otherwise block a plain
+    write() forever, holding the request's concurrency slot (and child) past every
+    limit: stdout is made non-blocking and each wait for room is bounded.
+    """
+    import fcntl
+    import time
+
+    from .output import LimitReached
+
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(1, fcntl.F_SETFL, fcntl.fcntl(1, fcntl.F_GETFL) | os.O_NONBLOCK)
+    poller = select.poll()
+    poller.register(1, select.POLLOUT)
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(1, view) :]
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LimitReached(
+                        f"stopped after {seconds:g} s: the client is not reading "
+                        "(time limit in the policy)"
+                    ) from None
+                poller.poll(int(left * 1000) + 1)
+
+    return write
 
 
 def _stdout_gone(seconds: float) -> bool:
@@ -78,8 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bridge import Bridge
 
         return Bridge(ctx).run()
+    from . import grammar
+
+    try:
+        follow = bool(getattr(grammar.parse(command), "follow", False))
+    except GateError:
+        follow = False  # serve() refuses it
+    lim = policy.limits
     out = Output(
-        _write_stdout,
+        _stdout_writer(lim.follow_max_seconds if follow else lim.max_seconds),
         max_lines=policy.limits.max_lines,
         max_bytes=policy.limits.max_bytes,
         waiter=_stdout_gone,

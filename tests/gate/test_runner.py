@@ -524,3 +524,33 @@ def test_ssh_truncation_notice(worker: Worker) -> None:
     assert out.stderr == b"logtorukun-gate: output truncated at 7 lines (max_lines in the policy)\n"
     want = [ln for ln in worker.app_log.read_bytes().splitlines(keepends=True) if b"INFO" in ln]
     assert out.stdout == b"".join(want[:7])
+
+
+def test_ssh_client_that_stops_reading_does_not_keep_the_gate(make_worker: MakeWorker) -> None:
+    """A connected client that reads nothing: the gate's writes block, but its time limit
+    still ends the request (and frees its slot) instead of waiting for the client forever."""
+    w = make_worker(name="stall")
+    big = w.root / "big.log"
+    big.write_bytes((b"x" * 999 + b"\n") * 8000)  # 8 MB: more than ssh and pipes buffer
+    big.chmod(0o644)
+    w.write_policy(w.default_policy(max_seconds=1, follow_max_seconds=2, max_concurrent=2))
+    stalled = [
+        subprocess.Popen(
+            w.ssh_argv(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # nobody reads these pipes
+        for command in (f"cat {big}", f"tail -F -n 8000 {big}")
+    ]
+    try:
+        assert wait_until(lambda: len(gate_pids(w)) >= 2, 10)
+        assert wait_until(lambda: not gate_pids(w), 15), "a stalled client kept its gate"
+        ends = [r for r in w.audit_records() if r["event"] == "end"]
+        assert sorted(r["exit"] for r in ends) == [Exit.LIMIT, Exit.LIMIT], ends
+        assert all("the client is not reading" in r["reason"] for r in ends), ends
+        assert w.ssh(f"grep -c ERROR {w.app_log}").returncode == 0  # slots are free
+    finally:
+        for p in stalled:
+            p.kill()
+            p.communicate(timeout=10)

@@ -49,47 +49,60 @@ class _FrameError(Exception):
 
 
 class Frames:
-    """Frame parser for the receiving side of a stream: one copy per payload.
+    """Incremental frame parser for the client: DATA payloads pass through as they come.
 
-    (`protocol.FrameReader` copies each byte about four times, which is fine for the
-    gate's small requests and costs a bridge's big answers ~20% of its throughput.)
     SSH delivers at most a packet (32 KiB) at a time, so a 64 KiB DATA frame arrives in
-    pieces; they are kept in a list and joined once, when the frame is complete.
+    pieces. DATA is opaque bytes to the reader, so each piece is handed on as soon as it
+    arrives (a whole packet of payload without even a copy) instead of being joined
+    first; other frames (HELLO, END) are small and returned whole. This is about a fifth
+    of a bridge's streaming throughput compared with `protocol.FrameReader`, which
+    copies each byte several times (fine for the gate's small requests).
     """
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._parts: list[bytes] = []
-        self._have = 0
-        self._need = 0
         self._max = max_frame
+        self._head = b""  # a header split across deliveries
+        self._left = 0  # payload bytes of the current frame still to come
+        self._ftype = 0
+        self._rid = 0
+        self._parts: list[bytes] = []  # pieces of a non-DATA payload
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        if self._parts:
-            self._parts.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return []
-            data = b"".join(self._parts)
-            self._parts = []
-        frames = []
+        out: list[tuple[int, int, bytes]] = []
         pos, n, hsize = 0, len(data), HEADER.size
-        need = hsize
-        while n - pos >= hsize:
-            length, ftype, rid = HEADER.unpack_from(data, pos)
+        while pos < n:
+            if self._left:
+                take = min(self._left, n - pos)
+                piece = data if take == n else data[pos : pos + take]
+                pos += take
+                self._left -= take
+                if self._ftype == DATA:
+                    out.append((DATA, self._rid, piece))
+                else:
+                    self._parts.append(piece)
+                    if not self._left:
+                        out.append((self._ftype, self._rid, b"".join(self._parts)))
+                        self._parts = []
+                continue
+            if self._head or n - pos < hsize:
+                take = min(hsize - len(self._head), n - pos)
+                self._head += data[pos : pos + take]
+                pos += take
+                if len(self._head) < hsize:
+                    break
+                length, ftype, rid = HEADER.unpack(self._head)
+                self._head = b""
+            else:
+                length, ftype, rid = HEADER.unpack_from(data, pos)
+                pos += hsize
             if length > self._max:
                 raise _FrameError(f"frame of {length} bytes is over the {self._max} limit")
-            end = pos + hsize + length
-            if end > n:
-                need = hsize + length
-                break
-            frames.append((ftype, rid, data[pos + hsize : end]))
-            pos = end
-        if pos < n:
-            rest = data[pos:] if pos else data
-            self._parts = [rest]
-            self._have = len(rest)
-            self._need = need
-        return frames
+            if n - pos >= length:
+                out.append((ftype, rid, data[pos : pos + length]))
+                pos += length
+            else:
+                self._ftype, self._rid, self._left = ftype, rid, length
+        return out
 
 
 class BridgeStream(Stream):
@@ -243,7 +256,7 @@ class Bridge:
         for ftype, rid, payload in frames:
             if ftype == DATA:
                 stream = streams.get(rid)
-                if stream is not None:
+                if stream is not None and payload:
                     stream._push(payload)
             elif ftype == END:
                 stream = streams.pop(rid, None)

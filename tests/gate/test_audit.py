@@ -62,11 +62,12 @@ def test_certificate_key_id_and_serial(tmp_path: Path) -> None:
     assert kind == "ssh-ed25519-cert-v01@openssh.com"
     ident = identity_from_env({"SSH_USER_AUTH": auth_file(tmp_path, f"publickey {kind} {blob}")})
     assert (ident["cert_key_id"], ident["cert_serial"]) == ("alice@example", 4242)
-    # For a certificate the gate hashes the whole certificate blob (one value per issued
-    # certificate); `ssh-keygen -l` and sshd's log show the plain key's fingerprint.
+    # `key` is the certified key's fingerprint, as `ssh-keygen -l` of the plain key and
+    # sshd's log show it; `cert` identifies the issued certificate itself.
+    assert ident["key"] == fingerprint(tmp_path / "id.pub")
     digest = base64.b64encode(hashlib.sha256(base64.b64decode(blob)).digest()).decode()
-    assert ident["key"] == "SHA256:" + digest.rstrip("=")
-    assert ident["key"] != fingerprint(tmp_path / "id-cert.pub")
+    assert ident["cert"] == "SHA256:" + digest.rstrip("=")
+    assert ident["cert"] != ident["key"]
 
 
 @pytest.mark.parametrize(

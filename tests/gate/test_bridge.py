@@ -356,6 +356,21 @@ def test_broken_framing_ends_the_session(bw: Worker, raw: bytes, reason: bytes) 
     assert err.count(b"\n") == 1
 
 
+def test_a_request_id_still_in_use_ends_the_session(bw: Worker) -> None:
+    # An END on the reused id would end the client's running follow as if it had finished;
+    # a client that lost track of its ids gets a protocol error instead.
+    s = BridgeClient(bw.ssh_argv("bridge"))
+    s.request(7, f"tail -F -n 1 {bw.app_log}")
+    s.next_frame(lambda f: f[0] == DATA and f[1] == 7)
+    s.request(7, f"tail -n 1 {bw.app_log}")
+    code, err = s.close()
+    assert code == Exit.BAD_REQUEST
+    assert err == b"logtorukun-gate: bridge protocol error: request id 7 is already in use\n"
+    ends = [json.loads(f[2]) for f in s.frames if f[0] == END and f[1] == 7]
+    # the only END for 7 is the follow's own, cancelled as the session closed
+    assert [e["reason"] for e in ends] == ["client went away"]
+
+
 def test_a_truncated_frame_at_eof_ends_quietly(bw: Worker) -> None:
     s = BridgeClient(bw.ssh_argv("bridge"))
     s.send_raw(pack(REQUEST, 1, b'{"command": "help"}')[:-3])

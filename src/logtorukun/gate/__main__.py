@@ -102,9 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ctx = Context(policy, AuditLog(policy.audit), identity_from_env(dict(os.environ)))
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
-    if not command.strip():
-        command = ""  # serve() refuses and audits it: "empty command"
-    elif command.strip(" ") == "bridge":
+    if command.strip(" ") == "bridge":
         from .bridge import Bridge
 
         return Bridge(ctx).run()

@@ -49,40 +49,61 @@ def identity_from_env(env: dict[str, str]) -> dict[str, Any]:
 
 def _describe_key(key_type: str, b64: str) -> dict[str, Any]:
     import base64
-    import hashlib
 
     try:
         blob = base64.b64decode(b64, validate=True)
     except ValueError:
         return {}
-    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    out: dict[str, Any] = {"key": f"SHA256:{digest}"}
+    out: dict[str, Any] = {"key": _fingerprint(blob)}
     if "-cert-v01@openssh.com" in key_type:
         out.update(_cert_fields(key_type, blob))
     return out
 
 
+def _fingerprint(blob: bytes) -> str:
+    """OpenSSH's SHA256 fingerprint, as `ssh-keygen -l` and sshd's log print it."""
+    import base64
+    import hashlib
+
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
 def _cert_fields(key_type: str, blob: bytes) -> dict[str, Any]:
-    """Serial and key id of an OpenSSH certificate (PROTOCOL.certkeys): who it was issued to."""
+    """Serial, key id and the certified key of an OpenSSH certificate (PROTOCOL.certkeys).
+
+    `key` becomes the fingerprint of the certified public key (what sshd logs and
+    `ssh-keygen -l` prints); the certificate's own hash goes to `cert`.
+    """
     import struct
 
     per_key = {"ssh-ed25519": 1, "ssh-rsa": 2, "ecdsa-sha2-nistp256": 2,
                "ecdsa-sha2-nistp384": 2, "ecdsa-sha2-nistp521": 2}  # fmt: skip
-    skip = per_key.get(key_type.replace("-cert-v01@openssh.com", ""))
+    base = key_type.replace("-cert-v01@openssh.com", "")
+    skip = per_key.get(base)
     if skip is None:
-        return {}
+        return {"cert": _fingerprint(blob)}
     try:
         off = 0
-        for _ in range(2 + skip):  # type name, nonce, public key fields
+        for _ in range(2):  # type name, nonce
             (n,) = struct.unpack_from(">I", blob, off)
             off += 4 + n
+        key_start = off
+        for _ in range(skip):  # the public key's own fields
+            (n,) = struct.unpack_from(">I", blob, off)
+            off += 4 + n
+        plain = struct.pack(">I", len(base)) + base.encode() + blob[key_start:off]
         (serial,) = struct.unpack_from(">Q", blob, off)
         off += 8 + 4  # serial, cert type
         (n,) = struct.unpack_from(">I", blob, off)
         key_id = blob[off + 4 : off + 4 + n].decode("utf-8", "replace")
     except struct.error:
-        return {}
-    return {"cert_serial": serial, "cert_key_id": key_id}
+        return {"cert": _fingerprint(blob)}
+    return {
+        "key": _fingerprint(plain),
+        "cert": _fingerprint(blob),
+        "cert_serial": serial,
+        "cert_key_id": key_id,
+    }
 
 
 class AuditLog:

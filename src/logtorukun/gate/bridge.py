@@ -203,12 +203,15 @@ class Bridge:
     def _request(self, rid: int, payload: bytes) -> None:
         stream = _Stream(rid, self.writer)
         with self.lock:
-            busy = rid in self.streams or len(self.streams) >= MAX_STREAMS
+            if rid in self.streams:
+                # An END on this id would end the client's running request: the
+                # client has lost track of its ids, so the session cannot go on.
+                raise ProtocolError(f"request id {rid} is already in use")
+            busy = len(self.streams) >= MAX_STREAMS
             if not busy:
                 self.streams[rid] = stream
         if busy:
-            why = "request id already in use" if rid in self.streams else "too many streams"
-            stream.end(Result(Exit.BUSY if "many" in why else Exit.BAD_REQUEST, why))
+            stream.end(Result(Exit.BUSY, f"too many streams (at most {MAX_STREAMS})"))
             return
         try:
             if len(payload) > MAX_REQUEST:

@@ -437,7 +437,7 @@ def sources_json(policy: Policy) -> bytes:
     """What this key may read: files (size, mtime) under each root, units, containers."""
     files: list[dict[str, Any]] = []
     for rule in policy.files:
-        _walk(rule.root, "", 0, rule, files)
+        _list_rule(rule, files)
     doc = {
         "gate": GATE_VERSION,
         "files": files,
@@ -456,31 +456,37 @@ def sources_json(policy: Policy) -> bytes:
 _MAX_LISTED = 2000
 
 
-def _walk(root: str, rel: str, depth: int, rule: Any, files: list[dict[str, Any]]) -> None:
+def _list_rule(rule: Any, files: list[dict[str, Any]]) -> None:
+    """Walk with directory fds and no symlink following (os.fwalk), so a directory
+    swapped for a link mid-walk cannot list names from outside the root."""
     import stat as st
 
-    if depth > 8 or len(files) >= _MAX_LISTED:
-        return
+    root = rule.root.rstrip("/") or "/"
+    real = os.path.realpath(root)  # the root is the administrator's and may be a link
     try:
-        entries = sorted(os.scandir(os.path.join(root, rel) if rel else root), key=lambda e: e.name)
+        walk = os.fwalk(real, follow_symlinks=False)
+        for dirpath, dirnames, filenames, dirfd in walk:
+            rel_dir = dirpath[len(real) :].lstrip("/")
+            if rel_dir.count("/") >= 8:
+                dirnames.clear()
+            dirnames.sort()
+            for fname in sorted(filenames):
+                name = f"{rel_dir}/{fname}" if rel_dir else fname
+                if not rule.matches(name):
+                    continue
+                try:
+                    info = os.stat(fname, dir_fd=dirfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if not st.S_ISREG(info.st_mode) or (info.st_nlink > 1 and not rule.allow_hardlinks):
+                    continue
+                files.append({
+                    "path": f"{root}/{name}" if root != "/" else f"/{name}",
+                    "size": info.st_size,
+                    "mtime": int(info.st_mtime),
+                    "compressed": name.endswith(".gz"),
+                })  # fmt: skip
+                if len(files) >= _MAX_LISTED:
+                    return
     except OSError:
         return
-    for e in entries:
-        name = f"{rel}/{e.name}" if rel else e.name
-        try:
-            info = e.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if st.S_ISDIR(info.st_mode):
-            _walk(root, name, depth + 1, rule, files)
-        elif st.S_ISREG(info.st_mode) and rule.matches(name):
-            if info.st_nlink > 1 and not rule.allow_hardlinks:
-                continue
-            files.append({
-                "path": f"{root.rstrip('/')}/{name}",
-                "size": info.st_size,
-                "mtime": int(info.st_mtime),
-                "compressed": name.endswith(".gz"),
-            })  # fmt: skip
-        if len(files) >= _MAX_LISTED:
-            return

@@ -157,7 +157,7 @@ class Bridge:
         self.host = host
         self.hello: dict[str, Any] = {}
         self.window = WINDOW
-        self.grant_step = WINDOW // 2
+        self.grant_step = WINDOW // 4
         self.stderr = b""
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
@@ -291,7 +291,7 @@ class Bridge:
             )
         self.hello = hello
         self.window = int(hello.get("window", WINDOW))
-        self.grant_step = max(1, self.window // 2)
+        self.grant_step = max(1, self.window // 4)
         self._hello.set_result(None)
 
     def _lost(self, exc: Exception | None) -> None:

@@ -215,6 +215,8 @@ class Bridge:
             self._slots.release()
             raise self._error
         rid = self._next_rid
+        while rid in self._streams:  # after 2**32 requests, skip a still-running id
+            rid = rid + 1 if rid < 0xFFFFFFFF else 1
         self._next_rid = rid + 1 if rid < 0xFFFFFFFF else 1
         stream = BridgeStream(self, rid, command)
         self._streams[rid] = stream

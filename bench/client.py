@@ -323,6 +323,17 @@ def report(
     for name, rate in rates:
         ratio = f"{rate / base:.2f}x" if base else "-"
         out.append(f"| {name} | {rate:,.0f} | {ratio} |")
+    bridge = rows[-1]
+    br_rate = next((r for n, r in rates if n.startswith("bridge")), 0.0)
+    out += [
+        "",
+        f"Goals of issue 3: bridge `tail -n 200` p50 at most 1 ms: {bridge[1]:.2f} ms; at least "
+        f"5,000 req/s with 500 in flight and no failure: {bridge[8]:,.0f} req/s, {bridge[9]} "
+        f"failed; streaming at least 0.9x `cat` over the same kind of connection: "
+        f"{br_rate / base if base else 0:.2f}x the gate's own `cat` run one-shot. (Plain "
+        "`/bin/cat` without a gate shows what SSH alone carries; the gate's per-line caps "
+        "and counting are the difference, in one-shot and bridge alike.)",
+    ]
     out += [
         "",
         'Notes: "failed" counts requests that errored or returned other bytes. '

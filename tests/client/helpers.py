@@ -46,7 +46,9 @@ def write_config(path: Path, hosts: list[HostConfig]) -> Path:
 
 
 def gate_pids(w: Worker) -> list[int]:
-    """The gate processes sshd runs for this worker right now."""
+    """The gate processes sshd runs for this worker right now: the Python gates first,
+    then the shells that started them (killing a shell first lets sshd close the gate's
+    stdin, and the gate would end its requests cleanly before its own kill arrives)."""
     out = []
     for pid in descendants(w.pid or 0):
         try:
@@ -54,8 +56,8 @@ def gate_pids(w: Worker) -> list[int]:
         except OSError:
             continue
         if b"gate.pyz" in cmd:
-            out.append(pid)
-    return out
+            out.append((not cmd.startswith(b"/usr/bin/python3"), pid))
+    return [pid for _, pid in sorted(out)]
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:

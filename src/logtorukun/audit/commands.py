@@ -16,7 +16,9 @@ from typing import Any, TextIO
 
 from ..config import load_config
 from ..errors import UserError
-from .store import AuditRecord, AuditRef, AuditStore, parse_time
+from .records import AuditRecord, AuditRef
+from .store import AuditStore
+from .times import parse_time
 
 
 def register(sub: Any) -> None:

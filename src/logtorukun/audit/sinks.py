@@ -15,7 +15,8 @@ import syslog
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .store import AuditError, AuditRecord
+from .errors import AuditError
+from .records import AuditRecord
 
 if TYPE_CHECKING:
     from ..config import ServerSettings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -250,11 +251,24 @@ async def test_a_killed_bridge_fails_its_requests_and_is_restarted(mine: Worker)
         assert await stream.read()
         pids = await eventually(lambda: gate_pids(mine))
         for pid in pids:
-            os.kill(pid, 9)
+            with contextlib.suppress(ProcessLookupError):  # its shell ends with it
+                os.kill(pid, 9)
         with pytest.raises(ConnectionLost, match="bridge"):
             await asyncio.wait_for(stream.read_all(), 5)
         reply = await c.tail("w", str(mine.app_log), 2)  # a new bridge, same connection
         assert reply.status.exit == 0 and c.pool.get("w").connects == 1
+
+
+async def test_a_killed_oneshot_gate_is_connection_lost_not_a_refusal(mine: Worker) -> None:
+    async with Client([host_for(mine)], oneshot=True, options=FAST) as c:
+        stream = await c.follow("w", str(mine.app_log), lines=1)
+        assert await stream.read()
+        for pid in await eventually(lambda: gate_pids(mine)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        with pytest.raises(ConnectionLost, match=r"the gate died|killed"):
+            await asyncio.wait_for(stream.read_all(), 5)
+        assert (await c.tail("w", str(mine.app_log), 1)).status.exit == 0
 
 
 async def test_broken_policy_refuses_the_bridge_with_the_gate_reason(mine: Worker) -> None:

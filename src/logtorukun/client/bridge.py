@@ -305,6 +305,10 @@ class Bridge:
             err: ClientError = ConnectionLost(self.host, f"connection lost: {exc}")
         elif self.exit_signal:
             err = ConnectionLost(self.host, f"the bridge was killed by SIG{self.exit_signal}")
+        elif self.exit_status is not None and self.exit_status >= 128:
+            # The user's shell reports a gate killed by a signal as 128 + N ("Killed").
+            why = f": {reason}" if reason else ""
+            err = ConnectionLost(self.host, f"the bridge died (exit {self.exit_status}{why})")
         elif self.exit_status not in (None, 0) and reason:
             err = error_for_exit(self.host, int(self.exit_status or 0), reason)
         elif not self._hello.done():

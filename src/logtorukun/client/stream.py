@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from .errors import EXIT_LIMIT, EXIT_OK, ClientError, error_for_exit
+from .errors import EXIT_LIMIT, EXIT_OK, ClientError, ConnectionLost, error_for_exit
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,11 @@ class Stream:
         if self.status is not None or self._error is not None:
             return
         if status is not None and error is None and not status.ok:
-            error = error_for_exit(self.host, status.exit, status.reason)
+            if status.exit >= 128:  # killed by a signal (the shell's 128 + N), not refused
+                why = f": {status.reason}" if status.reason else ""
+                error = ConnectionLost(self.host, f"the gate died (exit {status.exit}{why})")
+            else:
+                error = error_for_exit(self.host, status.exit, status.reason)
         self.status = status
         self._error = error
         self._wake()

@@ -27,7 +27,7 @@ END = 18
 FRAME_NAMES = {REQUEST: "REQUEST", CANCEL: "CANCEL", CREDIT: "CREDIT", HELLO: "HELLO",
                DATA: "DATA", END: "END"}  # fmt: skip
 
-MAX_DATA = 65536  # largest DATA payload the gate sends
+MAX_DATA = 65536 - HEADER.size  # largest DATA payload: header + payload = 64 KiB, two SSH packets
 MAX_REQUEST = 16384  # largest REQUEST payload the gate accepts
 MAX_FRAME = 1 << 20  # anything larger is a protocol violation
 WINDOW = 1 << 20  # initial per-request credit, in bytes

@@ -307,9 +307,11 @@ def docker_argv(req: Docker, policy: Policy) -> list[str]:
 
 def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
     """`head -n N` / `cat`: from the start, whole lines, until N lines or the caps."""
+    from .readers import CHUNK as READ_CHUNK
     from .readers import first_lines, gunzip_chunks
 
-    chunks = gunzip_chunks(fd) if gz else iter(lambda: os.read(fd, CHUNK), b"")
+    # Large reads: in a bridge they become whole 64 KiB frames and few small remainders.
+    chunks = gunzip_chunks(fd) if gz else iter(lambda: os.read(fd, READ_CHUNK), b"")
     left = n
     rest = b""
     for chunk in chunks:

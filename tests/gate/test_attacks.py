@@ -25,6 +25,7 @@ from logtorukun.gate.errors import Exit
 from logtorukun.gate.protocol import END, REQUEST, FrameReader, pack
 from tests.conftest import MakeWorker
 from tests.support.sshd import Worker
+from tests.support.swap import SWAPPER
 
 FAKE = """#!/bin/sh
 # stands in for journalctl / sudo docker: shows the argv the gate built, one per line
@@ -295,39 +296,6 @@ def test_cpu_heavy_regex_is_killed_at_max_seconds(aw: Attacked, pattern: str) ->
 
 # ---------------------------------------------------------------- the swap race
 
-SWAPPER = r"""
-import os, sys
-kind, name, good, evil, stop = sys.argv[1:6]
-tmp = name + ".swap"
-n = 0
-
-
-def hold():  # stay in each state for a few microseconds, so both states get hit
-    for _ in range(20):
-        os.lstat(name)
-
-
-open(stop + "." + kind, "w").close()  # started
-while not os.path.exists(stop):
-    if kind == "file":
-        with open(tmp, "wb") as f:
-            f.write(open(good, "rb").read())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, name)  # a regular log file...
-        hold()
-        os.symlink(evil, tmp)
-        os.replace(tmp, name)  # ...then a symlink to the secret, at the same name
-        hold()
-    else:
-        os.rename(good, name)  # a real directory...
-        hold()
-        os.rename(name, good)
-        os.symlink(evil, name)  # ...then a symlink to a directory outside the root
-        hold()
-        os.unlink(name)
-    n += 1
-print(n)
-"""
 
 
 def test_symlink_swapped_in_a_loop_during_1000_requests(aw: Attacked, tmp_path: Path) -> None:

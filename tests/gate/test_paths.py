@@ -24,6 +24,7 @@ import pytest
 from logtorukun.gate.errors import Exit, GateError
 from logtorukun.gate.paths import open_under
 from logtorukun.gate.policy import FileRule
+from tests.support.swap import SWAPPER
 
 MARKER = b"PATHS-SECRET-7f3a9c"
 LOG = b"2024-12-17 14:00:00 INFO  [api] hello\n"
@@ -196,39 +197,6 @@ def test_permission_denied_is_a_refusal() -> None:
 
 # ---------------------------------------------------------------- swaps while opening
 
-SWAPPER = r"""
-import os, sys
-kind, name, good, evil, stop = sys.argv[1:6]
-tmp = name + ".swap"
-n = 0
-
-
-def hold():  # stay in each state for a few microseconds, so both states get hit
-    for _ in range(20):
-        os.lstat(name)
-
-
-open(stop + "." + kind, "w").close()  # started
-while not os.path.exists(stop):
-    if kind == "file":
-        with open(tmp, "wb") as f:
-            f.write(open(good, "rb").read())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, name)  # a regular log file...
-        hold()
-        os.symlink(evil, tmp)
-        os.replace(tmp, name)  # ...then a symlink to the secret, at the same name
-        hold()
-    else:
-        os.rename(good, name)  # a real directory...
-        hold()
-        os.rename(name, good)
-        os.symlink(evil, name)  # ...then a symlink to a directory outside the root
-        hold()
-        os.unlink(name)
-    n += 1
-print(n)
-"""
 
 
 def both_seen(outcomes: dict[str, int]) -> bool:

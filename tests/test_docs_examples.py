@@ -77,3 +77,32 @@ def test_relative_links_resolve(doc: Path) -> None:
         if target.startswith(("http", "mailto")):
             continue
         assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which is missing"
+
+
+def cli_lines() -> list[tuple[str, str]]:
+    """Every `logtorukun ...` line in a sh/console block of every document, except
+    synopsis lines (`[optional]`, `a|b`), which show a form rather than a command."""
+    found = []
+    for doc in ALL_DOCS:
+        for _lang, block in re.findall(r"```(sh|console|bash)\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"^\s*[$#] ", "", line.strip())
+                line = re.sub(r"\s+#.*$", "", line)
+                if line.startswith("logtorukun ") and not re.search(r"[\[|]", line):
+                    found.append((doc.name, line))
+    return found
+
+
+def test_docs_show_cli_commands() -> None:
+    assert len(cli_lines()) >= 30
+
+
+@pytest.mark.parametrize(("doc", "line"), cli_lines())
+def test_documented_cli_commands_parse(doc: str, line: str) -> None:
+    from logtorukun.cli import build_parser
+
+    try:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+    except SystemExit as exc:
+        pytest.fail(f"{doc}: `{line}` does not parse (exit {exc.code})")
+    assert getattr(args, "func", None) is not None, f"{doc}: `{line}` runs nothing"

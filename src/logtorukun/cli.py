@@ -38,7 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _config_everywhere(parser)
     return parser
+
+
+def _config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept `--config FILE` after any subcommand too (`logtorukun audit verify --config
+    F`), as the contract says; SUPPRESS keeps a value given before the subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--config" in a.option_strings for a in child._actions):
+                    child.add_argument(
+                        "--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="server config (as before the subcommand)",
+                    )  # fmt: skip
+                _config_everywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -130,6 +130,11 @@ class _Reader:
         self.used.add(key)
         if key not in self.data:
             if default is _REQUIRED:
+                import difflib
+
+                near = difflib.get_close_matches(key, [str(k) for k in self.data], n=1)
+                if near:
+                    self.fail(near[0], f"unknown key; did you mean {key!r}?")
                 self.fail(key, "is required")
             return default
         value = self.data[key]

@@ -235,6 +235,8 @@ def test_patterns_decide_and_never_cross_directories() -> None:
         ("[/].log", [], ["/.log"]),
         ("a[^]b", ["a^b"], ["ab", "a]b"]),
         ("**/*.log", ["a.log", "a/b/c.log"], ["a/b/c.txt"]),
+        ("sub/**", ["sub/a.log", "sub/a/b.log"], ["a.log", "subx/a.log"]),
+        ("**.log", ["a.log", "a/b.log"], ["a.txt"]),
         ("a.log[", ["a.log["], ["a.log"]),
     ],
 )

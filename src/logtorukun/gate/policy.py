@@ -90,7 +90,9 @@ class Policy:
 
 
 def glob_regex(pattern: str) -> str:
-    """A glob as a regex where `*`, `?` and `[...]` never cross '/', and `**/` spans dirs."""
+    """A glob as a regex: `*`, `?` and `[...]` stay inside one path component; `**`
+    crosses components (`**/` also matches none). The web server's role globs use this
+    same function, so a pattern means the same on both sides."""
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -98,6 +100,10 @@ def glob_regex(pattern: str) -> str:
         if pattern.startswith("**/", i):
             out.append("(?:[^/]+/)*")
             i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
             continue
         if c == "*":
             out.append("[^/]*")
@@ -109,9 +115,9 @@ def glob_regex(pattern: str) -> str:
                 out.append(re.escape(c))
             else:
                 body = pattern[i + 1 : end]
-                neg = body.startswith("!")
+                neg = body.startswith("!")  # POSIX; a leading ^ is a literal here
                 body = body[1:] if neg else body
-                body = body.replace("\\", "\\\\").replace("^", "\\^")
+                body = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
                 out.append(f"(?!/)[{'^' if neg else ''}{body}]")
                 i = end
         else:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..config import Config, HostConfig, RoleConfig
+from ..gate.policy import glob_regex as gate_glob
 
 # Capabilities a data request needs; "audit" is not tied to hosts.
 TAIL, SEARCH, FOLLOW, DOWNLOAD, AUDIT = "tail", "search", "follow", "download", "audit"
@@ -83,34 +84,8 @@ def check_path(path: str) -> str:
 
 @lru_cache(maxsize=512)
 def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Shell-style glob where `*` and `?` stay inside one path component; `**` crosses them."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            if pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-                continue
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 2)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : end]
-                neg = body.startswith(("!", "^"))
-                body = body[1:] if neg else body
-                body = body.replace("\\", "\\\\")
-                out.append(f"[{'^/' if neg else ''}{body}]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out), re.ASCII)
+    """The gate's own glob (one meaning for a pattern in roles and in worker policies)."""
+    return re.compile(gate_glob(pattern), re.ASCII)
 
 
 def host_matches(role: RoleConfig, host: HostConfig) -> bool:

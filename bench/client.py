@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from bench._logs import make_log
 from logtorukun.client import Client
 from logtorukun.config import HostConfig
 from tests.support.sshd import Worker
@@ -37,34 +38,8 @@ from tests.support.sshd import Worker
 DATA = Path(__file__).parent / "data"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-client.md"
 STOCK_SSHD = ["MaxSessions 10", "MaxStartups 10:30:100"]
-LEVELS = ("INFO", "INFO", "INFO", "DEBUG", "WARN", "ERROR")
 
 Call = Callable[[], Awaitable[bytes]]
-
-
-def make_log(path: Path, size: int) -> None:
-    """~100-byte log lines with increasing timestamps, written once and cached."""
-    if path.exists() and path.stat().st_size >= size:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    t0 = 1734393600  # 2024-12-17 00:00:00 UTC
-    n = 0
-    written = 0
-    with open(tmp, "wb") as f:
-        while written < size:
-            stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t0 + n // 4000 * 60))
-            lines = [
-                f"{stamp}:{(i % 60):02d} {LEVELS[i % 6]:<5} worker[{i % 16}] request {n + i}"
-                f" done user={i % 977} took={i % 503}ms path=/api/orders/{i * 7919 % 99991}\n"
-                for i in range(4000)
-            ]
-            n += 4000
-            block = "".join(lines).encode()
-            f.write(block)
-            written += len(block)
-    tmp.chmod(0o644)
-    tmp.rename(path)
 
 
 def policy(w: Worker, root: Path, name: str) -> str:

@@ -17,36 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._logs import make_log
 from logtorukun.ops.bundle import build_gate_zipapp
 
 DATA = Path(__file__).parent / "data"
 RARE = "needle-7f3a9c"
-LEVELS = ["INFO", "INFO", "INFO", "DEBUG", "WARN", "ERROR"]
-
-
-def make_log(path: Path, size: int) -> None:
-    """Realistic-looking lines with increasing timestamps; a rare token a few times."""
-    if path.exists() and path.stat().st_size >= size:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    t = 1734393600  # 2024-12-17 00:00:00 UTC
-    written = 0
-    n = 0
-    with open(tmp, "wb") as f:
-        while written < size:
-            lines = []
-            for _ in range(20000):
-                n += 1
-                t += n % 3 == 0
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
-                level = LEVELS[n % len(LEVELS)]
-                extra = RARE if n % 2_000_003 == 0 else f"user={n % 977} took={n % 503}ms"
-                lines.append(f"{stamp} {level} worker[{n % 16}] request {n} done {extra}\n")
-            block = "".join(lines).encode()
-            f.write(block)
-            written += len(block)
-    tmp.rename(path)
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, bytes]:
@@ -65,7 +40,7 @@ def main() -> int:
     args = ap.parse_args()
     log = DATA / f"gate-{args.size_mib}m.log"
     print(f"generating {log} ({args.size_mib} MiB) if missing ...", file=sys.stderr)
-    make_log(log, args.size_mib << 20)
+    make_log(log, args.size_mib << 20, rare=RARE)
     size = log.stat().st_size
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,7 @@ from logtorukun.gate import readers
 from logtorukun.gate.errors import Cancelled, Exit, GateError
 from logtorukun.gate.output import LimitReached, Output
 from logtorukun.gate.readers import follow, tail
+from tests.gate.conftest import PreadCounter
 
 BIG = 10**12
 
@@ -138,49 +139,27 @@ def big_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("n", [1, 200, 5000])
-def test_tail_reads_proportional_to_n(
-    big_log: Path, monkeypatch: pytest.MonkeyPatch, n: int
-) -> None:
+def test_tail_reads_proportional_to_n(big_log: Path, pread_bytes: PreadCounter, n: int) -> None:
     p = big_log
     block = numbered(0, 100_000)
     size = p.stat().st_size
-    read = 0
-    real = os.pread
-
-    def counting(fd: int, length: int, offset: int) -> bytes:
-        nonlocal read
-        data = real(fd, length, offset)
-        read += len(data)
-        return data
-
-    monkeypatch.setattr(os, "pread", counting)
     got, err, _ = run_tail(p, n)
     assert err is None
     assert got == block[-12 * n :]
     # Backward scan + forward send: about 2 * 12 * n bytes, plus one block of slack.
-    assert read <= 2 * 12 * n + 2 * (1 << 20)
-    assert read < size / 20
+    assert pread_bytes.total <= 2 * 12 * n + 2 * (1 << 20)
+    assert pread_bytes.total < size / 20
 
 
 def test_tail_one_huge_line_reads_only_the_byte_cap(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pread_bytes: PreadCounter
 ) -> None:
     p = tmp_path / "oneline.log"
     with p.open("wb") as f:
         f.truncate(64 << 20)  # 64 MiB of NULs and no newline: one line
-    read = 0
-    real = os.pread
-
-    def counting(fd: int, length: int, offset: int) -> bytes:
-        nonlocal read
-        data = real(fd, length, offset)
-        read += len(data)
-        return data
-
-    monkeypatch.setattr(os, "pread", counting)
     got, err, _ = run_tail(p, 10, max_bytes=1 << 20)
     assert got == b"" and err is not None and "max_bytes" in err.reason
-    assert read <= (1 << 20) + 2
+    assert pread_bytes.total <= (1 << 20) + 2
 
 
 def test_tail_line_cap_keeps_newest(tmp_path: Path) -> None:

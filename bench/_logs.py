@@ -23,10 +23,14 @@ def make_log(path: Path, size: int, *, rare: str | None = None, every: int = 2_0
             stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t0 + n // 4000 * 60))
             lines = [
                 f"{stamp}:{(i % 60):02d} {LEVELS[i % 6]:<5} worker[{i % 16}] request {n + i}"
-                + (f" done {rare}\n" if rare and (n + i) % every == 0 else
-                   f" done user={i % 977} took={i % 503}ms path=/api/orders/{i * 7919 % 99991}\n")
+                + (
+                    f" done {rare}\n"
+                    if rare and (n + i) % every == 0
+                    else f" done user={i % 977} took={i % 503}ms"
+                    f" path=/api/orders/{i * 7919 % 99991}\n"
+                )
                 for i in range(4000)
-            ]  # fmt: skip
+            ]
             n += 4000
             block = "".join(lines).encode()
             f.write(block)

@@ -53,9 +53,15 @@ def policy(w: Worker, root: Path, name: str) -> str:
 
 def host(w: Worker, name: str = "w") -> HostConfig:
     return HostConfig(
-        name=name, address=w.host, port=w.port, user=w.user, key=w.client_key,
-        known_hosts=w.known_hosts, connect_timeout=30, request_timeout=600,
-    )  # fmt: skip
+        name=name,
+        address=w.host,
+        port=w.port,
+        user=w.user,
+        key=w.client_key,
+        known_hosts=w.known_hosts,
+        connect_timeout=30,
+        request_timeout=600,
+    )
 
 
 # ---------------------------------------------------------------------- measuring
@@ -163,10 +169,14 @@ async def run(args: argparse.Namespace) -> str:
         sock = tmp / "cm.sock"
         master_log = open(tmp / "master.log", "wb")  # noqa: SIM115
         master = subprocess.Popen(
-            _drop_command(w.ssh_argv("", options=["-N", "-o", "ControlMaster=yes",
-                                                  "-o", f"ControlPath={sock}"])),
-            stdin=subprocess.DEVNULL, stderr=master_log,
-        )  # fmt: skip
+            _drop_command(
+                w.ssh_argv(
+                    "", options=["-N", "-o", "ControlMaster=yes", "-o", f"ControlPath={sock}"]
+                )
+            ),
+            stdin=subprocess.DEVNULL,
+            stderr=master_log,
+        )
         for _ in range(500):
             if sock.exists():
                 break
@@ -201,8 +211,9 @@ async def run(args: argparse.Namespace) -> str:
                 r500, f500 = await concurrent(call, 500, total500, expect_tail)
                 if call is cm:
                     fallbacks = [refused50 - refused0, _refused(tmp / "master.log") - refused50]
-                rows.append((name, p50, p95, seq_failed, n_seq, r50, f50, total50, r500, f500,
-                             total500))  # fmt: skip
+                rows.append(
+                    (name, p50, p95, seq_failed, n_seq, r50, f50, total50, r500, f500, total500)
+                )
 
             print("bench.client: streaming ...", file=sys.stderr, flush=True)
             runs = 1 if q else 3
@@ -210,11 +221,9 @@ async def run(args: argparse.Namespace) -> str:
             streams = [
                 ("bridge, gate `cat`", lambda: client_stream(bridge, cat)),
                 ("one-shot gate `cat`, pooled asyncssh", lambda: client_stream(oneshot, cat)),
-                ("plain `/bin/cat`, pooled asyncssh, no gate",
-                 lambda: client_stream(plain, cat)),
-                ("fresh `ssh`, gate `cat` (OpenSSH client)",
-                 lambda: ssh_stream(w.ssh_argv(cat))),
-            ]  # fmt: skip
+                ("plain `/bin/cat`, pooled asyncssh, no gate", lambda: client_stream(plain, cat)),
+                ("fresh `ssh`, gate `cat` (OpenSSH client)", lambda: ssh_stream(w.ssh_argv(cat))),
+            ]
             best = {name: 0.0 for name, _ in streams}
             for _ in range(runs):  # rounds, so a busy moment hurts every method alike
                 for name, fn in streams:

@@ -26,7 +26,7 @@ RARE = "needle-7f3a9c"
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, bytes]:
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, check=False)  # fmt: skip
+    proc = subprocess.run(argv, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {proc.stderr[:300]!r}")
@@ -60,17 +60,37 @@ def main() -> int:
         cenv = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
         rows = [
             ("start-up (`help`)", gate_cmd("help"), (["/usr/bin/true"], cenv), False),
-            ("tail -n 200", gate_cmd(f"tail -n 200 {log}"),
-             (["tail", "-n", "200", str(log)], cenv), False),
-            ("grep rare fixed string", gate_cmd(f"grep {RARE} {log}"),
-             (["grep", "-F", RARE, str(log)], cenv), True),
-            ("grep ERROR (1/6 of lines out)", gate_cmd(f"grep ERROR {log}"),
-             (["grep", "-F", "ERROR", str(log)], cenv), True),
-            ("grep -c ERROR", gate_cmd(f"grep -c ERROR {log}"),
-             (["grep", "-F", "-c", "ERROR", str(log)], cenv), True),
-            ("grep -i (case-insensitive)", gate_cmd(f"grep -i -c {RARE.upper()} {log}"),
-             (["grep", "-F", "-i", "-c", RARE.upper(), str(log)], cenv), True),
-        ]  # fmt: skip
+            (
+                "tail -n 200",
+                gate_cmd(f"tail -n 200 {log}"),
+                (["tail", "-n", "200", str(log)], cenv),
+                False,
+            ),
+            (
+                "grep rare fixed string",
+                gate_cmd(f"grep {RARE} {log}"),
+                (["grep", "-F", RARE, str(log)], cenv),
+                True,
+            ),
+            (
+                "grep ERROR (1/6 of lines out)",
+                gate_cmd(f"grep ERROR {log}"),
+                (["grep", "-F", "ERROR", str(log)], cenv),
+                True,
+            ),
+            (
+                "grep -c ERROR",
+                gate_cmd(f"grep -c ERROR {log}"),
+                (["grep", "-F", "-c", "ERROR", str(log)], cenv),
+                True,
+            ),
+            (
+                "grep -i (case-insensitive)",
+                gate_cmd(f"grep -i -c {RARE.upper()} {log}"),
+                (["grep", "-F", "-i", "-c", RARE.upper(), str(log)], cenv),
+                True,
+            ),
+        ]
         out = [
             f"file: {size / 2**20:.0f} MiB, {args.runs} runs each, medians; gate = whole "
             "process (`/usr/bin/python3 -IS gate.pyz`), plain = the same tool run directly",
@@ -98,8 +118,10 @@ def main() -> int:
             gt = f"{size / g / 2**30:.2f} GiB/s" if scan else "-"
             pt = f"{size / p / 2**30:.2f} GiB/s" if scan else "-"
             net = f"{size / max(g - startup, 1e-6) / 2**30:.2f} GiB/s" if scan else "-"
-            out.append(f"| {name} | {g * 1000:.1f} ms | {p * 1000:.1f} ms | {g / p:.2f}x "
-                       f"| {gt} | {pt} | {net} |")  # fmt: skip
+            out.append(
+                f"| {name} | {g * 1000:.1f} ms | {p * 1000:.1f} ms | {g / p:.2f}x "
+                f"| {gt} | {pt} | {net} |"
+            )
     table = "\n".join(out)
     print(table)
     (Path(__file__).parent.parent / "docs").mkdir(exist_ok=True)

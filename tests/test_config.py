@@ -58,26 +58,35 @@ def test_env_and_default_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert load_config().host("web1") is not None
     monkeypatch.delenv("LOGTORUKUN_CONFIG")
     with pytest.raises(ConfigError, match=r"^/etc/logtorukun/server.toml: config file not found"):
-        load_config("/etc/logtorukun/server.toml" if not Path("/etc/logtorukun/server.toml")
-                    .exists() else tmp_path / "missing.toml")  # fmt: skip
+        load_config(
+            "/etc/logtorukun/server.toml"
+            if not Path("/etc/logtorukun/server.toml").exists()
+            else tmp_path / "missing.toml"
+        )
 
 
 CASES = [
-    (("adress", "address"),
-     r"server.toml:7: \[host\] adress: unknown key; did you mean 'address'\?"),
-    (('port = 2222', 'port = "22"'), r"server.toml:15: \[host\] port: must be int, not str"),
-    (('port = 2222', 'port = 70000'), r"server.toml:15: \[host\] port: 70000 is not a TCP"),
+    (
+        ("adress", "address"),
+        r"server.toml:7: \[host\] adress: unknown key; did you mean 'address'\?",
+    ),
+    (("port = 2222", 'port = "22"'), r"server.toml:15: \[host\] port: must be int, not str"),
+    (("port = 2222", "port = 70000"), r"server.toml:15: \[host\] port: 70000 is not a TCP"),
     (('name = "web2"', 'name = "web1"'), r"\[host\] name: host 'web1' is defined twice"),
     (('name = "web2"', 'name = "web 2"'), r"\[host\] name: 'web 2': use letters"),
     (('"search"]', '"search", "sudo"]'), r"\[role\] capabilities: unknown capability 'sudo'"),
     (('"unit:worker-service"', '"worker.log"'), r"\[role\] sources: 'worker.log': use an abs"),
-    (('listen = "127.0.0.1:8081"', 'listen = "8081"'),
-     r"server.toml:2: \[server\] listen: '8081' is not HOST:PORT"),
-    (('listen = ', 'lissen = '), r"server.toml:2: \[server\] lissen: unknown key"),
-    (("[server]\n", '[server]\nproxy_user_header = "X-User"\n'),
-     r"proxy_user_header: needs trusted_proxies"),
+    (
+        ('listen = "127.0.0.1:8081"', 'listen = "8081"'),
+        r"server.toml:2: \[server\] listen: '8081' is not HOST:PORT",
+    ),
+    (("listen = ", "lissen = "), r"server.toml:2: \[server\] lissen: unknown key"),
+    (
+        ("[server]\n", '[server]\nproxy_user_header = "X-User"\n'),
+        r"proxy_user_header: needs trusted_proxies",
+    ),
     (("[[role]]", "[[role]]]"), r"server.toml: not valid TOML"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("change", "message"), CASES)
@@ -85,8 +94,11 @@ def test_mistakes_are_one_line_naming_file_line_and_key(
     tmp_path: Path, change: tuple[str, str], message: str
 ) -> None:
     old, new = change
-    text = GOOD.replace("address = \"10.0.0.5\"", "adress = \"10.0.0.5\"") if old == "adress" \
-        else GOOD.replace(old, new, 1)  # fmt: skip
+    text = (
+        GOOD.replace('address = "10.0.0.5"', 'adress = "10.0.0.5"')
+        if old == "adress"
+        else GOOD.replace(old, new, 1)
+    )
     assert text != GOOD
     with pytest.raises(ConfigError, match=message) as info:
         load_config(write(tmp_path, text))
@@ -96,7 +108,7 @@ def test_mistakes_are_one_line_naming_file_line_and_key(
 def test_cli_prints_the_error_without_a_traceback_wherever_config_is_given(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, GOOD.replace("address = \"10.0.0.5\"", "adress = \"10.0.0.5\""))
+    path = write(tmp_path, GOOD.replace('address = "10.0.0.5"', 'adress = "10.0.0.5"'))
     before = ["--config", str(path), "hosts", "check"]
     for argv in (before, ["hosts", "check", "--config", str(path)]):
         assert main(argv) == 2

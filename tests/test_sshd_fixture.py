@@ -48,8 +48,12 @@ def test_no_forced_command_shows_what_the_user_can_do(make_worker: MakeWorker) -
     assert w.ssh(f"touch {w.audit_path}").returncode == 0
     assert w.ssh(f"touch {w.root}/x.log").returncode != 0  # the logs are read-only
     assert w.ssh(f"cat {w.client_key}").returncode != 0
-    assert w.ssh(f"/usr/bin/python3 -IS -c 'import zipfile; zipfile.ZipFile(\"{w.zipapp}\")'")\
-        .returncode == 0  # fmt: skip
+    assert (
+        w.ssh(
+            f"/usr/bin/python3 -IS -c 'import zipfile; zipfile.ZipFile(\"{w.zipapp}\")'"
+        ).returncode
+        == 0
+    )
     auth = w.ssh('cat "$SSH_USER_AUTH"').stdout.decode()  # ExposeAuthInfo
     assert auth.startswith("publickey ssh-ed25519 ")
 
@@ -57,9 +61,12 @@ def test_no_forced_command_shows_what_the_user_can_do(make_worker: MakeWorker) -
 def test_restrict_refuses_a_tty(make_worker: MakeWorker) -> None:
     w = make_worker(command="/bin/echo forced")
     out = subprocess.run(
-        w.ssh_argv("x", options=["-tt"]), capture_output=True, stdin=subprocess.DEVNULL,
-        timeout=30, check=False,
-    )  # fmt: skip
+        w.ssh_argv("x", options=["-tt"]),
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
     # a forced tty (-tt) that the server refuses is fatal for the client
     assert out.returncode == 255
     assert b"PTY allocation request failed" in out.stderr
@@ -176,6 +183,7 @@ def _cmdline(pid: int) -> bytes:
 
 
 # --------------------------------------------------------------------------- the real gate
+
 
 def test_gate_tail_on_the_shared_worker(worker: Worker) -> None:
     before = len(worker.audit_records())

@@ -50,9 +50,11 @@ def _config_everywhere(parser: argparse.ArgumentParser) -> None:
             for child in action.choices.values():
                 if not any("--config" in a.option_strings for a in child._actions):
                     child.add_argument(
-                        "--config", metavar="FILE", default=argparse.SUPPRESS,
+                        "--config",
+                        metavar="FILE",
+                        default=argparse.SUPPRESS,
                         help="server config (as before the subcommand)",
-                    )  # fmt: skip
+                    )
                 _config_everywhere(child)
 
 

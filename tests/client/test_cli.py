@@ -202,8 +202,14 @@ async def test_sources(capsys: pytest.CaptureFixture[str], config: Path, worker:
 async def test_hosts_check(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, out, _ = await cli(capsys, config, "hosts", "check")
     lines = out.splitlines()
-    assert code == 1 and lines[0].split() == ["HOST", "ADDRESS", "GATE", "MS", "FINGERPRINT",
-                                              "STATUS"]  # fmt: skip
+    assert code == 1 and lines[0].split() == [
+        "HOST",
+        "ADDRESS",
+        "GATE",
+        "MS",
+        "FINGERPRINT",
+        "STATUS",
+    ]
     rows = {ln.split()[0]: ln for ln in lines[1:]}
     assert rows["web1"].endswith(" ok") and " SHA256:" in rows["web1"] and " 0." in rows["web1"]
     assert "unreachable: cannot connect" in rows["dead"]

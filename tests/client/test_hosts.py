@@ -12,8 +12,9 @@ from logtorukun.config import HostConfig, load_config
 
 
 def _h(name: str, *labels: str) -> HostConfig:
-    return HostConfig(name=name, address="10.0.0.1", key=Path("/k"), known_hosts=Path("/kh"),
-                      labels=labels)  # fmt: skip
+    return HostConfig(
+        name=name, address="10.0.0.1", key=Path("/k"), known_hosts=Path("/kh"), labels=labels
+    )
 
 
 HOSTS = [_h("web1", "prod"), _h("web2", "prod"), _h("db1", "prod", "db"), _h("dev1")]

@@ -84,8 +84,14 @@ async def test_backoff_fails_fast_between_attempts(tmp_path: Path) -> None:
     port = server.sockets[0].getsockname()[1]
     keygen(tmp_path / "id", "client")
     (tmp_path / "known_hosts").write_text("")
-    h = HostConfig(name="h", address="127.0.0.1", port=port, key=tmp_path / "id",
-                   known_hosts=tmp_path / "known_hosts", connect_timeout=0.5)  # fmt: skip
+    h = HostConfig(
+        name="h",
+        address="127.0.0.1",
+        port=port,
+        key=tmp_path / "id",
+        known_hosts=tmp_path / "known_hosts",
+        connect_timeout=0.5,
+    )
     try:
         async with Client([h], options=PoolOptions(backoff_min=2.0, backoff_max=4.0)) as c:
             t0 = time.monotonic()
@@ -134,8 +140,9 @@ def _sign_host_key(ca: Path, host_key: Path) -> Path:
     pub = host_key.with_name(host_key.name + ".pub")
     subprocess.run(
         [SSH_KEYGEN, "-q", "-s", str(ca), "-I", "test-host", "-h", "-n", "127.0.0.1", str(pub)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     return host_key.with_name(host_key.name + "-cert.pub")
 
 

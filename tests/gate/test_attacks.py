@@ -240,20 +240,36 @@ def test_journal_and_docker_user_text_is_only_ever_a_value(aw: Attacked) -> None
     out = aw.ssh("journalctl -u worker-service -g '-x --file=/etc/shadow' --since -1h")
     assert out.returncode == 0, out.stderr
     assert out.stdout.decode().splitlines() == [
-        "[--no-pager]", "[--quiet]", "[-o]", "[short-iso]", "[-u]", "[worker-service]",
-        "[--since=-1h]", "[--grep=-x --file=/etc/shadow]",
-    ]  # fmt: skip
+        "[--no-pager]",
+        "[--quiet]",
+        "[-o]",
+        "[short-iso]",
+        "[-u]",
+        "[worker-service]",
+        "[--since=-1h]",
+        "[--grep=-x --file=/etc/shadow]",
+    ]
     out = aw.ssh("docker logs --tail 5 worker-container")
     assert out.stdout.decode().splitlines() == [
-        "[docker]", "[logs]", "[--tail]", "[5]", "[--]", "[worker-container]"
-    ]  # fmt: skip
+        "[docker]",
+        "[logs]",
+        "[--tail]",
+        "[5]",
+        "[--]",
+        "[worker-container]",
+    ]
 
 
 def test_sftp_subsystem_is_refused(make_worker: MakeWorker) -> None:
     """With a Subsystem configured, sshd runs the forced command and names the subsystem."""
     w = make_worker(name="sftp", sshd_options=["Subsystem sftp internal-sftp"])
-    out = subprocess.run(w.ssh_argv("sftp", options=["-s"]), capture_output=True, timeout=30,
-                         stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    out = subprocess.run(
+        w.ssh_argv("sftp", options=["-s"]),
+        capture_output=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert out.returncode == Exit.BAD_REQUEST and out.stdout == b""
     # (ssh -s does not show the channel's stderr: the audit record has the reason)
     rec = w.audit_records()[-1]
@@ -275,8 +291,19 @@ def test_sources_lists_no_trap(aw: Attacked) -> None:
     assert out.returncode == 0 and aw.secret_marker.encode() not in out.stdout
     names = {Path(f["path"]).name for f in json.loads(out.stdout)["files"]}
     assert "app.log" in names and "big.log" in names
-    assert not names & {"link.log", "rel.log", "proc.log", "fd.log", "zero.log", "fifo.log",
-                        "dev.log", "hard.log", "twin.log", "twin2.log", "notes.txt"}  # fmt: skip
+    assert not names & {
+        "link.log",
+        "rel.log",
+        "proc.log",
+        "fd.log",
+        "zero.log",
+        "fifo.log",
+        "dev.log",
+        "hard.log",
+        "twin.log",
+        "twin2.log",
+        "notes.txt",
+    }
 
 
 @pytest.mark.parametrize("pattern", ["(a|b)*a(a|b){12}c", "((a{255}){255}){255}"])
@@ -295,7 +322,6 @@ def test_cpu_heavy_regex_is_killed_at_max_seconds(aw: Attacked, pattern: str) ->
 
 
 # ---------------------------------------------------------------- the swap race
-
 
 
 def test_symlink_swapped_in_a_loop_during_1000_requests(aw: Attacked, tmp_path: Path) -> None:
@@ -334,8 +360,9 @@ def test_symlink_swapped_in_a_loop_during_1000_requests(aw: Attacked, tmp_path: 
     commands = {1: f"tail -n 3 {aw.root}/swap.log", 0: f"tail -n 3 {aw.root}/swapdir/app.log"}
     outcomes: dict[tuple[int, str], int] = {}
     marker = aw.secret_marker.encode()
-    proc = subprocess.Popen(aw.ssh_argv("bridge"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        aw.ssh_argv("bridge"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         reader = FrameReader()
@@ -362,9 +389,12 @@ def test_symlink_swapped_in_a_loop_during_1000_requests(aw: Attacked, tmp_path: 
         while batch < 10 or (not all_seen(outcomes) and batch < 30 and time.monotonic() < deadline):
             rids = range(batch * 100 + 1, batch * 100 + 101)
             batch += 1
-            proc.stdin.write(b"".join(
-                pack(REQUEST, rid, json.dumps({"command": commands[rid % 2]}).encode())
-                for rid in rids))  # fmt: skip
+            proc.stdin.write(
+                b"".join(
+                    pack(REQUEST, rid, json.dumps({"command": commands[rid % 2]}).encode())
+                    for rid in rids
+                )
+            )
             proc.stdin.flush()
             for rid in rids:
                 data, end = until_end(rid)

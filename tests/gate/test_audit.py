@@ -22,13 +22,17 @@ from tests.support.sshd import Worker
 
 
 def keygen(path: Path, *extra: str) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t", "-f", str(path),
-                    *extra], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t", "-f", str(path), *extra],
+        check=True,
+        capture_output=True,
+    )
 
 
 def fingerprint(pub: Path) -> str:
-    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
-                         check=True)  # fmt: skip
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True
+    )
     return out.stdout.split()[1]
 
 
@@ -44,20 +48,40 @@ def auth_file(tmp_path: Path, text: str) -> str:
 def test_client_address_and_key_fingerprint(tmp_path: Path) -> None:
     keygen(tmp_path / "id")
     kind, blob = (tmp_path / "id.pub").read_text().split()[:2]
-    ident = identity_from_env({
-        "SSH_CLIENT": "192.0.2.10 51234 22",
-        "SSH_USER_AUTH": auth_file(tmp_path, f"publickey {kind} {blob}\n"),
-    })  # fmt: skip
-    assert ident == {"client": "192.0.2.10", "client_port": "51234", "key_type": "ssh-ed25519",
-                     "key": fingerprint(tmp_path / "id.pub")}  # fmt: skip
+    ident = identity_from_env(
+        {
+            "SSH_CLIENT": "192.0.2.10 51234 22",
+            "SSH_USER_AUTH": auth_file(tmp_path, f"publickey {kind} {blob}\n"),
+        }
+    )
+    assert ident == {
+        "client": "192.0.2.10",
+        "client_port": "51234",
+        "key_type": "ssh-ed25519",
+        "key": fingerprint(tmp_path / "id.pub"),
+    }
 
 
 def test_certificate_key_id_and_serial(tmp_path: Path) -> None:
     keygen(tmp_path / "ca")
     keygen(tmp_path / "id")
-    subprocess.run(["ssh-keygen", "-q", "-s", str(tmp_path / "ca"), "-I", "alice@example",
-                    "-n", "logtorukun", "-z", "4242", str(tmp_path / "id.pub")],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-s",
+            str(tmp_path / "ca"),
+            "-I",
+            "alice@example",
+            "-n",
+            "logtorukun",
+            "-z",
+            "4242",
+            str(tmp_path / "id.pub"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     kind, blob = (tmp_path / "id-cert.pub").read_text().split()[:2]
     assert kind == "ssh-ed25519-cert-v01@openssh.com"
     ident = identity_from_env({"SSH_USER_AUTH": auth_file(tmp_path, f"publickey {kind} {blob}")})
@@ -87,8 +111,9 @@ def test_odd_auth_info_gives_no_key(tmp_path: Path, content: str) -> None:
 
 def test_truncated_certificate_gives_the_key_but_no_cert_fields(tmp_path: Path) -> None:
     blob = base64.b64encode(b"\x00\x00\x00\x20ssh-ed25519-cert-v01@openssh.com\x00").decode()
-    ident = identity_from_env({"SSH_USER_AUTH": auth_file(
-        tmp_path, f"publickey ssh-ed25519-cert-v01@openssh.com {blob}")})  # fmt: skip
+    ident = identity_from_env(
+        {"SSH_USER_AUTH": auth_file(tmp_path, f"publickey ssh-ed25519-cert-v01@openssh.com {blob}")}
+    )
     assert ident["key"].startswith("SHA256:") and "cert_serial" not in ident
 
 
@@ -112,8 +137,17 @@ def test_records_are_single_escaped_json_lines(tmp_path: Path) -> None:
     assert all(b >= 0x20 and b != 0x7F for b in raw.replace(b"\n", b"")), raw
     assert raw.isascii()
     first = raw.splitlines()[0]
-    for esc in (rb"\u001b", rb"\u0007", rb"\n", rb"\r", rb"\u0000", rb"\u007f", rb"\u2028",
-                rb"\u202e", rb"\udcff"):  # fmt: skip
+    for esc in (
+        rb"\u001b",
+        rb"\u0007",
+        rb"\n",
+        rb"\r",
+        rb"\u0000",
+        rb"\u007f",
+        rb"\u2028",
+        rb"\u202e",
+        rb"\udcff",
+    ):
         assert esc in first
     assert json.loads(first)["command"] == nasty
     assert stat.S_IMODE(path.stat().st_mode) == 0o640

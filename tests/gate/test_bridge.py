@@ -44,8 +44,9 @@ class BridgeClient:
     """A bridge session over a real `ssh` process: send frames, collect frames per id."""
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env)  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
         self.cond = threading.Condition()
         self.frames: list[tuple[int, int, bytes]] = []
         self.eof = False
@@ -275,8 +276,9 @@ def test_same_refusals_and_records_as_one_shot(bw: Worker, session: BridgeClient
     results = [s.result(rid) for rid in range(1, len(hostile) + 1)]
     records = [r for r in bw.audit_records()[before:] if r.get("event") == "request"]
     records.sort(key=lambda r: r["via"]["request"])  # threaded ones are audited out of order
-    for rid, (command, (data, end), rec) in enumerate(zip(hostile, results, records,
-                                                          strict=True), 1):  # fmt: skip
+    for rid, (command, (data, end), rec) in enumerate(
+        zip(hostile, results, records, strict=True), 1
+    ):
         assert data == b"" and end["exit"] in (Exit.BAD_REQUEST, Exit.REFUSED), end
         assert bw.secret_marker not in end["reason"]
         assert rec["command"] == command and rec["decision"] == "deny"
@@ -297,10 +299,17 @@ def test_allowed_request_records_carry_via_and_end(bw: Worker, session: BridgeCl
     before = len(bw.audit_records())
     data, end = session.call(1, f"tail -n 4 {bw.app_log}", via={"user": "bob"})
     start, stop = bw.audit_records()[before:]
-    assert (start["decision"], start["via"], start["key_type"]) == ("allow", {"user": "bob"},
-                                                                    "ssh-ed25519")  # fmt: skip
-    assert (stop["id"], stop["event"], stop["lines"], stop["bytes"]) == (start["id"], "end", 4,
-                                                                        len(data))  # fmt: skip
+    assert (start["decision"], start["via"], start["key_type"]) == (
+        "allow",
+        {"user": "bob"},
+        "ssh-ed25519",
+    )
+    assert (stop["id"], stop["event"], stop["lines"], stop["bytes"]) == (
+        start["id"],
+        "end",
+        4,
+        len(data),
+    )
     assert end == {"exit": 0, "reason": "", "lines": 4, "bytes": len(data), "truncated": False}
 
 

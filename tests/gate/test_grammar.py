@@ -332,8 +332,9 @@ def test_bounded_repetition_is_accepted() -> None:
     assert isinstance(req, Grep) and req.regex
 
 
-@pytest.mark.parametrize("ch", ["\u200b", "\u202e", "\u2028", "\u2029", "\u0085", "\ue000",
-                                "\ufeff"])  # fmt: skip
+@pytest.mark.parametrize(
+    "ch", ["\u200b", "\u202e", "\u2028", "\u2029", "\u0085", "\ue000", "\ufeff"]
+)
 def test_invisible_characters_in_patterns_are_refused(ch: str) -> None:
     refused(f"grep 'a{ch}b' {LOG}", r"invisible or control character")
 

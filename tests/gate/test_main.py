@@ -87,8 +87,11 @@ def test_ssh_audit_unwritable_sends_no_data(worker: Worker, audit: str) -> None:
     policy = worker.default_policy()
     dest = f'destination = "file"\npath = "{worker.audit_path}"'
     assert dest in policy
-    new = f'destination = "file"\npath = "{where}"' if audit == "file" else (
-        f'destination = "syslog"\nsocket = "{where}"')  # fmt: skip
+    new = (
+        f'destination = "file"\npath = "{where}"'
+        if audit == "file"
+        else (f'destination = "syslog"\nsocket = "{where}"')
+    )
     with worker.policy(policy.replace(dest, new)):
         for command in (f"tail -n 5 {worker.app_log}", f"cat {worker.secret_path}", "sources"):
             out = worker.ssh(command)
@@ -143,8 +146,14 @@ class Local:
         argv = [SYSTEM_PYTHON, "-IS", str(self.zipapp)]
         if not no_args:
             argv += args if args else ["--policy", str(policy or self.policy)]
-        return subprocess.run(argv, env=environ, capture_output=True, timeout=30,
-                              stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        return subprocess.run(
+            argv,
+            env=environ,
+            capture_output=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
 
     def records(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
@@ -228,8 +237,9 @@ def test_syslog_gets_one_record_per_refusal_with_priority_86(local: Local, tmp_p
 
         out = local.run(f"tail -n 1 {local.app_log}", policy=policy)
         assert out.returncode == 0 and out.stdout
-        first, second = (json.loads(server.recv(65536).decode().partition(": ")[2])
-                         for _ in range(2))  # fmt: skip
+        first, second = (
+            json.loads(server.recv(65536).decode().partition(": ")[2]) for _ in range(2)
+        )
         assert (first["event"], second["event"]) == ("request", "end")
         assert second["bytes"] == len(out.stdout)
 
@@ -238,9 +248,13 @@ def test_no_syslog_listening_means_no_data(local: Local, tmp_path: Path) -> None
     policy = local.write_policy(f'destination = "syslog"\nsocket = "{tmp_path}/none"', "n.toml")
     out = local.run(f"tail -n 5 {local.app_log}", policy=policy)
     assert out.returncode == Exit.AUDIT and out.stdout == b""
-    assert out.stderr == (f"logtorukun-gate: audit record cannot be written to syslog socket "
-                          f"{tmp_path}/none: No such file or directory; refusing (fail closed)\n"
-                          ).encode()  # fmt: skip
+    assert (
+        out.stderr
+        == (
+            f"logtorukun-gate: audit record cannot be written to syslog socket "
+            f"{tmp_path}/none: No such file or directory; refusing (fail closed)\n"
+        ).encode()
+    )
 
 
 def test_version_and_help(local: Local) -> None:
@@ -252,15 +266,25 @@ def test_version_and_help(local: Local) -> None:
 
 def test_stdout_is_only_data_and_stderr_one_line(local: Local) -> None:
     """Every refusal: nothing on stdout, exactly one `logtorukun-gate: ` line on stderr."""
-    for command in ("nope", "tail -n 5 /etc/shadow", f"tail -n 5 {local.root}/x.log",
-                    f"grep -E '(a)\\1' {local.app_log}", "tail -n 1 /x\udcff"):  # fmt: skip
+    for command in (
+        "nope",
+        "tail -n 5 /etc/shadow",
+        f"tail -n 5 {local.root}/x.log",
+        f"grep -E '(a)\\1' {local.app_log}",
+        "tail -n 1 /x\udcff",
+    ):
         env_command = command.encode("utf-8", "surrogateescape")
         out = subprocess.run(
             [SYSTEM_PYTHON, "-IS", str(local.zipapp), "--policy", str(local.policy)],
-            env={b"PATH": b"/usr/bin", b"TMPDIR": str(local.tmp).encode(),
-                 b"SSH_ORIGINAL_COMMAND": env_command},
-            capture_output=True, timeout=30, check=False,
-        )  # fmt: skip
+            env={
+                b"PATH": b"/usr/bin",
+                b"TMPDIR": str(local.tmp).encode(),
+                b"SSH_ORIGINAL_COMMAND": env_command,
+            },
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
         assert out.returncode in (Exit.BAD_REQUEST, Exit.REFUSED, Exit.NOT_FOUND), out
         assert out.stdout == b""
         assert out.stderr.startswith(b"logtorukun-gate: ") and out.stderr.count(b"\n") == 1

@@ -137,8 +137,9 @@ def test_fifo_without_a_writer_does_not_block(tree: Tree) -> None:
         except GateError as exc:
             print(exc.code, exc.reason)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=20, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=True
+    )
     assert out.stdout.startswith("3 fifo.log is not a regular file")
 
 
@@ -188,15 +189,15 @@ def test_permission_denied_is_a_refusal() -> None:
             except GateError as exc:
                 print(exc.code, exc.reason)
         """)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=20, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=True
+        )
     finally:
         shutil.rmtree(base)
     assert out.stdout.startswith("3 p.log: permission denied for the gate user"), out
 
 
 # ---------------------------------------------------------------- swaps while opening
-
 
 
 def both_seen(outcomes: dict[str, int]) -> bool:
@@ -220,8 +221,9 @@ def test_swapped_in_a_tight_loop_never_escapes(tree: Tree, tmp_path: Path, kind:
         name, evil, rel = tree.root / "swapdir", tree.outside, ["swapdir", "app.log"]
     swapper = subprocess.Popen(
         [sys.executable, "-c", SWAPPER, kind, str(name), str(good), str(evil), str(stop)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     outcomes: dict[str, int] = {}
     try:
         for _ in range(400):  # the loop is running before the first open

@@ -195,8 +195,15 @@ def test_sibling_prefix_directory_is_not_under_the_root() -> None:
     p = _policy('[[files]]\nroot = "/var/log/app"\npatterns = ["*.log"]\n')
     rule, parts = p.file_rule("/var/log/app/x.log")
     assert (rule.root, parts) == ("/var/log/app", ["x.log"])
-    outside = ["/var/log/app-secrets/x.log", "/var/log/appx.log", "/var/log/app.log",
-               "/var/log/app", "/var/log/app/", "/var/log/ap/x.log", "/var/log/x.log"]  # fmt: skip
+    outside = [
+        "/var/log/app-secrets/x.log",
+        "/var/log/appx.log",
+        "/var/log/app.log",
+        "/var/log/app",
+        "/var/log/app/",
+        "/var/log/ap/x.log",
+        "/var/log/x.log",
+    ]
     for path in outside:
         with pytest.raises(GateError) as info:
             p.file_rule(path)
@@ -215,10 +222,25 @@ def test_root_with_a_trailing_slash_is_the_same_root() -> None:
 def test_patterns_decide_and_never_cross_directories() -> None:
     globs = '["*.log", "*.log.[0-9]", "*.log.*.gz", "sub/**/*.txt"]'
     p = _policy(f'[[files]]\nroot = "/r"\npatterns = {globs}\n')
-    ok = ["/r/app.log", "/r/.hidden.log", "/r/app.log.1", "/r/app.log.2.gz", "/r/sub/a.txt",
-          "/r/sub/x/y/a.txt"]  # fmt: skip
-    bad = ["/r/app.txt", "/r/d/app.log", "/r/app.log.10", "/r/app.log.x", "/r/app.log.gz",
-           "/r/notes.txt", "/r/a.txt", "/r/sub/a.log", "/r/app.logx"]  # fmt: skip
+    ok = [
+        "/r/app.log",
+        "/r/.hidden.log",
+        "/r/app.log.1",
+        "/r/app.log.2.gz",
+        "/r/sub/a.txt",
+        "/r/sub/x/y/a.txt",
+    ]
+    bad = [
+        "/r/app.txt",
+        "/r/d/app.log",
+        "/r/app.log.10",
+        "/r/app.log.x",
+        "/r/app.log.gz",
+        "/r/notes.txt",
+        "/r/a.txt",
+        "/r/sub/a.log",
+        "/r/app.logx",
+    ]
     for path in ok:
         assert p.file_rule(path)[0].root == "/r", path
     for path in bad:

@@ -97,10 +97,39 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
 
 # ---------------------------------------------------------------- strategies
 
-NAMES = ["app.log", "app.log.1", "sub", "link.log", "dirlink", "fifo.log", "dev.log",
-         "hard.log", "proc.log", "fd.log", "zero.log", "..", ".", "", "%2e%2e", "..%2f",
-         "%2e%2e%2f", "\uff0e\uff0e", "\u0430pp.log", "secret", "shadow", "0", "self", "root",
-         "fd", "\udcc0\udcae", "app.log\u200b", "-", "--", "*.log", "~"]  # fmt: skip
+NAMES = [
+    "app.log",
+    "app.log.1",
+    "sub",
+    "link.log",
+    "dirlink",
+    "fifo.log",
+    "dev.log",
+    "hard.log",
+    "proc.log",
+    "fd.log",
+    "zero.log",
+    "..",
+    ".",
+    "",
+    "%2e%2e",
+    "..%2f",
+    "%2e%2e%2f",
+    "\uff0e\uff0e",
+    "\u0430pp.log",
+    "secret",
+    "shadow",
+    "0",
+    "self",
+    "root",
+    "fd",
+    "\udcc0\udcae",
+    "app.log\u200b",
+    "-",
+    "--",
+    "*.log",
+    "~",
+]
 TRAPS = [
     "app.log",
     "app.log.1",
@@ -116,16 +145,74 @@ TRAPS = [
     "nope.log",
     "sub/../app.log",
 ]
-PREFIXES = ["{root}", "{root}-secrets", "{root}/sub", "{root}/dirlink", "/proc/self/root{root}",
-            "/proc/self/fd", "/proc/self/cwd", "/etc", "/dev", "", "/", "{base}/secret",
-            "{root}/"]  # fmt: skip
-VERBS = ["tail -n 3", "tail -F", "tail -f -n 0", "grep line", "grep -E 'l(i)ne'", "grep -v x",
-         "grep -c -e -v", "grep -- -f", "head -n 2", "cat", "range --since 2024-12-17",
-         "grep -i LINE", "grep line {path} | tail -n 1 &&", "journalctl -u", "docker logs",
-         "sources", "help", "bridge", "tail", "tail --pid=1 -f", "tail -c 5", "grep -f",
-         "grep -r x", "ls", "sh -c"]  # fmt: skip
-META = ["", " ", ";", "&&", "||", "|", "| tail -n 2", "$(", ")", "`", "${IFS}", "\n", "\r", "\t",
-        ">", "<", "\x00", "'", '"', "\\", "#", "&", "\x1b[0m", "\u2028"]  # fmt: skip
+PREFIXES = [
+    "{root}",
+    "{root}-secrets",
+    "{root}/sub",
+    "{root}/dirlink",
+    "/proc/self/root{root}",
+    "/proc/self/fd",
+    "/proc/self/cwd",
+    "/etc",
+    "/dev",
+    "",
+    "/",
+    "{base}/secret",
+    "{root}/",
+]
+VERBS = [
+    "tail -n 3",
+    "tail -F",
+    "tail -f -n 0",
+    "grep line",
+    "grep -E 'l(i)ne'",
+    "grep -v x",
+    "grep -c -e -v",
+    "grep -- -f",
+    "head -n 2",
+    "cat",
+    "range --since 2024-12-17",
+    "grep -i LINE",
+    "grep line {path} | tail -n 1 &&",
+    "journalctl -u",
+    "docker logs",
+    "sources",
+    "help",
+    "bridge",
+    "tail",
+    "tail --pid=1 -f",
+    "tail -c 5",
+    "grep -f",
+    "grep -r x",
+    "ls",
+    "sh -c",
+]
+META = [
+    "",
+    " ",
+    ";",
+    "&&",
+    "||",
+    "|",
+    "| tail -n 2",
+    "$(",
+    ")",
+    "`",
+    "${IFS}",
+    "\n",
+    "\r",
+    "\t",
+    ">",
+    "<",
+    "\x00",
+    "'",
+    '"',
+    "\\",
+    "#",
+    "&",
+    "\x1b[0m",
+    "\u2028",
+]
 
 
 @st.composite
@@ -137,8 +224,17 @@ def paths(draw: st.DrawFn) -> str:
     return "/".join([prefix, *parts]) if parts else prefix
 
 
-FILE_VERBS = ["tail -n 3", "tail -F", "grep line", "grep -c -e -v", "grep -- -f", "head -n 2",
-              "cat", "range --since 2024-12-17", "grep -E 'l(i)ne' -i"]  # fmt: skip
+FILE_VERBS = [
+    "tail -n 3",
+    "tail -F",
+    "grep line",
+    "grep -c -e -v",
+    "grep -- -f",
+    "head -n 2",
+    "cat",
+    "range --since 2024-12-17",
+    "grep -E 'l(i)ne' -i",
+]
 
 
 @st.composite
@@ -182,8 +278,9 @@ def authorize_or_refuse(tree: Tree, command: str) -> None:
 
 # ---------------------------------------------------------------- properties
 
-SETTINGS = settings(max_examples=300, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+SETTINGS = settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @SETTINGS
@@ -217,10 +314,19 @@ def test_the_generators_reach_every_trap_and_some_allowed_files(tree: Tree) -> N
         try:
             plan = runner.authorize(grammar.parse(fill(tree, command)), tree.policy)
         except GateError as exc:
-            key = exc.reason.split(": ", 1)[-1][:30] if exc.code != Exit.REFUSED else (
-                "link" if "symbolic link" in exc.reason else
-                "hard" if "hard links" in exc.reason else
-                "special" if "not a regular file" in exc.reason else "policy")  # fmt: skip
+            key = (
+                exc.reason.split(": ", 1)[-1][:30]
+                if exc.code != Exit.REFUSED
+                else (
+                    "link"
+                    if "symbolic link" in exc.reason
+                    else "hard"
+                    if "hard links" in exc.reason
+                    else "special"
+                    if "not a regular file" in exc.reason
+                    else "policy"
+                )
+            )
             seen[f"{exc.code} {key}"] = seen.get(f"{exc.code} {key}", 0) + 1
             return
         seen["fds" if plan.fds else "no-fds"] = seen.get("fds" if plan.fds else "no-fds", 0) + 1
@@ -231,8 +337,9 @@ def test_the_generators_reach_every_trap_and_some_allowed_files(tree: Tree) -> N
         assert seen.get(kind, 0) > 0, (kind, seen)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(command=st.one_of(commands(), st.text(max_size=80)))
 @every_trap
 def test_serve_runs_only_inside_the_root_and_never_sends_the_secret(

@@ -100,8 +100,11 @@ container = "worker-container"
         policy = policy or self.policy()
         n = len(self.records())
         chunks: list[bytes] = []
-        out = Output(sink or chunks.append, max_lines=policy.limits.max_lines,
-                     max_bytes=policy.limits.max_bytes)  # fmt: skip
+        out = Output(
+            sink or chunks.append,
+            max_lines=policy.limits.max_lines,
+            max_bytes=policy.limits.max_bytes,
+        )
         ctx = Context(policy, AuditLog(policy.audit), {"client": "192.0.2.7"})
         try:
             result = serve(command, ctx, out)
@@ -208,8 +211,21 @@ def test_grep_argv_never_holds_a_path_and_always_ends_with_e_pattern(env: Env) -
     policy = env.policy()
     req = parse(f"grep -E -i -v -c -n -w -m 5 -- -f {env.app_log}")
     argv = runner.grep_argv(req, policy)  # type: ignore[arg-type]
-    assert argv == ["/usr/bin/grep", "-a", "--color=never", "-E", "-i", "-v", "-c", "-n", "-w",
-                    "-m", "5", "-e", "-f"]  # fmt: skip
+    assert argv == [
+        "/usr/bin/grep",
+        "-a",
+        "--color=never",
+        "-E",
+        "-i",
+        "-v",
+        "-c",
+        "-n",
+        "-w",
+        "-m",
+        "5",
+        "-e",
+        "-f",
+    ]
     assert runner.grep_argv(parse(f"grep x {env.app_log}"), policy)[-3:] == ["-F", "-e", "x"]  # type: ignore[arg-type]
 
 
@@ -220,18 +236,37 @@ def test_journal_runs_our_argv_with_user_text_attached_to_options(env: Env) -> N
     result, data, recs = env.run("journalctl -u worker-service -n 5 -g -x --since -1h -p err -f")
     assert result.code == Exit.OK, result
     assert data.decode().splitlines() == [
-        "[--no-pager]", "[--quiet]", "[-o]", "[short-iso]", "[-u]", "[worker-service]",
-        "[-n]", "[5]", "[--since=-1h]", "[--grep=-x]", "[-p]", "[err]", "[--follow]",
-    ]  # fmt: skip
+        "[--no-pager]",
+        "[--quiet]",
+        "[-o]",
+        "[short-iso]",
+        "[-u]",
+        "[worker-service]",
+        "[-n]",
+        "[5]",
+        "[--since=-1h]",
+        "[--grep=-x]",
+        "[-p]",
+        "[err]",
+        "[--follow]",
+    ]
     assert recs[0]["target"] == "unit:worker-service"
 
 
 def test_journal_unit_must_be_allowed(env: Env) -> None:
-    deny(env, "journalctl -u 'x + _SYSTEMD_UNIT=sshd.service'", Exit.REFUSED,
-         "unit 'x + _SYSTEMD_UNIT=sshd.service' is not allowed")  # fmt: skip
+    deny(
+        env,
+        "journalctl -u 'x + _SYSTEMD_UNIT=sshd.service'",
+        Exit.REFUSED,
+        "unit 'x + _SYSTEMD_UNIT=sshd.service' is not allowed",
+    )
     deny(env, "journalctl -u sshd", Exit.REFUSED, "unit 'sshd' is not allowed")
-    deny(env, "journalctl -u worker-service _SYSTEMD_UNIT=sshd.service", Exit.BAD_REQUEST,
-         "match expressions are not accepted")  # fmt: skip
+    deny(
+        env,
+        "journalctl -u worker-service _SYSTEMD_UNIT=sshd.service",
+        Exit.BAD_REQUEST,
+        "match expressions are not accepted",
+    )
     result, data, _ = env.run("journalctl -u worker-service.service -n 1")
     assert result.code == Exit.OK and b"[worker-service.service]\n" in data
 
@@ -240,14 +275,26 @@ def test_docker_runs_our_argv_and_only_for_allowed_containers(env: Env) -> None:
     result, data, recs = env.run("docker logs --tail 20 -t --since 10m -f worker-container")
     assert result.code == Exit.OK, result
     assert data.decode().splitlines() == [
-        "[docker]", "[logs]", "[--tail]", "[20]", "[--timestamps]", "[--since]", "[10m]",
-        "[--follow]", "[--]", "[worker-container]",
-    ]  # fmt: skip
+        "[docker]",
+        "[logs]",
+        "[--tail]",
+        "[20]",
+        "[--timestamps]",
+        "[--since]",
+        "[10m]",
+        "[--follow]",
+        "[--]",
+        "[worker-container]",
+    ]
     assert recs[0]["target"] == "container:worker-container"
     deny(env, "docker logs other-container", Exit.REFUSED, "container 'other-container'")
     deny(env, "docker logs -- -f", Exit.REFUSED, "container '-f' is not allowed")
-    deny(env, "docker run --rm -v /:/h alpine cat /h/etc/shadow", Exit.BAD_REQUEST,
-         "only `docker logs")  # fmt: skip
+    deny(
+        env,
+        "docker run --rm -v /:/h alpine cat /h/etc/shadow",
+        Exit.BAD_REQUEST,
+        "only `docker logs",
+    )
 
 
 # ---------------------------------------------------------------- refusals are audited
@@ -292,8 +339,7 @@ def test_max_lines_cuts_on_a_line_boundary(env: Env) -> None:
 
 
 def test_max_bytes_cuts_on_a_line_boundary(env: Env) -> None:
-    for command in (f"cat {env.app_log}", f"grep 2024 {env.app_log}",
-                    f"tail -n 500 {env.app_log}"):  # fmt: skip
+    for command in (f"cat {env.app_log}", f"grep 2024 {env.app_log}", f"tail -n 500 {env.app_log}"):
         result, data, recs = env.run(command, env.policy(max_bytes=1000))
         assert result.code == Exit.LIMIT, command
         assert result.reason == "output truncated at 1000 bytes (max_bytes in the policy)"
@@ -332,8 +378,12 @@ def test_busy_is_refused_not_queued(env: Env) -> None:
     policy = env.policy(max_concurrent=2)
     held = [slots.acquire(policy.limits) for _ in range(2)]
     try:
-        for command in (f"grep x {env.app_log}", f"tail -F {env.app_log}", f"cat {env.app_log}",
-                        "journalctl -u worker-service"):  # fmt: skip
+        for command in (
+            f"grep x {env.app_log}",
+            f"tail -F {env.app_log}",
+            f"cat {env.app_log}",
+            "journalctl -u worker-service",
+        ):
             reason = deny(env, command, Exit.BUSY, "busy: 2 requests already running", policy)
             assert "max_concurrent" in reason
         # bounded in-process reads need no slot
@@ -364,10 +414,13 @@ def test_a_refused_follow_leaks_no_descriptor(env: Env) -> None:
 def test_audit_failure_sends_no_data(env: Env, tmp_path: Path) -> None:
     policy = env.policy()
     bad = parse_policy(
-        {**tomllib.loads(f'[audit]\ndestination = "file"\npath = "{tmp_path}/no/dir/a.jsonl"'),
-         "files": [{"root": str(env.root)}], "limits": {"state_dir": str(env.state)}},
+        {
+            **tomllib.loads(f'[audit]\ndestination = "file"\npath = "{tmp_path}/no/dir/a.jsonl"'),
+            "files": [{"root": str(env.root)}],
+            "limits": {"state_dir": str(env.state)},
+        },
         "/p.toml",
-    )  # fmt: skip
+    )
     assert policy.files[0].root == bad.files[0].root
     before = open_fds()
     for command in (f"tail -n 5 {env.app_log}", f"tail -F {env.app_log}", "nonsense"):
@@ -446,8 +499,12 @@ def wait_until(check: Callable[[], bool], seconds: float = 10) -> bool:
 
 
 def start_follow(w: Worker, n: int = 1) -> tuple[subprocess.Popen[bytes], bytes]:
-    proc = subprocess.Popen(w.ssh_argv(f"tail -F -n {n} {w.app_log}"), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        w.ssh_argv(f"tail -F -n {n} {w.app_log}"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     first = proc.stdout.readline()  # the slot is held before the first byte is sent
     return proc, first

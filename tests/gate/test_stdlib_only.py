@@ -95,8 +95,9 @@ def test_imports_under_isolated_system_python(tmp_path: Path, where: str) -> Non
     else:
         path = SRC
     code = f"import sys; sys.path.insert(0, {str(path)!r})\n" + IMPORT_ALL
-    out = subprocess.run([SYSTEM_PYTHON, "-IS", "-c", code], capture_output=True, text=True,
-                         timeout=60, check=False)  # fmt: skip
+    out = subprocess.run(
+        [SYSTEM_PYTHON, "-IS", "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert "FOREIGN []" in out.stdout, out.stdout
     assert "'logtorukun.gate.__main__'" in out.stdout and "'logtorukun.gate.bridge'" in out.stdout
@@ -110,5 +111,7 @@ def test_zipapp_holds_the_gate_and_nothing_else(tmp_path: Path) -> None:
     path = build_gate_zipapp(tmp_path / "gate.pyz", python=SYSTEM_PYTHON)
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-    assert all(n == "__main__.py" or n.startswith(("logtorukun/__init__.py", "logtorukun/gate/"))
-               for n in names), names  # fmt: skip
+    assert all(
+        n == "__main__.py" or n.startswith(("logtorukun/__init__.py", "logtorukun/gate/"))
+        for n in names
+    ), names

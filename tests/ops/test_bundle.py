@@ -36,10 +36,14 @@ def test_shebang_mode_and_contents(tmp_path: Path) -> None:
     assert "__main__.py" in names
     assert "logtorukun/__init__.py" in names
     assert "logtorukun/gate/__init__.py" in names
-    outside = [n for n in names if n not in ("__main__.py", "logtorukun/__init__.py",
-                                             "logtorukun/__init__.pyc")]
-    assert all(n.startswith("logtorukun/gate/") and n.endswith((".py", ".pyc"))
-               for n in outside), names
+    outside = [
+        n
+        for n in names
+        if n not in ("__main__.py", "logtorukun/__init__.py", "logtorukun/__init__.pyc")
+    ]
+    assert all(n.startswith("logtorukun/gate/") and n.endswith((".py", ".pyc")) for n in outside), (
+        names
+    )
     # Bytecode ships beside every module (zipimport never caches), never without source.
     assert {n[:-1] for n in names if n.endswith(".pyc")} == {
         n for n in names if n.endswith(".py") and n != "__main__.py"

@@ -35,10 +35,24 @@ class Running:
         self.state = state
         self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "logtorukun", "demo", "--state-dir", str(state),
-             "--port", str(port), "--rotate-every", "1", "--interval", "0.1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "logtorukun",
+                "demo",
+                "--state-dir",
+                str(state),
+                "--port",
+                str(port),
+                "--rotate-every",
+                "1",
+                "--interval",
+                "0.1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -106,35 +120,46 @@ def _run_once(state: Path) -> None:
         line = next(ln.strip() for ln in banner.splitlines() if "'tail -n 5 " in ln)
         argv = [*line.split(" '")[0].split(), line.split(" '", 1)[1].rstrip("'")]
         argv[1:1] = ["-o", "BatchMode=yes", "-T"]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                           stdin=subprocess.DEVNULL)  # fmt: skip
+        r = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+        )
         assert r.returncode == 0, r.stderr
         # up to 5: a rotation (every second here) may just have started a new app.log
         lines = r.stdout.splitlines()
         assert 1 <= len(lines) <= 5, r.stdout
         assert all(LOG_LINE.match(ln) for ln in lines), lines
-        refused = subprocess.run([*argv[:-1], "cat /etc/passwd"], capture_output=True,
-                                 text=True, timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+        refused = subprocess.run(
+            [*argv[:-1], "cat /etc/passwd"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
         assert refused.returncode == 3 and "root:" not in refused.stdout
 
         # the web API, with the viewer's token from the banner
         token = re.search(r"Bearer (\S+)'", banner)
         assert token, banner
         app = state / "logs/app.log"
-        status, body = _get(f"http://127.0.0.1:{port}/api/hosts/demo/tail?path={app}&lines=3",
-                            token.group(1))  # fmt: skip
+        status, body = _get(
+            f"http://127.0.0.1:{port}/api/hosts/demo/tail?path={app}&lines=3", token.group(1)
+        )
         assert status == 200, body
         assert isinstance(body["lines"], list) and 1 <= len(body["lines"]) <= 3, body
         assert all(LOG_LINE.match(ln) for ln in body["lines"]), body
         # the viewer role is narrower: the rotated file is not theirs
-        status, body = _get(f"http://127.0.0.1:{port}/api/hosts/demo/tail?path={app}.1",
-                            token.group(1))  # fmt: skip
+        status, body = _get(
+            f"http://127.0.0.1:{port}/api/hosts/demo/tail?path={app}.1", token.group(1)
+        )
         assert status == 403, body
 
         # a second demo on the same state dir is refused while this one runs
-        second = subprocess.run([sys.executable, "-m", "logtorukun", "demo", "--state-dir",
-                                 str(state), "--port", "0"], capture_output=True, text=True,
-                                timeout=60)  # fmt: skip
+        second = subprocess.run(
+            [sys.executable, "-m", "logtorukun", "demo", "--state-dir", str(state), "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 2
         assert "another logtorukun demo is running" in second.stderr
 

@@ -49,8 +49,10 @@ def logtorukun_commands() -> list[tuple[str, str]]:
 
 
 def test_the_docs_show_commands() -> None:
-    cmds = {c.split()[1] if not c.split()[1].startswith("-") else c.split()[3]
-            for _, c in logtorukun_commands()}  # fmt: skip
+    cmds = {
+        c.split()[1] if not c.split()[1].startswith("-") else c.split()[3]
+        for _, c in logtorukun_commands()
+    }
     assert {"demo", "worker", "doctor", "hosts", "audit", "user", "token", "serve"} <= cmds
 
 
@@ -78,8 +80,9 @@ def _literals() -> list[str]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 out.append(node.value)
             elif isinstance(node, ast.JoinedStr):
-                out.append("".join(v.value if isinstance(v, ast.Constant) else "…"
-                                   for v in node.values))  # fmt: skip
+                out.append(
+                    "".join(v.value if isinstance(v, ast.Constant) else "…" for v in node.values)
+                )
     return out
 
 
@@ -108,12 +111,19 @@ def _ops_user_errors() -> list[tuple[str, str]]:
     found = []
     for path in sorted((SRC / "ops").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "UserError"
-                    and node.args):  # fmt: skip
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "UserError"
+                and node.args
+            ):
                 arg = node.args[0]
-                parts = ([arg.value] if isinstance(arg, ast.Constant) else
-                         [v.value for v in getattr(arg, "values", [])
-                          if isinstance(v, ast.Constant)])  # fmt: skip
+                parts = (
+                    [arg.value]
+                    if isinstance(arg, ast.Constant)
+                    else [
+                        v.value for v in getattr(arg, "values", []) if isinstance(v, ast.Constant)
+                    ]
+                )
                 longest = max((str(p) for p in parts), key=len, default="")
                 if len(longest.strip()) >= 8:
                     found.append((path.name, longest.strip()))
@@ -158,16 +168,21 @@ def test_quickstart_worker_setup_runs_as_printed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The quick start's dry run, with its absolute paths moved below a throwaway root."""
-    cmd = next(c for _, c in logtorukun_commands()
-               if c.startswith("logtorukun worker setup") and "--dry-run" in c)  # fmt: skip
+    cmd = next(
+        c
+        for _, c in logtorukun_commands()
+        if c.startswith("logtorukun worker setup") and "--dry-run" in c
+    )
     argv = shlex.split(cmd)[1:]
     root = tmp_path / "root"
     (root / "etc/ssh/sshd_config.d").mkdir(parents=True)
     (root / "etc/ssh/sshd_config").write_text(f"Include {root}/etc/ssh/sshd_config.d/*.conf\n")
     key = argv[argv.index("--key") + 1]
     (root / key.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(root / key.lstrip("/"))[:-4]], check=True)  # fmt: skip
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / key.lstrip("/"))[:-4]],
+        check=True,
+    )
     argv[argv.index("--key") + 1] = str(root / key.lstrip("/"))
     for i, a in enumerate(argv):
         if argv[i - 1] == "--files":

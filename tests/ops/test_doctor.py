@@ -19,10 +19,15 @@ from tests.conftest import MakeWorker
 from tests.support.sshd import Worker, free_port
 
 HOST_CHECKS = {
-    "port reachable", "key file mode 600", "connection timeout set", "host key pinned",
-    "password authentication refused", "key forced to the gate", "injection refused",
+    "port reachable",
+    "key file mode 600",
+    "connection timeout set",
+    "host key pinned",
+    "password authentication refused",
+    "key forced to the gate",
+    "injection refused",
     "file outside policy refused",
-}  # fmt: skip
+}
 SERVER_CHECKS = {"audit store writable", "audit chain valid", "host key checking on"}
 
 
@@ -32,8 +37,14 @@ def _no_machine_ssh_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setattr(doctor, "SSH_CONFIGS", (str(tmp_path / "ssh_config"),))
 
 
-def _config(tmp_path: Path, w: Worker, *, key: Path | None = None, port: int | None = None,
-            known_hosts: Path | None = None) -> Path:  # fmt: skip
+def _config(
+    tmp_path: Path,
+    w: Worker,
+    *,
+    key: Path | None = None,
+    port: int | None = None,
+    known_hosts: Path | None = None,
+) -> Path:
     cfg = tmp_path / "server.toml"
     cfg.write_text(
         f'[server]\ndatabase = "{tmp_path}/db/logtorukun.db"\n\n'
@@ -92,8 +103,11 @@ def test_no_forced_command(
     assert code == 1
     # A shell runs `echo` and the injections; `tail /etc/shadow` fails too, but by file
     # permissions (exit 1), not by a policy refusal (exit 3): that is a failure as well.
-    assert _failed(report) == {"key forced to the gate", "injection refused",
-                               "file outside policy refused"}  # fmt: skip
+    assert _failed(report) == {
+        "key forced to the gate",
+        "injection refused",
+        "file outside policy refused",
+    }
     forced = next(c for c in report["checks"] if c["name"] == "key forced to the gate")
     assert "has a shell" in forced["detail"] and "command=" in forced["fix"]
 

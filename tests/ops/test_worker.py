@@ -36,15 +36,28 @@ class Box:
     proc: subprocess.Popen[bytes] | None = None
 
     def setup_argv(self, *extra: str) -> list[str]:
-        return ["worker", "setup", "--root", str(self.root), "--user", USER,
-                "--key", f"{self.key}.pub", "--from", "127.0.0.1",
-                "--files", f"{self.logs}:*.log", *extra]  # fmt: skip
+        return [
+            "worker",
+            "setup",
+            "--root",
+            str(self.root),
+            "--user",
+            USER,
+            "--key",
+            f"{self.key}.pub",
+            "--from",
+            "127.0.0.1",
+            "--files",
+            f"{self.logs}:*.log",
+            *extra,
+        ]
 
     def start_sshd(self) -> None:
         log = self.root / "sshd.log"
         self.proc = subprocess.Popen(
             [system.SSHD, "-D", "-e", "-f", str(self.root / "etc/ssh/sshd_config")],
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            stdout=open(log, "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10
         while f"port {self.port}" not in log.read_text():
@@ -53,13 +66,35 @@ class Box:
             time.sleep(0.02)
 
     def ssh(self, command: str, *options: str) -> subprocess.CompletedProcess[str]:
-        argv = [system.SSH, "-F", "/dev/null", "-T", "-i", str(self.key),
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", *options,
-                "-p", str(self.port), "--", f"{USER}@127.0.0.1", command]  # fmt: skip
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+        argv = [
+            system.SSH,
+            "-F",
+            "/dev/null",
+            "-T",
+            "-i",
+            str(self.key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+            *options,
+            "-p",
+            str(self.port),
+            "--",
+            f"{USER}@127.0.0.1",
+            command,
+        ]
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+        )
 
 
 def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
@@ -123,12 +158,21 @@ def test_dry_run_changes_nothing_and_lists_every_change(
     out = capsys.readouterr().out
     assert (_tree(box.root), _acl(box.logs / "app.log")) == before
     assert not system.user_exists(USER)
-    for expected in (f"system user {USER}", "gate.pyz", f"policy-{USER}.toml",
-                     'restrict,from="127.0.0.1",command="/usr/bin/python3 -IS',
-                     f"Match User {USER}", "DisableForwarding yes", "PermitTTY no",
-                     "PermitUserRC no", "ExposeAuthInfo yes", "AuthenticationMethods publickey",
-                     f"ACL user:{USER}:r-- on {box.logs}/app.log",
-                     f"default ACL user:{USER}:r-- on {box.logs}", "create 0640"):  # fmt: skip
+    for expected in (
+        f"system user {USER}",
+        "gate.pyz",
+        f"policy-{USER}.toml",
+        'restrict,from="127.0.0.1",command="/usr/bin/python3 -IS',
+        f"Match User {USER}",
+        "DisableForwarding yes",
+        "PermitTTY no",
+        "PermitUserRC no",
+        "ExposeAuthInfo yes",
+        "AuthenticationMethods publickey",
+        f"ACL user:{USER}:r-- on {box.logs}/app.log",
+        f"default ACL user:{USER}:r-- on {box.logs}",
+        "create 0640",
+    ):
         assert expected in out, expected
     assert "secret.txt" not in out
 
@@ -277,8 +321,9 @@ def test_key_rotation_new_beside_old_then_old_removed(
     argv[argv.index(f"{box.key}.pub")] = f"{new}.pub"
     assert main(argv) == 0
     lines = Layout(box.root, USER).authorized_keys.read_text().splitlines()
-    assert len(lines) == 2 and all(ln.startswith('restrict,from="127.0.0.1",command=')
-                                   for ln in lines)  # fmt: skip
+    assert len(lines) == 2 and all(
+        ln.startswith('restrict,from="127.0.0.1",command=') for ln in lines
+    )
 
     def works(key: Path) -> bool:
         box.key = key

@@ -290,8 +290,13 @@ class Worker:
         self.zipapp = d / "gate/gate.pyz"
         self._proc: subprocess.Popen[bytes] | None = None
 
-        for sub, mode in (("client", 0o700), ("sshd", 0o700), ("authorized_keys", 0o755),
-                          ("gate", 0o755), ("secret", 0o755)):  # fmt: skip
+        for sub, mode in (
+            ("client", 0o700),
+            ("sshd", 0o700),
+            ("authorized_keys", 0o755),
+            ("gate", 0o755),
+            ("secret", 0o755),
+        ):
             (d / sub).mkdir(mode=mode)
         pw = pwd.getpwnam(USER)
         for owned in (self.audit_path.parent, self.state_dir):
@@ -408,8 +413,11 @@ PrintMotd no
         # sshd keeps the first value of most keywords but the last of some (MaxStartups),
         # so a default whose keyword an option names is left out, not relied on to lose.
         named = {line.split()[0].lower() for line in self.sshd_options if line.strip()}
-        kept = [ln for ln in defaults.splitlines(keepends=True)
-                if ln.startswith("#") or ln.split()[0].lower() not in named]  # fmt: skip
+        kept = [
+            ln
+            for ln in defaults.splitlines(keepends=True)
+            if ln.startswith("#") or ln.split()[0].lower() not in named
+        ]
         header = f"# test worker {self.name}, written by tests/support/sshd.py\n"
         _write_atomic(self.config_path, (header + extra + "".join(kept)).encode(), 0o600)
 
@@ -497,20 +505,31 @@ PrintMotd no
         command starting with `-` (an attack test's favourite) would otherwise be one.
         """
         return [
-            SSH, "-F", "/dev/null",
-            "-i", str(self.client_key),
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "ConnectTimeout=10",
+            SSH,
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.client_key),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
             "-T",  # never ask for a tty (restrict refuses it anyway): no warning on stderr
             *options,
-            "-p", str(self.port),
-            "--", f"{USER}@{HOST}",
+            "-p",
+            str(self.port),
+            "--",
+            f"{USER}@{HOST}",
             command,
-        ]  # fmt: skip
+        ]
 
     def ssh(
         self, command: str, *, timeout: float = 30, input: bytes | None = None

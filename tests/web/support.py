@@ -66,16 +66,25 @@ def write_config(directory: Path, worker: Worker, **server: Any) -> Path:
     lines = ["[server]"]
     for k, v in settings.items():
         lines.append(f"{k} = {_toml(v)}")
-    for name, labels, port in (("web1", ["prod", "web"], worker.port),
-                               ("web2", ["web"], worker.port),
-                               ("db1", ["prod", "db"], worker.port),
-                               ("down", ["web"], dead)):  # fmt: skip
+    for name, labels, port in (
+        ("web1", ["prod", "web"], worker.port),
+        ("web2", ["web"], worker.port),
+        ("db1", ["prod", "db"], worker.port),
+        ("down", ["web"], dead),
+    ):
         lines += [
-            "", "[[host]]", f'name = "{name}"', 'address = "127.0.0.1"', f"port = {port}",
-            f'user = "{worker.user}"', f"key = {_toml(str(worker.client_key))}",
-            f"known_hosts = {_toml(str(worker.known_hosts))}", f"labels = {_toml(labels)}",
-            "connect_timeout = 3.0", "request_timeout = 20.0",
-        ]  # fmt: skip
+            "",
+            "[[host]]",
+            f'name = "{name}"',
+            'address = "127.0.0.1"',
+            f"port = {port}",
+            f'user = "{worker.user}"',
+            f"key = {_toml(str(worker.client_key))}",
+            f"known_hosts = {_toml(str(worker.known_hosts))}",
+            f"labels = {_toml(labels)}",
+            "connect_timeout = 3.0",
+            "request_timeout = 20.0",
+        ]
     roles = [
         ("ops", ["web*", "label:web"], [f"{root}/*"], ["tail", "search", "follow", "download"]),
         ("reader", ["web1"], [f"{root}/app.log"], ["tail"]),
@@ -84,8 +93,14 @@ def write_config(directory: Path, worker: Worker, **server: Any) -> Path:
         ("nothing", [], [], []),
     ]
     for name, hosts, sources, caps in roles:
-        lines += ["", "[[role]]", f'name = "{name}"', f"hosts = {_toml(hosts)}",
-                  f"sources = {_toml(sources)}", f"capabilities = {_toml(caps)}"]  # fmt: skip
+        lines += [
+            "",
+            "[[role]]",
+            f'name = "{name}"',
+            f"hosts = {_toml(hosts)}",
+            f"sources = {_toml(sources)}",
+            f"capabilities = {_toml(caps)}",
+        ]
     path = directory / "server.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -151,9 +166,16 @@ def start_server(config_path: Path, users: dict[str, list[str]] | None = None) -
             auth.add_user(name, roles, PASSWORD)
     app = create_app(config, auth=auth)
     port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                       proxy_headers=False,
-                                       lifespan="on"))  # fmt: skip
+    uv = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            proxy_headers=False,
+            lifespan="on",
+        )
+    )
     uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
     thread.start()

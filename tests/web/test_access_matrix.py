@@ -40,11 +40,13 @@ def request(c: httpx.Client, host: str, source: str, cap: str) -> int:
     if cap == "tail":
         return c.get(f"/api/hosts/{host}/tail", params={"path": source, "lines": 2}).status_code
     if cap == "download":
-        return c.get(f"/api/hosts/{host}/tail",
-                     params={"path": source, "lines": 2, "download": "true"}).status_code
+        return c.get(
+            f"/api/hosts/{host}/tail", params={"path": source, "lines": 2, "download": "true"}
+        ).status_code
     if cap == "search":
-        return c.get(f"/api/hosts/{host}/grep",
-                     params={"path": source, "pattern": "ERROR", "max": 2}).status_code
+        return c.get(
+            f"/api/hosts/{host}/grep", params={"path": source, "pattern": "ERROR", "max": 2}
+        ).status_code
     with c.stream("GET", f"/api/hosts/{host}/follow", params={"path": source}) as r:
         return r.status_code
 
@@ -65,14 +67,22 @@ def test_access_matrix(live: LiveServer, web_worker: Worker) -> None:
                     allow = expected(user, host, source, cap, root)
                     cells += 1
                     if status != (200 if allow else 403):
-                        wrong.append(f"{user} {cap} {host}:{source} -> {status}, want "
-                                     f"{'200' if allow else '403'}")  # fmt: skip
-                    first = live.audit.query(after_seq=before.seq if before else 0,
-                                             order="asc", limit=1)[0]  # fmt: skip
-                    want_event = ("follow_start" if cap == "follow" else "read") if allow \
-                        else "refused"  # fmt: skip
+                        wrong.append(
+                            f"{user} {cap} {host}:{source} -> {status}, want "
+                            f"{'200' if allow else '403'}"
+                        )
+                    first = live.audit.query(
+                        after_seq=before.seq if before else 0, order="asc", limit=1
+                    )[0]
+                    want_event = (
+                        ("follow_start" if cap == "follow" else "read") if allow else "refused"
+                    )
                     if (first.event, first.decision, first.user, first.host, first.source) != (
-                        want_event, "allow" if allow else "deny", user, host, source
+                        want_event,
+                        "allow" if allow else "deny",
+                        user,
+                        host,
+                        source,
                     ):
                         wrong.append(f"{user} {cap} {host}:{source}: audit {first}")
                     if cap == "follow" and allow:  # wait until the follow is let go
@@ -88,8 +98,11 @@ def test_pages_and_deep_links_recheck_the_grant(live: LiveServer, web_worker: Wo
     html = {"accept": "text/html"}
     r = live.client("rita").get("/view", params={"host": "web1", "path": app_log}, headers=html)
     assert r.status_code == 200 and 'data-caps="tail"' in r.text
-    for user, host, path in (("rita", "web2", app_log), ("nobody", "web1", app_log),
-                             ("rita", "web1", str(web_worker.root / "app.log.1"))):  # fmt: skip
+    for user, host, path in (
+        ("rita", "web2", app_log),
+        ("nobody", "web1", app_log),
+        ("rita", "web1", str(web_worker.root / "app.log.1")),
+    ):
         r = live.client(user).get("/view", params={"host": host, "path": path}, headers=html)
         assert r.status_code == 403 and "Not allowed" in r.text
         assert "2024-12-17" not in r.text  # no log data, only the refusal

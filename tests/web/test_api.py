@@ -47,25 +47,35 @@ def test_grep_fixed_string_regex_and_invert(live: LiveServer, web_worker: Worker
     # Fixed string by default: '.' is a dot, not any character.
     r = c.get("/api/hosts/web1/grep", params={"path": path, "pattern": "order.80412"})
     assert r.json()["lines"] == []
-    r = c.get("/api/hosts/web1/grep",
-              params={"path": path, "pattern": "order.80412", "regex": "true"})
+    r = c.get(
+        "/api/hosts/web1/grep", params={"path": path, "pattern": "order.80412", "regex": "true"}
+    )
     assert len(r.json()["lines"]) == 1
     r = c.get("/api/hosts/web1/grep", params={"path": path, "pattern": "-e", "max": 3})
     assert r.status_code == 200  # a pattern starting with '-' is data
-    r = c.get("/api/hosts/web1/grep",
-              params={"path": path, "pattern": "INFO", "invert": "true", "max": 10000})
+    r = c.get(
+        "/api/hosts/web1/grep",
+        params={"path": path, "pattern": "INFO", "invert": "true", "max": 10000},
+    )
     lines = r.json()["lines"]
     assert lines and not any("INFO" in ln for ln in lines)
-    r = c.get("/api/hosts/web1/grep",
-              params={"path": path, "pattern": "payments", "ignore_case": "true", "max": 2})
+    r = c.get(
+        "/api/hosts/web1/grep",
+        params={"path": path, "pattern": "payments", "ignore_case": "true", "max": 2},
+    )
     assert len(r.json()["lines"]) == 2
 
 
 def test_time_range_uses_the_gates_range(live: LiveServer, web_worker: Worker) -> None:
     c = live.client("olivia")
-    r = c.get("/api/hosts/web1/tail", params={
-        "path": str(web_worker.app_log), "since": "2024-12-17 14:03:05",
-        "until": "2024-12-17 14:03:18"})  # fmt: skip
+    r = c.get(
+        "/api/hosts/web1/tail",
+        params={
+            "path": str(web_worker.app_log),
+            "since": "2024-12-17 14:03:05",
+            "until": "2024-12-17 14:03:18",
+        },
+    )
     lines = r.json()["lines"]
     assert lines[0].startswith("2024-12-17 14:03:05 ERROR")
     assert lines[-1].startswith("2024-12-17 14:03:17")
@@ -111,9 +121,14 @@ def test_hosts_list_only_granted_hosts_and_reachability(live: LiveServer) -> Non
     ],
 )
 def test_refusals_have_the_designed_status_reason_and_record(
-    live: LiveServer, web_worker: Worker, user: str, host: str, params: dict[str, str],
-    status: int, reason: str,
-) -> None:  # fmt: skip
+    live: LiveServer,
+    web_worker: Worker,
+    user: str,
+    host: str,
+    params: dict[str, str],
+    status: int,
+    reason: str,
+) -> None:
     c = live.client(user)
     params = {k: v.format(root=web_worker.root) for k, v in params.items()}
     before = live.audit.head()
@@ -165,8 +180,9 @@ def test_tokens_work_until_revoked_or_expired(live: LiveServer, web_worker: Work
 
 
 def test_log_content_is_data_in_json(live: LiveServer, web_worker: Worker) -> None:
-    r = live.client("olivia").get("/api/hosts/web1/tail",
-                                  params={"path": str(web_worker.root / "xss.log")})
+    r = live.client("olivia").get(
+        "/api/hosts/web1/tail", params={"path": str(web_worker.root / "xss.log")}
+    )
     assert r.headers["content-type"] == "application/json"
     assert r.json()["lines"] == XSS_LINES
 
@@ -188,8 +204,9 @@ def test_truncation_is_reported(make_worker: Any, tmp_path: Path) -> None:
     w = make_worker(name="trunc")
     w.write_policy(w.default_policy(max_lines=50))
     with running(write_config(tmp_path, w), {"olivia": ["ops"]}) as srv:
-        r = srv.client("olivia").get("/api/hosts/web1/tail",
-                                     params={"path": str(w.app_log), "lines": 500})
+        r = srv.client("olivia").get(
+            "/api/hosts/web1/tail", params={"path": str(w.app_log), "lines": 500}
+        )
         body = r.json()
         assert r.status_code == 200 and body["count"] == 50
         assert body["truncated"] is True and "max_lines" in body["note"]
@@ -197,25 +214,26 @@ def test_truncation_is_reported(make_worker: Any, tmp_path: Path) -> None:
         assert end.outcome is not None and end.outcome["truncated"] is True
 
 
-def test_search_across_hosts_streams_per_host_results(
-    live: LiveServer, web_worker: Worker
-) -> None:
+def test_search_across_hosts_streams_per_host_results(live: LiveServer, web_worker: Worker) -> None:
     c = live.client("olivia")
-    r = c.get("/api/search", params={"hosts": "label:web", "path": f"{web_worker.root}/*.log",
-                                     "pattern": "order 80412"})  # fmt: skip
+    r = c.get(
+        "/api/search",
+        params={"hosts": "label:web", "path": f"{web_worker.root}/*.log", "pattern": "order 80412"},
+    )
     assert r.headers["content-type"].startswith("application/x-ndjson")
     events = [json.loads(line) for line in r.text.splitlines()]
     assert events[0]["type"] == "start" and set(events[0]["hosts"]) == {"web1", "web2", "down"}
     files = [e for e in events if e["type"] == "file" and e["lines"]]
     assert {(e["host"], Path(e["source"]).name) for e in files} == {
-        ("web1", "app.log"), ("web2", "app.log")}
+        ("web1", "app.log"),
+        ("web2", "app.log"),
+    }
     errors = [e for e in events if e["type"] == "error"]
     assert [e["host"] for e in errors] == ["down"] and errors[0]["status"] == 502
     assert [e["done"] for e in events if e["type"] == "progress"] == [1, 2, 3]
     assert events[-1]["type"] == "end"
     # dan may search only label:db hosts: web hosts are not searched at all.
-    r = live.client("dan").get("/api/search", params={"hosts": "*", "path": "/**",
-                                                      "pattern": "x"})  # fmt: skip
+    r = live.client("dan").get("/api/search", params={"hosts": "*", "path": "/**", "pattern": "x"})
     assert json.loads(r.text.splitlines()[0])["hosts"] == ["db1"]
     r = live.client("rita").get("/api/search", params={"path": "/**", "pattern": "x"})
     assert r.status_code == 403
@@ -238,8 +256,14 @@ def test_security_headers_and_no_inline_script(live: LiveServer) -> None:
 def test_session_cookie_flags(live: LiveServer) -> None:
     c = live.anon()
     form = c.get("/login")
-    r = c.post("/login", data={"user": "olivia", "password": "correct horse battery",
-                               "csrf": form.cookies["ltk_pre"]})  # fmt: skip
+    r = c.post(
+        "/login",
+        data={
+            "user": "olivia",
+            "password": "correct horse battery",
+            "csrf": form.cookies["ltk_pre"],
+        },
+    )
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
 
@@ -251,8 +275,11 @@ def test_secure_cookies_use_host_prefix(web_worker: Worker, tmp_path: Path) -> N
         assert "secure" in form.headers["set-cookie"].lower()
         pre = form.cookies["ltk_pre"]
         # httpx keeps Secure cookies away from http://, as a browser would: send it by hand.
-        r = c.post("/login", data={"user": "s", "password": "correct horse battery",
-                                   "csrf": pre}, headers={"cookie": f"ltk_pre={pre}"})  # fmt: skip
+        r = c.post(
+            "/login",
+            data={"user": "s", "password": "correct horse battery", "csrf": pre},
+            headers={"cookie": f"ltk_pre={pre}"},
+        )
         assert r.status_code == 303
         assert r.headers["set-cookie"].startswith("__Host-ltk_session=")
         assert "secure" in r.headers["set-cookie"].lower()
@@ -262,8 +289,9 @@ def test_secure_cookies_use_host_prefix(web_worker: Worker, tmp_path: Path) -> N
 def test_login_csrf_and_logout_csrf(live: LiveServer) -> None:
     c = live.anon()
     c.get("/login")
-    r = c.post("/login", data={"user": "olivia", "password": "correct horse battery",
-                               "csrf": "forged"})  # fmt: skip
+    r = c.post(
+        "/login", data={"user": "olivia", "password": "correct horse battery", "csrf": "forged"}
+    )
     assert r.status_code == 403 and c.get("/api/me").status_code == 401
     c = live.client("olivia")
     assert c.post("/logout", data={"csrf": "wrong"}).status_code == 403
@@ -291,9 +319,15 @@ def test_login_throttled_per_user(live: LiveServer) -> None:
 def test_open_redirect_refused(live: LiveServer) -> None:
     c = live.anon()
     form = c.get("/login")
-    r = c.post("/login", data={"user": "olivia", "password": "correct horse battery",
-                               "csrf": form.cookies["ltk_pre"],
-                               "next": "//evil.example/x"})  # fmt: skip
+    r = c.post(
+        "/login",
+        data={
+            "user": "olivia",
+            "password": "correct horse battery",
+            "csrf": form.cookies["ltk_pre"],
+            "next": "//evil.example/x",
+        },
+    )
     assert r.status_code == 303 and r.headers["location"] == "/"
 
 
@@ -308,8 +342,9 @@ def test_rate_limit_per_user(web_worker: Worker, tmp_path: Path) -> None:
 
 
 def test_trusted_proxy_header_only_from_the_proxy(web_worker: Worker, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, web_worker, trusted_proxies=["127.0.0.1"],
-                       proxy_user_header="X-Forwarded-User")  # fmt: skip
+    cfg = write_config(
+        tmp_path, web_worker, trusted_proxies=["127.0.0.1"], proxy_user_header="X-Forwarded-User"
+    )
     with running(cfg, {"olivia": ["ops"]}) as srv:
         c = srv.anon()
         h = {"x-forwarded-user": "olivia", "x-forwarded-for": "203.0.113.9, 198.51.100.7"}
@@ -319,12 +354,14 @@ def test_trusted_proxy_header_only_from_the_proxy(web_worker: Worker, tmp_path: 
         rec = srv.audit.query(limit=1)[0]
         assert rec.client == "198.51.100.7" and rec.params["auth"] == "proxy"
         assert c.get("/api/me", headers={"x-forwarded-user": "mallory"}).status_code == 401
-    cfg = write_config(tmp_path, web_worker, trusted_proxies=["10.9.9.9"],
-                       proxy_user_header="X-Forwarded-User")  # fmt: skip
+    cfg = write_config(
+        tmp_path, web_worker, trusted_proxies=["10.9.9.9"], proxy_user_header="X-Forwarded-User"
+    )
     with running(cfg, {"olivia": ["ops"]}) as srv:
         # We are 127.0.0.1, not the proxy: the header is ignored, X-Forwarded-For too.
-        r = srv.anon().get("/api/hosts", headers={"x-forwarded-user": "olivia",
-                                                   "x-forwarded-for": "1.2.3.4"})  # fmt: skip
+        r = srv.anon().get(
+            "/api/hosts", headers={"x-forwarded-user": "olivia", "x-forwarded-for": "1.2.3.4"}
+        )
         assert r.status_code == 401
         assert srv.audit.query(limit=1)[0].client == "127.0.0.1"
 
@@ -342,9 +379,15 @@ def test_metrics_and_healthz(live: LiveServer) -> None:
 
 def test_openapi_lists_the_contract_paths(live: LiveServer) -> None:
     paths = live.anon().get("/openapi.json").json()["paths"]
-    for p in ("/api/hosts", "/api/hosts/{host}/sources", "/api/hosts/{host}/tail",
-              "/api/hosts/{host}/grep", "/api/hosts/{host}/follow", "/api/search",
-              "/api/audit"):  # fmt: skip
+    for p in (
+        "/api/hosts",
+        "/api/hosts/{host}/sources",
+        "/api/hosts/{host}/tail",
+        "/api/hosts/{host}/grep",
+        "/api/hosts/{host}/follow",
+        "/api/search",
+        "/api/audit",
+    ):
         assert p in paths
 
 
@@ -452,8 +495,9 @@ def test_follow_shares_one_upstream_and_audits_each_viewer(
 def test_follow_cap_per_user_and_grants(live: LiveServer, web_worker: Worker) -> None:
     path = str(web_worker.root / "follow.log")
     cap = live.config.server.max_follows_per_user
-    streams = [SSE(live.client("olivia"), "/api/hosts/web1/follow", {"path": path})
-               for _ in range(cap)]  # fmt: skip
+    streams = [
+        SSE(live.client("olivia"), "/api/hosts/web1/follow", {"path": path}) for _ in range(cap)
+    ]
     try:
         assert all(s.status == 200 for s in streams)
         extra = SSE(live.client("olivia"), "/api/hosts/web1/follow", {"path": path})
@@ -463,8 +507,9 @@ def test_follow_cap_per_user_and_grants(live: LiveServer, web_worker: Worker) ->
             s.close()
     denied = SSE(live.client("rita"), "/api/hosts/web1/follow", {"path": str(web_worker.app_log)})
     assert denied.status == 403 and "follow" in denied.body["reason"]
-    missing = SSE(live.client("olivia"), "/api/hosts/web1/follow",
-                  {"path": str(web_worker.root / "gone.log")})  # fmt: skip
+    missing = SSE(
+        live.client("olivia"), "/api/hosts/web1/follow", {"path": str(web_worker.root / "gone.log")}
+    )
     assert missing.status == 404
 
 

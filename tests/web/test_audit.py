@@ -27,8 +27,13 @@ PY = sys.executable
 
 
 def cli(*args: str, config: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "logtorukun", "--config", str(config), *args],
-                          input=stdin, capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [PY, "-m", "logtorukun", "--config", str(config), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_every_kind_of_action_is_recorded(live: LiveServer, web_worker: Worker) -> None:
@@ -99,8 +104,9 @@ def _tamper(db: Path, how: str) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize(("how", "kind"), [("edit", "edited"), ("delete", "deleted"),
-                                           ("reorder", "reordered")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("how", "kind"), [("edit", "edited"), ("delete", "deleted"), ("reorder", "reordered")]
+)
 def test_audit_verify_names_the_tampered_record(
     web_worker: Worker, tmp_path: Path, how: str, kind: str
 ) -> None:
@@ -155,19 +161,42 @@ def test_server_refuses_to_start_without_a_writable_audit_store(
     web_worker: Worker, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path, web_worker, database=str(tmp_path / "no/such/dir/x.db"))
-    r = subprocess.run([PY, "-m", "logtorukun", "--config", str(config), "serve"],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [PY, "-m", "logtorukun", "--config", str(config), "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
     assert "audit" in r.stderr and "x.db" in r.stderr
 
 
 def test_cli_users_and_tokens(web_worker: Worker, tmp_path: Path) -> None:
     config = write_config(tmp_path, web_worker)
-    r = cli("user", "add", "carol", "--role", "ops", "--password-stdin", config=config,
-            stdin="a long enough password\n")  # fmt: skip
+    r = cli(
+        "user",
+        "add",
+        "carol",
+        "--role",
+        "ops",
+        "--password-stdin",
+        config=config,
+        stdin="a long enough password\n",
+    )
     assert r.returncode == 0, r.stderr
-    assert cli("user", "add", "x", "--role", "nope", "--password-stdin", config=config,
-               stdin="a long enough password\n").returncode == 2  # fmt: skip
+    assert (
+        cli(
+            "user",
+            "add",
+            "x",
+            "--role",
+            "nope",
+            "--password-stdin",
+            config=config,
+            stdin="a long enough password\n",
+        ).returncode
+        == 2
+    )
     assert "carol\tops" in cli("user", "list", config=config).stdout
     r = cli("token", "create", "carol", "--expires", "1d", config=config)
     token = r.stdout.strip()
@@ -192,9 +221,11 @@ def test_cli_users_and_tokens(web_worker: Worker, tmp_path: Path) -> None:
 
 
 def _serve(config: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([PY, "-m", "logtorukun", "--config", str(config), "serve",
-                             "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [PY, "-m", "logtorukun", "--config", str(config), "serve", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     return proc
 
 
@@ -215,8 +246,19 @@ def test_kill_9_mid_burst_leaves_a_valid_chain_with_every_response(
 ) -> None:
     port = free_port()
     config = write_config(tmp_path, web_worker, listen=f"127.0.0.1:{port}")
-    assert cli("user", "add", "olivia", "--role", "ops", "--password-stdin", config=config,
-               stdin=PASSWORD + "\n").returncode == 0  # fmt: skip
+    assert (
+        cli(
+            "user",
+            "add",
+            "olivia",
+            "--role",
+            "ops",
+            "--password-stdin",
+            config=config,
+            stdin=PASSWORD + "\n",
+        ).returncode
+        == 0
+    )
     token = cli("token", "create", "olivia", config=config).stdout.strip()
     url = f"http://127.0.0.1:{port}"
     proc = _serve(config)
@@ -227,12 +269,15 @@ def test_kill_9_mid_burst_leaves_a_valid_chain_with_every_response(
         stop = threading.Event()
 
         def burst() -> None:
-            with httpx.Client(base_url=url, timeout=10,
-                              headers={"authorization": f"Bearer {token}"}) as c:  # fmt: skip
+            with httpx.Client(
+                base_url=url, timeout=10, headers={"authorization": f"Bearer {token}"}
+            ) as c:
                 while not stop.is_set():
                     try:
-                        r = c.get("/api/hosts/web1/tail",
-                                  params={"path": str(web_worker.app_log), "lines": 20})
+                        r = c.get(
+                            "/api/hosts/web1/tail",
+                            params={"path": str(web_worker.app_log), "lines": 20},
+                        )
                     except httpx.HTTPError:
                         return  # the server is gone
                     if r.status_code == 200:

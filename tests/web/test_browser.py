@@ -18,8 +18,14 @@ from tests.web.support import PASSWORD, LiveServer
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +141,12 @@ def test_follow_keeps_the_dom_capped(page: Page, live: LiveServer, web_worker: W
 
 
 def test_deep_link_opens_the_query(page: Page, live: LiveServer, web_worker: Worker) -> None:
-    sign_in(page, live, "olivia",
-            f"/view?host=web1&path={web_worker.app_log}&pattern=charge+failed&lines=3")  # fmt: skip
+    sign_in(
+        page,
+        live,
+        "olivia",
+        f"/view?host=web1&path={web_worker.app_log}&pattern=charge+failed&lines=3",
+    )
     expect(page.locator("#pattern")).to_have_value("charge failed")
     expect(page.locator("#log .line")).to_have_count(3)
     expect(page.locator("#log mark").first).to_have_text("charge failed")
@@ -154,8 +164,11 @@ def test_a_user_without_the_grant_sees_neither_host_nor_data(
     expect(page.locator("h1")).to_have_text("Not allowed")
     assert "2024-12-17" not in page.content()
     # The API says no as well, whatever the page would have done.
-    status = page.evaluate("""async (p) => (await fetch('/api/hosts/web2/tail?path=' +
-        encodeURIComponent(p))).status""", str(web_worker.app_log))  # fmt: skip
+    status = page.evaluate(
+        """async (p) => (await fetch('/api/hosts/web2/tail?path=' +
+        encodeURIComponent(p))).status""",
+        str(web_worker.app_log),
+    )
     assert status == 403
 
 
@@ -179,9 +192,11 @@ class _Evil(http.server.BaseHTTPRequestHandler):
     target = ""
 
     def do_GET(self) -> None:
-        body = (f'<form id="f" method="post" action="{self.target}/logout">'
-                '<input name="csrf" value="forged"></form>'
-                '<script>document.getElementById("f").submit()</script>').encode()  # fmt: skip
+        body = (
+            f'<form id="f" method="post" action="{self.target}/logout">'
+            '<input name="csrf" value="forged"></form>'
+            '<script>document.getElementById("f").submit()</script>'
+        ).encode()
         self.send_response(200)
         self.send_header("content-type", "text/html")
         self.end_headers()
@@ -196,7 +211,7 @@ def test_csrf_is_refused(page: Page, live: LiveServer) -> None:
     expect(page.locator(".host h2").first).to_be_visible()
     # Same page, no token: refused.
     status = page.evaluate("""async () => (await fetch('/logout', {method: 'POST',
-        body: new URLSearchParams({csrf: 'nope'})})).status""")  # fmt: skip
+        body: new URLSearchParams({csrf: 'nope'})})).status""")
     assert status == 403
     # Another origin (same site: 127.0.0.1, another port) posting a form: refused too.
     _Evil.target = live.url

@@ -71,8 +71,25 @@ def missing_triggers(conn: sqlite3.Connection) -> list[str]:
 
 
 def row_to_record(row: Sequence[Any]) -> AuditRecord:
-    (seq, ts, event, user, roles, client, ua, action, host, source, params, decision, reason,
-     ref, outcome, prev_hash, hash_) = row  # fmt: skip
+    (
+        seq,
+        ts,
+        event,
+        user,
+        roles,
+        client,
+        ua,
+        action,
+        host,
+        source,
+        params,
+        decision,
+        reason,
+        ref,
+        outcome,
+        prev_hash,
+        hash_,
+    ) = row
     return AuditRecord(
         seq=seq,
         ts=ts,

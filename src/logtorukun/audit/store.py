@@ -357,8 +357,12 @@ class AuditStore:
                     self._sink_failing.add(name)
                     log.warning(
                         "audit sink %s failed at seq %d (kept in %s; counting further "
-                        "failures in /metrics): %s", name, record.seq, self.path, exc,
-                    )  # fmt: skip
+                        "failures in /metrics): %s",
+                        name,
+                        record.seq,
+                        self.path,
+                        exc,
+                    )
             else:
                 if name in self._sink_failing:
                     self._sink_failing.discard(name)

@@ -224,8 +224,7 @@ class Reply:
         """The truncation as an error, for callers that must not show partial data."""
         if not self.truncated:
             return None
-        return LimitHit(self.host, EXIT_LIMIT, self.status.reason or "output truncated",
-                        self.data)  # fmt: skip
+        return LimitHit(self.host, EXIT_LIMIT, self.status.reason or "output truncated", self.data)
 
 
 @dataclass(frozen=True)
@@ -328,10 +327,14 @@ class Client:
         try:
             doc = json.loads(reply.data)
             files = tuple(
-                SourceFile(str(f["path"]), int(f["size"]), int(f["mtime"]),
-                           bool(f.get("compressed", False)))
+                SourceFile(
+                    str(f["path"]),
+                    int(f["size"]),
+                    int(f["mtime"]),
+                    bool(f.get("compressed", False)),
+                )
                 for f in doc.get("files", [])
-            )  # fmt: skip
+            )
             return Sources(
                 host=host,
                 gate=str(doc.get("gate", "")),
@@ -370,9 +373,15 @@ class Client:
         via: dict[str, Any] | None = None,
     ) -> Reply:
         command = grep_command(
-            path, pattern, regex=regex, ignore_case=ignore_case, invert=invert, count=count,
-            max_count=max_count, last=last,
-        )  # fmt: skip
+            path,
+            pattern,
+            regex=regex,
+            ignore_case=ignore_case,
+            invert=invert,
+            count=count,
+            max_count=max_count,
+            last=last,
+        )
         return await self.run(host, command, via=via)
 
     async def range(
@@ -385,8 +394,7 @@ class Client:
         max_lines: int | None = None,
         via: dict[str, Any] | None = None,
     ) -> Reply:
-        return await self.run(host, range_command(path, since, until, max_lines=max_lines),
-                              via=via)  # fmt: skip
+        return await self.run(host, range_command(path, since, until, max_lines=max_lines), via=via)
 
     async def journal(
         self,
@@ -401,8 +409,9 @@ class Client:
         output: str = "short-iso",
         via: dict[str, Any] | None = None,
     ) -> Reply:
-        command = journal_command(unit, lines=lines, since=since, until=until, grep=grep,
-                                  priority=priority, output=output)  # fmt: skip
+        command = journal_command(
+            unit, lines=lines, since=since, until=until, grep=grep, priority=priority, output=output
+        )
         return await self.run(host, command, via=via)
 
     async def docker_logs(
@@ -416,8 +425,9 @@ class Client:
         until: str | None = None,
         via: dict[str, Any] | None = None,
     ) -> Reply:
-        command = docker_command(container, tail=tail, timestamps=timestamps, since=since,
-                                 until=until)  # fmt: skip
+        command = docker_command(
+            container, tail=tail, timestamps=timestamps, since=since, until=until
+        )
         return await self.run(host, command, via=via)
 
     async def follow(

@@ -273,8 +273,11 @@ class Bridge:
                 try:
                     self._on_hello(payload)
                 except (ValueError, TypeError, ClientError) as exc:
-                    err = exc if isinstance(exc, ClientError) else ProtocolError(
-                        self.host, f"bad HELLO frame: {exc}")  # fmt: skip
+                    err = (
+                        exc
+                        if isinstance(exc, ClientError)
+                        else ProtocolError(self.host, f"bad HELLO frame: {exc}")
+                    )
                     self._fail(err)
                     return
             else:

@@ -236,17 +236,24 @@ def _cmd_grep(args: argparse.Namespace) -> int:
     words: list[str] = args.words
     if args.hosts:
         if len(words) != 2:
-            raise UserError("grep --hosts GLOB takes PATH PATTERN (a pattern starting with"
-                             " '-' goes after `--`)")  # fmt: skip
+            raise UserError(
+                "grep --hosts GLOB takes PATH PATTERN (a pattern starting with '-' goes after `--`)"
+            )
         host_arg, (path, pattern) = None, words
     else:
         if len(words) != 3:
             raise UserError("grep takes HOST PATH PATTERN, or --hosts GLOB PATH PATTERN")
         host_arg, path, pattern = words
     command = grep_command(
-        path, pattern, regex=args.regex, ignore_case=args.ignore_case, invert=args.invert,
-        count=args.count, max_count=args.max_count, last=args.last,
-    )  # fmt: skip
+        path,
+        pattern,
+        regex=args.regex,
+        ignore_case=args.ignore_case,
+        invert=args.invert,
+        count=args.count,
+        max_count=args.max_count,
+        last=args.last,
+    )
     printer = Printer(args)
 
     async def body(config: Config) -> int:
@@ -306,8 +313,10 @@ async def grep_hosts(
         ok = len(hosts) - len(failed)
         names = [h.name for h in hosts if h.name in failed]  # config order, not finish order
         which = f" ({', '.join(names)})" if failed else ""
-        _note(f"grep: {len(hosts)} hosts, {ok} answered, {len(failed)} failed{which},"
-              f" {printer.lines} lines")  # fmt: skip
+        _note(
+            f"grep: {len(hosts)} hosts, {ok} answered, {len(failed)} failed{which},"
+            f" {printer.lines} lines"
+        )
     return 1 if failed else 0
 
 
@@ -406,8 +415,10 @@ async def trust_host(h: HostConfig, *, yes: bool = False, fingerprint: str | Non
         async with asyncio.timeout(h.connect_timeout):
             key = await asyncssh.get_server_host_key(h.address, h.port, config=None)
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise Unreachable(h.name, f"cannot fetch the host key of {h.address}:{h.port}:"
-                                  f" {exc or type(exc).__name__}") from None  # fmt: skip
+        raise Unreachable(
+            h.name,
+            f"cannot fetch the host key of {h.address}:{h.port}: {exc or type(exc).__name__}",
+        ) from None
     if key is None:
         raise Unreachable(h.name, "the server presented no host key")
     fp = key.get_fingerprint("sha256")
@@ -428,12 +439,16 @@ async def trust_host(h: HostConfig, *, yes: bool = False, fingerprint: str | Non
         )
     if fingerprint is not None:
         if fingerprint.strip() != fp:
-            raise UserError(f"{h.name}: fingerprint mismatch: expected {fingerprint.strip()},"
-                            f" the host offers {fp}; nothing written")  # fmt: skip
+            raise UserError(
+                f"{h.name}: fingerprint mismatch: expected {fingerprint.strip()},"
+                f" the host offers {fp}; nothing written"
+            )
     elif not yes:
-        print("not written: compare it with the worker's own key (on the worker:"
-              " ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then run again with"
-              f" --fingerprint {fp}")  # fmt: skip
+        print(
+            "not written: compare it with the worker's own key (on the worker:"
+            " ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then run again with"
+            f" --fingerprint {fp}"
+        )
         return 1
     algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
     _append(h.known_hosts, f"{_pattern(h)} {algorithm} {blob}\n")

@@ -56,8 +56,9 @@ class OneShotStream(Stream):
         if exc is not None:
             self._finish(None, ConnectionLost(self.host, f"connection lost: {exc}"))
         elif self.exit_signal is not None:
-            self._finish(None, ConnectionLost(
-                self.host, f"the gate was killed by SIG{self.exit_signal}"))  # fmt: skip
+            self._finish(
+                None, ConnectionLost(self.host, f"the gate was killed by SIG{self.exit_signal}")
+            )
         elif self.exit_status is None:
             self._finish(None, ConnectionLost(self.host, "the channel closed without an exit"))
         else:

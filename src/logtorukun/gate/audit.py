@@ -76,8 +76,13 @@ def _cert_fields(key_type: str, blob: bytes) -> dict[str, Any]:
     """
     import struct
 
-    per_key = {"ssh-ed25519": 1, "ssh-rsa": 2, "ecdsa-sha2-nistp256": 2,
-               "ecdsa-sha2-nistp384": 2, "ecdsa-sha2-nistp521": 2}  # fmt: skip
+    per_key = {
+        "ssh-ed25519": 1,
+        "ssh-rsa": 2,
+        "ecdsa-sha2-nistp256": 2,
+        "ecdsa-sha2-nistp384": 2,
+        "ecdsa-sha2-nistp521": 2,
+    }
     base = key_type.replace("-cert-v01@openssh.com", "")
     skip = per_key.get(base)
     if skip is None:

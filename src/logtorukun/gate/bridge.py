@@ -199,11 +199,15 @@ class Bridge:
                     stream.thread.join(timeout=5)
             # Ending the session is audited too; a failure here cannot refuse anything.
             try:
-                ctx.audit.write({
-                    "ts": now_iso(), "event": "session_end", **ctx.identity,
-                    "requests": requests,
-                    "duration_ms": round((time.monotonic() - t0) * 1000, 3),
-                })  # fmt: skip
+                ctx.audit.write(
+                    {
+                        "ts": now_iso(),
+                        "event": "session_end",
+                        **ctx.identity,
+                        "requests": requests,
+                        "duration_ms": round((time.monotonic() - t0) * 1000, 3),
+                    }
+                )
             except GateError as exc:
                 _stderr(exc.reason)
         return code
@@ -245,16 +249,19 @@ class Bridge:
 
     def _output(self, sink: Any, stream: _Stream) -> Output:
         lim = self.ctx.policy.limits
-        return Output(sink, max_lines=lim.max_lines, max_bytes=lim.max_bytes,
-                      cancelled=stream.cancelled)  # fmt: skip
+        return Output(
+            sink, max_lines=lim.max_lines, max_bytes=lim.max_bytes, cancelled=stream.cancelled
+        )
 
     def _inline(self, stream: _Stream, command: str, via: dict[str, Any] | None) -> None:
         buf = bytearray()
         result = serve(command, self.ctx, self._output(buf.extend, stream), via=via)
         if len(buf) <= stream.credit:
             # DATA and END in one write: one syscall and one SSH packet for a quick answer.
-            data = b"".join(pack(DATA, stream.rid, bytes(buf[i : i + MAX_DATA]))
-                            for i in range(0, len(buf), MAX_DATA))  # fmt: skip
+            data = b"".join(
+                pack(DATA, stream.rid, bytes(buf[i : i + MAX_DATA]))
+                for i in range(0, len(buf), MAX_DATA)
+            )
             stream.credit -= len(buf)
             self._finish(stream, result, data)
             return

@@ -361,13 +361,23 @@ def _grep(args: list[str], tail: int | None) -> Grep:
         "grep",
         args,
         {
-            "-F": "F", "--fixed-strings": "F", "-E": "E", "--extended-regexp": "E",
-            "-i": "i", "--ignore-case": "i", "-v": "v", "--invert-match": "v",
-            "-c": "c", "--count": "c", "-n": "n", "--line-number": "n",
-            "-w": "w", "--word-regexp": "w",
+            "-F": "F",
+            "--fixed-strings": "F",
+            "-E": "E",
+            "--extended-regexp": "E",
+            "-i": "i",
+            "--ignore-case": "i",
+            "-v": "v",
+            "--invert-match": "v",
+            "-c": "c",
+            "--count": "c",
+            "-n": "n",
+            "--line-number": "n",
+            "-w": "w",
+            "--word-regexp": "w",
         },
         {"-m": "m", "--max-count": "m", "-e": "e", "--regexp": "e"},
-    )  # fmt: skip
+    )
     seen = {name for name, _ in opts}
     patterns = [val for name, val in opts if name == "e"]
     if len(patterns) > 1:
@@ -429,11 +439,22 @@ def _journal(args: list[str]) -> Journal:
         args,
         {"--no-pager": "nopager", "-f": "f", "--follow": "f", "-q": "q", "--quiet": "q"},
         {
-            "-u": "u", "--unit": "u", "-n": "n", "--lines": "n", "-S": "since",
-            "--since": "since", "-U": "until", "--until": "until", "-g": "g", "--grep": "g",
-            "-p": "p", "--priority": "p", "-o": "o", "--output": "o",
+            "-u": "u",
+            "--unit": "u",
+            "-n": "n",
+            "--lines": "n",
+            "-S": "since",
+            "--since": "since",
+            "-U": "until",
+            "--until": "until",
+            "-g": "g",
+            "--grep": "g",
+            "-p": "p",
+            "--priority": "p",
+            "-o": "o",
+            "--output": "o",
         },
-    )  # fmt: skip
+    )
     if pos:
         raise bad(f"journalctl: match expressions are not accepted ({pos[0]!r}); use -u UNIT")
     got = dict(opts)

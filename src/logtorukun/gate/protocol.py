@@ -24,8 +24,14 @@ HELLO = 16
 DATA = 17
 END = 18
 
-FRAME_NAMES = {REQUEST: "REQUEST", CANCEL: "CANCEL", CREDIT: "CREDIT", HELLO: "HELLO",
-               DATA: "DATA", END: "END"}  # fmt: skip
+FRAME_NAMES = {
+    REQUEST: "REQUEST",
+    CANCEL: "CANCEL",
+    CREDIT: "CREDIT",
+    HELLO: "HELLO",
+    DATA: "DATA",
+    END: "END",
+}
 
 MAX_DATA = 65536 - HEADER.size  # largest DATA payload: header + payload = 64 KiB, two SSH packets
 MAX_REQUEST = 16384  # largest REQUEST payload the gate accepts

@@ -153,8 +153,13 @@ def serve(
 
 
 def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
-    record = {**base, "event": "request", "decision": "deny", "exit": int(exc.code),
-              "reason": exc.reason}  # fmt: skip
+    record = {
+        **base,
+        "event": "request",
+        "decision": "deny",
+        "exit": int(exc.code),
+        "reason": exc.reason,
+    }
     try:
         ctx.audit.write(record)
     except GateError as audit_exc:
@@ -181,16 +186,21 @@ def authorize(req: Request, policy: Policy) -> Plan:
         argv = journal_argv(req, policy)
         secs = lim.follow_max_seconds if req.follow else lim.max_seconds
         env = {**_CHILD_ENV, "LC_ALL": "C.UTF-8", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
-        return Plan(req, lambda out: run_child(argv, None, out, seconds=secs, limits=policy,
-                                               env=env), target=f"unit:{req.unit}")  # fmt: skip
+        return Plan(
+            req,
+            lambda out: run_child(argv, None, out, seconds=secs, limits=policy, env=env),
+            target=f"unit:{req.unit}",
+        )
     if isinstance(req, Docker):
         if req.container not in policy.containers:
             raise GateError(Exit.REFUSED, f"container {req.container!r} is not allowed")
         argv = docker_argv(req, policy)
         secs = lim.follow_max_seconds if req.follow else lim.max_seconds
-        return Plan(req, lambda out: run_child(argv, None, out, seconds=secs, limits=policy,
-                                               merge_stderr=True),
-                    target=f"container:{req.container}")  # fmt: skip
+        return Plan(
+            req,
+            lambda out: run_child(argv, None, out, seconds=secs, limits=policy, merge_stderr=True),
+            target=f"container:{req.container}",
+        )
 
     rule, parts = policy.file_rule(req.path)
     fd = open_under(rule, parts, req.path)
@@ -219,9 +229,14 @@ def authorize(req: Request, policy: Policy) -> Plan:
                 # so a follow refused as busy or for the audit does not leak it.
                 plan.fds.clear()
                 readers.follow(
-                    fd, reopen, n, out, deadline=deadline, deadline_reason=reason,
+                    fd,
+                    reopen,
+                    n,
+                    out,
+                    deadline=deadline,
+                    deadline_reason=reason,
                     interval=FOLLOW_INTERVAL,
-                )  # fmt: skip
+                )
 
             plan.run = run_follow
         else:
@@ -246,9 +261,14 @@ def authorize(req: Request, policy: Policy) -> Plan:
     else:
         argv = grep_argv(req, policy)
         plan.run = lambda out: run_child(
-            argv, fd, out, seconds=lim.max_seconds, limits=policy, keep_last=req.tail,
+            argv,
+            fd,
+            out,
+            seconds=lim.max_seconds,
+            limits=policy,
+            keep_last=req.tail,
             gunzip=gz,
-        )  # fmt: skip
+        )
     return plan
 
 
@@ -261,8 +281,13 @@ def _allowed_unit(unit: str, policy: Policy) -> bool:
 
 def grep_argv(req: Grep, policy: Policy) -> list[str]:
     argv = [policy.programs.grep, "-a", "--color=never", "-E" if req.regex else "-F"]
-    for on, flag in ((req.ignore_case, "-i"), (req.invert, "-v"), (req.count, "-c"),
-                     (req.line_numbers, "-n"), (req.word, "-w")):  # fmt: skip
+    for on, flag in (
+        (req.ignore_case, "-i"),
+        (req.invert, "-v"),
+        (req.count, "-c"),
+        (req.line_numbers, "-n"),
+        (req.word, "-w"),
+    ):
         if on:
             argv.append(flag)
     if req.max_count is not None:
@@ -357,9 +382,13 @@ def run_child(
         src: int | Any = stdin_fd if stdin_fd is not None else subprocess.DEVNULL
         if gunzip:
             unzip = subprocess.Popen(
-                [limits.programs.gzip, "-dc"], stdin=src, stdout=subprocess.PIPE,
-                stderr=errfile, env=_CHILD_ENV, close_fds=True,
-            )  # fmt: skip
+                [limits.programs.gzip, "-dc"],
+                stdin=src,
+                stdout=subprocess.PIPE,
+                stderr=errfile,
+                env=_CHILD_ENV,
+                close_fds=True,
+            )
             procs.append(unzip)
             src = unzip.stdout
         proc = subprocess.Popen(
@@ -488,12 +517,14 @@ def _list_rule(rule: Any, files: list[dict[str, Any]]) -> None:
                     continue
                 if not st.S_ISREG(info.st_mode) or (info.st_nlink > 1 and not rule.allow_hardlinks):
                     continue
-                files.append({
-                    "path": f"{root}/{name}" if root != "/" else f"/{name}",
-                    "size": info.st_size,
-                    "mtime": int(info.st_mtime),
-                    "compressed": name.endswith(".gz"),
-                })  # fmt: skip
+                files.append(
+                    {
+                        "path": f"{root}/{name}" if root != "/" else f"/{name}",
+                        "size": info.st_size,
+                        "mtime": int(info.st_mtime),
+                        "compressed": name.endswith(".gz"),
+                    }
+                )
                 if len(files) >= _MAX_LISTED:
                     return
     except OSError:

@@ -72,9 +72,13 @@ def log_line(rng: random.Random, when: datetime) -> str:
     level = "ERROR" if roll < 0.07 else "WARN" if roll < 0.2 else "DEBUG" if roll < 0.3 else "INFO"
     ms = rng.randint(2, 900)
     text = rng.choice(_MESSAGES[level]).format(
-        n=rng.randint(10000, 99999), ms=ms, ms7=ms * 7, s=f"{ms / 100:.2f}",
-        k=rng.randint(900, 1100), a=rng.randint(2, 5),
-    )  # fmt: skip
+        n=rng.randint(10000, 99999),
+        ms=ms,
+        ms7=ms * 7,
+        s=f"{ms / 100:.2f}",
+        k=rng.randint(900, 1100),
+        a=rng.randint(2, 5),
+    )
     return f"{when:%Y-%m-%d %H:%M:%S} {level:<5} {text}"
 
 
@@ -147,8 +151,16 @@ class LogWriter(threading.Thread):
 class Demo:
     """Owns every process and file of one demo run; `stop()` undoes the processes."""
 
-    def __init__(self, state_dir: Path, web_port: int, ssh_port: int, *,
-                 rotate_every: float, interval: float, out: TextIO) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state_dir: Path,
+        web_port: int,
+        ssh_port: int,
+        *,
+        rotate_every: float,
+        interval: float,
+        out: TextIO,
+    ) -> None:
         self.dir = state_dir
         self.web_port = web_port
         self.ssh_port = ssh_port
@@ -211,8 +223,7 @@ class Demo:
                     f" world-searchable directories (default {DEFAULT_STATE_DIR})"
                 )
         self.lock()
-        for sub, mode in (("client", 0o700), ("sshd", 0o700), ("worker", 0o755),
-                          ("server", 0o700)):  # fmt: skip
+        for sub, mode in (("client", 0o700), ("sshd", 0o700), ("worker", 0o755), ("server", 0o700)):
             (self.dir / sub).mkdir(exist_ok=True)
             (self.dir / sub).chmod(mode)
         self.keys_dir.mkdir(mode=0o755, exist_ok=True)
@@ -231,9 +242,14 @@ class Demo:
         write_sample_logs(self.logs, datetime.now())
         self.logs.chmod(0o755)
         build_gate_zipapp(self.zipapp, python=DEFAULT_PYTHON)
-        text = policy_text([_files_rule(self.logs)], [], [], state_dir=self.gate_state,
-                           audit_file=self.gate_audit,
-                           header="written by `logtorukun demo`")  # fmt: skip
+        text = policy_text(
+            [_files_rule(self.logs)],
+            [],
+            [],
+            state_dir=self.gate_state,
+            audit_file=self.gate_audit,
+            header="written by `logtorukun demo`",
+        )
         system.write_atomic(self.policy, text.encode(), 0o644)
         pub = self.client_key.with_name("id_ed25519.pub").read_text().strip()
         line = key_line(pub, self.gate_command(), ["127.0.0.1", "::1"])
@@ -275,8 +291,9 @@ class Demo:
                 raise UserError(f"port {self.ssh_port} is in use: pass another --ssh-port")
             self._write_sshd_config()
             offset = self.sshd_log.stat().st_size if self.sshd_log.exists() else 0
-            proc = system.spawn([system.SSHD, "-D", "-e", "-f", str(self.sshd_config)],
-                                log=self.sshd_log)  # fmt: skip
+            proc = system.spawn(
+                [system.SSHD, "-D", "-e", "-f", str(self.sshd_config)], log=self.sshd_log
+            )
             self.procs["sshd"] = proc
             ready = f"Server listening on {HOST} port {self.ssh_port}."
             text = self._wait_for(functools.partial(_logged, self.sshd_log, offset, ready), proc)
@@ -286,8 +303,10 @@ class Demo:
             log = _tail(self.sshd_log, offset).strip().splitlines()
             if choose and attempt < 4 and any("Address already in use" in ln for ln in log):
                 continue
-            raise UserError(f"sshd did not start ({text}): {log[-1] if log else 'no log'}"
-                            f" (full log: {self.sshd_log})")  # fmt: skip
+            raise UserError(
+                f"sshd did not start ({text}): {log[-1] if log else 'no log'}"
+                f" (full log: {self.sshd_log})"
+            )
 
     def write_server_config(self) -> None:
         q = _q
@@ -349,8 +368,16 @@ capabilities = ["tail", "search"]
         if not system.port_free(self.web_port):
             raise UserError(f"port {self.web_port} is in use: pass another --port")
         offset = self.web_log.stat().st_size if self.web_log.exists() else 0
-        argv = [sys.executable, "-m", "logtorukun", "--config", str(self.config), "serve",
-                "--log-level", "warning"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "logtorukun",
+            "--config",
+            str(self.config),
+            "serve",
+            "--log-level",
+            "warning",
+        ]
         proc = system.spawn(argv, log=self.web_log)
         self.procs["web"] = proc
         url = f"http://{HOST}:{self.web_port}/healthz"
@@ -358,8 +385,10 @@ capabilities = ["tail", "search"]
         if why is not None:
             self._stop_proc("web")
             log = _tail(self.web_log, offset).strip().splitlines()
-            raise UserError(f"the web server did not start ({why}): "
-                            f"{log[-1] if log else 'no output'} (log: {self.web_log})")
+            raise UserError(
+                f"the web server did not start ({why}): "
+                f"{log[-1] if log else 'no output'} (log: {self.web_log})"
+            )
 
     def _wait_for(self, ready: Callable[[], bool], proc: Popen[bytes]) -> str | None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -375,8 +404,10 @@ capabilities = ["tail", "search"]
     # ------------------------------------------------------------------ run/stop
 
     def banner(self, creds: dict[str, str]) -> None:
-        ssh = (f"ssh -F /dev/null -i {self.client_key} -o UserKnownHostsFile={self.known_hosts}"
-               f" -p {self.ssh_port} {DEMO_USER}@{HOST}")  # fmt: skip
+        ssh = (
+            f"ssh -F /dev/null -i {self.client_key} -o UserKnownHostsFile={self.known_hosts}"
+            f" -p {self.ssh_port} {DEMO_USER}@{HOST}"
+        )
         web = f"http://{HOST}:{self.web_port}"
         app = self.logs / "app.log"
         say = self.say
@@ -388,8 +419,10 @@ capabilities = ["tail", "search"]
         say("           passwords are new on every run and shown only now")
         say(f"  worker   sshd on {HOST}:{self.ssh_port}, user {DEMO_USER}, forced command:")
         say(f"           {self.gate_command()}")
-        say(f"  logs     {self.logs}/ (app.log grows every second or so, rotates every"
-            f" {self.rotate_every:g} s; app.log.2.gz is older)")  # fmt: skip
+        say(
+            f"  logs     {self.logs}/ (app.log grows every second or so, rotates every"
+            f" {self.rotate_every:g} s; app.log.2.gz is older)"
+        )
         say(f"  state    {self.dir}/ (keys, known_hosts, server.toml, database; kept)")
         say()
         say("Try it:")
@@ -474,8 +507,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserError("--interval and --rotate-every are seconds, greater than 0")
     state = Path(args.state_dir).resolve()
     web_port = args.port or system.free_port()
-    demo = Demo(state, web_port, args.ssh_port, rotate_every=args.rotate_every,
-                interval=args.interval, out=sys.stdout)  # fmt: skip
+    demo = Demo(
+        state,
+        web_port,
+        args.ssh_port,
+        rotate_every=args.rotate_every,
+        interval=args.interval,
+        out=sys.stdout,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -488,8 +527,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         demo.write_server_config()
         creds = demo.users()
         demo.start_web()
-        demo.writer = LogWriter(demo.logs, interval=args.interval,
-                                rotate_every=args.rotate_every)  # fmt: skip
+        demo.writer = LogWriter(demo.logs, interval=args.interval, rotate_every=args.rotate_every)
         demo.writer.start()
         demo.banner(creds)
         code = demo.run(stop)
@@ -497,8 +535,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         demo.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
-    demo.say("logtorukun demo: stopped (sshd, web server and log writer); state kept in"
-             f" {state}")  # fmt: skip
+    demo.say(f"logtorukun demo: stopped (sshd, web server and log writer); state kept in {state}")
     return code
 
 
@@ -508,14 +545,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="start a local worker and the web server with sample logs (run as root)",
         description="A complete local system on 127.0.0.1; Ctrl-C stops everything.",
     )
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
-                   help="keys, config, database and logs (default: %(default)s)")
-    p.add_argument("--port", type=int, default=DEFAULT_WEB_PORT, metavar="N",
-                   help="web server port on 127.0.0.1 (default: %(default)s; 0: any free)")
-    p.add_argument("--ssh-port", type=int, default=0, metavar="N",
-                   help="worker sshd port on 127.0.0.1 (default: any free port)")
-    p.add_argument("--rotate-every", type=float, default=300.0, metavar="SECONDS",
-                   help="rotate app.log this often (default: %(default)s)")
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
-                   help="about this long between new log lines (default: %(default)s)")
+    p.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help="keys, config, database and logs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_WEB_PORT,
+        metavar="N",
+        help="web server port on 127.0.0.1 (default: %(default)s; 0: any free)",
+    )
+    p.add_argument(
+        "--ssh-port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="worker sshd port on 127.0.0.1 (default: any free port)",
+    )
+    p.add_argument(
+        "--rotate-every",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="rotate app.log this often (default: %(default)s)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="about this long between new log lines (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_demo)

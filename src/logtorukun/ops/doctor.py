@@ -77,21 +77,37 @@ class Worker:
         h = self.host
         timeout = max(1, round(h.connect_timeout))
         return [
-            system.SSH, "-F", "/dev/null", "-T",
-            "-i", str(self.key),
-            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-            "-o", f"UserKnownHostsFile={h.known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "UpdateHostKeys=no",
-            "-o", "BatchMode=yes",
-            "-o", f"ConnectTimeout={timeout}",
-            "-o", "LogLevel=ERROR",
+            system.SSH,
+            "-F",
+            "/dev/null",
+            "-T",
+            "-i",
+            str(self.key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            f"UserKnownHostsFile={h.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "UpdateHostKeys=no",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={timeout}",
+            "-o",
+            "LogLevel=ERROR",
             *options,
-            "-p", str(h.port),
-            "--", f"{h.user}@{h.address}",
+            "-p",
+            str(h.port),
+            "--",
+            f"{h.user}@{h.address}",
             command,
-        ]  # fmt: skip
+        ]
 
     def run(self, command: str, *options: str) -> Probe:
         try:
@@ -104,8 +120,9 @@ class Worker:
             )
         except subprocess.TimeoutExpired:
             return Probe(SSH_FAILED, "", "timed out")
-        return Probe(out.returncode, out.stdout.decode(errors="replace"),
-                     out.stderr.decode(errors="replace"))  # fmt: skip
+        return Probe(
+            out.returncode, out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
+        )
 
 
 def _last(text: str) -> str:
@@ -140,44 +157,67 @@ def check_host(host: HostConfig) -> list[Check]:
     try:
         with socket.create_connection((host.address, host.port), timeout=host.connect_timeout):
             reachable = True
-            add("port reachable", True, f"{where} answered in"
-                f" {(time.monotonic() - started) * 1000:.0f} ms")  # fmt: skip
+            add(
+                "port reachable",
+                True,
+                f"{where} answered in {(time.monotonic() - started) * 1000:.0f} ms",
+            )
     except OSError as exc:
         reachable = False
-        add("port reachable", False, f"{where}: {exc.strerror or exc}",
+        add(
+            "port reachable",
+            False,
+            f"{where}: {exc.strerror or exc}",
             "start sshd on the worker and open port"
-            f" {host.port} from this server (firewall, security group)")  # fmt: skip
+            f" {host.port} from this server (firewall, security group)",
+        )
 
     key_ok = _key_checks(host, add)
-    add("connection timeout set", 0 < host.connect_timeout <= 60 and host.request_timeout > 0,
+    add(
+        "connection timeout set",
+        0 < host.connect_timeout <= 60 and host.request_timeout > 0,
         f"connect_timeout = {host.connect_timeout:g} s, request_timeout ="
         f" {host.request_timeout:g} s",
         f"set connect_timeout (1-60) and request_timeout (> 0) in the [[host]] {host.name}"
-        " of the config")  # fmt: skip
+        " of the config",
+    )
     kh = host.known_hosts
     if str(kh) == "/dev/null":
-        add("host key pinned", False, "known_hosts is /dev/null: any host key would be accepted",
-            f"point known_hosts at a real file and run: logtorukun hosts trust {host.name}")
+        add(
+            "host key pinned",
+            False,
+            "known_hosts is /dev/null: any host key would be accepted",
+            f"point known_hosts at a real file and run: logtorukun hosts trust {host.name}",
+        )
         return checks
     if not reachable or not key_ok:
         why = "port not reachable" if not reachable else "no usable key file"
-        for name in ("host key pinned", "password authentication refused",
-                     "key forced to the gate", "injection refused", "file outside policy refused"):
-            add(name, None, f"not checked: {why}")  # fmt: skip
+        for name in (
+            "host key pinned",
+            "password authentication refused",
+            "key forced to the gate",
+            "injection refused",
+            "file outside policy refused",
+        ):
+            add(name, None, f"not checked: {why}")
         return checks
 
     with _private_copy(host.key) as key:
         w = Worker(host, key)
         # No authentication at all: sshd answers with the methods it would accept, and
         # the host key is checked first, so one probe answers two questions.
-        p = w.run("true", "-o", "PreferredAuthentications=none",
-                  "-o", "NumberOfPasswordPrompts=0")  # fmt: skip
-        pin_fix = (f"check the worker's key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
-                   f" on it), then: logtorukun hosts trust {host.name} --fingerprint SHA256:...")
+        p = w.run("true", "-o", "PreferredAuthentications=none", "-o", "NumberOfPasswordPrompts=0")
+        pin_fix = (
+            f"check the worker's key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
+            f" on it), then: logtorukun hosts trust {host.name} --fingerprint SHA256:..."
+        )
         if "IDENTIFICATION HAS CHANGED" in p.err:
-            add("host key pinned", False,
-                f"the host key of {where} differs from {kh}: a new key or a machine in the"
-                " middle", f"if the worker was reinstalled: {pin_fix}")  # fmt: skip
+            add(
+                "host key pinned",
+                False,
+                f"the host key of {where} differs from {kh}: a new key or a machine in the middle",
+                f"if the worker was reinstalled: {pin_fix}",
+            )
             return checks
         if "Host key verification failed" in p.err:
             add("host key pinned", False, f"no key for {where} in {kh}", pin_fix)
@@ -189,53 +229,84 @@ def check_host(host: HostConfig) -> list[Check]:
         add("host key pinned", True, f"{where} presented the key pinned in {kh}")
         offered = methods.group(1).split(",")
         weak = [m for m in offered if m in ("password", "keyboard-interactive")]
-        add("password authentication refused", not weak,
+        add(
+            "password authentication refused",
+            not weak,
             f"sshd offers {', '.join(offered)} to {host.user}",
             "in the worker's sshd Match block for the gate user: AuthenticationMethods"
             " publickey, PasswordAuthentication no, KbdInteractiveAuthentication no"
-            " (logtorukun worker setup writes them)")  # fmt: skip
+            " (logtorukun worker setup writes them)",
+        )
 
         marker = f"logtorukun-doctor-{secrets.token_hex(6)}"
         p = w.run(f"echo {marker}")
-        forced_fix = ("install the key with restrict,command=\"<gate> --policy <file>\" (run"
-                      " logtorukun worker setup on the worker)")
+        forced_fix = (
+            'install the key with restrict,command="<gate> --policy <file>" (run'
+            " logtorukun worker setup on the worker)"
+        )
         if marker in p.out:
-            add("key forced to the gate", False,
-                f"`echo {marker}` ran on the worker: this key has a shell", forced_fix)
+            add(
+                "key forced to the gate",
+                False,
+                f"`echo {marker}` ran on the worker: this key has a shell",
+                forced_fix,
+            )
             forced = False
         elif p.code == SSH_FAILED:
-            add("key forced to the gate", False, f"the key was not accepted: {_last(p.err)}",
-                f"install {host.key}.pub on the worker (logtorukun worker setup --key ...)")
+            add(
+                "key forced to the gate",
+                False,
+                f"the key was not accepted: {_last(p.err)}",
+                f"install {host.key}.pub on the worker (logtorukun worker setup --key ...)",
+            )
             forced = False
         elif p.code == GATE_BAD_REQUEST and "logtorukun-gate:" in p.err:
-            add("key forced to the gate", True, f"a command outside the grammar was refused:"
-                f" {_last(p.err)}")  # fmt: skip
+            add(
+                "key forced to the gate",
+                True,
+                f"a command outside the grammar was refused: {_last(p.err)}",
+            )
             forced = True
         else:
-            add("key forced to the gate", False,
-                f"unexpected answer (exit {p.code}): {_last(p.err or p.out)}", forced_fix)
+            add(
+                "key forced to the gate",
+                False,
+                f"unexpected answer (exit {p.code}): {_last(p.err or p.out)}",
+                forced_fix,
+            )
             forced = False
 
         leaks: list[str] = []
-        for probe in (f"tail -n 1 /etc/hostname; echo {marker}",
-                      f"tail -n 1 /etc/hostname\necho {marker}",
-                      f"tail -n 1 /etc/hostname;echo${{IFS}}{marker}",
-                      f"tail -n 1 $(echo {marker})",
-                      f"grep -e x /etc/hostname `echo {marker}`"):  # fmt: skip
+        for probe in (
+            f"tail -n 1 /etc/hostname; echo {marker}",
+            f"tail -n 1 /etc/hostname\necho {marker}",
+            f"tail -n 1 /etc/hostname;echo${{IFS}}{marker}",
+            f"tail -n 1 $(echo {marker})",
+            f"grep -e x /etc/hostname `echo {marker}`",
+        ):
             p = w.run(probe)
             if marker in p.out or p.code == 0:
                 leaks.append(f"{probe!r} -> exit {p.code}")
-        add("injection refused", not leaks and forced,
-            "separators, newline, ${IFS}, $(..) and backticks were all refused" if not leaks
-            else f"ran: {'; '.join(leaks)}" if leaks else "not forced to the gate",
-            forced_fix)  # fmt: skip
+        add(
+            "injection refused",
+            not leaks and forced,
+            "separators, newline, ${IFS}, $(..) and backticks were all refused"
+            if not leaks
+            else f"ran: {'; '.join(leaks)}"
+            if leaks
+            else "not forced to the gate",
+            forced_fix,
+        )
 
         p = w.run("tail -n 1 /etc/shadow")
         outside_ok = p.code == GATE_REFUSED and not p.out
-        add("file outside policy refused", outside_ok,
+        add(
+            "file outside policy refused",
+            outside_ok,
             f"tail /etc/shadow: exit {p.code}, {_last(p.err) if p.err else 'no reason'}",
             "give the gate a policy that names only log files ([[files]] root/patterns), and"
-            " keep the gate user out of groups that can read /etc/shadow")  # fmt: skip
+            " keep the gate user out of groups that can read /etc/shadow",
+        )
     return checks
 
 
@@ -244,8 +315,12 @@ def _key_checks(host: HostConfig, add: _Add) -> bool:
     try:
         st = key.stat()
     except FileNotFoundError:
-        add("key file mode 600", False, f"{key} does not exist",
-            f"ssh-keygen -t ed25519 -N '' -f {key}, then install {key}.pub on the worker")
+        add(
+            "key file mode 600",
+            False,
+            f"{key} does not exist",
+            f"ssh-keygen -t ed25519 -N '' -f {key}, then install {key}.pub on the worker",
+        )
         return False
     except OSError as exc:
         add("key file mode 600", False, f"{key}: {exc.strerror}", f"check {key.parent}")
@@ -253,8 +328,12 @@ def _key_checks(host: HostConfig, add: _Add) -> bool:
     mode = stat.S_IMODE(st.st_mode)
     ok = not mode & 0o077 and st.st_uid == os.geteuid()
     owner = "you" if st.st_uid == os.geteuid() else f"uid {st.st_uid}"
-    add("key file mode 600", ok, f"{key} is {mode:04o}, owned by {owner}",
-        f"chown {os.geteuid()} {key} && chmod 600 {key}")  # fmt: skip
+    add(
+        "key file mode 600",
+        ok,
+        f"{key} is {mode:04o}, owned by {owner}",
+        f"chown {os.geteuid()} {key} && chmod 600 {key}",
+    )
     return os.access(key, os.R_OK)
 
 
@@ -288,22 +367,42 @@ def check_server(config: Config) -> list[Check]:
             writable = os.access(db, os.W_OK)
         finally:
             store.close()
-        add("audit store writable", writable, f"{db} opened for writing",
-            f"give the web server's user write access to {db} and {db.parent}")
-        add("audit chain valid", report.ok, report.summary(),
+        add(
+            "audit store writable",
+            writable,
+            f"{db} opened for writing",
+            f"give the web server's user write access to {db} and {db.parent}",
+        )
+        add(
+            "audit chain valid",
+            report.ok,
+            report.summary(),
             f"investigate: logtorukun --config {config.path} audit verify; restore the store"
-            " from a backup if records were changed")  # fmt: skip
+            " from a backup if records were changed",
+        )
     except UserError as exc:
-        add("audit store writable", False, str(exc),
-            f"mkdir -p {db.parent} and let the web server's user write there")
+        add(
+            "audit store writable",
+            False,
+            str(exc),
+            f"mkdir -p {db.parent} and let the web server's user write there",
+        )
 
-    found = [f"[[host]] {h.name}: known_hosts = /dev/null" for h in config.hosts
-             if str(h.known_hosts) == "/dev/null"] + _disabled_checking()  # fmt: skip
-    add("host key checking on", not found,
-        "; ".join(found) if found else "every [[host]] has a known_hosts file; no ssh_config"
+    found = [
+        f"[[host]] {h.name}: known_hosts = /dev/null"
+        for h in config.hosts
+        if str(h.known_hosts) == "/dev/null"
+    ] + _disabled_checking()
+    add(
+        "host key checking on",
+        not found,
+        "; ".join(found)
+        if found
+        else "every [[host]] has a known_hosts file; no ssh_config"
         f" disables checking ({', '.join(SSH_CONFIGS)})",
         "delete those lines (give each [[host]] a real known_hosts file and run logtorukun"
-        " hosts trust HOST): a changed host key must stop the connection")  # fmt: skip
+        " hosts trust HOST): a changed host key must stop the connection",
+    )
     return checks
 
 

@@ -138,8 +138,10 @@ def ensure_system_user(name: str, home: Path, shell: str = "/bin/sh") -> bool:
     """
     changed = False
     if not user_exists(name):
-        run([USERADD, "-r", "-M", "-d", str(home), "-s", shell, "-c", "logtorukun gate", name],
-            ok=(0, 9))  # fmt: skip
+        run(
+            [USERADD, "-r", "-M", "-d", str(home), "-s", shell, "-c", "logtorukun gate", name],
+            ok=(0, 9),
+        )
         changed = True
     pw = pwd.getpwnam(name)
     if pw.pw_shell != shell or pw.pw_dir != str(home):
@@ -166,8 +168,13 @@ def die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def spawn(argv: Sequence[str], *, log: Path | None = None, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+def spawn(
+    argv: Sequence[str],
+    *,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
     """Start a child that cannot outlive us (see `die_with_parent`)."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:

@@ -88,8 +88,9 @@ _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,30}", re.ASCII)
 # --------------------------------------------------------------------------- setup/remove
 
 
-def apply_changes(changes: Sequence[Change], layout: Layout, *, reload: bool,
-                  say: Callable[[str], None]) -> None:  # fmt: skip
+def apply_changes(
+    changes: Sequence[Change], layout: Layout, *, reload: bool, say: Callable[[str], None]
+) -> None:
     """Apply in order; if sshd rejects the result, put the sshd drop-in back and stop."""
     dropin = layout.sshd_dropin
     before = dropin.read_bytes() if dropin.exists() else None
@@ -122,15 +123,19 @@ def setup(spec: Spec, *, dry_run: bool, reload: bool, say: Callable[[str], None]
             " add it as the first line (Debian's default config has it)"
         )
     if spec.containers and not os.access(system.VISUDO, os.X_OK):
-        say(f"note: {system.VISUDO} not found (apt-get install sudo): the sudoers rule for"
-            " docker logs will be written but cannot be checked")  # fmt: skip
+        say(
+            f"note: {system.VISUDO} not found (apt-get install sudo): the sudoers rule for"
+            " docker logs will be written but cannot be checked"
+        )
     changes = plan_setup(spec)
     if not changes:
         say(f"worker setup for {spec.layout.user}: nothing to change")
         return 0
     if dry_run:
-        say(f"worker setup for {spec.layout.user} would make {len(changes)} change(s)"
-            " (dry run: nothing was changed):")  # fmt: skip
+        say(
+            f"worker setup for {spec.layout.user} would make {len(changes)} change(s)"
+            " (dry run: nothing was changed):"
+        )
         for c in changes:
             say(f"  {c.what}")
             if c.detail:
@@ -144,8 +149,9 @@ def setup(spec: Spec, *, dry_run: bool, reload: bool, say: Callable[[str], None]
     return 0
 
 
-def remove(layout: Layout, *, dry_run: bool, keep_user: bool, reload: bool,
-           say: Callable[[str], None]) -> int:  # fmt: skip
+def remove(
+    layout: Layout, *, dry_run: bool, keep_user: bool, reload: bool, say: Callable[[str], None]
+) -> int:
     if not dry_run:
         system.need_root("logtorukun worker remove")
     changes = plan_remove(layout, keep_user=keep_user)
@@ -153,8 +159,10 @@ def remove(layout: Layout, *, dry_run: bool, keep_user: bool, reload: bool,
         say(f"worker remove for {layout.user}: nothing to remove")
         return 0
     if dry_run:
-        say(f"worker remove for {layout.user} would make {len(changes)} change(s)"
-            " (dry run: nothing was changed):")  # fmt: skip
+        say(
+            f"worker remove for {layout.user} would make {len(changes)} change(s)"
+            " (dry run: nothing was changed):"
+        )
         for c in changes:
             say(f"  {c.what}")
         return 0
@@ -235,40 +243,83 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    return remove(_layout(args), dry_run=args.dry_run, keep_user=args.keep_user,
-                  reload=not args.no_reload, say=print)  # fmt: skip
+    return remove(
+        _layout(args),
+        dry_run=args.dry_run,
+        keep_user=args.keep_user,
+        reload=not args.no_reload,
+        say=print,
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("worker", help="set up or remove the gate on this worker (run as root)",
-                       description="Provision this machine as a logtorukun worker.")  # fmt: skip
+    p = sub.add_parser(
+        "worker",
+        help="set up or remove the gate on this worker (run as root)",
+        description="Provision this machine as a logtorukun worker.",
+    )
     wsub = p.add_subparsers(dest="worker_command", metavar="ACTION", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--user", default=DEFAULT_USER, help="gate user (default: %(default)s)")
-        q.add_argument("--root", metavar="DIR",
-                       help="write every file below DIR instead of / (tests, chroots)")
+        q.add_argument(
+            "--root", metavar="DIR", help="write every file below DIR instead of / (tests, chroots)"
+        )
         q.add_argument("--dry-run", action="store_true", help="print every change, change nothing")
         q.add_argument("--no-reload", action="store_true", help="do not signal sshd to reload")
 
-    s = wsub.add_parser("setup", help="create the gate user, key, policy and sshd block",
-                        description="Idempotent: a second run changes nothing.")  # fmt: skip
+    s = wsub.add_parser(
+        "setup",
+        help="create the gate user, key, policy and sshd block",
+        description="Idempotent: a second run changes nothing.",
+    )
     common(s)
-    s.add_argument("--key", required=True, action="append", metavar="PUBKEY_FILE",
-                   help="the web server's public key (*.pub); twice while rotating keys")
-    s.add_argument("--from", dest="from_", action="append", default=[], metavar="ADDR",
-                   help="web server address or CIDR the key may connect from (repeatable)")
-    s.add_argument("--files", action="append", default=[], metavar="ROOT:PATTERN",
-                   help="log files the gate may read, e.g. /var/log/app:*.log (repeatable)")
-    s.add_argument("--unit", action="append", default=[], metavar="UNIT",
-                   help="systemd unit whose journal may be read (repeatable)")
-    s.add_argument("--container", action="append", default=[], metavar="NAME",
-                   help="docker container whose logs may be read (repeatable; adds a sudoers rule)")
-    s.add_argument("--python", default=DEFAULT_PYTHON,
-                   help="Python ≥ 3.11 that runs the gate (default: %(default)s)")
-    s.add_argument("--audit-file", metavar="PATH",
-                   help="gate audit as JSON lines in PATH, or 'syslog' (default: syslog when"
-                        " /dev/log exists)")  # fmt: skip
+    s.add_argument(
+        "--key",
+        required=True,
+        action="append",
+        metavar="PUBKEY_FILE",
+        help="the web server's public key (*.pub); twice while rotating keys",
+    )
+    s.add_argument(
+        "--from",
+        dest="from_",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="web server address or CIDR the key may connect from (repeatable)",
+    )
+    s.add_argument(
+        "--files",
+        action="append",
+        default=[],
+        metavar="ROOT:PATTERN",
+        help="log files the gate may read, e.g. /var/log/app:*.log (repeatable)",
+    )
+    s.add_argument(
+        "--unit",
+        action="append",
+        default=[],
+        metavar="UNIT",
+        help="systemd unit whose journal may be read (repeatable)",
+    )
+    s.add_argument(
+        "--container",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="docker container whose logs may be read (repeatable; adds a sudoers rule)",
+    )
+    s.add_argument(
+        "--python",
+        default=DEFAULT_PYTHON,
+        help="Python ≥ 3.11 that runs the gate (default: %(default)s)",
+    )
+    s.add_argument(
+        "--audit-file",
+        metavar="PATH",
+        help="gate audit as JSON lines in PATH, or 'syslog' (default: syslog when /dev/log exists)",
+    )
     s.set_defaults(func=cmd_setup)
 
     r = wsub.add_parser("remove", help="undo `worker setup`")

@@ -36,8 +36,12 @@ def file_change(path: Path, text: str, mode: int, uid: int = 0, gid: int = 0) ->
         old = path.read_bytes() if stat.S_ISREG(st.st_mode) else None
     except FileNotFoundError:
         st, old = None, None
-    if (old == data and st is not None and stat.S_IMODE(st.st_mode) == mode
-            and (os.geteuid() != 0 or (st.st_uid, st.st_gid) == (uid, gid))):  # fmt: skip
+    if (
+        old == data
+        and st is not None
+        and stat.S_IMODE(st.st_mode) == mode
+        and (os.geteuid() != 0 or (st.st_uid, st.st_gid) == (uid, gid))
+    ):
         return None
     if old is None:
         detail = "".join(f"    + {ln}\n" for ln in text.splitlines())
@@ -45,8 +49,9 @@ def file_change(path: Path, text: str, mode: int, uid: int = 0, gid: int = 0) ->
     elif old == data:
         detail, what = "", f"fix mode/owner of {path} to {mode:04o}"
     else:
-        diff = difflib.unified_diff(old.decode(errors="replace").splitlines(),
-                                    text.splitlines(), lineterm="", n=1)  # fmt: skip
+        diff = difflib.unified_diff(
+            old.decode(errors="replace").splitlines(), text.splitlines(), lineterm="", n=1
+        )
         detail = "".join(f"    {ln}\n" for ln in list(diff)[2:])
         what = f"update {path}"
 
@@ -81,8 +86,12 @@ def dir_change(path: Path, mode: int, owner: str | None = None) -> Change | None
         raise UserError(f"{path} exists and is not a directory: move it away")
     owner_exists = owner is None or system.user_exists(owner)
     want_uid = pwd.getpwnam(owner).pw_uid if owner and owner_exists else 0
-    if (st is not None and owner_exists and stat.S_IMODE(st.st_mode) == mode
-            and (os.geteuid() != 0 or st.st_uid == want_uid)):  # fmt: skip
+    if (
+        st is not None
+        and owner_exists
+        and stat.S_IMODE(st.st_mode) == mode
+        and (os.geteuid() != 0 or st.st_uid == want_uid)
+    ):
         return None
 
     def apply() -> None:

@@ -88,10 +88,12 @@ def plan_setup(spec: Spec) -> list[Change]:
             or (system.shadow_password(user) or "!").startswith("!")
         )
     if need_user:
-        changes.append(Change(
-            f"system user {user} (home {lay.home}, shell /bin/sh, password '*': none matches)",
-            lambda: system.ensure_system_user(user, lay.home),
-        ))  # fmt: skip
+        changes.append(
+            Change(
+                f"system user {user} (home {lay.home}, shell /bin/sh, password '*': none matches)",
+                lambda: system.ensure_system_user(user, lay.home),
+            )
+        )
 
     changes += [
         dir_change(lay.home, 0o755),
@@ -100,16 +102,22 @@ def plan_setup(spec: Spec) -> list[Change]:
     if spec.audit_file is not None:
         changes.append(dir_change(spec.audit_file.parent, 0o750, owner=user))
     changes.append(bytes_change(lay.zipapp, _zipapp_bytes(spec.python), 0o755))
-    policy = policy_text(spec.files, spec.units, spec.containers,
-                         state_dir=lay.state_dir, audit_file=spec.audit_file)  # fmt: skip
+    policy = policy_text(
+        spec.files, spec.units, spec.containers, state_dir=lay.state_dir, audit_file=spec.audit_file
+    )
     changes.append(file_change(lay.policy, policy, 0o644))
     command = gate_command(lay.zipapp, lay.policy, python=spec.python)
     changes.append(dir_change(lay.keys_dir, 0o755))
-    changes.append(file_change(lay.authorized_keys,
-                                "".join(key_line(k, command, spec.sources) + "\n"
-                                        for k in spec.keys), 0o644))  # fmt: skip
-    changes.append(file_change(lay.sshd_dropin, match_block(user, lay.authorized_keys, command),
-                                0o644))  # fmt: skip
+    changes.append(
+        file_change(
+            lay.authorized_keys,
+            "".join(key_line(k, command, spec.sources) + "\n" for k in spec.keys),
+            0o644,
+        )
+    )
+    changes.append(
+        file_change(lay.sshd_dropin, match_block(user, lay.authorized_keys, command), 0o644)
+    )
 
     acls: list[list[str]] = []
     for rule in spec.files:
@@ -131,8 +139,9 @@ def plan_setup(spec: Spec) -> list[Change]:
             acls.append([str(f), f"user:{user}:r--", ""])
         existing = _logrotate_covers(lay, rule.root)
         if not existing:
-            changes.append(file_change(_logrotate_name(lay, rule.root), logrotate_text(rule),
-                                        0o644))  # fmt: skip
+            changes.append(
+                file_change(_logrotate_name(lay, rule.root), logrotate_text(rule), 0o644)
+            )
         for path, mode in existing:
             if mode is not None and not int(mode, 8) & 0o040:
                 raise UserError(
@@ -177,8 +186,9 @@ def _zipapp_bytes(python: str) -> bytes:
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
-            _ZIPAPP_CACHE[python] = build_gate_zipapp(Path(d) / "gate.pyz", python=python)\
-                .read_bytes()  # fmt: skip
+            _ZIPAPP_CACHE[python] = build_gate_zipapp(
+                Path(d) / "gate.pyz", python=python
+            ).read_bytes()
     return _ZIPAPP_CACHE[python]
 
 
@@ -196,28 +206,41 @@ def plan_remove(layout: Layout, *, keep_user: bool) -> list[Change]:
             continue
         name = spec.rsplit(":", 1)[0]  # user:NAME
         argv = [system.SETFACL, *(["-d"] if kind else []), "-x", name, "--", path]
-        changes.append(Change(f"remove {'default ' if kind else ''}ACL {name} from {path}",
-                              functools.partial(system.run, argv)))
+        changes.append(
+            Change(
+                f"remove {'default ' if kind else ''}ACL {name} from {path}",
+                functools.partial(system.run, argv),
+            )
+        )
     files = manifest.get("files")
-    paths = [Path(p) for p in files] if isinstance(files, list) else [
-        layout.policy, layout.authorized_keys, layout.sshd_dropin, layout.sudoers]  # fmt: skip
+    paths = (
+        [Path(p) for p in files]
+        if isinstance(files, list)
+        else [layout.policy, layout.authorized_keys, layout.sshd_dropin, layout.sudoers]
+    )
     for p in paths:
         if p != layout.manifest and p.exists():
             changes.append(Change(f"delete {p}", p.unlink))
     # The gate's audit records (audit_dir) stay: they are evidence, not configuration.
     for d in (layout.home,):
         if d.exists():
-            changes.append(Change(f"delete {d} (gate state)",
-                                  functools.partial(_rmtree, d)))
+            changes.append(Change(f"delete {d} (gate state)", functools.partial(_rmtree, d)))
     created = manifest.get("created_user", True)
     if system.user_exists(user) and not keep_user and created:
-        changes.append(Change(f"delete system user {user}",
-                              lambda: system.run([system.USERDEL, user], ok=(0, 6))))
-    others = [p for p in layout.keys_dir.glob("*") if p != layout.authorized_keys] \
-        if layout.keys_dir.exists() else []  # fmt: skip
+        changes.append(
+            Change(
+                f"delete system user {user}", lambda: system.run([system.USERDEL, user], ok=(0, 6))
+            )
+        )
+    others = (
+        [p for p in layout.keys_dir.glob("*") if p != layout.authorized_keys]
+        if layout.keys_dir.exists()
+        else []
+    )
     if layout.zipapp.exists() and not others:
-        changes.append(Change(f"delete {layout.zipapp} (no other gate user uses it)",
-                              layout.zipapp.unlink))
+        changes.append(
+            Change(f"delete {layout.zipapp} (no other gate user uses it)", layout.zipapp.unlink)
+        )
     if layout.manifest.exists():
         changes.append(Change(f"delete {layout.manifest}", layout.manifest.unlink))
     return changes

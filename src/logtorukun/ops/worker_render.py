@@ -35,8 +35,12 @@ def policy_text(
     else:
         out += ['destination = "file"', f"path = {q(str(audit_file))}"]
     for rule in files:
-        out += ["", "[[files]]", f"root = {q(rule.root)}",
-                f"patterns = [{', '.join(q(p) for p in rule.patterns)}]"]  # fmt: skip
+        out += [
+            "",
+            "[[files]]",
+            f"root = {q(rule.root)}",
+            f"patterns = [{', '.join(q(p) for p in rule.patterns)}]",
+        ]
     for unit in units:
         out += ["", "[[journal]]", f"unit = {q(unit)}"]
     for c in containers:
@@ -57,8 +61,11 @@ def sudoers_text(user: str, containers: Sequence[str]) -> str:
 
 
 def logrotate_text(rule: FilesRule) -> str:
-    globs = " ".join(f"{rule.root}/{p}" for p in rule.patterns if not p.endswith(".gz")
-                     and not re.search(r"\.[0-9\[]", p))  # fmt: skip
+    globs = " ".join(
+        f"{rule.root}/{p}"
+        for p in rule.patterns
+        if not p.endswith(".gz") and not re.search(r"\.[0-9\[]", p)
+    )
     return f"""\
 # written by `logtorukun worker setup`: rotate {rule.root} keeping the gate's read access.
 # `create 0640` keeps group read, so the ACL grant (mask r--) survives the new file.

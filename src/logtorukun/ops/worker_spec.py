@@ -18,11 +18,16 @@ from .bundle import DEFAULT_PYTHON
 DEFAULT_USER = "logtorukun"
 # from= patterns: addresses, CIDR, host names and sshd's wildcards; never a quote.
 _FROM = re.compile(r"!?[A-Za-z0-9.:/*?_-]+", re.ASCII)
-_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
-              "ecdsa-sha2-nistp521", "ssh-rsa", "sk-ssh-ed25519@openssh.com",
-              "sk-ecdsa-sha2-nistp256@openssh.com")  # fmt: skip
+_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,3}", re.ASCII)
-
 
 
 @dataclass(frozen=True)
@@ -41,8 +46,11 @@ class Layout:
 
     @property
     def policy(self) -> Path:
-        return self.etc / f"policy-{self.user}.toml" if self.user != DEFAULT_USER \
-            else self.etc / "policy.toml"  # fmt: skip
+        return (
+            self.etc / f"policy-{self.user}.toml"
+            if self.user != DEFAULT_USER
+            else self.etc / "policy.toml"
+        )
 
     @property
     def zipapp(self) -> Path:

@@ -78,8 +78,17 @@ def sshd_test(layout: Layout) -> None:
 
 def sshd_effective(layout: Layout, user: str, addr: str = "127.0.0.1") -> dict[str, str]:
     """`sshd -T -C user=...`: what sshd will really apply to the gate user."""
-    out = system.run([system.SSHD, "-T", "-f", str(layout.sshd_config), "-C",
-                      f"user={user},host=localhost,addr={addr}"], ok=(0, 1, 255))  # fmt: skip
+    out = system.run(
+        [
+            system.SSHD,
+            "-T",
+            "-f",
+            str(layout.sshd_config),
+            "-C",
+            f"user={user},host=localhost,addr={addr}",
+        ],
+        ok=(0, 1, 255),
+    )
     if out.returncode != 0:
         raise UserError(f"sshd -T failed: {out.stderr.strip().splitlines()[-1:]}")
     conf: dict[str, str] = {}

@@ -167,6 +167,7 @@ class Access:
         if not caps:
             return Decision(False, f"no role grants {source.key} on host {host.name}")
         return Decision(
-            False, f"no role grants {capability} on {host.name}:{source.key} (only "
-            f"{', '.join(sorted(caps))})"
-        )  # fmt: skip
+            False,
+            f"no role grants {capability} on {host.name}:{source.key} (only "
+            f"{', '.join(sorted(caps))})",
+        )

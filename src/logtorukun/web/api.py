@@ -86,25 +86,46 @@ def _begin(
     ctx = server.require_user(request, action, host=host, source=src_text, params=params)
     hc = server.config.host(host)
     if hc is None:
-        raise server.refuse(ctx, 404, f"unknown host {host!r}", action=action, host=host,
-                            source=src_text, params=params)  # fmt: skip
+        raise server.refuse(
+            ctx,
+            404,
+            f"unknown host {host!r}",
+            action=action,
+            host=host,
+            source=src_text,
+            params=params,
+        )
     src: Source | None = None
     if source is not None:
         try:
             src = source_from(**source)
         except BadSource as exc:
-            raise server.refuse(ctx, 422, str(exc), action=action, host=host, source=src_text,
-                                params=params) from None  # fmt: skip
+            raise server.refuse(
+                ctx, 422, str(exc), action=action, host=host, source=src_text, params=params
+            ) from None
     for value in (params.get("pattern"), params.get("since"), params.get("until")):
         if isinstance(value, str) and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise server.refuse(ctx, 422, "control characters are not accepted", action=action,
-                                host=host, source=src_text, params=params)  # fmt: skip
+            raise server.refuse(
+                ctx,
+                422,
+                "control characters are not accepted",
+                action=action,
+                host=host,
+                source=src_text,
+                params=params,
+            )
     for name in ("since", "until"):
         value = params.get(name)
         if isinstance(value, str) and not _TIME.fullmatch(value):
-            raise server.refuse(ctx, 422, f"{name}: not a time such as 2024-12-17 14:03:00",
-                                action=action, host=host, source=src_text,
-                                params=params)  # fmt: skip
+            raise server.refuse(
+                ctx,
+                422,
+                f"{name}: not a time such as 2024-12-17 14:03:00",
+                action=action,
+                host=host,
+                source=src_text,
+                params=params,
+            )
     assert ctx.access is not None
     key = src.key if src else None
     for cap in (capability, also):
@@ -112,10 +133,19 @@ def _begin(
             continue
         decision = ctx.access.check(hc, src, cap)
         if not decision.allowed:
-            raise server.refuse(ctx, 403, decision.reason, action=action, host=host,
-                                source=key, params=params)  # fmt: skip
-    ref = server.record(ctx, event, action=action, host=host, source=key, params=params,
-                        decision="allow", reason=f"{capability} granted")  # fmt: skip
+            raise server.refuse(
+                ctx, 403, decision.reason, action=action, host=host, source=key, params=params
+            )
+    ref = server.record(
+        ctx,
+        event,
+        action=action,
+        host=host,
+        source=key,
+        params=params,
+        decision="allow",
+        reason=f"{capability} granted",
+    )
     return Allowed(ctx, hc, src, ref, started)
 
 
@@ -171,13 +201,25 @@ def _result(
     assert a.source is not None
     if download:
         body = ("\n".join(lines) + ("\n" if lines else "")).encode()
-        _end(server, a, {**outcome.as_audit(), "bytes": len(body), "lines": len(lines),
-                         "truncated": truncated, "download": True})  # fmt: skip
+        _end(
+            server,
+            a,
+            {
+                **outcome.as_audit(),
+                "bytes": len(body),
+                "lines": len(lines),
+                "truncated": truncated,
+                "download": True,
+            },
+        )
         server.metrics.sent("download", len(body), len(lines))
         base = re.sub(r"[^A-Za-z0-9._-]", "_", a.source.name.rsplit("/", 1)[-1])[:80]
         filename = f"{a.host.name}_{base}_{action}.log"
-        return Response(body, media_type="text/plain; charset=utf-8", headers={
-            "content-disposition": f'attachment; filename="{filename}"'})  # fmt: skip
+        return Response(
+            body,
+            media_type="text/plain; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{filename}"'},
+        )
     payload = {
         "host": a.host.name,
         "source": a.source.key,
@@ -190,8 +232,11 @@ def _result(
         "audit": a.ref.seq,
     }
     body = json.dumps(payload, ensure_ascii=False).encode()
-    _end(server, a, {**outcome.as_audit(), "bytes": len(body), "lines": len(lines),
-                     "truncated": truncated})  # fmt: skip
+    _end(
+        server,
+        a,
+        {**outcome.as_audit(), "bytes": len(body), "lines": len(lines), "truncated": truncated},
+    )
     server.metrics.sent(action, len(body), len(lines))
     return Response(body, media_type="application/json")
 
@@ -223,21 +268,29 @@ async def hosts(request: Request, probe: bool = False) -> dict[str, Any]:
     ctx = server.require_user(request, "hosts")
     assert ctx.access is not None
     visible = ctx.access.hosts()
-    server.record(ctx, "read", action="hosts", params={"probe": probe, "count": len(visible)},
-                  decision="allow", reason="host list filtered by grants")  # fmt: skip
+    server.record(
+        ctx,
+        "read",
+        action="hosts",
+        params={"probe": probe, "count": len(visible)},
+        decision="allow",
+        reason="host list filtered by grants",
+    )
     if probe and visible:
         await asyncio.gather(*(server.workers.probe(h) for h in visible))
     out = []
     for h in visible:
         state = server.workers.state.get(h.name)
-        out.append({
-            "name": h.name,
-            "labels": list(h.labels),
-            "capabilities": sorted(ctx.access.host_caps(h)),
-            "up": state.up if state else None,
-            "error": state.error if state else "",
-            "checked": state.checked if state else 0,
-        })  # fmt: skip
+        out.append(
+            {
+                "name": h.name,
+                "labels": list(h.labels),
+                "capabilities": sorted(ctx.access.host_caps(h)),
+                "up": state.up if state else None,
+                "error": state.error if state else "",
+                "checked": state.checked if state else 0,
+            }
+        )
     return {"hosts": out}
 
 
@@ -250,10 +303,17 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
     if hc is None:
         raise server.refuse(ctx, 404, f"unknown host {host!r}", action="sources", host=host)
     if not ctx.access.host_caps(hc):
-        raise server.refuse(ctx, 403, f"no role grants anything on host {host}",
-                            action="sources", host=host)  # fmt: skip
-    ref = server.record(ctx, "read", action="sources", host=host, decision="allow",
-                        reason="listing filtered by grants")  # fmt: skip
+        raise server.refuse(
+            ctx, 403, f"no role grants anything on host {host}", action="sources", host=host
+        )
+    ref = server.record(
+        ctx,
+        "read",
+        action="sources",
+        host=host,
+        decision="allow",
+        reason="listing filtered by grants",
+    )
     started = time.monotonic()
     try:
         doc = await server.workers.sources(hc, {"user": ctx.name, "audit": ref.seq})
@@ -274,8 +334,10 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
         caps = ctx.access.source_caps(hc, src)
         if caps:
             files.append({**f, "capabilities": sorted(caps)})
-    for kind, names, dest in (("unit", doc.get("units", []), units),
-                              ("container", doc.get("containers", []), containers)):  # fmt: skip
+    for kind, names, dest in (
+        ("unit", doc.get("units", []), units),
+        ("container", doc.get("containers", []), containers),
+    ):
         for name in names:
             try:
                 src = source_from(**{kind: name})
@@ -284,11 +346,23 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
             caps = ctx.access.source_caps(hc, src)
             if caps:
                 dest.append({"name": name, "capabilities": sorted(caps)})
-    server.finish(ref, "read_end", {
-        "files": len(files), "units": len(units), "containers": len(containers),
-        "duration_ms": round((time.monotonic() - started) * 1000, 3)})  # fmt: skip
-    return {"host": host, "files": files, "units": units, "containers": containers,
-            "limits": doc.get("limits", {})}  # fmt: skip
+    server.finish(
+        ref,
+        "read_end",
+        {
+            "files": len(files),
+            "units": len(units),
+            "containers": len(containers),
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+        },
+    )
+    return {
+        "host": host,
+        "files": files,
+        "units": units,
+        "containers": containers,
+        "limits": doc.get("limits", {}),
+    }
 
 
 # ---------------------------------------------------------------------- reads
@@ -312,13 +386,21 @@ async def tail(
     params: dict[str, Any] = {"lines": lines, "since": since, "until": until}
     if download:
         params["download"] = True
-    a = _begin(server, request, action="tail", host=host, capability=TAIL, params=params,
-               source={"path": path, "unit": unit, "container": container},
-               also=DOWNLOAD if download else None)  # fmt: skip
+    a = _begin(
+        server,
+        request,
+        action="tail",
+        host=host,
+        capability=TAIL,
+        params=params,
+        source={"path": path, "unit": unit, "container": container},
+        also=DOWNLOAD if download else None,
+    )
     assert a.source is not None
     verb = "range" if a.source.kind == "file" and (since or until) else "tail"
-    spec = ReadSpec(verb, a.source, lines=lines, since=since or ("1970-01-01" if until else None),
-                    until=until)  # fmt: skip
+    spec = ReadSpec(
+        verb, a.source, lines=lines, since=since or ("1970-01-01" if until else None), until=until
+    )
     data, outcome = await _worker_call(server, a, spec)
     return _result(server, a, "tail", data, outcome, lines, download)
 
@@ -340,21 +422,44 @@ async def grep(
     """Files: grep -F (or -E with `regex=true`) on the worker; units: journalctl -g.
     Containers have no server-side search in the gate: 422."""
     server = server_of(request)
-    params: dict[str, Any] = {"pattern": pattern, "regex": regex, "ignore_case": ignore_case,
-                              "invert": invert, "max": max}  # fmt: skip
+    params: dict[str, Any] = {
+        "pattern": pattern,
+        "regex": regex,
+        "ignore_case": ignore_case,
+        "invert": invert,
+        "max": max,
+    }
     if download:
         params["download"] = True
-    a = _begin(server, request, action="grep", host=host, capability=SEARCH, params=params,
-               source={"path": path, "unit": unit, "container": container},
-               also=DOWNLOAD if download else None)  # fmt: skip
+    a = _begin(
+        server,
+        request,
+        action="grep",
+        host=host,
+        capability=SEARCH,
+        params=params,
+        source={"path": path, "unit": unit, "container": container},
+        also=DOWNLOAD if download else None,
+    )
     assert a.source is not None
     if a.source.kind == "container" or (a.source.kind == "unit" and invert):
-        why = ("the gate cannot search container logs; use tail with since/until"
-               if a.source.kind == "container" else "invert is not supported for units")
+        why = (
+            "the gate cannot search container logs; use tail with since/until"
+            if a.source.kind == "container"
+            else "invert is not supported for units"
+        )
         _end(server, a, {"status": 422, "error": why})
         raise ApiError(422, why)
-    spec = ReadSpec("grep", a.source, pattern=pattern, regex=regex, ignore_case=ignore_case,
-                    invert=invert, max=max, lines=max)  # fmt: skip
+    spec = ReadSpec(
+        "grep",
+        a.source,
+        pattern=pattern,
+        regex=regex,
+        ignore_case=ignore_case,
+        invert=invert,
+        max=max,
+        lines=max,
+    )
     data, outcome = await _worker_call(server, a, spec)
     return _result(server, a, "grep", data, outcome, max, download)
 
@@ -368,8 +473,11 @@ def _select_hosts(server: Server, ctx: Ctx, hosts: str) -> list[HostConfig]:
     from ..config import RoleConfig
 
     probe = RoleConfig("select", tuple(wanted), (), frozenset())
-    return [h for h in server.config.hosts if host_matches(probe, h)
-            and SEARCH in ctx.access.host_caps(h)]  # fmt: skip
+    return [
+        h
+        for h in server.config.hosts
+        if host_matches(probe, h) and SEARCH in ctx.access.host_caps(h)
+    ]
 
 
 @router.get(
@@ -381,7 +489,9 @@ async def search(
     request: Request,
     pattern: Annotated[str, Query(min_length=1, max_length=1024)],
     path: Annotated[str, Query(min_length=2, max_length=1024)],
-    hosts: Annotated[str, Query(max_length=512, description="host globs or label:X, comma-separated")] = "*",  # noqa: E501
+    hosts: Annotated[
+        str, Query(max_length=512, description="host globs or label:X, comma-separated")
+    ] = "*",
     regex: bool = False,
     ignore_case: bool = False,
     invert: bool = False,
@@ -390,22 +500,56 @@ async def search(
     """Events, one JSON object per line: `start` (the hosts), `file` (per host and file:
     lines, truncated), `error` (per host), `progress`, and `end`."""
     server = server_of(request)
-    params = {"pattern": pattern, "regex": regex, "ignore_case": ignore_case,
-              "invert": invert, "max": max, "hosts": hosts}  # fmt: skip
+    params = {
+        "pattern": pattern,
+        "regex": regex,
+        "ignore_case": ignore_case,
+        "invert": invert,
+        "max": max,
+        "hosts": hosts,
+    }
     ctx = server.require_user(request, "search", host=hosts, source=path, params=params)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in pattern + path + hosts):
-        raise server.refuse(ctx, 422, "control characters are not accepted", action="search",
-                            host=hosts, source=path, params=params)  # fmt: skip
+        raise server.refuse(
+            ctx,
+            422,
+            "control characters are not accepted",
+            action="search",
+            host=hosts,
+            source=path,
+            params=params,
+        )
     if not path.startswith("/") or "/../" in f"{path}/" or "/./" in f"{path}/":
-        raise server.refuse(ctx, 422, "path must be an absolute glob without '.' or '..'",
-                            action="search", host=hosts, source=path, params=params)  # fmt: skip
+        raise server.refuse(
+            ctx,
+            422,
+            "path must be an absolute glob without '.' or '..'",
+            action="search",
+            host=hosts,
+            source=path,
+            params=params,
+        )
     selected = _select_hosts(server, ctx, hosts)
     if not selected:
-        raise server.refuse(ctx, 403, f"no host matching {hosts!r} grants you search",
-                            action="search", host=hosts, source=path, params=params)  # fmt: skip
-    ref = server.record(ctx, "read", action="search", host=hosts, source=path,
-                        params={**params, "selected": [h.name for h in selected]},
-                        decision="allow", reason="search granted on selected hosts")  # fmt: skip
+        raise server.refuse(
+            ctx,
+            403,
+            f"no host matching {hosts!r} grants you search",
+            action="search",
+            host=hosts,
+            source=path,
+            params=params,
+        )
+    ref = server.record(
+        ctx,
+        "read",
+        action="search",
+        host=hosts,
+        source=path,
+        params={**params, "selected": [h.name for h in selected]},
+        decision="allow",
+        reason="search granted on selected hosts",
+    )
     started = time.monotonic()
     matcher = glob_regex(path)
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=64)
@@ -417,8 +561,9 @@ async def search(
             doc = await server.workers.sources(h, {"user": ctx.name, "audit": ref.seq})
         except WorkerError as exc:
             totals["errors"] += 1
-            await queue.put({"type": "error", "host": h.name, "status": exc.status,
-                             "reason": exc.reason})  # fmt: skip
+            await queue.put(
+                {"type": "error", "host": h.name, "status": exc.status, "reason": exc.reason}
+            )
             return
         files: list[Source] = []
         for f in doc.get("files", []):
@@ -432,35 +577,79 @@ async def search(
             if ctx.access.check(h, src, SEARCH).allowed:
                 files.append(src)
         if len(files) > MAX_FILES_PER_HOST:
-            await queue.put({"type": "note", "host": h.name, "reason":
-                             f"{len(files)} files match; searching the first "
-                             f"{MAX_FILES_PER_HOST}"})  # fmt: skip
+            await queue.put(
+                {
+                    "type": "note",
+                    "host": h.name,
+                    "reason": f"{len(files)} files match; searching the first {MAX_FILES_PER_HOST}",
+                }
+            )
             files = files[:MAX_FILES_PER_HOST]
         if not files:
-            await queue.put({"type": "error", "host": h.name, "status": 404,
-                             "reason": "no file you may search matches the path"})  # fmt: skip
+            await queue.put(
+                {
+                    "type": "error",
+                    "host": h.name,
+                    "status": 404,
+                    "reason": "no file you may search matches the path",
+                }
+            )
         for src in files:
-            sub = server.record(ctx, "read", action="grep", host=h.name, source=src.key,
-                                params={**params, "search": ref.seq}, decision="allow",
-                                reason="part of a cross-host search")  # fmt: skip
+            sub = server.record(
+                ctx,
+                "read",
+                action="grep",
+                host=h.name,
+                source=src.key,
+                params={**params, "search": ref.seq},
+                decision="allow",
+                reason="part of a cross-host search",
+            )
             t0 = time.monotonic()
-            spec = ReadSpec("grep", src, pattern=pattern, regex=regex, ignore_case=ignore_case,
-                            invert=invert, max=max)  # fmt: skip
+            spec = ReadSpec(
+                "grep",
+                src,
+                pattern=pattern,
+                regex=regex,
+                ignore_case=ignore_case,
+                invert=invert,
+                max=max,
+            )
             try:
-                data, outcome = await server.workers.read(h, spec, {"user": ctx.name,
-                                                                    "audit": sub.seq})  # fmt: skip
+                data, outcome = await server.workers.read(
+                    h, spec, {"user": ctx.name, "audit": sub.seq}
+                )
             except WorkerError as exc:
                 server.finish(sub, "read_end", {"status": exc.status, "error": exc.reason})
                 totals["errors"] += 1
-                await queue.put({"type": "error", "host": h.name, "source": src.key,
-                                 "status": exc.status, "reason": exc.reason})  # fmt: skip
+                await queue.put(
+                    {
+                        "type": "error",
+                        "host": h.name,
+                        "source": src.key,
+                        "status": exc.status,
+                        "reason": exc.reason,
+                    }
+                )
                 continue
             lines, cut = _split(data, max)
-            event = {"type": "file", "host": h.name, "source": src.key, "lines": lines,
-                     "truncated": cut or outcome.truncated,
-                     "note": outcome.reason or None}  # fmt: skip
-            server.finish(sub, "read_end", {**outcome.as_audit(), "lines": len(lines),
-                          "duration_ms": round((time.monotonic() - t0) * 1000, 3)})  # fmt: skip
+            event = {
+                "type": "file",
+                "host": h.name,
+                "source": src.key,
+                "lines": lines,
+                "truncated": cut or outcome.truncated,
+                "note": outcome.reason or None,
+            }
+            server.finish(
+                sub,
+                "read_end",
+                {
+                    **outcome.as_audit(),
+                    "lines": len(lines),
+                    "duration_ms": round((time.monotonic() - t0) * 1000, 3),
+                },
+            )
             totals["lines"] += len(lines)
             totals["bytes"] += len(data)
             totals["files"] += 1
@@ -475,11 +664,13 @@ async def search(
                 await one_host(h)
             except ApiError as exc:  # the audit trail failed mid-search: stop that host
                 totals["errors"] += 1
-                await queue.put({"type": "error", "host": h.name, "status": exc.status,
-                                 "reason": exc.reason})  # fmt: skip
+                await queue.put(
+                    {"type": "error", "host": h.name, "status": exc.status, "reason": exc.reason}
+                )
             done += 1
-            await queue.put({"type": "progress", "done": done, "total": len(selected),
-                             "host": h.name})  # fmt: skip
+            await queue.put(
+                {"type": "progress", "done": done, "total": len(selected), "host": h.name}
+            )
 
         await asyncio.gather(*(wrapped(h) for h in selected))
         await queue.put(None)
@@ -501,8 +692,9 @@ async def search(
             server.metrics.sent("search", sent, totals["lines"])
             elapsed = round((time.monotonic() - started) * 1000, 3)
             with contextlib.suppress(ApiError):  # counted in metrics; the data is out already
-                server.finish(ref, "read_end", {**totals, "bytes_sent": sent,
-                                                "duration_ms": elapsed})  # fmt: skip
+                server.finish(
+                    ref, "read_end", {**totals, "bytes_sent": sent, "duration_ms": elapsed}
+                )
 
     return StreamingResponse(body(), media_type="application/x-ndjson")
 
@@ -514,8 +706,13 @@ def _audit_ctx(server: Server, request: Request, action: str, params: dict[str, 
     ctx = server.require_user(request, action, params=params)
     assert ctx.access is not None
     if not ctx.access.can_audit():
-        raise server.refuse(ctx, 403, "the audit trail is for roles with the audit capability",
-                            action=action, params=params)  # fmt: skip
+        raise server.refuse(
+            ctx,
+            403,
+            "the audit trail is for roles with the audit capability",
+            action=action,
+            params=params,
+        )
     return ctx
 
 
@@ -533,8 +730,16 @@ async def audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     server = server_of(request)
-    filters = {"user": user, "host": host, "source": source, "decision": decision,
-               "event": event, "since": since, "until": until, "before": before}  # fmt: skip
+    filters = {
+        "user": user,
+        "host": host,
+        "source": source,
+        "decision": decision,
+        "event": event,
+        "since": since,
+        "until": until,
+        "before": before,
+    }
     filters = {k: v for k, v in filters.items() if v not in (None, "")}
     ctx = _audit_ctx(server, request, "audit", filters)
     try:
@@ -543,15 +748,31 @@ async def audit(
     except ValueError as exc:
         raise server.refuse(ctx, 422, str(exc), action="audit", params=filters) from None
     # The view itself is a record, written before any record is shown.
-    ref = server.record(ctx, "audit_view", action="audit", params=filters, decision="allow",
-                        reason="audit capability")  # fmt: skip
+    ref = server.record(
+        ctx,
+        "audit_view",
+        action="audit",
+        params=filters,
+        decision="allow",
+        reason="audit capability",
+    )
     records = server.audit.query(
-        user=user or None, host=host or None, source=source or None, decision=decision,
-        event=event or None, since=since_ts, until=until_ts, before_seq=before, limit=limit,
-    )  # fmt: skip
+        user=user or None,
+        host=host or None,
+        source=source or None,
+        decision=decision,
+        event=event or None,
+        since=since_ts,
+        until=until_ts,
+        before_seq=before,
+        limit=limit,
+    )
     rows = [r.as_dict() for r in records if r.seq != ref.seq]
-    return {"records": rows, "next_before": rows[-1]["seq"] if len(rows) >= limit else None,
-            "head": str(server.audit.head() or "")}  # fmt: skip
+    return {
+        "records": rows,
+        "next_before": rows[-1]["seq"] if len(rows) >= limit else None,
+        "head": str(server.audit.head() or ""),
+    }
 
 
 @router.get("/audit/export", summary="the audit trail as JSON lines or CSV (auditors only)")
@@ -567,8 +788,9 @@ async def audit_export(
         since_ts = parse_time(since) if since else None
     except ValueError as exc:
         raise server.refuse(ctx, 422, str(exc), action="export", params=params) from None
-    ref = server.record(ctx, "export", action="export", params=params, decision="allow",
-                        reason="audit capability")  # fmt: skip
+    ref = server.record(
+        ctx, "export", action="export", params=params, decision="allow", reason="audit capability"
+    )
     import io
 
     buf = io.StringIO(newline="")
@@ -577,8 +799,9 @@ async def audit_export(
     server.finish(ref, "read_end", {"records": n, "bytes": len(body)})
     media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     name = f"logtorukun-audit.{'csv' if format == 'csv' else 'jsonl'}"
-    return Response(body, media_type=media,
-                    headers={"content-disposition": f'attachment; filename="{name}"'})  # fmt: skip
+    return Response(
+        body, media_type=media, headers={"content-disposition": f'attachment; filename="{name}"'}
+    )
 
 
 @router.get("/", include_in_schema=False)

@@ -142,16 +142,26 @@ class Server:
             user, tid, why = self.auth.token_user(token.strip())
             if user is None:
                 self.record(
-                    Ctx(None, f"token:{tid}", client, ua), "token_used", action="token",
-                    params={"token": tid}, decision="deny", reason=why,
-                )  # fmt: skip
+                    Ctx(None, f"token:{tid}", client, ua),
+                    "token_used",
+                    action="token",
+                    params={"token": tid},
+                    decision="deny",
+                    reason=why,
+                )
                 return Ctx(None, f"token:{tid}", client, ua, auth_problem=why)
             assert tid is not None
             ctx = Ctx(user, f"token:{tid}", client, ua)
             now = time.monotonic()
             if now - self._token_seen.get(tid, -1e9) >= TOKEN_USE_INTERVAL:
-                self.record(ctx, "token_used", action="token", params={"token": tid},
-                            decision="allow", reason=why)  # fmt: skip
+                self.record(
+                    ctx,
+                    "token_used",
+                    action="token",
+                    params={"token": tid},
+                    decision="allow",
+                    reason=why,
+                )
                 self.auth.touch_token(tid)
                 self._token_seen[tid] = now
             return ctx
@@ -161,8 +171,10 @@ class Server:
             if name:
                 user = self.auth.get_user(name)
                 if user is None or user.disabled:
-                    why = (f"the auth proxy's user {name!r} is not a logtorukun user "
-                           "(logtorukun user add NAME --role ROLE --sso)")
+                    why = (
+                        f"the auth proxy's user {name!r} is not a logtorukun user "
+                        "(logtorukun user add NAME --role ROLE --sso)"
+                    )
                     return Ctx(None, "proxy", client, ua, auth_problem=why)
                 sid = request.cookies.get(self.cookie_name, "")
                 sess = self.auth.session(sid) if sid else None
@@ -214,17 +226,23 @@ class Server:
     ) -> ApiError:
         """Audit a refusal and return the error to raise (a failed write makes it a 503)."""
         self.metrics.refused[(("status", str(status)),)] += 1
-        self.record(ctx, "refused", action=action, host=host, source=source,
-                    params={**(params or {}), "status": status}, decision="deny",
-                    reason=reason)  # fmt: skip
+        self.record(
+            ctx,
+            "refused",
+            action=action,
+            host=host,
+            source=source,
+            params={**(params or {}), "status": status},
+            decision="deny",
+            reason=reason,
+        )
         return ApiError(status, reason)
 
     def require_user(self, request: Request, action: str, **audit: Any) -> Ctx:
         """The signed-in user, after the per-user rate limit; refusals are audited."""
         ctx = self.ctx(request)
         if ctx.user is None:
-            raise self.refuse(ctx, 401, ctx.auth_problem or "not signed in", action=action,
-                              **audit)  # fmt: skip
+            raise self.refuse(ctx, 401, ctx.auth_problem or "not signed in", action=action, **audit)
         if not self.limiter.allow(f"u:{ctx.user.name}"):
             raise self.refuse(ctx, 429, "too many requests; slow down", action=action, **audit)
         return ctx
@@ -269,8 +287,9 @@ class _Headers:
             await self.app(scope, receive, send_with_headers)
         finally:
             route = scope.get("route")
-            name = getattr(route, "path", None) or ("/static" if path.startswith("/static/")
-                                                    else "unmatched")  # fmt: skip
+            name = getattr(route, "path", None) or (
+                "/static" if path.startswith("/static/") else "unmatched"
+            )
             self.server.metrics.observe(
                 name, scope.get("method", ""), status, time.perf_counter() - started
             )
@@ -337,9 +356,14 @@ def create_app(
         )
         ctx = server.ctx(request)
         try:
-            server.refuse(ctx, 422, problems, action=_action(request),
-                          host=request.path_params.get("host"),
-                          params=dict(request.query_params))  # fmt: skip
+            server.refuse(
+                ctx,
+                422,
+                problems,
+                action=_action(request),
+                host=request.path_params.get("host"),
+                params=dict(request.query_params),
+            )
         except ApiError as err:
             return error_response(request, server, err.status, err.error, err.reason)
         return error_response(request, server, 422, "bad_request", problems)
@@ -349,8 +373,9 @@ def create_app(
         reason = str(exc.detail)
         if exc.status_code == 404 and request.url.path.startswith("/api/"):
             reason = "no such API route"
-        return error_response(request, server, exc.status_code, _ERRORS.get(exc.status_code,
-                              "error"), reason)  # fmt: skip
+        return error_response(
+            request, server, exc.status_code, _ERRORS.get(exc.status_code, "error"), reason
+        )
 
     return app
 
@@ -361,15 +386,13 @@ def _action(request: Request) -> str:
     return str(path).rsplit("/", 1)[-1] or "page"
 
 
-def error_response(request: Request, server: Server, status: int, error: str,
-                   reason: str) -> Response:  # fmt: skip
+def error_response(
+    request: Request, server: Server, status: int, error: str, reason: str
+) -> Response:
     """JSON for the API, a small HTML page for people."""
     headers = {"www-authenticate": "Bearer"} if status == 401 else None
-    if request.url.path.startswith("/api/") or "text/html" not in request.headers.get(
-        "accept", ""
-    ):
-        return JSONResponse({"error": error, "reason": reason}, status_code=status,
-                            headers=headers)  # fmt: skip
+    if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
+        return JSONResponse({"error": error, "reason": reason}, status_code=status, headers=headers)
     if status == 401:
         from urllib.parse import quote
 
@@ -377,25 +400,34 @@ def error_response(request: Request, server: Server, status: int, error: str,
         return Response(status_code=303, headers={"location": f"/login?next={quote(target)}"})
     ctx = getattr(request.state, "ctx", None)
     html = server.templates.get_template("error.html").render(
-        request=request, status=status, error=error, reason=reason,
-        user=ctx.user if isinstance(ctx, Ctx) else None, csrf=getattr(ctx, "csrf", None),
+        request=request,
+        status=status,
+        error=error,
+        reason=reason,
+        user=ctx.user if isinstance(ctx, Ctx) else None,
+        csrf=getattr(ctx, "csrf", None),
         caps=sorted(ctx.access.capabilities) if isinstance(ctx, Ctx) and ctx.access else [],
         page="error",
-    )  # fmt: skip
+    )
     return HTMLResponse(html, status_code=status)
 
 
 def _gauges(server: Server) -> None:
     def up() -> list[tuple[dict[str, str], float]]:
-        return [({"host": n}, 1.0 if s.up else 0.0) for n, s in server.workers.state.items()
-                if s.up is not None]  # fmt: skip
+        return [
+            ({"host": n}, 1.0 if s.up else 0.0)
+            for n, s in server.workers.state.items()
+            if s.up is not None
+        ]
 
     server.metrics.gauge("logtorukun_worker_up", "1 if the last contact worked.", up)
     server.metrics.gauge(
-        "logtorukun_follow_upstreams", "Upstream follows open to workers.",
+        "logtorukun_follow_upstreams",
+        "Upstream follows open to workers.",
         lambda: [({}, float(len(server.hub.upstreams)))],
-    )  # fmt: skip
+    )
     server.metrics.gauge(
-        "logtorukun_followers", "Browsers following a log.",
+        "logtorukun_followers",
+        "Browsers following a log.",
         lambda: [({}, float(server.hub.follower_count()))],
-    )  # fmt: skip
+    )

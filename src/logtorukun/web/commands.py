@@ -19,25 +19,40 @@ from .auth import AuthError, AuthStore, parse_duration
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the web server",
-                       description="Run the web server (default 127.0.0.1:8080; put nginx "
-                       "with TLS in front, see docs/web.md).")  # fmt: skip
+    p = sub.add_parser(
+        "serve",
+        help="run the web server",
+        description="Run the web server (default 127.0.0.1:8080; put nginx "
+        "with TLS in front, see docs/web.md).",
+    )
     p.add_argument("--listen", metavar="HOST:PORT", help="override [server] listen")
-    p.add_argument("--log-level", default="info",
-                   choices=("critical", "error", "warning", "info", "debug"))  # fmt: skip
+    p.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
     p.set_defaults(func=cmd_serve)
 
     user = sub.add_parser("user", help="add, list or remove web users")
     ucmds = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     p = ucmds.add_parser("add", help="add a user with one or more roles")
     p.add_argument("name")
-    p.add_argument("--role", action="append", required=True, metavar="ROLE",
-                   help="a [[role]] name from the config; repeat for several")  # fmt: skip
+    p.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        metavar="ROLE",
+        help="a [[role]] name from the config; repeat for several",
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--password-stdin", action="store_true",
-                   help="read the password from the first line of stdin")  # fmt: skip
-    g.add_argument("--sso", action="store_true",
-                   help="no password: signs in only through the trusted auth proxy")  # fmt: skip
+    g.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin",
+    )
+    g.add_argument(
+        "--sso",
+        action="store_true",
+        help="no password: signs in only through the trusted auth proxy",
+    )
     p.set_defaults(func=cmd_user_add)
     p = ucmds.add_parser("passwd", help="set a user's password (ends their sessions)")
     p.add_argument("name")
@@ -53,8 +68,12 @@ def register(sub: Any) -> None:
     tcmds = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     p = tcmds.add_parser("create", help="print a new token for USER (shown once)")
     p.add_argument("user")
-    p.add_argument("--expires", default="30d", metavar="DURATION",
-                   help="30d (default), 12h, 2w, 90m, or 'never'")  # fmt: skip
+    p.add_argument(
+        "--expires",
+        default="30d",
+        metavar="DURATION",
+        help="30d (default), 12h, 2w, 90m, or 'never'",
+    )
     p.set_defaults(func=cmd_token_create)
     p = tcmds.add_parser("list", help="list tokens (ids, never the secrets)")
     p.add_argument("user", nargs="?")
@@ -70,8 +89,10 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _auth(config: Config) -> AuthStore:
     if not config.server.database.parent.is_dir():
-        raise AuthError(f"{config.server.database.parent}: no such directory (create it, "
-                        "owned by the server's user, mode 0700; see docs/web.md)")  # fmt: skip
+        raise AuthError(
+            f"{config.server.database.parent}: no such directory (create it, "
+            "owned by the server's user, mode 0700; see docs/web.md)"
+        )
     return AuthStore(config.server.database)
 
 
@@ -156,8 +177,10 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     token, info = _auth(_config(args)).create_token(args.user, seconds)
     until = _when(info.expires) if info.expires else "never"
     print(token)
-    print(f"token id {info.id} for {info.user}, expires {until}; it is shown only now",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"token id {info.id} for {info.user}, expires {until}; it is shown only now",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -63,8 +63,9 @@ class Metrics:
             for labels, value in sorted(series.items()):
                 out.append(f"{name}{_labels(labels)} {value}")
 
-        counter("logtorukun_http_requests_total", "HTTP requests by route and status.",
-                self.requests)  # fmt: skip
+        counter(
+            "logtorukun_http_requests_total", "HTTP requests by route and status.", self.requests
+        )
         counter("logtorukun_sent_bytes_total", "Log bytes sent to clients.", self.bytes_sent)
         counter("logtorukun_logins_total", "Sign-in attempts by result.", self.logins)
         counter("logtorukun_refused_total", "Requests refused, by HTTP status.", self.refused)

@@ -38,8 +38,14 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def _render(server: Server, request: Request, template: str, ctx: Ctx | None, status: int = 200,
-            **values: Any) -> HTMLResponse:  # fmt: skip
+def _render(
+    server: Server,
+    request: Request,
+    template: str,
+    ctx: Ctx | None,
+    status: int = 200,
+    **values: Any,
+) -> HTMLResponse:
     user = ctx.user if ctx else None
     caps = sorted(ctx.access.capabilities) if ctx and ctx.access else []
     html = server.templates.get_template(template).render(
@@ -65,8 +71,13 @@ def _with_proxy_session(server: Server, ctx: Ctx, response: Response) -> Respons
         sid, csrf = server.auth.create_session(
             ctx.user.name, server.config.server.session_hours, via="proxy"
         )
-        server.record(ctx, "login", action="login", decision="allow",
-                      reason="signed in by the trusted auth proxy")  # fmt: skip
+        server.record(
+            ctx,
+            "login",
+            action="login",
+            decision="allow",
+            reason="signed in by the trusted auth proxy",
+        )
         _set_session_cookie(server, response, sid)
         ctx.csrf = csrf
     return response
@@ -74,9 +85,14 @@ def _with_proxy_session(server: Server, ctx: Ctx, response: Response) -> Respons
 
 def _set_session_cookie(server: Server, response: Response, sid: str) -> None:
     response.set_cookie(
-        server.cookie_name, sid, max_age=int(server.config.server.session_hours * 3600),
-        path="/", secure=server.config.server.secure_cookies, httponly=True, samesite="strict",
-    )  # fmt: skip
+        server.cookie_name,
+        sid,
+        max_age=int(server.config.server.session_hours * 3600),
+        path="/",
+        secure=server.config.server.secure_cookies,
+        httponly=True,
+        samesite="strict",
+    )
 
 
 # ---------------------------------------------------------------------- sign-in
@@ -91,14 +107,36 @@ async def login_form(request: Request, next: str = "/") -> Response:
     return _login_page(server, request, _safe_next(next))
 
 
-def _login_page(server: Server, request: Request, target: str, error: str | None = None,
-                status: int = 200, name: str = "") -> Response:  # fmt: skip
+def _login_page(
+    server: Server,
+    request: Request,
+    target: str,
+    error: str | None = None,
+    status: int = 200,
+    name: str = "",
+) -> Response:
     pre = secrets.token_urlsafe(24)
-    response = _render(server, request, "login.html", None, status, next=target, error=error,
-                       pre=pre, name=name, page="login")  # fmt: skip
-    response.set_cookie(PRE_COOKIE, pre, max_age=3600, path="/login",
-                        secure=server.config.server.secure_cookies, httponly=True,
-                        samesite="strict")  # fmt: skip
+    response = _render(
+        server,
+        request,
+        "login.html",
+        None,
+        status,
+        next=target,
+        error=error,
+        pre=pre,
+        name=name,
+        page="login",
+    )
+    response.set_cookie(
+        PRE_COOKIE,
+        pre,
+        max_age=3600,
+        path="/login",
+        secure=server.config.server.secure_cookies,
+        httponly=True,
+        samesite="strict",
+    )
     return response
 
 
@@ -116,24 +154,48 @@ async def login(
     name = user.strip()
     anon = Ctx(None, "none", ctx.client, ctx.user_agent)
     if not csrf_ok(request.cookies.get(PRE_COOKIE), csrf) or not same_origin(request):
-        server.record(anon, "login_failed", action="login", params={"name": name},
-                      decision="deny", reason="CSRF check failed on the sign-in form")  # fmt: skip
+        server.record(
+            anon,
+            "login_failed",
+            action="login",
+            params={"name": name},
+            decision="deny",
+            reason="CSRF check failed on the sign-in form",
+        )
         server.metrics.logins[(("result", "csrf"),)] += 1
-        return _login_page(server, request, target, "The form expired; please try again.", 403,
-                           name)  # fmt: skip
+        return _login_page(
+            server, request, target, "The form expired; please try again.", 403, name
+        )
     wait = server.throttle.blocked(name, ctx.client)
     if wait > 0:
-        server.record(anon, "login_failed", action="login", params={"name": name},
-                      decision="deny", reason=f"throttled: too many failed sign-ins "
-                      f"({wait:.0f} s left)")  # fmt: skip
+        server.record(
+            anon,
+            "login_failed",
+            action="login",
+            params={"name": name},
+            decision="deny",
+            reason=f"throttled: too many failed sign-ins ({wait:.0f} s left)",
+        )
         server.metrics.logins[(("result", "throttled"),)] += 1
-        return _login_page(server, request, target, f"Too many failed sign-ins. Try again in "
-                           f"{int(wait // 60) + 1} minutes.", 429, name)  # fmt: skip
+        return _login_page(
+            server,
+            request,
+            target,
+            f"Too many failed sign-ins. Try again in {int(wait // 60) + 1} minutes.",
+            429,
+            name,
+        )
     found = await run_in_threadpool(_check_password, server, name, password)
     if found is None:
         server.throttle.failed(name, ctx.client)
-        server.record(anon, "login_failed", action="login", params={"name": name},
-                      decision="deny", reason="wrong user name or password")  # fmt: skip
+        server.record(
+            anon,
+            "login_failed",
+            action="login",
+            params={"name": name},
+            decision="deny",
+            reason="wrong user name or password",
+        )
         server.metrics.logins[(("result", "failed"),)] += 1
         return _login_page(server, request, target, "Wrong user name or password.", 401, name)
     server.throttle.succeeded(name)
@@ -167,8 +229,13 @@ async def logout(request: Request, csrf: str = Form("", max_length=100)) -> Resp
     if ctx.session_id:
         server.auth.end_session(ctx.session_id)
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(server.cookie_name, path="/", secure=server.config.server.secure_cookies,
-                           httponly=True, samesite="strict")  # fmt: skip
+    response.delete_cookie(
+        server.cookie_name,
+        path="/",
+        secure=server.config.server.secure_cookies,
+        httponly=True,
+        samesite="strict",
+    )
     return response
 
 
@@ -181,8 +248,9 @@ async def home(request: Request) -> Response:
     ctx, redirect = _page_ctx(server, request, "home")
     if redirect:
         return redirect
-    return _with_proxy_session(server, ctx, _render(server, request, "hosts.html", ctx,
-                                                    page="hosts"))  # fmt: skip
+    return _with_proxy_session(
+        server, ctx, _render(server, request, "hosts.html", ctx, page="hosts")
+    )
 
 
 @router.get("/view")
@@ -202,19 +270,33 @@ async def view(
     hc = server.config.host(host)
     src_text = path or unit or container
     if hc is None:
-        raise server.refuse(ctx, 404, f"unknown host {host!r}", action="view", host=host,
-                            source=src_text)  # fmt: skip
+        raise server.refuse(
+            ctx, 404, f"unknown host {host!r}", action="view", host=host, source=src_text
+        )
     try:
         src = source_from(path=path, unit=unit, container=container)
     except BadSource as exc:
-        raise server.refuse(ctx, 422, str(exc), action="view", host=host,
-                            source=src_text) from None  # fmt: skip
+        raise server.refuse(ctx, 422, str(exc), action="view", host=host, source=src_text) from None
     caps = ctx.access.source_caps(hc, src) & READ_CAPS
     if not caps:
-        raise server.refuse(ctx, 403, ctx.access.check(hc, src, "tail").reason, action="view",
-                            host=host, source=src.key)  # fmt: skip
-    response = _render(server, request, "view.html", ctx, page="view", host=hc, source=src,
-                       source_caps=sorted(caps))  # fmt: skip
+        raise server.refuse(
+            ctx,
+            403,
+            ctx.access.check(hc, src, "tail").reason,
+            action="view",
+            host=host,
+            source=src.key,
+        )
+    response = _render(
+        server,
+        request,
+        "view.html",
+        ctx,
+        page="view",
+        host=hc,
+        source=src,
+        source_caps=sorted(caps),
+    )
     return _with_proxy_session(server, ctx, response)
 
 
@@ -229,8 +311,9 @@ async def search_page(request: Request) -> Response:
     if not hosts:
         raise server.refuse(ctx, 403, "no role grants you search on any host", action="search")
     labels = sorted({label for h in hosts for label in h.labels})
-    response = _render(server, request, "search.html", ctx, page="search", hosts=hosts,
-                       labels=labels)  # fmt: skip
+    response = _render(
+        server, request, "search.html", ctx, page="search", hosts=hosts, labels=labels
+    )
     return _with_proxy_session(server, ctx, response)
 
 
@@ -242,10 +325,12 @@ async def audit_page(request: Request) -> Response:
         return redirect
     assert ctx.access is not None
     if not ctx.access.can_audit():
-        raise server.refuse(ctx, 403, "the audit trail is for roles with the audit capability",
-                            action="audit_page")  # fmt: skip
-    return _with_proxy_session(server, ctx, _render(server, request, "audit.html", ctx,
-                                                    page="audit"))  # fmt: skip
+        raise server.refuse(
+            ctx, 403, "the audit trail is for roles with the audit capability", action="audit_page"
+        )
+    return _with_proxy_session(
+        server, ctx, _render(server, request, "audit.html", ctx, page="audit")
+    )
 
 
 # ---------------------------------------------------------------------- operations
@@ -277,11 +362,16 @@ async def metrics(request: Request) -> Response:
         if ctx.access is None or not ctx.access.can_audit():
             raise ApiError(403, "metrics are served to loopback, trusted proxies and auditors")
     a = server.audit
-    text = server.metrics.render({
-        "logtorukun_audit_write_failures_total": ("Audit records that could not be written "
-                                                  "(each refused a request).",
-                                                  float(a.write_failures)),
-        "logtorukun_audit_sink_failures_total": ("SIEM copies that failed.",
-                                                 float(a.sink_failures)),
-    })  # fmt: skip
+    text = server.metrics.render(
+        {
+            "logtorukun_audit_write_failures_total": (
+                "Audit records that could not be written (each refused a request).",
+                float(a.write_failures),
+            ),
+            "logtorukun_audit_sink_failures_total": (
+                "SIEM copies that failed.",
+                float(a.sink_failures),
+            ),
+        }
+    )
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -138,8 +138,9 @@ class FollowHub:
     def follower_count(self) -> int:
         return sum(len(u.viewers) for u in self.upstreams.values())
 
-    async def join(self, host: HostConfig, source: Source, viewer: Viewer,
-                   via: dict[str, Any]) -> Upstream:  # fmt: skip
+    async def join(
+        self, host: HostConfig, source: Source, viewer: Viewer, via: dict[str, Any]
+    ) -> Upstream:
         key = (host.name, source.key)
         up = self.upstreams.get(key)
         if up is None or up.task.done():
@@ -167,8 +168,11 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-@router.get("/hosts/{host}/follow", summary="live lines as Server-Sent Events",
-            response_class=StreamingResponse)  # fmt: skip
+@router.get(
+    "/hosts/{host}/follow",
+    summary="live lines as Server-Sent Events",
+    response_class=StreamingResponse,
+)
 async def follow(
     request: Request,
     host: str,
@@ -181,9 +185,16 @@ async def follow(
     recent ones with `tail` first."""
     server = server_of(request)
     hub: FollowHub = server.hub
-    a = _begin(server, request, action="follow", host=host, capability=FOLLOW, params={},
-               source={"path": path, "unit": unit, "container": container},
-               event="follow_start")  # fmt: skip
+    a = _begin(
+        server,
+        request,
+        action="follow",
+        host=host,
+        capability=FOLLOW,
+        params={},
+        source={"path": path, "unit": unit, "container": container},
+        event="follow_start",
+    )
     ctx: Ctx = a.ctx
     assert a.source is not None and ctx.user is not None
     user = ctx.user.name
@@ -217,15 +228,23 @@ async def follow(
         hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
         server.metrics.sent("follow", viewer.bytes, viewer.lines)
         with contextlib.suppress(ApiError):
-            server.finish(a.ref, "follow_end", {
-                "lines": viewer.lines, "bytes": viewer.bytes, "reason": state["reason"],
-                "dropped": viewer.dropped_total,
-                "duration_ms": round((time.monotonic() - a.started) * 1000, 3)})  # fmt: skip
+            server.finish(
+                a.ref,
+                "follow_end",
+                {
+                    "lines": viewer.lines,
+                    "bytes": viewer.bytes,
+                    "reason": state["reason"],
+                    "dropped": viewer.dropped_total,
+                    "duration_ms": round((time.monotonic() - a.started) * 1000, 3),
+                },
+            )
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            yield b"retry: 3000\n" + _event("ready", {"host": host, "source": source_key,
-                                                      "audit": a.ref.seq})  # fmt: skip
+            yield b"retry: 3000\n" + _event(
+                "ready", {"host": host, "source": source_key, "audit": a.ref.seq}
+            )
             last_beat = time.monotonic()
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -234,8 +253,10 @@ async def follow(
                 if viewer.backlog or viewer.dropped:
                     n = min(len(viewer.backlog), MAX_BATCH)
                     batch = [viewer.backlog.popleft() for _ in range(n)]
-                    payload = (f'event: lines\ndata: {{"lines":[{",".join(batch)}],'
-                               f'"dropped":{viewer.dropped}}}\n\n').encode()
+                    payload = (
+                        f'event: lines\ndata: {{"lines":[{",".join(batch)}],'
+                        f'"dropped":{viewer.dropped}}}\n\n'
+                    ).encode()
                     viewer.dropped_total += viewer.dropped
                     viewer.dropped = 0
                     viewer.lines += len(batch)
@@ -256,6 +277,9 @@ async def follow(
         finally:
             await cleanup()
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"x-accel-buffering": "no"},
-                             background=BackgroundTask(cleanup))  # fmt: skip
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"x-accel-buffering": "no"},
+        background=BackgroundTask(cleanup),
+    )

@@ -89,23 +89,30 @@ class ReadSpec:
                 grep = self.pattern if self.regex else _pcre_escape(self.pattern)
                 grep = f"(?i){grep}" if self.ignore_case else grep
             n = self.max if self.verb == "grep" and self.max else self.lines
-            return commands.journal_command(s.name, lines=n, since=self.since,
-                                            until=self.until, grep=grep)  # fmt: skip
+            return commands.journal_command(
+                s.name, lines=n, since=self.since, until=self.until, grep=grep
+            )
         if s.kind == "container":
             if self.verb == "follow":
                 return commands.docker_command(s.name, tail=0, timestamps=True, follow=True)
-            return commands.docker_command(s.name, tail=self.lines, timestamps=True,
-                                           since=self.since, until=self.until)  # fmt: skip
+            return commands.docker_command(
+                s.name, tail=self.lines, timestamps=True, since=self.since, until=self.until
+            )
         if self.verb == "follow":
             return commands.tail_command(s.name, 0, follow=True)
         if self.verb == "range":
-            return commands.range_command(s.name, self.since or "1970-01-01", self.until,
-                                          max_lines=self.lines)  # fmt: skip
+            return commands.range_command(
+                s.name, self.since or "1970-01-01", self.until, max_lines=self.lines
+            )
         if self.verb == "grep":
             return commands.grep_command(
-                s.name, self.pattern or "", regex=self.regex, ignore_case=self.ignore_case,
-                invert=self.invert, max_count=self.max,
-            )  # fmt: skip
+                s.name,
+                self.pattern or "",
+                regex=self.regex,
+                ignore_case=self.ignore_case,
+                invert=self.invert,
+                max_count=self.max,
+            )
         return commands.tail_command(s.name, self.lines)
 
 

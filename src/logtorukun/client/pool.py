@@ -261,12 +261,19 @@ class HostConnection:
             return b
 
     async def start(
-        self, command: str, via: dict[str, Any] | None = None, *, oneshot: bool = False
+        self,
+        command: str,
+        via: dict[str, Any] | None = None,
+        *,
+        oneshot: bool = False,
+        positions: bool = False,
     ) -> Stream:
         """Send `command` to the gate; the stream yields its output."""
         if not oneshot:
             bridge = await self.bridge()
-            return await bridge.start(command, via)
+            return await bridge.start(command, via, positions=positions)
+        if positions:
+            raise ValueError("positions need the bridge: a one-shot command has no frames")
         if via:
             raise ValueError("`via` needs the bridge: a one-shot command has nowhere to carry it")
         conn = await self.connection()
@@ -308,9 +315,15 @@ class Pool:
         return hc
 
     async def start(
-        self, host: str, command: str, via: dict[str, Any] | None = None, *, oneshot: bool = False
+        self,
+        host: str,
+        command: str,
+        via: dict[str, Any] | None = None,
+        *,
+        oneshot: bool = False,
+        positions: bool = False,
     ) -> Stream:
-        return await self.get(host).start(command, via, oneshot=oneshot)
+        return await self.get(host).start(command, via, oneshot=oneshot, positions=positions)
 
     async def close(self) -> None:
         conns = list(self._conns.values())

@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from logtorukun.gate import readers
 from logtorukun.gate.errors import Cancelled, Exit, GateError
 from logtorukun.gate.output import LimitReached, Output
-from logtorukun.gate.readers import follow, tail
+from logtorukun.gate.readers import follow, tag_at, tail
 from tests.gate.conftest import PreadCounter
 
 BIG = 10**12
@@ -159,7 +160,7 @@ def test_tail_one_huge_line_reads_only_the_byte_cap(
         f.truncate(64 << 20)  # 64 MiB of NULs and no newline: one line
     got, err, _ = run_tail(p, 10, max_bytes=1 << 20)
     assert got == b"" and err is not None and "max_bytes" in err.reason
-    assert pread_bytes.total <= (1 << 20) + 2
+    assert pread_bytes.total <= (1 << 20) + 2 + readers.TAG_BYTES  # + the position's tag
 
 
 def test_tail_line_cap_keeps_newest(tmp_path: Path) -> None:
@@ -364,7 +365,7 @@ class Follow:
         interval: float = 0.005,
         seconds: float = 30.0,
         reopen: Callable[[], int | None] | None = None,
-        start: tuple[int, int] | None = None,
+        start: tuple[int, int, int | None] | None = None,
         find: Callable[[int], int | None] | None = None,
     ) -> None:
         self.fd = os.open(path, os.O_RDONLY)
@@ -761,7 +762,13 @@ def test_tail_reports_where_it_ended(tmp_path: Path) -> None:
     out, _sink = make_out()
     with opened(p) as fd:
         tail(fd, 3, out)
-    assert out.position == (p.stat().st_ino, p.stat().st_size)
+    data = p.read_bytes()
+    tag = zlib.crc32(data[-64:])
+    assert out.position == (p.stat().st_ino, p.stat().st_size, tag)
+
+
+def mark_of(p: Path, off: int) -> dict[str, object]:
+    return {"ino": p.stat().st_ino, "off": off, "tag": zlib.crc32(p.read_bytes()[:off][-64:])}
 
 
 def test_follow_from_an_offset_sends_exactly_what_came_after(tmp_path: Path) -> None:
@@ -769,18 +776,20 @@ def test_follow_from_an_offset_sends_exactly_what_came_after(tmp_path: Path) -> 
     p.write_bytes(numbered(0, 10))
     ino, size = p.stat().st_ino, p.stat().st_size
     cut = len(numbered(0, 4))
+    with opened(p) as fd:
+        tag = tag_at(fd, cut)
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
     with p.open("ab", buffering=0) as w:
-        f = Follow(p, out, n=50, start=(ino, cut))  # n is ignored when continuing
+        f = Follow(p, out, n=50, start=(ino, cut, tag))  # n is ignored when continuing
         stepper.idle()
         assert b"".join(sink) == numbered(4, 10)
-        assert marks[0] == {"ino": ino, "off": cut} and marks[-1] == {"ino": ino, "off": size}
+        assert marks[0] == mark_of(p, cut) and marks[-1] == mark_of(p, size)
         w.write(numbered(10, 12) + b"part")
         stepper.step()
         assert b"".join(sink) == numbered(4, 12)
         # the position covers complete lines only: "part" is still to come
-        assert marks[-1] == {"ino": ino, "off": size + len(numbered(10, 12))}
+        assert marks[-1] == mark_of(p, size + len(numbered(10, 12)))
         stepper.finish()
     assert isinstance(f.join(), Cancelled)
 
@@ -790,10 +799,27 @@ def test_follow_from_past_the_end_says_the_file_was_truncated(tmp_path: Path) ->
     p.write_bytes(numbered(0, 3))
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
-    f = Follow(p, out, start=(p.stat().st_ino, 10**9))
+    f = Follow(p, out, start=(p.stat().st_ino, 10**9, None))
     stepper.idle()
     assert b"".join(sink) == numbered(0, 3)
-    assert marks[0]["off"] == 0 and "truncated below offset 1000000000" in str(marks[0]["gap"])
+    assert marks[0]["off"] == 0 and "truncated or replaced since offset 10" in str(marks[0]["gap"])
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
+def test_follow_from_a_reused_inode_is_not_mistaken_for_the_old_file(tmp_path: Path) -> None:
+    """Same inode, same length, other bytes: the tag tells them apart."""
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 3))
+    with opened(p) as fd:
+        tag = tag_at(fd, 20)
+    p.write_bytes(numbered(10, 13))  # rewritten in place: same inode
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, start=(p.stat().st_ino, 20, tag))
+    stepper.idle()
+    assert b"".join(sink) == numbered(10, 13)
+    assert "replaced since offset 20" in str(marks[0]["gap"])
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
 
@@ -813,13 +839,15 @@ def test_follow_from_a_rotated_file_finishes_it_then_the_new_one(tmp_path: Path)
     before = open_fds()
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
-    f = Follow(p, out, start=(old_ino, cut), find=find)
+    with opened(tmp_path / "app.log.1") as fd:
+        tag = tag_at(fd, cut)
+    f = Follow(p, out, start=(old_ino, cut, tag), find=find)
     stepper.idle()
     stepper.step()  # the old file is quiet for an interval: switch to the new one
     assert looked == [old_ino]
     assert b"".join(sink) == numbered(6, 13)  # nothing lost, nothing twice
     assert not any("gap" in m for m in marks)
-    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    assert marks[-1] == mark_of(p, p.stat().st_size)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
     assert open_fds() <= before | {f.fd}  # the old file's fd was closed
@@ -834,7 +862,7 @@ def test_follow_from_a_file_rotated_away_shows_the_gap(tmp_path: Path) -> None:
     os.unlink(tmp_path / "app.log.1")
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
-    f = Follow(p, out, start=(old_ino, 5), find=lambda ino: None)
+    f = Follow(p, out, start=(old_ino, 5, None), find=lambda ino: None)
     stepper.idle()
     assert b"".join(sink) == numbered(20, 22)
     assert marks[0]["ino"] == p.stat().st_ino and marks[0]["off"] == 0
@@ -857,6 +885,6 @@ def test_an_idle_follow_still_marks_its_position(
     stepper.step()
     stepper.step()
     assert len(marks) >= first + 2 and sink == []
-    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    assert marks[-1] == mark_of(p, p.stat().st_size)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)

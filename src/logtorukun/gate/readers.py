@@ -16,20 +16,32 @@ from __future__ import annotations
 import collections
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 
 from .errors import Exit, GateError
 from .output import LimitReached, Output
+from .protocol import POS_EVERY
 
 CHUNK = 1 << 20  # forward reads and writes: large, so throughput is not per-line
 LINE_CAP = 1 << 20  # a partial line held longer than this goes out in pieces
 _FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical logs
 _MAX_BLOCK = 1 << 20
 SWITCH_GRACE = 5.0  # seconds a renamed-away file may keep growing before we move on
-MARK_EVERY = 1.0  # an idle follow re-sends its position this often: the client's heartbeat
+MARK_EVERY = POS_EVERY  # an idle follow re-sends its position this often: a heartbeat
 _GZ_INPUT = 1 << 18
 
 __all__ = ["CHUNK", "LINE_CAP", "emit_span", "follow", "gunzip_chunks", "limit_reached", "tail"]
+
+
+TAG_BYTES = 64
+
+
+def tag_at(fd: int, off: int) -> int:
+    """CRC32 of the (up to) 64 bytes before `off`: a position names a file by inode, and
+    an inode is reused once its file is deleted; the tag tells the two files apart."""
+    n = min(TAG_BYTES, off)
+    return zlib.crc32(os.pread(fd, n, off - n)) if n > 0 else 0
 
 
 def limit_reached(out: Output, which: str) -> LimitReached:
@@ -180,7 +192,7 @@ def tail(fd: int, n: int, out: Output, *, gz: bool = False) -> None:
             try:
                 _tail_plain(fd, end, n, out)
             finally:
-                out.position = (st.st_ino, end)  # a follow may continue from here
+                out.position = (st.st_ino, end, tag_at(fd, end))  # a follow continues here
         except _Shrunk:
             continue  # copytruncate while we were scanning: look again at the new size
         return
@@ -321,7 +333,8 @@ class _Follower:
 
     def mark(self, gap: str = "") -> None:
         """Tell the output where the complete lines sent so far end."""
-        self.out.mark(self.ident[1], self.offset - len(self.partial), gap)
+        off = self.offset - len(self.partial)
+        self.out.mark(self.ident[1], off, tag_at(self.fd, off), gap)
 
     def check_deadline(self) -> None:
         if time.monotonic() >= self.deadline:
@@ -405,7 +418,7 @@ def follow(
     deadline: float,
     deadline_reason: str,
     interval: float = 0.2,
-    start: tuple[int, int] | None = None,
+    start: tuple[int, int, int | None] | None = None,
     find: Callable[[int], int | None] | None = None,
 ) -> None:
     """`tail -F`: the last `n` complete lines, then each complete line as it is appended.
@@ -435,13 +448,14 @@ def follow(
     longer "lines" go out in pieces, each with a newline added) and is flushed with a
     newline appended when its file is truncated or left behind.
 
-    Continuing (`start` = (inode, offset), `n` ignored): where an earlier read or follow
-    ended. The same inode at the path: from that offset (past its end: the file was
-    truncated, so from 0, with a gap). Another inode: `find(inode)` looks for the old
-    file among the rotated names; found, it is read from the offset to its end and then
-    left as in a rotation; not found (compressed or deleted), the current file is read
-    from 0 and the output is told of the gap. Each position reached goes to
-    `out.mark` (and again every `MARK_EVERY` seconds while idle).
+    Continuing (`start` = (inode, offset, tag), `n` ignored): where an earlier read or
+    follow ended. The same file at the path (inode, and `tag_at` the offset, match):
+    from that offset. The same inode but not the same bytes there (truncated, or a new
+    file that got the inode of a deleted one): from 0, with a gap. Another inode:
+    `find(inode)` looks for the old file among the rotated names; found (and its tag
+    matches), it is read from the offset to its end and then left as in a rotation;
+    not found (compressed or deleted), the current file is read from 0, with a gap.
+    Each position reached goes to `out.mark` (again every `MARK_EVERY` s while idle).
     """
     try:
         current = _Follower(fd, out, deadline, deadline_reason)
@@ -488,23 +502,32 @@ def follow(
         os.close(current.fd)
 
 
+def _same(fd: int, off: int, tag: int | None) -> bool:
+    """Is `fd` the file the position (off, tag) was taken in (as far as we can tell)?"""
+    return off <= os.fstat(fd).st_size and (tag is None or tag_at(fd, off) == tag)
+
+
 def _continue(
-    current: _Follower, start: tuple[int, int], find: Callable[[int], int | None] | None
+    current: _Follower,
+    start: tuple[int, int, int | None],
+    find: Callable[[int], int | None] | None,
 ) -> tuple[int | None, _Follower]:
     """Set up a follow that continues at `start`; returns (file to switch to, follower)."""
-    ino, off = start
-    size = os.fstat(current.fd).st_size
+    ino, off, tag = start
     if current.ident[1] == ino:
-        if off <= size:
+        if _same(current.fd, off, tag):
             current.offset = off
             current.mark()
         else:
             current.mark(
-                f"the file was truncated below offset {off} (copytruncate): lines written "
-                "between then and the truncation were not kept; continuing from its start"
+                f"the file was truncated or replaced since offset {off}: lines written "
+                "to it after that were not kept; continuing from its start"
             )
         return None, current
     old = find(ino) if find is not None else None
+    if old is not None and not _same(old, off, tag):
+        os.close(old)
+        old = None
     if old is None:
         current.mark(
             f"the file being read (inode {ino}, offset {off}) was rotated away and is no "
@@ -515,7 +538,7 @@ def _continue(
     # The old file is still there under a rotated name: finish it, then switch.
     try:
         prev = _Follower(old, current.out, current.deadline, current.deadline_reason)
-        prev.offset = min(off, os.fstat(old).st_size)
+        prev.offset = off
         prev.mark()
     except BaseException:
         os.close(old)

@@ -231,6 +231,9 @@ def _result(
         "note": note,
         "audit": a.ref.seq,
     }
+    if outcome.pos is not None:
+        # Where a follow continues without losing a line: /follow?from=INO:OFF
+        payload["pos"] = ":".join(map(str, outcome.pos))
     body = json.dumps(payload, ensure_ascii=False).encode()
     _end(
         server,

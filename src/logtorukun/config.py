@@ -11,9 +11,12 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .config_siem import AlertSettings, ForwardConfig
 
 DEFAULT_CONFIG = "/etc/logtorukun/server.toml"
 CAPABILITIES = frozenset({"tail", "search", "follow", "download", "audit"})
@@ -69,6 +72,9 @@ class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     hosts: tuple[HostConfig, ...] = ()
     roles: dict[str, RoleConfig] = field(default_factory=dict)
+    # SIEM forwarders and alert rules (config_siem.py).
+    forward: tuple[ForwardConfig, ...] = ()
+    alerts: AlertSettings | None = None
 
     def host(self, name: str) -> HostConfig | None:
         for h in self.hosts:
@@ -164,7 +170,7 @@ _REQUIRED: Any = object()
 
 def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     top = _Reader(path, text, "", data)
-    top.used.update({"server", "host", "role"})
+    top.used.update({"server", "host", "role", "forward", "alerts"})
     top.done()
 
     s = _Reader(path, text, "server", data.get("server", {}))
@@ -245,7 +251,20 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
                 r.fail("sources", f"{src!r}: use an absolute path glob, unit:X or container:X")
         roles[name] = RoleConfig(name, r.strings("hosts"), sources, frozenset(caps))
         r.done()
-    return Config(path=path, server=server, hosts=tuple(hosts), roles=roles)
+    from .config_siem import parse_alerts, parse_forwards
+
+    forward = parse_forwards(top, data.get("forward", []), _Reader, server.database)
+    alerts = (
+        parse_alerts(top, data["alerts"], _Reader, server.database) if "alerts" in data else None
+    )
+    return Config(
+        path=path,
+        server=server,
+        hosts=tuple(hosts),
+        roles=roles,
+        forward=forward,
+        alerts=alerts,
+    )
 
 
 def _resolve(config_file: Path, value: str) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .gate.globs import GlobError, compile_glob
 
 DEFAULT_CONFIG = "/etc/logtorukun/server.toml"
 CAPABILITIES = frozenset({"tail", "search", "follow", "download", "audit"})
@@ -243,7 +244,14 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         for src in sources:
             if not (src.startswith(("/", "unit:", "container:")) or src == "*"):
                 r.fail("sources", f"{src!r}: use an absolute path glob, unit:X or container:X")
-        roles[name] = RoleConfig(name, r.strings("hosts"), sources, frozenset(caps))
+        role_hosts = r.strings("hosts")
+        for key, globs in (("hosts", role_hosts), ("sources", sources)):
+            for glob in globs:
+                try:
+                    compile_glob(glob)
+                except GlobError as exc:
+                    r.fail(key, f"{glob!r}: {exc}")
+        roles[name] = RoleConfig(name, role_hosts, sources, frozenset(caps))
         r.done()
     return Config(path=path, server=server, hosts=tuple(hosts), roles=roles)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 import asyncssh
@@ -162,6 +163,7 @@ class Bridge:
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.requests = 0
+        self.last_active = time.monotonic()  # a request ended (for the pool's idle close)
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._reader = Frames()
         self._streams: dict[int, BridgeStream] = {}
@@ -264,6 +266,7 @@ class Bridge:
                 stream = streams.pop(rid, None)
                 if stream is None:
                     continue
+                self.last_active = time.monotonic()
                 self._slots.release()
                 try:
                     stream._finish(_status(payload))

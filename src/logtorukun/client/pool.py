@@ -360,13 +360,20 @@ class HostConnection:
             return b
 
     async def start(
-        self, command: str, via: dict[str, Any] | None = None, *, oneshot: bool = False
+        self,
+        command: str,
+        via: dict[str, Any] | None = None,
+        *,
+        oneshot: bool = False,
+        positions: bool = False,
     ) -> Stream:
         """Send `command` to the gate; the stream yields its output."""
         self._last_used = time.monotonic()
         if not oneshot:
             bridge = await self.bridge()
-            return await bridge.start(command, via)
+            return await bridge.start(command, via, positions=positions)
+        if positions:
+            raise ValueError("positions need the bridge: a one-shot command has no frames")
         if via:
             raise ValueError("`via` needs the bridge: a one-shot command has nowhere to carry it")
         conn = await self.connection()
@@ -421,9 +428,15 @@ class Pool:
         return hc
 
     async def start(
-        self, host: str, command: str, via: dict[str, Any] | None = None, *, oneshot: bool = False
+        self,
+        host: str,
+        command: str,
+        via: dict[str, Any] | None = None,
+        *,
+        oneshot: bool = False,
+        positions: bool = False,
     ) -> Stream:
-        return await self.get(host).start(command, via, oneshot=oneshot)
+        return await self.get(host).start(command, via, oneshot=oneshot, positions=positions)
 
     @property
     def connected(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 import asyncssh
@@ -163,6 +164,7 @@ class Bridge:
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.requests = 0
+        self.last_active = time.monotonic()  # a request ended (for the pool's idle close)
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._reader = Frames()
         self._streams: dict[int, BridgeStream] = {}
@@ -279,6 +281,7 @@ class Bridge:
                 stream = streams.pop(rid, None)
                 if stream is None:
                     continue
+                self.last_active = time.monotonic()
                 self._slots.release()
                 try:
                     stream._finish(_status(payload))

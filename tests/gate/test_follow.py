@@ -62,7 +62,8 @@ class Follow:
         seconds: float = 30.0,
         reopen: Callable[[], int | None] | None = None,
         inotify: bool = False,
-        offset: int | None = None,
+        start: tuple[int, int] | None = None,
+        find: Callable[[int], int | None] | None = None,
     ) -> None:
         self.fd = os.open(path, os.O_RDONLY)
         self.exc: BaseException | None = None
@@ -89,7 +90,8 @@ class Follow:
                     interval=interval,
                     path=str(path) if inotify else None,
                     sibling=lambda name: open_or_none(path.parent / name),
-                    offset=offset,
+                    start=start,
+                    find=find,
                 )
             except BaseException as exc:
                 self.exc = exc
@@ -595,22 +597,6 @@ def test_inotify_unavailable_falls_back_to_polling(
     assert isinstance(f.join(), Cancelled)
 
 
-def test_follow_from_an_offset(tmp_path: Path) -> None:
-    p = tmp_path / "app.log"
-    p.write_bytes(numbered(0, 10))
-    stepper = Stepper()
-    out, sink = make_out(waiter=stepper.waiter)
-    f = Follow(p, out, n=5, offset=len(numbered(0, 7)))
-    stepper.idle()
-    assert b"".join(sink) == numbered(7, 10)  # no initial lines: from the offset on
-    with p.open("ab") as w:
-        w.write(numbered(10, 11))
-    stepper.step()
-    assert b"".join(sink) == numbered(7, 11)
-    stepper.finish()
-    assert isinstance(f.join(), Cancelled)
-
-
 @pytest.mark.parametrize(
     ("events", "want"),
     [
@@ -646,3 +632,114 @@ def test_follow_from_an_offset(tmp_path: Path) -> None:
 )
 def test_moved_names(events: list[tuple[int, int, str]], want: list[tuple[str, bool]]) -> None:
     assert moved_names(events, "app.log") == want
+
+
+# ---------------------------------------------------------------- continuing at a position
+
+
+def marked_out(
+    waiter: Waiter,
+) -> tuple[Output, list[bytes], list[dict[str, object]]]:
+    """An Output that records data and positions in one ordered list of events."""
+    sink: list[bytes] = []
+    marks: list[dict[str, object]] = []
+    out = Output(sink.append, max_lines=BIG, max_bytes=BIG, waiter=waiter, marker=marks.append)
+    return out, sink, marks
+
+
+def test_follow_from_an_offset_sends_exactly_what_came_after(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 10))
+    ino, size = p.stat().st_ino, p.stat().st_size
+    cut = len(numbered(0, 4))
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    with p.open("ab", buffering=0) as w:
+        f = Follow(p, out, n=50, start=(ino, cut))  # n is ignored when continuing
+        stepper.idle()
+        assert b"".join(sink) == numbered(4, 10)
+        assert marks[0] == {"ino": ino, "off": cut} and marks[-1] == {"ino": ino, "off": size}
+        w.write(numbered(10, 12) + b"part")
+        stepper.step()
+        assert b"".join(sink) == numbered(4, 12)
+        # the position covers complete lines only: "part" is still to come
+        assert marks[-1] == {"ino": ino, "off": size + len(numbered(10, 12))}
+        stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
+def test_follow_from_past_the_end_says_the_file_was_truncated(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 3))
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, start=(p.stat().st_ino, 10**9))
+    stepper.idle()
+    assert b"".join(sink) == numbered(0, 3)
+    assert marks[0]["off"] == 0 and "truncated below offset 1000000000" in str(marks[0]["gap"])
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
+def test_follow_from_a_rotated_file_finishes_it_then_the_new_one(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 10))
+    old_ino, cut = p.stat().st_ino, len(numbered(0, 6))
+    os.rename(p, tmp_path / "app.log.1")
+    p.write_bytes(numbered(10, 13))
+    looked: list[int] = []
+
+    def find(ino: int) -> int | None:
+        looked.append(ino)
+        return os.open(tmp_path / "app.log.1", os.O_RDONLY)
+
+    before = open_fds()
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, start=(old_ino, cut), find=find)
+    stepper.idle()
+    stepper.step()  # the old file is quiet for an interval: switch to the new one
+    assert looked == [old_ino]
+    assert b"".join(sink) == numbered(6, 13)  # nothing lost, nothing twice
+    assert not any("gap" in m for m in marks)
+    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+    assert open_fds() <= before | {f.fd}  # the old file's fd was closed
+
+
+def test_follow_from_a_file_rotated_away_shows_the_gap(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 10))
+    old_ino = p.stat().st_ino
+    os.rename(p, tmp_path / "app.log.1")
+    p.write_bytes(numbered(20, 22))
+    os.unlink(tmp_path / "app.log.1")
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, start=(old_ino, 5), find=lambda ino: None)
+    stepper.idle()
+    assert b"".join(sink) == numbered(20, 22)
+    assert marks[0]["ino"] == p.stat().st_ino and marks[0]["off"] == 0
+    assert f"inode {old_ino}, offset 5" in str(marks[0]["gap"])
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
+def test_an_idle_follow_still_marks_its_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(follow_mod, "MARK_EVERY", 0.0)
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 2))
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, n=0)
+    stepper.idle()
+    first = len(marks)
+    stepper.step()
+    stepper.step()
+    assert len(marks) >= first + 2 and sink == []
+    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)

@@ -331,3 +331,12 @@ def test_tail_gz_empty_file(tmp_path: Path) -> None:
     p = tmp_path / "empty.gz"
     p.write_bytes(b"")
     assert run_tail(p, 5, gz=True)[:2] == (b"", None)
+
+
+def test_tail_reports_where_it_ended(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 10))
+    out, _sink = make_out()
+    with opened(p) as fd:
+        tail(fd, 3, out)
+    assert out.position == (p.stat().st_ino, p.stat().st_size)

@@ -27,7 +27,8 @@ BACKSTOP = 1.0  # with inotify: the path is still re-checked this often
 SWITCH_QUIET = 0.1  # a renamed-away file must be quiet this long before we move on
 SWITCH_GRACE = 5.0  # ... or we move on after this, even if it keeps growing
 _DONE_KEPT = 64  # identities of files already followed to their end
-_MARK = 32  # bytes before the read offset that must not change (else: truncated)
+_LAST = 32  # bytes before the read offset that must not change (else: truncated)
+MARK_EVERY = 1.0  # an idle follow re-sends its position this often: the client's heartbeat
 
 __all__ = ["BACKSTOP", "POLL_INTERVAL", "SWITCH_GRACE", "SWITCH_QUIET", "follow"]
 
@@ -46,9 +47,13 @@ class _Follower:
         self.out = out
         self.deadline = deadline
         self.deadline_reason = deadline_reason
-        self.mark = b""  # the last bytes read, to notice a truncation we did not see
+        self.last = b""  # the last bytes read, to notice a truncation we did not see
         self.since = time.monotonic()  # when it was found at (or after) the path
         self.seen_pass = 0  # the loop pass that found it
+
+    def mark(self, gap: str = "") -> None:
+        """Tell the output where the complete lines sent so far end."""
+        self.out.mark(self.ident[1], self.offset - len(self.partial), gap)
 
     def start(self, n: int) -> None:
         """Send the last `n` complete lines; a partial last line waits for its newline."""
@@ -83,11 +88,12 @@ class _Follower:
     def pump(self) -> int:
         """Read and send whatever was appended; returns how many bytes were read."""
         size = os.fstat(self.fd).st_size
-        if size < self.offset or (self.mark and size and self._rewritten()):
+        if size < self.offset or (self.last and size and self._rewritten()):
             # copytruncate: the file was emptied; what it held up to `offset` was sent.
             self.flush()
             self.offset = 0
-            self.mark = b""
+            self.last = b""
+            self.mark()
         total = 0
         while self.offset < size:
             data = os.pread(self.fd, min(CHUNK, size - self.offset), self.offset)
@@ -96,7 +102,8 @@ class _Follower:
             self.offset += len(data)
             total += len(data)
             self._feed(data)
-            self.mark = data[-_MARK:] if len(data) >= _MARK else (self.mark + data)[-_MARK:]
+            self.last = data[-_LAST:] if len(data) >= _LAST else (self.last + data)[-_LAST:]
+            self.mark()
             if time.monotonic() >= self.deadline:
                 # a writer faster than us must not keep us here forever
                 raise LimitReached(self.deadline_reason)
@@ -105,7 +112,7 @@ class _Follower:
     def _rewritten(self) -> bool:
         """The bytes just before our offset changed: truncated and written past our
         offset again before we looked (copytruncate under a busy writer)."""
-        return os.pread(self.fd, len(self.mark), self.offset - len(self.mark)) != self.mark
+        return os.pread(self.fd, len(self.last), self.offset - len(self.last)) != self.last
 
     def _feed(self, data: bytes) -> None:
         buf = self.partial + data if self.partial else data
@@ -214,7 +221,7 @@ class _Path:
             raise
         f.seen_pass = self.passes
         if self.watch is not None:
-            self._watch_file(fd)
+            self.watch_file(fd)
         if at_path or not self.queue:
             self.queue.append(f)
             return
@@ -242,8 +249,9 @@ class _Path:
         if self.watch is not None:
             self.watch.remove_file(old.fd)
         os.close(old.fd)
+        self.current.mark()
 
-    def _watch_file(self, fd: int) -> None:
+    def watch_file(self, fd: int) -> None:
         assert self.watch is not None
         try:
             self.watch.add_file(fd)
@@ -257,7 +265,7 @@ class _Path:
         if isinstance(got, str):
             return f"poll: {got}"
         self.watch = got
-        self._watch_file(self.current.fd)
+        self.watch_file(self.current.fd)
         return "inotify" if self.watch is not None else self.current.out.notes["follow"]
 
     def stop_watching(self, note: str) -> None:
@@ -287,7 +295,8 @@ def follow(
     interval: float = POLL_INTERVAL,
     path: str | None = None,
     sibling: Callable[[str], int | None] | None = None,
-    offset: int | None = None,
+    start: tuple[int, int] | None = None,
+    find: Callable[[int], int | None] | None = None,
 ) -> None:
     """`tail -F`: the last `n` complete lines, then each complete line as it is appended.
 
@@ -295,8 +304,7 @@ def follow(
     closes all of them before it returns or raises. It only ends by an exception:
     `LimitReached` (`deadline_reason` at `deadline`, or a cap), `Cancelled`, or whatever
     `reopen` raises. The first `n` lines obey the caps as in `tail` (newest lines that
-    fit, then the cap). `offset` starts at that byte offset instead (no initial lines;
-    beyond the end of the file counts as a truncation and starts at 0).
+    fit, then the cap).
 
     Waiting: with `path` (the followed path, for its directory) the follow sleeps on
     inotify; without it, or where inotify is unavailable, it polls every `interval`.
@@ -321,6 +329,14 @@ def follow(
     Only complete lines are sent; a partial last line is held (at most `LINE_CAP`:
     longer "lines" go out in pieces, each with a newline added) and is flushed with a
     newline appended when its file is truncated or left behind.
+
+    Continuing (`start` = (inode, offset), `n` ignored): where an earlier read or follow
+    ended. The same inode at the path: from that offset (past its end: the file was
+    truncated, so from 0, with a gap). Another inode: `find(inode)` looks for the old
+    file among the rotated names; found, it is read from the offset to its end and then
+    left as in a rotation; not found (compressed or deleted), the current file is read
+    from 0 and the output is told of the gap. Each position reached goes to
+    `out.mark` (and again every `MARK_EVERY` seconds while idle).
     """
     try:
         first = _Follower(fd, out, deadline, deadline_reason)
@@ -333,12 +349,14 @@ def follow(
             out.notes["follow"] = track.start_watching(os.path.dirname(path) or "/")
         else:
             out.notes["follow"] = "poll"
-        if offset is None:
+        if start is None:
             first.start(n)
+            first.mark()
         else:
-            first.offset = offset if 0 <= offset <= os.fstat(first.fd).st_size else 0
-        k = min(_MARK, first.offset)
-        first.mark = os.pread(first.fd, k, first.offset - k) if k else b""
+            _continue(track, start, find)
+        for f in (track.current, *track.queue):
+            k = min(_LAST, f.offset)
+            f.last = os.pread(f.fd, k, f.offset - k) if k else b""
         _loop(track, out, deadline, deadline_reason, interval)
     finally:
         track.close()
@@ -369,6 +387,8 @@ def _loop(track: _Path, out: Output, deadline: float, reason: str, interval: flo
                 look = False
                 changes = None
                 continue  # read the next file at once
+        if out.wants_marks and now - out.marked_at >= MARK_EVERY:
+            track.current.mark()  # nothing new: still alive, still here
         remaining = deadline - now
         if remaining <= 0:
             raise LimitReached(reason)
@@ -378,6 +398,8 @@ def _loop(track: _Path, out: Output, deadline: float, reason: str, interval: flo
             look, changes = True, None
             continue
         wait = min(remaining, max(0.0, BACKSTOP - (now - last_look)))
+        if out.wants_marks:
+            wait = min(wait, max(0.0, MARK_EVERY - (now - out.marked_at)))
         if track.queue:
             wait = min(
                 wait, max(0.001, SWITCH_QUIET - (now - max(last_data, track.queue[0].since)))
@@ -389,3 +411,42 @@ def _loop(track: _Path, out: Output, deadline: float, reason: str, interval: flo
             or time.monotonic() - last_look >= BACKSTOP
             or any(name == track.base for _, _, name in changes.names)
         )
+
+
+def _continue(
+    track: _Path, start: tuple[int, int], find: Callable[[int], int | None] | None
+) -> None:
+    """Set up a follow that continues at `start` (see `follow`)."""
+    ino, off = start
+    current = track.current
+    size = os.fstat(current.fd).st_size
+    if current.ident[1] == ino:
+        if off <= size:
+            current.offset = off
+            current.mark()
+        else:
+            current.mark(
+                f"the file was truncated below offset {off} (copytruncate): lines written "
+                "between then and the truncation were not kept; continuing from its start"
+            )
+        return
+    old = find(ino) if find is not None else None
+    if old is None:
+        current.mark(
+            f"the file being read (inode {ino}, offset {off}) was rotated away and is no "
+            "longer readable (compressed or deleted): what it got after that offset is not "
+            "shown; continuing from the start of the current file"
+        )
+        return
+    # The old file is still there under a rotated name: finish it, then switch.
+    try:
+        prev = _Follower(old, current.out, current.deadline, current.deadline_reason)
+        prev.offset = min(off, os.fstat(old).st_size)
+    except BaseException:
+        os.close(old)
+        raise
+    track.queue.appendleft(current)
+    track.current = prev
+    if track.watch is not None:
+        track.watch_file(prev.fd)
+    prev.mark()

@@ -10,6 +10,7 @@ import os
 import re
 
 from .errors import Exit, GateError
+from .globs import Glob, GlobError, compile_glob
 from .record import field, record
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
@@ -33,6 +34,10 @@ class Limits:
     max_concurrent: int = 8
     # Where the per-worker concurrency slots (lock files) live.
     state_dir: str = ""
+    # Address-space limit (RLIMIT_AS) of every child the gate starts: grep, gzip,
+    # journalctl, sudo/docker. A child that needs more fails, and the request ends at
+    # the limit (exit 5) instead of the worker swapping.
+    max_memory: int = 512 << 20
 
 
 @record(frozen=True)
@@ -58,10 +63,10 @@ class FileRule:
     root: str
     patterns: tuple[str, ...]
     allow_hardlinks: bool = False
-    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    globs: tuple[Glob, ...] = field(default=(), compare=False, repr=False)
 
     def matches(self, rel: str) -> bool:
-        return self.regex is not None and self.regex.fullmatch(rel) is not None
+        return any(g.match(rel) for g in self.globs)
 
 
 @record(frozen=True)
@@ -87,43 +92,6 @@ class Policy:
                 if rel and rule.matches(rel):
                     return rule, rel.split("/")
         raise GateError(Exit.REFUSED, f"{path} is not allowed by the policy")
-
-
-def glob_regex(pattern: str) -> str:
-    """A glob as a regex: `*`, `?` and `[...]` stay inside one path component; `**`
-    crosses components (`**/` also matches none). The web server's role globs use this
-    same function, so a pattern means the same on both sides."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]+/)*")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 2)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : end]
-                neg = body.startswith("!")  # POSIX; a leading ^ is a literal here
-                body = body[1:] if neg else body
-                body = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
-                out.append(f"(?!/)[{'^' if neg else ''}{body}]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
 
 
 def policy_path(explicit: str | None) -> str:
@@ -226,16 +194,26 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
             lim, "follow_max_seconds", float, d.follow_max_seconds, "limits", path
         ),
         max_concurrent=_take(lim, "max_concurrent", int, d.max_concurrent, "limits", path),
+        max_memory=_take(lim, "max_memory", int, d.max_memory, "limits", path),
         state_dir=_take(lim, "state_dir", str, "", "limits", path),
     )
     _no_extra(lim, set(Limits.__annotations__), "limits", path)
-    for name in ("max_lines", "max_bytes", "max_seconds", "follow_max_seconds", "max_concurrent"):
+    for name in (
+        "max_lines",
+        "max_bytes",
+        "max_seconds",
+        "follow_max_seconds",
+        "max_concurrent",
+        "max_memory",
+    ):
         value = getattr(limits, name)
         # TOML has nan and inf: a deadline of now + nan never comes, int(inf) raises.
         if value != value or value in (float("inf"), float("-inf")):
             raise _bad(path, f"limits.{name} must be a finite number")
         if value <= 0:
             raise _bad(path, f"limits.{name} must be positive")
+    if limits.max_memory < 32 << 20:
+        raise _bad(path, "limits.max_memory is in bytes and must be at least 33554432 (32 MiB)")
 
     aud = _table(data, "audit", path)
     audit = AuditSettings(
@@ -282,13 +260,16 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
             raise _bad(path, f"{where}.patterns must be non-empty globs without . or ..")
         if any(p.startswith("/") for p in patterns):
             raise _bad(path, f"{where}.patterns are relative to root; drop the leading /")
-        regex = re.compile("|".join(f"(?:{glob_regex(p)})" for p in patterns))
+        try:
+            globs = tuple(compile_glob(p) for p in patterns)
+        except GlobError as exc:
+            raise _bad(path, f"{where}.patterns: {exc}") from None
         files.append(
             FileRule(
                 root=root.rstrip("/") or "/",
                 patterns=tuple(patterns),
                 allow_hardlinks=_take(raw, "allow_hardlinks", bool, False, where, path),
-                regex=regex,
+                globs=globs,
             )
         )
 

@@ -171,9 +171,13 @@ def tail(fd: int, n: int, out: Output, *, gz: bool = False) -> None:
         _tail_gz(fd, n, out)
         return
     for _attempt in range(3):
-        end = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        end = st.st_size
         try:
-            _tail_plain(fd, end, n, out)
+            try:
+                _tail_plain(fd, end, n, out)
+            finally:
+                out.position = (st.st_ino, end)  # a follow may continue from here
         except _Shrunk:
             continue  # copytruncate while we were scanning: look again at the new size
         return

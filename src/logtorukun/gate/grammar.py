@@ -50,6 +50,7 @@ class Tail:
     path: str
     lines: int
     follow: bool = False
+    start: tuple[int, int] | None = None  # `--from INO:OFF`: follow from that inode and offset
 
 
 @record(frozen=True)
@@ -122,7 +123,7 @@ class Help:
 Request = Tail | Head | Grep | Range | Journal | Docker | Sources | Bridge | Help
 
 USAGE = """\
-tail -n N PATH | tail -f|-F [-n N] PATH | head -n N PATH | cat PATH
+tail -n N PATH | tail -f|-F [-n N] [--from INO:OFF] PATH | head -n N PATH | cat PATH
 grep [-F|-E] [-i] [-v] [-c] [-n] [-w] [-m N] [-e] PATTERN PATH [| tail -n N]
 range --since TIME [--until TIME] [-m N] PATH
 journalctl -u UNIT [-n N] [--since S] [--until U] [-g PATTERN] [-p PRIO] [-o FORMAT] [-f]
@@ -412,17 +413,25 @@ def _tail(args: list[str]) -> Tail:
         "tail",
         args,
         {"-f": "f", "-F": "f", "--follow": "f", "--retry": "f"},
-        {"-n": "n", "--lines": "n"},
+        {"-n": "n", "--lines": "n", "--from": "from"},
     )
     lines, follow, saw_n = 10, False, False
+    start: tuple[int, int] | None = None
     for name, val in opts:
         if name == "n":
             lines, saw_n = number("tail", "-n", val), True
+        elif name == "from":
+            m = re.fullmatch(r"([0-9]{1,20}):([0-9]{1,20})", val)
+            if m is None:
+                raise bad(f"tail: --from takes INODE:OFFSET (two whole numbers), not {val!r}")
+            start = (int(m.group(1)), int(m.group(2)))
         else:
             follow = True
     if not follow and not saw_n:
         raise bad("tail: say how many lines with -n N (or follow with -f)")
-    return Tail(check_path("tail", _one("tail", pos, "PATH")), lines, follow)
+    if start is not None and not follow:
+        raise bad("tail: --from only goes with -f (follow from a position)")
+    return Tail(check_path("tail", _one("tail", pos, "PATH")), lines, follow, start)
 
 
 def _head(args: list[str], verb: str) -> Head:

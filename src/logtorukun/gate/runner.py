@@ -53,6 +53,7 @@ class Result:
     lines: int = 0
     bytes: int = 0
     truncated: bool = False
+    position: tuple[int, int] | None = None
 
 
 @record
@@ -136,6 +137,7 @@ def serve(
         if slot is not None:
             slot.release()
     result.lines, result.bytes = out.lines, out.bytes
+    result.position = out.position
     result.truncated = out.truncated or result.code == Exit.LIMIT
     end = {
         "ts": now_iso(),
@@ -227,6 +229,9 @@ def authorize(req: Request, policy: Policy) -> Plan:
                 except GateError:
                     return None
 
+            def find(ino: int) -> int | None:
+                return find_rotated(policy, req.path, ino)
+
             deadline = time.monotonic() + lim.follow_max_seconds
             reason = _follow_reason(lim.follow_max_seconds)
 
@@ -242,6 +247,8 @@ def authorize(req: Request, policy: Policy) -> Plan:
                     deadline=deadline,
                     deadline_reason=reason,
                     interval=FOLLOW_INTERVAL,
+                    start=req.start,
+                    find=find,
                 )
 
             plan.run = run_follow
@@ -279,6 +286,40 @@ def authorize(req: Request, policy: Policy) -> Plan:
 
 def _follow_reason(seconds: float) -> str:
     return f"follow stopped after {seconds:g} s (follow_max_seconds)"
+
+
+MAX_ROTATED = 64  # names looked at when a follow continues in a rotated-away file
+
+
+def find_rotated(policy: Policy, path: str, ino: int) -> int | None:
+    """An fd of the file with inode `ino` among the uncompressed files next to `path`
+    that the policy admits (`app.log.1` after a rename rotation), or None."""
+    directory = os.path.dirname(path)
+    try:
+        names = sorted(os.listdir(directory))[: MAX_ROTATED * 4]
+    except OSError:
+        return None
+    looked = 0
+    for name in names:
+        candidate = f"{directory}/{name}"
+        if candidate == path or name.endswith(".gz") or looked >= MAX_ROTATED:
+            continue
+        try:
+            rule, parts = policy.file_rule(candidate)
+        except GateError:
+            continue
+        looked += 1
+        try:
+            fd = open_under(rule, parts, candidate)
+        except GateError:
+            continue
+        try:
+            if os.fstat(fd).st_ino == ino:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    return None
 
 
 def _allowed_unit(unit: str, policy: Policy) -> bool:

@@ -9,6 +9,7 @@ itself an audit record.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -108,6 +109,8 @@ class Server:
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(600))
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
     hub: Any = None  # sse.FollowHub
+    forwarders: list[Any] = field(default_factory=list)  # audit.forward.Forwarder
+    alerts: Any = None  # audit.alerts.AlertEngine
     templates: Jinja2Templates = field(
         default_factory=lambda: Jinja2Templates(directory=str(HERE / "templates"))
     )
@@ -313,20 +316,41 @@ def create_app(
         config=config,
         audit=audit,
         auth=auth,
-        workers=workers or Workers(config.hosts),
+        workers=workers or Workers(config.hosts, fleet=config.fleet),
         limiter=RateLimiter(settings.requests_per_minute),
         proxies=TrustedProxies(settings.trusted_proxies),
     )
     server.hub = sse.FollowHub(server)
     _gauges(server)
+    if config.forward:
+        from ..audit.forward import forwarders_from_config, gauges
+
+        server.forwarders = forwarders_from_config(settings.database, config.forward)
+        audit.sinks.extend(server.forwarders)  # emit() only wakes the forwarder's thread
+        gauges(server.metrics, server.forwarders, audit)
+    if config.alerts is not None and config.alerts.rules:
+        from ..audit.alerts import AlertEngine
+        from ..audit.alerts import gauges as alert_gauges
+
+        server.alerts = AlertEngine(audit, config.alerts)
+        audit.sinks.append(server.alerts)  # emit() only queues the record
+        alert_gauges(server.metrics, server.alerts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for fwd in server.forwarders:
+            fwd.start()
+        if server.alerts is not None:
+            server.alerts.start()
         try:
             yield
         finally:
             await server.hub.close()
             await server.workers.close()
+            if server.alerts is not None:
+                await asyncio.to_thread(server.alerts.stop)
+            for fwd in server.forwarders:
+                await asyncio.to_thread(fwd.stop)
 
     app = FastAPI(
         title="logtorukun",

@@ -104,7 +104,7 @@ def test_hosts_list_only_granted_hosts_and_reachability(live: LiveServer) -> Non
     ("user", "host", "params", "status", "reason"),
     [
         ("rita", "web1", {"path": "{root}/app.log.1"}, 403, "no role grants"),
-        ("rita", "web2", {"path": "{root}/app.log"}, 403, "no role grants"),
+        ("rita", "web2", {"path": "{root}/app.log"}, 404, "unknown host 'web2'"),
         ("olivia", "nope", {"path": "{root}/app.log"}, 404, "unknown host"),
         ("olivia", "web1", {"path": "{root}/missing.log"}, 404, "no such file"),
         ("olivia", "web1", {"path": "{root}/../../../secret/shadow"}, 422, "'..'"),

@@ -1,4 +1,4 @@
-"""Read a log file from an already-open descriptor: tail from the end, follow across rotation.
+"""Read a log file from an already-open descriptor: tail from the end, whole lines forward.
 
 Every reader takes a read-only fd of a regular file that the caller opened safely
 (`paths.py`); nothing here opens a path. Reads use `os.pread` with our own offsets, so
@@ -7,7 +7,7 @@ which enforces the policy caps (raising `LimitReached`) and notices a client tha
 gone (raising `Cancelled`); both propagate to the caller untouched.
 
 Line protocol: `Output.write` gets whole lines. Where a reader has to cut a line it
-cannot hold (longer than `LINE_CAP` in `follow` and in the gz scan of `range`), each
+cannot hold (longer than `LINE_CAP` in `follow.py` and in the gz scan of `range`), each
 piece is sent with a newline appended, so the stream stays line-structured.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 from collections.abc import Callable, Iterator
 
 from .errors import Exit, GateError
@@ -25,8 +24,6 @@ CHUNK = 1 << 20  # forward reads and writes: large, so throughput is not per-lin
 LINE_CAP = 1 << 20  # a partial line held longer than this goes out in pieces
 _FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical logs
 _MAX_BLOCK = 1 << 20
-SWITCH_GRACE = 5.0  # seconds a renamed-away file may keep growing before we move on
-MARK_EVERY = 1.0  # an idle follow re-sends its position this often: the client's heartbeat
 _GZ_INPUT = 1 << 18
 
 __all__ = [
@@ -35,7 +32,6 @@ __all__ = [
     "LineBuffer",
     "copy_lines",
     "emit_span",
-    "follow",
     "gunzip_chunks",
     "limit_reached",
     "tail",
@@ -391,220 +387,3 @@ def _write_lines(data: bytes, start: int, out: Output) -> None:
             stop = end if nl < 0 else nl + 1
         out.write(data[pos:stop])
         pos = stop
-
-
-class _Follower:
-    """One file being followed: its fd, read offset and the partial last line."""
-
-    def __init__(self, fd: int, out: Output, deadline: float, deadline_reason: str) -> None:
-        self.fd = fd
-        st = os.fstat(fd)
-        self.ident = (st.st_dev, st.st_ino)
-        self.offset = 0
-        self.partial = b""
-        self.out = out
-        self.deadline = deadline
-        self.deadline_reason = deadline_reason
-
-    def mark(self, gap: str = "") -> None:
-        """Tell the output where the complete lines sent so far end."""
-        self.out.mark(self.ident[1], self.offset - len(self.partial), gap)
-
-    def check_deadline(self) -> None:
-        if time.monotonic() >= self.deadline:
-            raise LimitReached(self.deadline_reason)
-
-    def start(self, n: int) -> None:
-        """Send the last `n` complete lines; a partial last line waits for its newline."""
-        size = os.fstat(self.fd).st_size
-        complete_end = size
-        look = min(size, _FIRST_BLOCK)
-        while look:
-            buf = os.pread(self.fd, look, size - look)
-            if len(buf) != look:
-                complete_end = 0  # truncated as we start: follow from the top
-                break
-            nl = buf.rfind(b"\n")
-            if nl >= 0:
-                complete_end = size - len(buf) + nl + 1
-                break
-            if look >= min(size, LINE_CAP):
-                if size <= LINE_CAP:
-                    complete_end = 0  # one partial line: it is all still to come
-                # else: a partial line longer than LINE_CAP; its rest goes out as a piece
-                break
-            look = min(size, LINE_CAP)
-        if n > 0 and complete_end > 0:
-            for _attempt in range(3):
-                try:
-                    _tail_plain(self.fd, complete_end, n, self.out)
-                except _Shrunk:
-                    complete_end = 0  # truncated before we started: follow from the top
-                    continue
-                break
-        self.offset = complete_end
-
-    def pump(self) -> int:
-        """Read and send whatever was appended; returns how many bytes were read."""
-        if os.fstat(self.fd).st_size < self.offset:
-            # copytruncate: the file was emptied; what it held up to `offset` was sent.
-            self.flush()
-            self.offset = 0
-            self.mark()
-        total = 0
-        while True:
-            data = os.pread(self.fd, CHUNK, self.offset)
-            if not data:
-                break
-            self.offset += len(data)
-            total += len(data)
-            self._feed(data)
-            self.mark()
-            if len(data) < CHUNK:
-                break
-            self.check_deadline()  # a writer faster than us must not keep us here forever
-        return total
-
-    def _feed(self, data: bytes) -> None:
-        buf = self.partial + data if self.partial else data
-        cut = buf.rfind(b"\n") + 1
-        if cut:
-            self.out.write(buf[:cut])
-        rest = buf[cut:]
-        while len(rest) > LINE_CAP:
-            self.out.write(rest[:LINE_CAP] + b"\n")
-            rest = rest[LINE_CAP:]
-        self.partial = rest
-
-    def flush(self) -> None:
-        """Send a held partial line (with a newline) before its file goes away."""
-        if self.partial:
-            data, self.partial = self.partial, b""
-            self.out.write(data + b"\n")
-
-
-def follow(
-    fd: int,
-    reopen: Callable[[], int | None],
-    n: int,
-    out: Output,
-    *,
-    deadline: float,
-    deadline_reason: str,
-    interval: float = 0.2,
-    start: tuple[int, int] | None = None,
-    find: Callable[[int], int | None] | None = None,
-) -> None:
-    """`tail -F`: the last `n` complete lines, then each complete line as it is appended.
-
-    Ownership: `follow` takes `fd` and every fd `reopen()` returns, and closes all of
-    them before it returns or raises. It only ends by an exception: `LimitReached`
-    (`deadline_reason` at `deadline`, or a cap), `Cancelled`, or whatever `reopen` raises.
-    The first `n` lines obey the caps as in `tail` (newest lines that fit, then the cap).
-
-    Rotation. Each `interval`, `reopen()` gives a fresh fd for the path (`None` while the
-    path is missing: we keep reading the fd we have). A different (st_dev, st_ino) means
-    the file was renamed away: we keep reading the old fd until one whole interval
-    passes with nothing new in it (at most `SWITCH_GRACE` seconds), because with
-    logrotate's `create` the app keeps appending to the old file until postrotate makes
-    it reopen; then we flush the old file's partial last line, close it, and read the new
-    file from offset 0. Nothing is lost or repeated unless the app writes to the old file
-    again after leaving it idle for a whole interval (or past the grace).
-
-    copytruncate: a file smaller than our offset was truncated; we restart at offset 0.
-    Inherent races: lines appended after our last read and before the truncate are in the
-    copy only and never reach us; and if the new content has already grown past our old
-    offset when we look, the truncation goes unnoticed and we resume mid-file. Polling
-    every `interval` keeps both windows small; rename+create has neither. (The writer
-    must use O_APPEND, as copytruncate itself requires, or it leaves a sparse file.)
-
-    Only complete lines are sent; a partial last line is held (at most `LINE_CAP`:
-    longer "lines" go out in pieces, each with a newline added) and is flushed with a
-    newline appended when its file is truncated or left behind.
-
-    Continuing (`start` = (inode, offset), `n` ignored): where an earlier read or follow
-    ended. The same inode at the path: from that offset (past its end: the file was
-    truncated, so from 0, with a gap). Another inode: `find(inode)` looks for the old
-    file among the rotated names; found, it is read from the offset to its end and then
-    left as in a rotation; not found (compressed or deleted), the current file is read
-    from 0 and the output is told of the gap. Each position reached goes to
-    `out.mark` (and again every `MARK_EVERY` seconds while idle).
-    """
-    try:
-        current = _Follower(fd, out, deadline, deadline_reason)
-    except BaseException:
-        os.close(fd)
-        raise
-    candidate: int | None = None  # a new file at the path, waiting for the old to go quiet
-    candidate_since = 0.0
-    try:
-        if start is None:
-            current.start(n)
-            current.mark()
-        else:
-            candidate, current = _continue(current, start, find)
-            candidate_since = time.monotonic()
-        while True:
-            got = current.pump()
-            if candidate is not None:
-                if got == 0 or time.monotonic() - candidate_since >= SWITCH_GRACE:
-                    current.flush()
-                    old = current
-                    current = _Follower(candidate, out, deadline, deadline_reason)
-                    candidate = None
-                    os.close(old.fd)
-                    current.mark()
-                    current.pump()
-            else:
-                new = reopen()
-                if new is not None:
-                    candidate, candidate_since = new, time.monotonic()
-                    st = os.fstat(new)
-                    if (st.st_dev, st.st_ino) == current.ident:
-                        candidate = None
-                        os.close(new)
-            if out.wants_marks and time.monotonic() - out.marked_at >= MARK_EVERY:
-                current.mark()  # nothing new: still alive, still here
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LimitReached(deadline_reason)
-            out.sleep(min(interval, remaining))
-    finally:
-        if candidate is not None:
-            os.close(candidate)
-        os.close(current.fd)
-
-
-def _continue(
-    current: _Follower, start: tuple[int, int], find: Callable[[int], int | None] | None
-) -> tuple[int | None, _Follower]:
-    """Set up a follow that continues at `start`; returns (file to switch to, follower)."""
-    ino, off = start
-    size = os.fstat(current.fd).st_size
-    if current.ident[1] == ino:
-        if off <= size:
-            current.offset = off
-            current.mark()
-        else:
-            current.mark(
-                f"the file was truncated below offset {off} (copytruncate): lines written "
-                "between then and the truncation were not kept; continuing from its start"
-            )
-        return None, current
-    old = find(ino) if find is not None else None
-    if old is None:
-        current.mark(
-            f"the file being read (inode {ino}, offset {off}) was rotated away and is no "
-            "longer readable (compressed or deleted): what it got after that offset is not "
-            "shown; continuing from the start of the current file"
-        )
-        return None, current
-    # The old file is still there under a rotated name: finish it, then switch.
-    try:
-        prev = _Follower(old, current.out, current.deadline, current.deadline_reason)
-        prev.offset = min(off, os.fstat(old).st_size)
-        prev.mark()
-    except BaseException:
-        os.close(old)
-        raise
-    return current.fd, prev

@@ -29,9 +29,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 CHUNK = 65536
-# How often a follow looks for new lines: half of it is the median delay a viewer sees
-# (goal: under 100 ms from write to browser); an fstat+pread per look is cheap.
-FOLLOW_INTERVAL = 0.1
 PIPE_CHUNK = 1 << 20
 _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 
@@ -149,6 +146,7 @@ def serve(
         "bytes": result.bytes,
         "truncated": result.truncated,
         "duration_ms": round((time.monotonic() - t0) * 1000, 3),
+        **out.notes,
     }
     try:
         ctx.audit.write(end)
@@ -229,6 +227,17 @@ def authorize(req: Request, policy: Policy) -> Plan:
                 except GateError:
                     return None
 
+            def sibling(name: str) -> int | None:
+                """Another name in the followed file's directory (a rotated copy), if
+                the policy lets this key read it: found by inotify's rename events."""
+                other = f"{os.path.dirname(req.path)}/{name}"
+                try:
+                    grammar.check_path("tail", other)  # the same path syntax as any request
+                    rule2, parts2 = policy.file_rule(other)
+                    return open_under(rule2, parts2, other)
+                except GateError:
+                    return None
+
             def find(ino: int) -> int | None:
                 return find_rotated(policy, req.path, ino)
 
@@ -239,14 +248,17 @@ def authorize(req: Request, policy: Policy) -> Plan:
                 # follow owns (and closes) the fd once it runs; until then the plan does,
                 # so a follow refused as busy or for the audit does not leak it.
                 plan.fds.clear()
-                readers.follow(
+                from .follow import follow
+
+                follow(
                     fd,
                     reopen,
                     n,
                     out,
                     deadline=deadline,
                     deadline_reason=reason,
-                    interval=FOLLOW_INTERVAL,
+                    path=req.path,
+                    sibling=sibling,
                     start=req.start,
                     find=find,
                 )

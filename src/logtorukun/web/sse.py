@@ -28,7 +28,7 @@ from starlette.background import BackgroundTask
 
 from ..config import HostConfig
 from .access import FOLLOW, Source
-from .api import ContainerQ, PathQ, UnitQ, _begin, server_of
+from .api import ContainerQ, PathQ, UnitQ, _begin, server_of, worker_failed
 from .app import ApiError, Ctx, Server
 from .workers import ReadSpec, WorkerError
 
@@ -210,8 +210,8 @@ async def follow(
         up = await hub.join(a.host, a.source, viewer, {"user": user, "audit": a.ref.seq})
     except WorkerError as exc:
         hub.per_user[user] -= 1
-        server.finish(a.ref, "follow_end", {"status": exc.status, "error": exc.reason})
-        raise ApiError(exc.status, exc.reason) from None
+        server.finish(a.ref, "follow_end", {"status": exc.status, "error": exc.detail})
+        raise worker_failed(exc, a.ref.seq) from None
     except BaseException:
         hub.per_user[user] -= 1
         raise

@@ -24,10 +24,15 @@ from ..client import api as commands
 from ..client.errors import (
     EXIT_BAD_REQUEST,
     EXIT_REFUSED,
+    AuthRefused,
     Busy,
     GateError,
+    HostKeyChanged,
+    HostKeyUnknown,
     InvalidArgument,
+    KeyFileError,
     NotFound,
+    ProtocolError,
     UnknownHost,
 )
 from ..client.stream import Stream as ClientStream
@@ -36,12 +41,17 @@ from .access import Source
 
 
 class WorkerError(Exception):
-    """A request to a worker failed; `status` is the HTTP status to answer with."""
+    """A request to a worker failed; `status` is the HTTP status to answer with.
 
-    def __init__(self, status: int, reason: str) -> None:
+    `reason` is what the client sees; `detail` (the audit record and the server log
+    get it) may name the server's own files (SSH keys, known_hosts), which clients never
+    see."""
+
+    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.detail = detail or reason
 
 
 def _status_for(exc: ClientError) -> int:
@@ -59,9 +69,20 @@ def _status_for(exc: ClientError) -> int:
     return 502  # unreachable, host key, auth, timeout, protocol, worker-side failure
 
 
+# Failures of the web server's own SSH set-up: their messages name its key and
+# known_hosts files, so the client gets a generic line instead.
+_PRIVATE = (KeyFileError, HostKeyUnknown, HostKeyChanged, AuthRefused, ProtocolError)
+
+
 def _error(exc: ClientError) -> WorkerError:
-    reason = exc.reason if isinstance(exc, GateError) else exc.message
-    return WorkerError(_status_for(exc), reason or str(exc))
+    reason = (exc.reason if isinstance(exc, GateError) else exc.message) or str(exc)
+    if isinstance(exc, _PRIVATE):
+        public = (
+            f"the web server cannot reach {exc.host or 'the worker'} over SSH "
+            "(its settings for this host need an administrator; the server log has details)"
+        )
+        return WorkerError(_status_for(exc), public, reason)
+    return WorkerError(_status_for(exc), reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,20 @@ class Output:
         self.position: tuple[int, int, int] | None = None  # (inode, offset, tag)
         self._marker = marker
         self.marked_at = time.monotonic()
+        self.deadline = float("inf")
+        self.deadline_reason = ""
+
+    def start_clock(self, seconds: float, reason: str = "") -> None:
+        """From now on the request may run `seconds` (the policy's wall-clock limit)."""
+        self.deadline = time.monotonic() + seconds
+        self.deadline_reason = reason or f"stopped after {seconds:g} s (time limit in the policy)"
+
+    def check_time(self) -> None:
+        """Every reader calls this (directly, or through `write`) between reads, so no
+        input, however long or slow to decode, keeps a request past its limit."""
+        if time.monotonic() >= self.deadline:
+            self.truncated = True
+            raise LimitReached(self.deadline_reason)
 
     def write(self, data: bytes) -> None:
         """Send whole lines (a final line without newline is allowed only at end of input)."""
@@ -97,6 +111,7 @@ class Output:
             raise Cancelled()
         if not data:
             return
+        self.check_time()
         n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
         if self.lines + n_lines <= self.max_lines and self.bytes + len(data) <= self.max_bytes:
             self._send(data, n_lines)

@@ -83,7 +83,8 @@ def test_axe_finds_nothing_serious_on_any_page(
         open_page(phone, live, user, path, ready)
         results = axe.run(phone)
         bad = [
-            f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:6]} {v['nodes'][0].get('failureSummary', '')[:160]}"
+            f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:6]} "
+            f"{v['nodes'][0].get('failureSummary', '')[:160]}"
             for v in results.response["violations"]
             if v["impact"] in ("serious", "critical")
         ]

@@ -390,12 +390,14 @@ def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
     from .readers import CHUNK as READ_CHUNK
     from .readers import first_lines, gunzip_chunks
 
+    if n is None and not gz:
+        _send_whole_lines(fd, out)
     # Large reads: in a bridge they become whole 64 KiB frames and few small remainders.
     chunks = gunzip_chunks(fd) if gz else iter(lambda: os.read(fd, READ_CHUNK), b"")
     left = n
     rest = b""
     for chunk in chunks:
-        data = rest + chunk
+        data = rest + chunk if rest else chunk
         cut = data.rfind(b"\n") + 1
         rest = data[cut:]
         if left is not None:
@@ -405,9 +407,21 @@ def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
             if left <= 0:
                 return
         else:
-            out.write(data[:cut])
+            out.write_bulk(data if cut == len(data) else data[:cut])
     if rest and (left is None or left > 0):
         out.write(rest)
+
+
+def _send_whole_lines(fd: int, out: Output) -> None:
+    """`cat` of a plain file to a one-shot's stdout: the complete lines there are now go
+    by sendfile when no cap can bind on them (no copy through Python, no counting); the
+    fd's position is left after them for whatever follows."""
+    size = os.fstat(fd).st_size
+    look = min(size, 1 << 16)
+    nl = os.pread(fd, look, size - look).rfind(b"\n") if look else -1
+    before = out.bytes
+    if nl >= 0 and out.send_file(fd, 0, size - look + nl + 1):
+        os.lseek(fd, out.bytes - before, os.SEEK_SET)
 
 
 def run_child(
@@ -487,7 +501,7 @@ def run_child(
             cut = cut or len(data)
             rest = data[cut:]
             if keep_last is None:
-                out.write(data[:cut])
+                out.write_bulk(data[:cut])
                 continue
             for line in data[:cut].splitlines(keepends=True):
                 ring.append(line)

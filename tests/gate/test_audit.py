@@ -251,7 +251,7 @@ def test_ssh_records_who_read_what(worker: Worker) -> None:
     before = len(worker.audit_records())
     out = worker.ssh(f"tail -n 3 {worker.app_log}")
     assert out.returncode == 0
-    start, end = worker.audit_records()[before:]
+    start, end = worker.audit_since(before)
     assert (start["event"], start["decision"], start["mode"]) == ("request", "allow", "oneshot")
     assert start["command"] == f"tail -n 3 {worker.app_log}"
     assert start["target"] == str(worker.app_log)

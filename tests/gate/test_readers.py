@@ -20,6 +20,7 @@ from logtorukun.gate.errors import Cancelled, Exit, GateError
 from logtorukun.gate.output import LimitReached, Output
 from logtorukun.gate.readers import follow, tail
 from tests.gate.conftest import PreadCounter
+from tests.support.fds import held_under
 
 BIG = 10**12
 
@@ -348,10 +349,6 @@ def open_or_none(path: Path) -> int | None:
         return None
 
 
-def open_fds() -> set[int]:
-    return {int(x) for x in os.listdir("/proc/self/fd")}
-
-
 class Follow:
     """`follow` in a thread; its exception (it always ends with one) kept for the test."""
 
@@ -437,7 +434,7 @@ def test_follow_initial_lines_partial_and_pieces(
     monkeypatch.setattr(readers, "LINE_CAP", 10)
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 10) + b"half")
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink = make_out(waiter=stepper.waiter)
     with p.open("ab", buffering=0) as w:
@@ -455,7 +452,7 @@ def test_follow_initial_lines_partial_and_pieces(
         assert b"".join(sink).endswith(b"\nxxxxxxxxxx\nxxxxxx\n")
         stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 @pytest.mark.parametrize(
@@ -506,7 +503,7 @@ def test_follow_rename_create_with_overlapping_writer(tmp_path: Path) -> None:
     one until postrotate makes it reopen. Nothing may be lost or repeated."""
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 10))
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink = make_out(waiter=stepper.waiter)
     old = open(p, "ab", buffering=0)  # noqa: SIM115
@@ -531,7 +528,7 @@ def test_follow_rename_create_with_overlapping_writer(tmp_path: Path) -> None:
     assert b"".join(sink) == numbered(0, 27)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_rotation_flushes_partial_line(tmp_path: Path) -> None:
@@ -588,7 +585,7 @@ def test_follow_rename_create_writer_thread(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     total = 3000
     p.write_bytes(b"")
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
 
     def writer() -> None:
@@ -617,7 +614,7 @@ def test_follow_rename_create_writer_thread(tmp_path: Path) -> None:
     assert isinstance(f.join(), Cancelled)
     assert b"".join(sink) == want
     assert len(f.reopened) > 10
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_copytruncate_writer_thread(tmp_path: Path) -> None:
@@ -677,26 +674,26 @@ def test_follow_copytruncate_writer_thread(tmp_path: Path) -> None:
 def test_follow_cancelled_from_another_thread(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
     f = Follow(p, out, n=3, interval=0.2)
     wait_for(lambda: len(sink) > 0)
     out.cancelled.set()
     assert isinstance(f.join(timeout=5), Cancelled)
     assert b"".join(sink) == numbered(0, 3)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_deadline(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, _ = make_out()
     f = Follow(p, out, n=1, interval=0.02, seconds=0.1)
     exc = f.join()
     assert isinstance(exc, LimitReached) and exc.code == Exit.LIMIT
     assert exc.reason == "follow stopped after the policy's follow_max_seconds"
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_caps_end_it(tmp_path: Path) -> None:
@@ -719,7 +716,7 @@ def test_follow_closes_fds_when_reopen_raises(tmp_path: Path) -> None:
     p.write_bytes(b"x\n")
     other = tmp_path / "other.log"
     other.write_bytes(b"")
-    before = open_fds()
+    before = held_under(tmp_path)
     out, _ = make_out()
     calls = 0
 
@@ -735,4 +732,4 @@ def test_follow_closes_fds_when_reopen_raises(tmp_path: Path) -> None:
     f = Follow(p, out, reopen=reopen, interval=0.001)
     exc = f.join()
     assert isinstance(exc, GateError) and exc.code == Exit.NOT_FOUND
-    assert open_fds() == before
+    assert held_under(tmp_path) == before

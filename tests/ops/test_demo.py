@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from logtorukun.ops.demo import READY
-from tests.support.sshd import alive, descendants, ensure_prerequisites, free_port, kill_tree
+from logtorukun.ops.system import alive, descendants
+from tests.support.sshd import ensure_prerequisites, free_port, kill_tree
 
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO |WARN |ERROR|DEBUG) \[")
 START = 60.0  # bounded: argon2 hashing + uvicorn start on two shared cores
@@ -178,7 +179,7 @@ def _run_once(state: Path) -> None:
         ssh_port = int(re.search(r"sshd on 127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
         started |= descendants(demo.proc.pid)
         assert demo.stop() == 0
-        demo.wait_for("stopped", timeout=5)
+        demo.wait_for("stopped", timeout=30)
         left = {p for p in started if alive(p)}
         assert not left, f"still running after Ctrl-C: {left}"
         assert not _listening(port) and not _listening(ssh_port)

@@ -30,6 +30,15 @@ def _quick_heartbeat() -> Iterator[None]:
     sse.HEARTBEAT = before
 
 
+@pytest.fixture(autouse=True)
+def _earlier_follows_ended(request: pytest.FixtureRequest) -> None:
+    """A test on the session's server starts after every earlier follow has ended and
+    written its `follow_end`: those records and upstreams are not this test's."""
+    if "live" in request.fixturenames:
+        live: LiveServer = request.getfixturevalue("live")
+        live.quiet()
+
+
 @pytest.fixture(scope="session")
 def web_worker() -> Iterator[Worker]:
     """A worker only the web tests use: they append to follow.log and add files."""

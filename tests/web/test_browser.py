@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from tests.support.sshd import Worker
 from tests.web.conftest import XSS_LINES
@@ -43,12 +43,23 @@ def page(browser: Browser) -> Iterator[Page]:
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     pg = ctx.new_page()
     pg.set_default_timeout(15000)
-    pg.dialogs: list[str] = []  # type: ignore[attr-defined, misc]
-    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
     try:
         yield pg
     finally:
         ctx.close()
+
+
+@pytest.fixture
+def dialogs(page: Page) -> list[str]:
+    """The messages of every alert/confirm the page opens (each dismissed)."""
+    seen: list[str] = []
+
+    def on_dialog(dialog: Dialog) -> None:
+        seen.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    return seen
 
 
 def sign_in(page: Page, live: LiveServer, user: str, next_url: str = "/") -> None:
@@ -172,7 +183,9 @@ def test_a_user_without_the_grant_sees_neither_host_nor_data(
     assert status == 403
 
 
-def test_log_content_renders_inert(page: Page, live: LiveServer, web_worker: Worker) -> None:
+def test_log_content_renders_inert(
+    page: Page, dialogs: list[str], live: LiveServer, web_worker: Worker
+) -> None:
     sign_in(page, live, "olivia", f"/view?host=web1&path={web_worker.root / 'xss.log'}")
     rows = page.locator("#log .line")
     expect(rows).to_have_count(len(XSS_LINES))
@@ -180,7 +193,7 @@ def test_log_content_renders_inert(page: Page, live: LiveServer, web_worker: Wor
     expect(rows.nth(1)).to_have_text("</script><script>window.__pwned = 1</script>")
     assert page.locator("#log img, #log script, #log svg").count() == 0
     assert page.evaluate("window.__pwned") is None
-    assert page.dialogs == []  # type: ignore[attr-defined]
+    assert dialogs == []
     # ANSI colours via classes; the OSC title sequence is gone, not shown or obeyed.
     expect(rows.nth(3).locator("span.fg-red")).to_have_text("ERROR")
     expect(rows.nth(3).locator("span.b.fg-green")).to_have_text("bold green")

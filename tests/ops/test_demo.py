@@ -126,6 +126,7 @@ def _run_once(state: Path) -> None:
         )
         assert r.returncode == 0, r.stderr
         # up to 5: a rotation (every second here) may just have started a new app.log
+        # (with its first line: the demo never leaves app.log missing or empty)
         lines = r.stdout.splitlines()
         assert 1 <= len(lines) <= 5, r.stdout
         assert all(LOG_LINE.match(ln) for ln in lines), lines

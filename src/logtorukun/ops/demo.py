@@ -120,15 +120,22 @@ class LogWriter(threading.Thread):
         next_rotation = time.monotonic() + self.rotate_every
         try:
             while not self.stop_event.wait(self.interval * self.rng.uniform(0.3, 1.7)):
-                with open(self.root / "app.log", "a") as f:
-                    f.write(log_line(self.rng, datetime.now()) + "\n")
+                line = log_line(self.rng, datetime.now()) + "\n"
                 if time.monotonic() >= next_rotation:
-                    self.rotate()
+                    self.rotate(line)
                     next_rotation = time.monotonic() + self.rotate_every
+                else:
+                    with open(self.root / "app.log", "a") as f:
+                        f.write(line)
         except BaseException as exc:  # reported by the main loop, which then stops
             self.error = exc
 
-    def rotate(self) -> None:
+    def rotate(self, first_line: str) -> None:
+        """app.log becomes app.log.1 and a new app.log starts with `first_line`.
+
+        Swapped in with renames, so there is no moment when app.log is missing or empty:
+        a reader sees the old file or the new one with its first line.
+        """
         app, one = self.root / "app.log", self.root / "app.log.1"
         if one.exists():
             data = gzip.compress(one.read_bytes())
@@ -136,9 +143,13 @@ class LogWriter(threading.Thread):
             tmp.write_bytes(data)
             tmp.chmod(0o644)
             tmp.replace(self.root / "app.log.2.gz")
-        app.replace(one)
-        fd = os.open(app, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.close(fd)
+        new, old = self.root / ".app.log.new", self.root / ".app.log.1.tmp"
+        new.write_text(first_line)
+        new.chmod(0o644)
+        old.unlink(missing_ok=True)
+        os.link(app, old)
+        old.replace(one)
+        new.replace(app)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -64,9 +64,23 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """`[fleet]`: how a big fleet is reached without flooding the web server or holding
+    hundreds of idle SSH connections. Used by the client pool, the CLI and the web server."""
+
+    # SSH handshakes (key exchange + authentication) in progress at once, all hosts.
+    max_connecting: int = 32
+    # Hosts a cross-host search (`grep --hosts`, the web's search) works on at once.
+    max_hosts_at_once: int = 64
+    # A connection with no request for this many seconds is closed (0: kept for ever).
+    idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     server: ServerSettings = field(default_factory=ServerSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     hosts: tuple[HostConfig, ...] = ()
     roles: dict[str, RoleConfig] = field(default_factory=dict)
 
@@ -164,7 +178,7 @@ _REQUIRED: Any = object()
 
 def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     top = _Reader(path, text, "", data)
-    top.used.update({"server", "host", "role"})
+    top.used.update({"server", "fleet", "host", "role"})
     top.done()
 
     s = _Reader(path, text, "server", data.get("server", {}))
@@ -189,6 +203,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         requests_per_minute=s.get("requests_per_minute", int, 600),
     )
     s.done()
+    fleet = _fleet(_Reader(path, text, "fleet", data.get("fleet", {})))
 
     hosts: list[HostConfig] = []
     raw_hosts = data.get("host", [])
@@ -245,7 +260,23 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
                 r.fail("sources", f"{src!r}: use an absolute path glob, unit:X or container:X")
         roles[name] = RoleConfig(name, r.strings("hosts"), sources, frozenset(caps))
         r.done()
-    return Config(path=path, server=server, hosts=tuple(hosts), roles=roles)
+    return Config(path=path, server=server, fleet=fleet, hosts=tuple(hosts), roles=roles)
+
+
+def _fleet(f: _Reader) -> FleetSettings:
+    d = FleetSettings()
+    fleet = FleetSettings(
+        max_connecting=f.get("max_connecting", int, d.max_connecting),
+        max_hosts_at_once=f.get("max_hosts_at_once", int, d.max_hosts_at_once),
+        idle_timeout=f.get("idle_timeout", float, d.idle_timeout),
+    )
+    for key in ("max_connecting", "max_hosts_at_once"):
+        if not 1 <= getattr(fleet, key) <= 10_000:
+            f.fail(key, f"{getattr(fleet, key)} is out of range (1 to 10000)")
+    if not 0 <= fleet.idle_timeout <= 86_400:
+        f.fail("idle_timeout", f"{fleet.idle_timeout:g} is out of range (0 to 86400 seconds)")
+    f.done()
+    return fleet
 
 
 def _resolve(config_file: Path, value: str) -> Path:

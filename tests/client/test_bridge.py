@@ -18,8 +18,10 @@ from logtorukun.client import (
     GateError,
     GateRefused,
     PoolOptions,
+    Position,
     ProtocolError,
 )
+from logtorukun.client.api import tail_command
 from logtorukun.gate.protocol import MAX_DATA, WINDOW
 from tests.client.helpers import FAST, eventually, gate_pids, host_for, records
 from tests.conftest import MakeWorker
@@ -320,3 +322,58 @@ async def test_something_else_than_a_bridge_is_a_protocol_error(
     async with Client([host_for(w)], options=FAST) as c:
         with pytest.raises(ProtocolError, match=match):
             await c.tail("w", str(w.app_log), 1)
+
+
+async def test_a_follow_resumes_after_a_killed_bridge_without_loss_or_repeat(
+    mine: Worker,
+) -> None:
+    """Load, then follow from where the load ended; kill the bridge; continue from the
+    last position read: every line written meanwhile arrives exactly once."""
+    log = mine.root / "resume.log"
+    log.write_bytes(b"".join(b"old %d\n" % i for i in range(5)))
+    written: list[bytes] = []
+
+    def write(n: int) -> None:
+        with open(log, "ab") as f:
+            for _ in range(n):
+                line = b"new %d\n" % len(written)
+                written.append(line)
+                f.write(line)
+
+    try:
+        async with Client([host_for(mine)], options=FAST) as c:
+            loaded = await c.run("w", tail_command(str(log), 3))
+            assert loaded.status.pos == (log.stat().st_ino, log.stat().st_size)
+            write(4)  # between the load and the follow
+            got = bytearray()
+            cmd = tail_command(str(log), 0, follow=True, start=loaded.status.pos)
+            stream = await c.stream("w", cmd, positions=True)
+            last = None
+            size = log.stat().st_size
+            while last is None or last.off < size:  # the position after the data is sent
+                item = await asyncio.wait_for(stream.read_item(), 5)
+                if isinstance(item, Position):
+                    last = item
+                else:
+                    got += item
+            assert bytes(got) == b"".join(written) and last.off == size and not last.gap
+            for pid in await eventually(lambda: gate_pids(mine)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            with pytest.raises(ConnectionLost):
+                while True:
+                    item = await asyncio.wait_for(stream.read_item(), 5)
+                    if isinstance(item, Position):
+                        last = item
+                    else:
+                        got += item
+            write(3)  # while nobody follows
+            cmd = tail_command(str(log), 0, follow=True, start=(last.ino, last.off))
+            stream = await c.stream("w", cmd, positions=True)
+            while len(got) < sum(map(len, written)):
+                got += await asyncio.wait_for(stream.read(), 5)
+            assert bytes(got) == b"".join(written)
+            assert stream.position is not None and stream.position.off <= log.stat().st_size
+            await stream.aclose()
+    finally:
+        log.unlink()

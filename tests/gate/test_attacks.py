@@ -193,6 +193,7 @@ CORPUS: list[tuple[str, int, str]] = [
     # regex bombs
     ("grep -E '(a*)*\\1' {log}", 2, "back-references are refused"),
     ("grep -E 'a{{99999}}' {log}", 2, "repetition count 99999 is over 255"),
+    ("grep -E '((a{{255}}){{255}}){{255}}' {log}", 2, "nested repetition counts multiply"),
     ("journalctl -u worker-service -g '(.*)\\1'", 2, "back-references are refused"),
     # not ours at all
     ("sh -c 'cat {secret}'", 2, "unknown command 'sh'"),
@@ -306,7 +307,7 @@ def test_sources_lists_no_trap(aw: Attacked) -> None:
     }
 
 
-@pytest.mark.parametrize("pattern", ["(a|b)*a(a|b){12}c", "((a{255}){255}){255}"])
+@pytest.mark.parametrize("pattern", ["(a|b)*a(a|b){12}c"])
 def test_cpu_heavy_regex_is_killed_at_max_seconds(aw: Attacked, pattern: str) -> None:
     with aw.policy(aw.attack_policy(max_seconds=1)):
         before = len(aw.audit_records())

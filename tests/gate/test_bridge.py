@@ -30,6 +30,7 @@ from logtorukun.gate.protocol import (
     MAX_DATA,
     MAX_FRAME,
     MAX_REQUEST,
+    POS,
     REQUEST,
     WINDOW,
     FrameReader,
@@ -85,10 +86,14 @@ class BridgeClient:
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
 
-    def request(self, rid: int, command: str, via: dict[str, Any] | None = None) -> None:
+    def request(
+        self, rid: int, command: str, via: dict[str, Any] | None = None, positions: bool = False
+    ) -> None:
         body: dict[str, Any] = {"command": command}
         if via is not None:
             body["via"] = via
+        if positions:
+            body["positions"] = True
         self.send(REQUEST, rid, json.dumps(body).encode())
 
     def credit(self, rid: int, n: int) -> None:
@@ -310,7 +315,15 @@ def test_allowed_request_records_carry_via_and_end(bw: Worker, session: BridgeCl
         4,
         len(data),
     )
-    assert end == {"exit": 0, "reason": "", "lines": 4, "bytes": len(data), "truncated": False}
+    st = bw.app_log.stat()
+    assert end == {
+        "exit": 0,
+        "reason": "",
+        "lines": 4,
+        "bytes": len(data),
+        "truncated": False,
+        "pos": [st.st_ino, st.st_size],
+    }
 
 
 # ---------------------------------------------------------------- malformed input
@@ -388,6 +401,50 @@ def test_a_truncated_frame_at_eof_ends_quietly(bw: Worker) -> None:
 
 
 # ---------------------------------------------------------------- the end of a session
+
+
+def test_tail_end_and_follow_positions_continue_exactly(bw: Worker, session: BridgeClient) -> None:
+    s = session
+    log = bw.root / "cont.log"
+    log.write_bytes(
+        b"".join(b"2024-12-17 14:00:%02d INFO  [c] line %d\n" % (i, i) for i in range(5))
+    )
+    log.chmod(0o644)
+    data, end = s.call(1, f"tail -n 2 {log}")
+    st = log.stat()
+    assert end["pos"] == [st.st_ino, st.st_size] and data.count(b"\n") == 2
+    # written between the tail and the follow: must not be lost
+    with open(log, "ab") as f:
+        f.write(b"between 1\nbetween 2\n")
+    s.request(2, f"tail -F -n 0 --from {st.st_ino}:{st.st_size} {log}", positions=True)
+    assert s.data_until(2, 20) == b"between 1\nbetween 2\n"
+    pos = json.loads(s.next_frame(lambda f: f[1] == 2 and f[0] == POS)[2])
+    assert pos["ino"] == st.st_ino and pos["off"] in (st.st_size, st.st_size + 20)
+    # rename rotation while nobody follows: a new follow from the old position reads the
+    # rest of app.log.1-style old file, then the new file
+    with open(log, "ab") as f:
+        f.write(b"late in old\n")
+    os.rename(log, bw.root / "cont.log.1")
+    log.write_bytes(b"first in new\n")
+    log.chmod(0o644)
+    s.request(3, f"tail -F --from {st.st_ino}:{st.st_size + 20} {log}", positions=True)
+    assert s.data_until(3, 25) == b"late in old\nfirst in new\n"
+    # a request without `positions` gets no POS frames
+    s.request(4, f"tail -F -n 1 {log}")
+    assert s.data_until(4, 13) == b"first in new\n"
+    s.send(CANCEL, 4)
+    s.result(4)
+    assert not [f for f in s.frames if f[1] == 4 and f[0] == POS]
+    # the old file compressed away: the follow says so and reads the current file
+    os.unlink(bw.root / "cont.log.1")
+    s.request(5, f"tail -F --from {st.st_ino}:0 {log}", positions=True)
+    gap = json.loads(s.next_frame(lambda f: f[1] == 5 and f[0] == POS)[2])
+    assert gap["off"] == 0 and f"inode {st.st_ino}" in gap["gap"]
+    assert s.data_until(5, 13) == b"first in new\n"
+    for rid in (2, 3, 5):
+        s.send(CANCEL, rid)
+        assert s.result(rid)[1]["exit"] == 0
+    log.unlink()
 
 
 def test_killing_the_client_ends_the_bridge_and_its_follows(bw: Worker) -> None:

@@ -46,6 +46,8 @@ def test_brief_commands_parse_as_written() -> None:
         (f"tail -F {LOG}", Tail(LOG, 10, True)),
         (f"tail -f -n 3 {LOG}", Tail(LOG, 3, True)),
         (f"tail -Fn 3 {LOG}", Tail(LOG, 3, True)),
+        (f"tail -F -n 0 --from 1234:56789 {LOG}", Tail(LOG, 0, True, (1234, 56789))),
+        (f"tail -f --from=7:0 {LOG}", Tail(LOG, 10, True, (7, 0))),
         (f"head -n 3 {LOG}", Head(LOG, 3)),
         (f"cat {LOG}", Head(LOG, None)),
         (f"grep -iv x {LOG}", Grep(LOG, "x", ignore_case=True, invert=True)),
@@ -146,6 +148,12 @@ def test_a_pattern_starting_with_dash_stays_a_pattern(command: str, pattern: str
         (f"tail -n \u0665 {LOG}", r"whole number"),  # Arabic-Indic five: \d would take it
         (f"tail -n 5 {LOG} /etc/shadow", r"expected one PATH"),
         (f"tail {LOG}", r"say how many lines"),
+        (f"tail -n 5 --from 1:2 {LOG}", r"--from only goes with -f"),
+        (f"tail -F --from 12 {LOG}", r"--from takes INODE:OFFSET"),
+        (f"tail -F --from -1:2 {LOG}", r"--from takes INODE:OFFSET"),
+        (f"tail -F --from 1:\u0665 {LOG}", r"--from takes INODE:OFFSET"),
+        (f"tail -F --from 1:{'9' * 21} {LOG}", r"--from takes INODE:OFFSET"),
+        ("tail -F --from", r"--from needs a value"),
         ("tail -n", r"-n needs a value"),
         (f"head {LOG}", r"say how many lines"),
         (f"cat -v {LOG}", r"option -v is not accepted"),
@@ -316,6 +324,12 @@ def test_path_and_command_length_caps() -> None:
         ("a{,300}", r"repetition count 300"),
         ("(ab){256}", r"repetition count 256"),
         ("x{0000000256}", r"repetition count 0000000256"),
+        ("(a{255}){255}", r"nested repetition counts multiply to 65025 \(at most 255\)"),
+        ("((a{255}){255}){255}", r"multiply to 16581375"),
+        ("(a{1,255}){1,255}", r"multiply to 65025"),
+        ("(x(a{16}|b){16})", r"multiply to 256"),
+        ("(a{2,}){200}", r"multiply to 400"),
+        ("[0-9]{1,255}" * 33, r"expand the pattern to 8415 atoms \(at most 8192\)"),
     ],
 )
 def test_regex_bombs_are_refused_in_regex_mode(pattern: str, match: str) -> None:
@@ -330,6 +344,28 @@ def test_regex_bombs_are_refused_in_regex_mode(pattern: str, match: str) -> None
 def test_bounded_repetition_is_accepted() -> None:
     req = grammar.parse(f"grep -E 'a{{255}}|b{{1,255}}' {LOG}")
     assert isinstance(req, Grep) and req.regex
+    for ok in ("((a{15}){17})", r"[0-9]{1,3}(\.[0-9]{1,3}){3}", "[0-9]{1,255}" * 32):
+        assert isinstance(grammar.parse(f"grep -E '{ok}' {LOG}"), Grep)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "cost"),
+    [
+        ("abc", (1, 3)),
+        ("a{255}", (255, 255)),
+        ("(ab){3}c", (3, 7)),
+        ("(a|b){1,100}(c|d){1,100}x", (100, 401)),
+        ("a*b+c?", (1, 3)),
+        ("[]{]{5}", (5, 5)),  # a bracket that starts with ] holds the brace
+        ("[[:alpha:]]{4}", (4, 4)),
+        (r"\{2}", (1, 3)),  # an escaped brace is a literal, so is what follows
+        ("x{}", (1, 3)),
+        ("((a{3}){5}){7}", (105, 105)),
+        ("((a", (1, 1)),  # unbalanced: grep refuses it; the scan must not crash
+    ],
+)
+def test_repetition_cost(pattern: str, cost: tuple[int, int]) -> None:
+    assert grammar.repetition_cost(pattern) == cost
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,7 @@ def test_design_example_loads(tmp_path: Path) -> None:
 def test_defaults_for_an_empty_policy(tmp_path: Path) -> None:
     p = load_policy(write(tmp_path, ""))
     assert p.limits == Limits()
+    assert p.limits.max_memory == 512 * 1024 * 1024
     assert (p.files, p.units, p.containers) == ((), (), ())
     assert p.audit.destination == "syslog"  # authpriv by default
     assert p.programs.docker[:2] == ("/usr/bin/sudo", "-n")  # never the docker group
@@ -124,6 +125,9 @@ def test_unreadable_for_the_gate_user(tmp_path: Path) -> None:
         ("[limits]\nmax_bytes = -1\n", "limits.max_bytes must be positive"),
         ("[limits]\nmax_seconds = 0\n", "limits.max_seconds must be positive"),
         ("[limits]\nmax_concurrent = 0\n", "limits.max_concurrent must be positive"),
+        ("[limits]\nmax_memory = '512M'\n", "limits.max_memory must be int"),
+        ("[limits]\nmax_memory = 0\n", "limits.max_memory must be positive"),
+        ("[limits]\nmax_memory = 512\n", "limits.max_memory is in bytes and must be at least"),
         ("[limits]\nmax_seconds = nan\n", "limits.max_seconds must be"),
         ("[limits]\nmax_seconds = inf\n", "limits.max_seconds must be"),
         ("[limits]\nfollow_max_seconds = inf\n", "limits.follow_max_seconds must be"),

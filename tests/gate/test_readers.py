@@ -361,6 +361,8 @@ class Follow:
         interval: float = 0.005,
         seconds: float = 30.0,
         reopen: Callable[[], int | None] | None = None,
+        start: tuple[int, int] | None = None,
+        find: Callable[[int], int | None] | None = None,
     ) -> None:
         self.fd = os.open(path, os.O_RDONLY)
         self.exc: BaseException | None = None
@@ -383,6 +385,8 @@ class Follow:
                     deadline=time.monotonic() + seconds,
                     deadline_reason="follow stopped after the policy's follow_max_seconds",
                     interval=interval,
+                    start=start,
+                    find=find,
                 )
             except BaseException as exc:
                 self.exc = exc
@@ -733,3 +737,123 @@ def test_follow_closes_fds_when_reopen_raises(tmp_path: Path) -> None:
     exc = f.join()
     assert isinstance(exc, GateError) and exc.code == Exit.NOT_FOUND
     assert held_under(tmp_path) == before
+
+
+# ---------------------------------------------------------------- continuing at a position
+
+
+def marked_out(
+    waiter: Callable[[float], bool],
+) -> tuple[Output, list[bytes], list[dict[str, object]]]:
+    """An Output that records data and positions in one ordered list of events."""
+    sink: list[bytes] = []
+    marks: list[dict[str, object]] = []
+    out = Output(sink.append, max_lines=BIG, max_bytes=BIG, waiter=waiter, marker=marks.append)
+    return out, sink, marks
+
+
+def test_tail_reports_where_it_ended(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 10))
+    out, _sink = make_out()
+    with opened(p) as fd:
+        tail(fd, 3, out)
+    assert out.position == (p.stat().st_ino, p.stat().st_size)
+
+
+def test_follow_from_an_offset_sends_exactly_what_came_after(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 10))
+    ino, size = p.stat().st_ino, p.stat().st_size
+    cut = len(numbered(0, 4))
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    with p.open("ab", buffering=0) as w:
+        f = Follow(p, out, n=50, start=(ino, cut))  # n is ignored when continuing
+        stepper.idle()
+        assert b"".join(sink) == numbered(4, 10)
+        assert marks[0] == {"ino": ino, "off": cut} and marks[-1] == {"ino": ino, "off": size}
+        w.write(numbered(10, 12) + b"part")
+        stepper.step()
+        assert b"".join(sink) == numbered(4, 12)
+        # the position covers complete lines only: "part" is still to come
+        assert marks[-1] == {"ino": ino, "off": size + len(numbered(10, 12))}
+        stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
+def test_follow_from_past_the_end_says_the_file_was_truncated(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 3))
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, start=(p.stat().st_ino, 10**9))
+    stepper.idle()
+    assert b"".join(sink) == numbered(0, 3)
+    assert marks[0]["off"] == 0 and "truncated below offset 1000000000" in str(marks[0]["gap"])
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
+def test_follow_from_a_rotated_file_finishes_it_then_the_new_one(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 10))
+    old_ino, cut = p.stat().st_ino, len(numbered(0, 6))
+    os.rename(p, tmp_path / "app.log.1")
+    p.write_bytes(numbered(10, 13))
+    looked: list[int] = []
+
+    def find(ino: int) -> int | None:
+        looked.append(ino)
+        return os.open(tmp_path / "app.log.1", os.O_RDONLY)
+
+    before = held_under(tmp_path)
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, start=(old_ino, cut), find=find)
+    stepper.idle()
+    stepper.step()  # the old file is quiet for an interval: switch to the new one
+    assert looked == [old_ino]
+    assert b"".join(sink) == numbered(6, 13)  # nothing lost, nothing twice
+    assert not any("gap" in m for m in marks)
+    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+    assert set(held_under(tmp_path) - before) <= {str(p)}  # the old file's fd was closed
+
+
+def test_follow_from_a_file_rotated_away_shows_the_gap(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 10))
+    old_ino = p.stat().st_ino
+    os.rename(p, tmp_path / "app.log.1")
+    p.write_bytes(numbered(20, 22))
+    os.unlink(tmp_path / "app.log.1")
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, start=(old_ino, 5), find=lambda ino: None)
+    stepper.idle()
+    assert b"".join(sink) == numbered(20, 22)
+    assert marks[0]["ino"] == p.stat().st_ino and marks[0]["off"] == 0
+    assert f"inode {old_ino}, offset 5" in str(marks[0]["gap"])
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
+def test_an_idle_follow_still_marks_its_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "MARK_EVERY", 0.0)
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 2))
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, n=0)
+    stepper.idle()
+    first = len(marks)
+    stepper.step()
+    stepper.step()
+    assert len(marks) >= first + 2 and sink == []
+    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)

@@ -359,10 +359,7 @@ def test_tail_over_max_lines_says_so(env: Env) -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    [
-        "(a|b)*a(a|b){12}c",  # accepted (no back-reference, counts <= 255), but slow
-        "((a{255}){255}){255}",  # each count is small; their product is not
-    ],
+    ["(a|b)*a(a|b){12}c"],  # accepted (no back-reference, counts <= 255), but slow
 )
 def test_cpu_heavy_regex_is_killed_at_the_time_limit(env: Env, pattern: str) -> None:
     big = env.root / "big.log"

@@ -23,7 +23,7 @@ from .errors import (
     Unreachable,
 )
 from .pool import Pool, PoolOptions
-from .stream import Status, Stream
+from .stream import Position, Status, Stream
 
 __all__ = [
     "AuthRefused",
@@ -40,6 +40,7 @@ __all__ = [
     "NotFound",
     "Pool",
     "PoolOptions",
+    "Position",
     "ProtocolError",
     "Reply",
     "RequestTimeout",

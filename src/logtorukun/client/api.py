@@ -91,9 +91,20 @@ def _name(what: str, value: str) -> str:
     return value
 
 
-def tail_command(path: str, lines: int = 200, *, follow: bool = False) -> str:
+def tail_command(
+    path: str, lines: int = 200, *, follow: bool = False, start: tuple[int, int] | None = None
+) -> str:
+    """`start` (inode, offset): a follow that continues where an earlier read ended."""
     argv = ["tail", "-F"] if follow else ["tail"]
-    return quote_command([*argv, "-n", _count("lines", lines), _path(path)])
+    argv += ["-n", _count("lines", lines)]
+    if start is not None:
+        if not follow:
+            raise InvalidArgument("", "a start position only goes with a follow")
+        ino, off = start
+        if not all(type(x) is int and 0 <= x < 10**20 for x in (ino, off)):
+            raise InvalidArgument("", f"start must be (inode, offset) whole numbers, not {start!r}")
+        argv += ["--from", f"{ino}:{off}"]
+    return quote_command([*argv, _path(path)])
 
 
 def head_command(path: str, lines: int | None = None) -> str:
@@ -278,9 +289,19 @@ class Client:
 
     # ---------------------------------------------------------------- generic
 
-    async def stream(self, host: str, command: str, *, via: dict[str, Any] | None = None) -> Stream:
-        """Start any gate command; read it as it comes. Close the stream to cancel it."""
-        return await self.pool.start(host, command, check_via(via), oneshot=self.oneshot)
+    async def stream(
+        self,
+        host: str,
+        command: str,
+        *,
+        via: dict[str, Any] | None = None,
+        positions: bool = False,
+    ) -> Stream:
+        """Start any gate command; read it as it comes. Close the stream to cancel it.
+        `positions` (a follow, over the bridge): `read_item` also yields `Position`s."""
+        return await self.pool.start(
+            host, command, check_via(via), oneshot=self.oneshot, positions=positions
+        )
 
     async def run(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 import asyncssh
@@ -32,13 +33,14 @@ from ..gate.protocol import (
     HELLO,
     MAX_FRAME,
     MAX_REQUEST,
+    POS,
     PROTOCOL_VERSION,
     REQUEST,
     WINDOW,
     pack,
 )
 from .errors import ClientError, ConnectionLost, GateRefused, ProtocolError, error_for_exit
-from .stream import Status, Stream, gate_reason
+from .stream import Position, Status, Stream, gate_reason
 
 MAX_IN_FLIGHT = 512  # requests per bridge; the gate accepts up to 1024 streams
 _STDERR_CAP = 4096
@@ -162,6 +164,7 @@ class Bridge:
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.requests = 0
+        self.last_active = time.monotonic()  # a request ended (for the pool's idle close)
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._reader = Frames()
         self._streams: dict[int, BridgeStream] = {}
@@ -200,13 +203,18 @@ class Bridge:
     def in_flight(self) -> int:
         return len(self._streams)
 
-    async def start(self, command: str, via: dict[str, Any] | None = None) -> BridgeStream:
-        """Send one request; the returned stream yields its output."""
+    async def start(
+        self, command: str, via: dict[str, Any] | None = None, *, positions: bool = False
+    ) -> BridgeStream:
+        """Send one request; the returned stream yields its output (and, for a follow
+        with `positions`, where it stands in its file: `Stream.read_item`)."""
         if self._error is not None:
             raise self._error
         body: dict[str, Any] = {"command": command}
         if via:
             body["via"] = via
+        if positions:
+            body["positions"] = True
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         if len(payload) > MAX_REQUEST:
             raise GateRefused(self.host, 2, f"request of {len(payload)} bytes is too large")
@@ -260,10 +268,20 @@ class Bridge:
                 stream = streams.get(rid)
                 if stream is not None and payload:
                     stream._push(payload)
+            elif ftype == POS:
+                stream = streams.get(rid)
+                if stream is None:
+                    continue
+                try:
+                    stream._push_position(_position(payload))
+                except (ValueError, KeyError, TypeError) as exc:
+                    self._fail(ProtocolError(self.host, f"bad POS frame: {exc}"))
+                    return
             elif ftype == END:
                 stream = streams.pop(rid, None)
                 if stream is None:
                     continue
+                self.last_active = time.monotonic()
                 self._slots.release()
                 try:
                     stream._finish(_status(payload))
@@ -345,9 +363,16 @@ class Bridge:
         self._fail(ConnectionLost(self.host, "the bridge was closed by the client"))
 
 
+def _position(payload: bytes) -> Position:
+    body = json.loads(payload)
+    return Position(int(body["ino"]), int(body["off"]), str(body.get("gap") or ""))
+
+
 def _status(payload: bytes) -> Status:
     body = json.loads(payload)
+    pos = body.get("pos")
     return Status(
+        pos=(int(pos[0]), int(pos[1])) if isinstance(pos, list) and len(pos) == 2 else None,
         exit=int(body["exit"]),
         reason=str(body.get("reason") or ""),
         lines=int(body.get("lines", 0)),

@@ -21,7 +21,7 @@ import asyncssh
 from ..config import Config, HostConfig, load_config
 from ..errors import UserError
 from .api import Client, Reply, grep_command
-from .errors import EXIT_LIMIT, ClientError, HostKeyChanged, LimitHit
+from .errors import EXIT_LIMIT, ClientError, HostKeyChanged, LimitHit, RequestTimeout
 from .hosts import host_by_name, select_hosts
 from .stream import Status
 from .terminal import neutralise
@@ -264,7 +264,9 @@ def _cmd_grep(args: argparse.Namespace) -> int:
             return _finish_single(reply, printer)
         hosts = select_hosts(config, args.hosts)
         async with Client(config, oneshot=args.oneshot) as client:
-            return await grep_hosts(client, hosts, command, printer)
+            return await grep_hosts(
+                client, hosts, command, printer, at_once=config.fleet.max_hosts_at_once
+            )
 
     return _run(args.config, body)
 
@@ -276,22 +278,35 @@ async def grep_hosts(
     printer: Printer,
     *,
     progress_after: float = 1.0,
+    at_once: int = 64,
 ) -> int:
-    """Run `command` on every host at once; lines prefixed `host: `; 1 if any host failed."""
+    """Run `command` on every host, `at_once` hosts at a time; lines prefixed `host: ` as
+    each host sends them; a host that fails or passes its `request_timeout` is reported
+    and the others go on; 1 if any host failed."""
     width = max(len(h.name) for h in hosts)
     failed: list[str] = []
     done = 0
     progress = _Progress(len(hosts))
+    turns = asyncio.Semaphore(at_once)
 
     async def one(h: HostConfig) -> None:
         nonlocal done
         prefix = f"{h.name}:".ljust(width + 2)
         try:
-            stream = await client.stream(h.name, command)
-            async with stream:
-                async for chunk in stream.lines():
-                    progress.clear()
-                    printer.write(chunk, prefix)
+            async with turns:
+                stream = await client.stream(h.name, command)
+                async with stream:
+                    try:
+                        async with asyncio.timeout(h.request_timeout):
+                            async for chunk in stream.lines():
+                                progress.clear()
+                                printer.write(chunk, prefix)
+                    except TimeoutError:
+                        raise RequestTimeout(
+                            h.name,
+                            f"no end within {h.request_timeout:g} s (request_timeout);"
+                            " its lines above may be incomplete",
+                        ) from None
             if stream.status is not None and stream.status.truncated:
                 progress.clear()
                 _limit_note(h.name, stream.status)

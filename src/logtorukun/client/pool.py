@@ -11,6 +11,12 @@ Host keys are always checked against the host's known_hosts file (plain, hashed 
 are different errors, and neither ever gets as far as authentication. The client key is
 the only credential offered: no agent, no ~/.ssh/config, no passwords.
 
+A big fleet is reached without flooding anything: at most `max_connecting` handshakes
+are in progress at once (the others wait their turn, not counted against their connect
+timeout), and a connection with no request for `idle_timeout` seconds is closed, so
+hundreds of workers searched once an hour are not hundreds of SSH connections (and
+sshd + gate processes on the workers) held for ever.
+
 Connections are keyed by host name today; per-user certificates (see DESIGN.md) will key
 them by (host, identity) without changing callers.
 """
@@ -18,15 +24,16 @@ them by (host, identity) without changing callers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
 
-from ..config import Config, HostConfig
+from ..config import Config, FleetSettings, HostConfig
 from .bridge import MAX_IN_FLIGHT, Bridge
 from .errors import (
     AuthRefused,
@@ -63,6 +70,45 @@ class PoolOptions:
     max_sessions: int = 8
     max_in_flight: int = MAX_IN_FLIGHT
     ciphers: tuple[str, ...] = CIPHERS
+    # SSH handshakes in progress at once over the whole pool (`[fleet] max_connecting`).
+    max_connecting: int = FleetSettings.max_connecting
+    # Close a connection after this many seconds without a request; 0 keeps it.
+    idle_timeout: float = FleetSettings.idle_timeout
+
+    @classmethod
+    def for_fleet(cls, fleet: FleetSettings, **overrides: Any) -> PoolOptions:
+        """The defaults, with the `[fleet]` settings of the config."""
+        values: dict[str, Any] = {
+            "max_connecting": fleet.max_connecting,
+            "idle_timeout": fleet.idle_timeout,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+class Handshakes:
+    """The pool's bound on SSH handshakes in progress at once (`max_connecting`).
+
+    Key exchange and authentication are the expensive part of a connection for both ends;
+    128 at once would also trip each sshd's `MaxStartups` if many hosts share one sshd
+    (a bastion, a test box). `now` and `peak` are for /metrics and the tests.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.now = 0
+        self.peak = 0
+        self._sem = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        async with self._sem:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            try:
+                yield
+            finally:
+                self.now -= 1
 
 
 class _Client(asyncssh.SSHClient):
@@ -81,11 +127,21 @@ class _Client(asyncssh.SSHClient):
 class HostConnection:
     """The connection (and bridge) to one worker."""
 
-    def __init__(self, host: HostConfig, options: PoolOptions) -> None:
+    def __init__(
+        self,
+        host: HostConfig,
+        options: PoolOptions,
+        handshakes: Handshakes | None = None,
+    ) -> None:
         self.host = host
         self.options = options
         self.fingerprint: str | None = None  # SHA256 of the host key last connected to
         self.connects = 0  # successful connects (a reconnect makes it 2)
+        self.idle_closes = 0  # connections closed for being idle
+        self._handshakes = handshakes or Handshakes(options.max_connecting)
+        self._last_used = 0.0  # monotonic time of the last request started here
+        self._oneshots = 0  # one-shot channels running
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._bridge: Bridge | None = None
         self._lock = asyncio.Lock()
@@ -119,7 +175,8 @@ class HostConnection:
             if self._error is not None and now < self._retry_at:
                 raise self._error.again(f"(next attempt in {self._retry_at - now:.1f} s)")
             try:
-                conn = await self._connect()
+                async with self._handshakes.turn():  # waiting is not part of connect_timeout
+                    conn = await self._connect()
             except ClientError as exc:
                 opts = self.options
                 self._delay = min(opts.backoff_max, max(opts.backoff_min, self._delay * 2))
@@ -132,6 +189,8 @@ class HostConnection:
             self.connects += 1
             key = conn.get_server_host_key()
             self.fingerprint = key.get_fingerprint("sha256") if key else None
+            self._last_used = time.monotonic()
+            self._arm_idle(self.options.idle_timeout)
             return conn
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
@@ -222,12 +281,52 @@ class HostConnection:
 
     def _dropped(self, conn: asyncssh.SSHClientConnection) -> None:
         """The connection closed: the next request reconnects at once (no backoff yet)."""
-        if self._conn is conn:
-            self._conn = None
-            self._delay = 0.0
+        if self._conn is not conn:  # an old one (closed when idle): not today's bridge
+            return
+        self._conn = None
+        self._delay = 0.0
         bridge = self._bridge
         if bridge is not None and not bridge.closed:
             bridge._lost(ConnectionResetError("the SSH connection dropped"))
+
+    # ------------------------------------------------------------------ idle close
+
+    def _busy(self) -> bool:
+        b = self._bridge
+        return (
+            self._oneshots > 0
+            or self._bridge_lock.locked()
+            or (b is not None and not b.closed and b.in_flight > 0)
+        )
+
+    def _arm_idle(self, delay: float) -> None:
+        if self.options.idle_timeout <= 0:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close the connection if nothing ran on it for `idle_timeout`; else look again."""
+        self._idle_timer = None
+        conn = self._conn
+        if conn is None:
+            return
+        limit = self.options.idle_timeout
+        if self._busy():  # a follow may run for hours: look again after a full period
+            self._arm_idle(limit)
+            return
+        b = self._bridge
+        last = max(self._last_used, b.last_active if b is not None else 0.0)
+        left = last + limit - time.monotonic()
+        if left > 0:
+            self._arm_idle(left)
+            return
+        self.idle_closes += 1
+        bridge, self._bridge, self._conn = self._bridge, None, None
+        if bridge is not None:
+            bridge.close()
+        conn.close()  # the next request connects again, at once (no backoff)
 
     # ------------------------------------------------------------------ requests
 
@@ -261,22 +360,39 @@ class HostConnection:
             return b
 
     async def start(
-        self, command: str, via: dict[str, Any] | None = None, *, oneshot: bool = False
+        self,
+        command: str,
+        via: dict[str, Any] | None = None,
+        *,
+        oneshot: bool = False,
+        positions: bool = False,
     ) -> Stream:
         """Send `command` to the gate; the stream yields its output."""
+        self._last_used = time.monotonic()
         if not oneshot:
             bridge = await self.bridge()
-            return await bridge.start(command, via)
+            return await bridge.start(command, via, positions=positions)
+        if positions:
+            raise ValueError("positions need the bridge: a one-shot command has no frames")
         if via:
             raise ValueError("`via` needs the bridge: a one-shot command has nowhere to carry it")
         conn = await self.connection()
         await self._sessions.acquire()
+        self._oneshots += 1
         try:
-            return await start_oneshot(conn, self.name, command, self._sessions.release)
+            return await start_oneshot(conn, self.name, command, self._oneshot_ended)
         except (asyncssh.Error, OSError) as exc:
             raise ConnectionLost(self.name, f"cannot open a session: {_why(exc)}") from None
 
+    def _oneshot_ended(self) -> None:
+        self._oneshots -= 1
+        self._last_used = time.monotonic()
+        self._sessions.release()
+
     async def close(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         bridge, self._bridge = self._bridge, None
         if bridge is not None:
             bridge.close()
@@ -293,8 +409,12 @@ class Pool:
         self, hosts: Config | Sequence[HostConfig], options: PoolOptions | None = None
     ) -> None:
         self.hosts = list(hosts.hosts if isinstance(hosts, Config) else hosts)
-        self.options = options or PoolOptions()
+        if options is None:
+            fleet = hosts.fleet if isinstance(hosts, Config) else FleetSettings()
+            options = PoolOptions.for_fleet(fleet)
+        self.options = options
         self._conns: dict[str, HostConnection] = {}
+        self.handshakes = Handshakes(options.max_connecting)
 
     def get(self, name: str) -> HostConnection:
         """The (lazily connected) worker `name`; UnknownHost if it is not configured."""
@@ -304,13 +424,24 @@ class Pool:
             if host is None:
                 known = ", ".join(h.name for h in self.hosts) or "none configured"
                 raise UnknownHost("", f"unknown host {name!r} (configured: {known})")
-            hc = self._conns[name] = HostConnection(host, self.options)
+            hc = self._conns[name] = HostConnection(host, self.options, self.handshakes)
         return hc
 
     async def start(
-        self, host: str, command: str, via: dict[str, Any] | None = None, *, oneshot: bool = False
+        self,
+        host: str,
+        command: str,
+        via: dict[str, Any] | None = None,
+        *,
+        oneshot: bool = False,
+        positions: bool = False,
     ) -> Stream:
-        return await self.get(host).start(command, via, oneshot=oneshot)
+        return await self.get(host).start(command, via, oneshot=oneshot, positions=positions)
+
+    @property
+    def connected(self) -> int:
+        """Open connections right now (a fleet's idle ones close after `idle_timeout`)."""
+        return sum(1 for c in self._conns.values() if c.connected)
 
     async def close(self) -> None:
         conns = list(self._conns.values())

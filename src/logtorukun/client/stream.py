@@ -18,6 +18,21 @@ from .errors import EXIT_LIMIT, EXIT_OK, ClientError, ConnectionLost, error_for_
 
 
 @dataclass(frozen=True)
+class Position:
+    """Where a follow stands in its file: (inode, offset) just past the complete lines
+    delivered before it; `gap` says what the gate could not read, and why."""
+
+    ino: int
+    off: int
+    gap: str = ""
+
+    @property
+    def token(self) -> str:
+        """`INO:OFF`, what `tail -F --from` takes."""
+        return f"{self.ino}:{self.off}"
+
+
+@dataclass(frozen=True)
 class Status:
     """How a request ended, as the gate reported it (bridge END or exit status + stderr)."""
 
@@ -26,6 +41,7 @@ class Status:
     lines: int = 0
     bytes: int = 0
     truncated: bool = False
+    pos: tuple[int, int] | None = None  # after a plain file's tail: where a follow continues
 
     @property
     def ok(self) -> bool:
@@ -45,13 +61,14 @@ class Stream:
         self.host = host
         self.command = command
         self.status: Status | None = None
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | Position] = deque()
         self._buffered = 0
         self._error: ClientError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False  # the caller is done (cancelled or read to the end)
         self.received = 0  # bytes of data that arrived (for tests and metrics)
         self.max_buffered = 0  # high-water mark of data held here, unread
+        self.position: Position | None = None  # the last position read past (positions=True)
 
     # ------------------------------------------------------------------ network side
 
@@ -62,6 +79,12 @@ class Stream:
         self._buffered += len(data)
         self.received += len(data)
         self.max_buffered = max(self.max_buffered, self._buffered)
+        self._wake()
+
+    def _push_position(self, pos: Position) -> None:
+        if self._closed:
+            return
+        self._chunks.append(pos)
         self._wake()
 
     def _finish(self, status: Status | None, error: ClientError | None = None) -> None:
@@ -99,10 +122,21 @@ class Stream:
     # ------------------------------------------------------------------ caller side
 
     async def read(self) -> bytes:
-        """The next chunk, or b"" at the end; raises the request's error if it failed."""
+        """The next chunk, or b"" at the end; raises the request's error if it failed.
+        Positions passed on the way update `position`."""
+        while True:
+            item = await self.read_item()
+            if isinstance(item, bytes):
+                return item
+            self.position = item
+
+    async def read_item(self) -> bytes | Position:
+        """The next chunk or position, in the order the gate sent them; b"" at the end."""
         while True:
             if self._chunks:
                 data = self._chunks.popleft()
+                if isinstance(data, Position):
+                    return data
                 self._buffered -= len(data)
                 self._consumed(len(data))
                 return data

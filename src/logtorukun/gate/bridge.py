@@ -29,6 +29,7 @@ from .protocol import (
     HELLO,
     MAX_DATA,
     MAX_REQUEST,
+    POS,
     PROTOCOL_VERSION,
     REQUEST,
     WINDOW,
@@ -127,6 +128,8 @@ class _Stream:
             "bytes": result.bytes,
             "truncated": result.truncated,
         }
+        if result.position is not None:
+            body["pos"] = list(result.position)
         self.writer.send(END, self.rid, json.dumps(body).encode(), before)
 
 
@@ -231,8 +234,11 @@ class Bridge:
             body = json.loads(payload)
             command = body["command"]
             via = body.get("via")
+            positions = body.get("positions", False)
             if not isinstance(command, str) or not (via is None or isinstance(via, dict)):
                 raise ValueError("command must be a string, via an object")
+            if not isinstance(positions, bool):
+                raise ValueError("positions must be true or false")
         except (ValueError, KeyError, TypeError) as exc:
             self._finish(stream, Result(Exit.BAD_REQUEST, f"malformed request: {exc}"))
             return
@@ -243,14 +249,27 @@ class Bridge:
         if quick:
             self._inline(stream, command, via)
         else:
-            t = threading.Thread(target=self._threaded, args=(stream, command, via), daemon=True)
+            t = threading.Thread(
+                target=self._threaded, args=(stream, command, via, positions), daemon=True
+            )
             stream.thread = t
             t.start()
 
-    def _output(self, sink: Any, stream: _Stream) -> Output:
+    def _output(self, sink: Any, stream: _Stream, positions: bool = False) -> Output:
         lim = self.ctx.policy.limits
+        marker = None
+        if positions:
+
+            def marker(body: dict[str, object]) -> None:
+                # Same thread as the DATA before it: the POS frame follows that DATA.
+                self.writer.send(POS, stream.rid, json.dumps(body).encode())
+
         return Output(
-            sink, max_lines=lim.max_lines, max_bytes=lim.max_bytes, cancelled=stream.cancelled
+            sink,
+            max_lines=lim.max_lines,
+            max_bytes=lim.max_bytes,
+            cancelled=stream.cancelled,
+            marker=marker,
         )
 
     def _inline(self, stream: _Stream, command: str, via: dict[str, Any] | None) -> None:
@@ -276,7 +295,9 @@ class Bridge:
         stream.thread = threading.Thread(target=drain, daemon=True)
         stream.thread.start()
 
-    def _threaded(self, stream: _Stream, command: str, via: dict[str, Any] | None) -> None:
+    def _threaded(
+        self, stream: _Stream, command: str, via: dict[str, Any] | None, positions: bool = False
+    ) -> None:
         lim = self.ctx.policy.limits
         try:
             follow = bool(getattr(grammar.parse(command), "follow", False))
@@ -284,7 +305,8 @@ class Bridge:
             follow = False
         stream.limit = lim.follow_max_seconds if follow else lim.max_seconds
         stream.deadline = time.monotonic() + stream.limit
-        result = serve(command, self.ctx, self._output(stream.send_data, stream), via=via)
+        out = self._output(stream.send_data, stream, positions)
+        result = serve(command, self.ctx, out, via=via)
         self._finish(stream, result)
 
     def _finish(self, stream: _Stream, result: Result, data: bytes = b"") -> None:

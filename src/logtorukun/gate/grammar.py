@@ -39,6 +39,10 @@ _JOURNAL_OUTPUTS = ("short", "short-iso", "short-precise", "json", "cat")
 _BACKREF = r"\\[1-9]|\\[gk]|\(\?(?:P[=>]|&|R\)|[+-]?[0-9])"
 _REPEAT = r"\{([0-9]*)(?:,([0-9]*))?\}"
 MAX_REPEAT = 255
+# grep -E compiles `(x{a}){b}` by copying x a*b times: nested counts multiply, and
+# `((a{255}){255}){255}` alone grew grep past 10 GB. The product of the counts around
+# any atom must stay at MAX_REPEAT, and the pattern's whole expansion under this budget.
+MAX_EXPANSION = 8192
 
 
 @record(frozen=True)
@@ -46,6 +50,7 @@ class Tail:
     path: str
     lines: int
     follow: bool = False
+    start: tuple[int, int] | None = None  # `--from INO:OFF`: follow from that inode and offset
 
 
 @record(frozen=True)
@@ -118,7 +123,7 @@ class Help:
 Request = Tail | Head | Grep | Range | Journal | Docker | Sources | Bridge | Help
 
 USAGE = """\
-tail -n N PATH | tail -f|-F [-n N] PATH | head -n N PATH | cat PATH
+tail -n N PATH | tail -f|-F [-n N] [--from INO:OFF] PATH | head -n N PATH | cat PATH
 grep [-F|-E] [-i] [-v] [-c] [-n] [-w] [-m N] [-e] PATTERN PATH [| tail -n N]
 range --since TIME [--until TIME] [-m N] PATH
 journalctl -u UNIT [-n N] [--since S] [--until U] [-g PATTERN] [-p PRIO] [-o FORMAT] [-f]
@@ -316,7 +321,81 @@ def check_pattern(verb: str, text: str, regex: bool) -> str:
             for g in m.groups():
                 if g and int(g) > MAX_REPEAT:
                     raise bad(f"{verb}: repetition count {g} is over {MAX_REPEAT}")
+        nested, total = repetition_cost(text)
+        if nested > MAX_REPEAT:
+            raise bad(
+                f"{verb}: nested repetition counts multiply to {nested} (at most {MAX_REPEAT});"
+                " the regex engine would copy the inner part that many times"
+            )
+        if total > MAX_EXPANSION:
+            raise bad(
+                f"{verb}: counted repetitions expand the pattern to {total} atoms"
+                f" (at most {MAX_EXPANSION}); use fewer or smaller {{n,m}} counts"
+            )
     return text
+
+
+def repetition_cost(text: str) -> tuple[int, int]:
+    """`(nested, total)` for a regex: the largest product of `{n,m}` counts around one
+    atom, and the number of atoms once every counted repetition is copied out (what
+    grep's compiler does). `*`, `+` and `?` copy nothing. A scan, not a full parser:
+    it only has to be right about groups, brackets, escapes and counts."""
+    # Each open group: [total atoms so far, its largest nesting product, size of the
+    # last atom, nesting product of the last atom]
+    stack: list[list[int]] = [[0, 1, 0, 1]]
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        top = stack[-1]
+        if c == "\\":
+            i += 2
+            size, prod = 1, 1
+        elif c == "[":
+            j = i + 1
+            if j < n and text[j] == "^":
+                j += 1
+            if j < n and text[j] == "]":
+                j += 1
+            while j < n and text[j] != "]":
+                j = text.find("]", j + 2) + 1 if text.startswith(("[:", "[.", "[="), j) else j + 1
+                if j <= 0:
+                    j = n
+            i = j + 1
+            size, prod = 1, 1
+        elif c == "(":
+            stack.append([0, 1, 0, 1])
+            i += 1
+            continue
+        elif c == ")" and len(stack) > 1:
+            done = stack.pop()
+            top = stack[-1]
+            i += 1
+            size, prod = done[0], done[1]
+        elif c == "{" and (m := re.compile(_REPEAT).match(text, i)) and m.group(0) != "{}":
+            lo, hi = m.group(1), m.group(2)
+            count = int(hi) if hi else int(lo or 1)
+            count = max(count, 1)
+            i = m.end()
+            # the previous atom is copied `count` times
+            top[0] += top[2] * (count - 1)
+            top[3] *= count
+            top[2] *= count
+            top[1] = max(top[1], top[3])
+            continue
+        elif c in "|":
+            i += 1
+            continue
+        else:
+            i += 1
+            size, prod = (0, 1) if c in "*+?^$" else (1, 1)
+        top[0] += size
+        top[2], top[3] = size, prod
+        top[1] = max(top[1], prod)
+    while len(stack) > 1:  # unbalanced: grep refuses it, but count what is there
+        done = stack.pop()
+        stack[-1][0] += done[0]
+        stack[-1][1] = max(stack[-1][1], done[1])
+    return stack[0][1], stack[0][0]
 
 
 def _one(verb: str, pos: list[str], what: str) -> str:
@@ -334,17 +413,25 @@ def _tail(args: list[str]) -> Tail:
         "tail",
         args,
         {"-f": "f", "-F": "f", "--follow": "f", "--retry": "f"},
-        {"-n": "n", "--lines": "n"},
+        {"-n": "n", "--lines": "n", "--from": "from"},
     )
     lines, follow, saw_n = 10, False, False
+    start: tuple[int, int] | None = None
     for name, val in opts:
         if name == "n":
             lines, saw_n = number("tail", "-n", val), True
+        elif name == "from":
+            m = re.fullmatch(r"([0-9]{1,20}):([0-9]{1,20})", val)
+            if m is None:
+                raise bad(f"tail: --from takes INODE:OFFSET (two whole numbers), not {val!r}")
+            start = (int(m.group(1)), int(m.group(2)))
         else:
             follow = True
     if not follow and not saw_n:
         raise bad("tail: say how many lines with -n N (or follow with -f)")
-    return Tail(check_path("tail", _one("tail", pos, "PATH")), lines, follow)
+    if start is not None and not follow:
+        raise bad("tail: --from only goes with -f (follow from a position)")
+    return Tail(check_path("tail", _one("tail", pos, "PATH")), lines, follow, start)
 
 
 def _head(args: list[str], verb: str) -> Head:

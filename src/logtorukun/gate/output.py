@@ -32,6 +32,7 @@ class Output:
         max_bytes: int,
         cancelled: threading.Event | None = None,
         waiter: Callable[[float], bool] | None = None,
+        marker: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self._sink = sink
         self.max_lines = max_lines
@@ -41,6 +42,12 @@ class Output:
         self.lines = 0
         self.bytes = 0
         self.truncated = False
+        # (inode, offset) just past the last byte sent from a file: where a follow that
+        # continues this output starts (`tail -F --from INO:OFF`). `marker` (a bridge
+        # request that asked for positions) is told each new position, in order with data.
+        self.position: tuple[int, int] | None = None
+        self._marker = marker
+        self.marked_at = time.monotonic()
 
     def write(self, data: bytes) -> None:
         """Send whole lines (a final line without newline is allowed only at end of input)."""
@@ -82,6 +89,28 @@ class Output:
             raise Cancelled() from exc
         self.lines += n_lines
         self.bytes += len(data)
+
+    @property
+    def wants_marks(self) -> bool:
+        return self._marker is not None
+
+    def mark(self, ino: int, off: int, gap: str = "") -> None:
+        """Record the position reached; with a marker, also send it (and a gap, if any:
+        data that could not be read, and why)."""
+        self.position = (ino, off)
+        self.marked_at = time.monotonic()
+        if self._marker is None:
+            return
+        if self.cancelled.is_set():
+            raise Cancelled()
+        body: dict[str, object] = {"ino": ino, "off": off}
+        if gap:
+            body["gap"] = gap
+        try:
+            self._marker(body)
+        except (BrokenPipeError, ConnectionError) as exc:
+            self.cancelled.set()
+            raise Cancelled() from exc
 
     def sleep(self, seconds: float) -> None:
         """Wait for more input; raises Cancelled as soon as the client has gone."""

@@ -33,6 +33,10 @@ class Limits:
     max_concurrent: int = 8
     # Where the per-worker concurrency slots (lock files) live.
     state_dir: str = ""
+    # Address-space limit (RLIMIT_AS) of every child the gate starts: grep, gzip,
+    # journalctl, sudo/docker. A child that needs more fails, and the request ends at
+    # the limit (exit 5) instead of the worker swapping.
+    max_memory: int = 512 << 20
 
 
 @record(frozen=True)
@@ -226,16 +230,26 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
             lim, "follow_max_seconds", float, d.follow_max_seconds, "limits", path
         ),
         max_concurrent=_take(lim, "max_concurrent", int, d.max_concurrent, "limits", path),
+        max_memory=_take(lim, "max_memory", int, d.max_memory, "limits", path),
         state_dir=_take(lim, "state_dir", str, "", "limits", path),
     )
     _no_extra(lim, set(Limits.__annotations__), "limits", path)
-    for name in ("max_lines", "max_bytes", "max_seconds", "follow_max_seconds", "max_concurrent"):
+    for name in (
+        "max_lines",
+        "max_bytes",
+        "max_seconds",
+        "follow_max_seconds",
+        "max_concurrent",
+        "max_memory",
+    ):
         value = getattr(limits, name)
         # TOML has nan and inf: a deadline of now + nan never comes, int(inf) raises.
         if value != value or value in (float("inf"), float("-inf")):
             raise _bad(path, f"limits.{name} must be a finite number")
         if value <= 0:
             raise _bad(path, f"limits.{name} must be positive")
+    if limits.max_memory < 32 << 20:
+        raise _bad(path, "limits.max_memory is in bytes and must be at least 33554432 (32 MiB)")
 
     aud = _table(data, "audit", path)
     audit = AuditSettings(

@@ -3,7 +3,11 @@
 Every frame is a 9-byte header (payload length, frame type, request id; big-endian)
 followed by the payload. The client sends REQUEST (JSON: {"command": "...", "via": {...}}),
 CANCEL and CREDIT (4-byte byte count); the gate answers with HELLO once (JSON), then
-DATA chunks and one END (JSON: exit, reason, lines, bytes, truncated) per request.
+DATA chunks and one END (JSON: exit, reason, lines, bytes, truncated; `pos` [inode,
+offset] after a plain file's tail) per request. A REQUEST with "positions": true (a
+follow) also gets POS frames (JSON: ino, off, optional gap), each after the DATA it
+describes and at least every second while idle: where to continue after a drop, and
+the client's heartbeat.
 Per-request credit gives end-to-end back-pressure: the gate sends at most `window`
 bytes of DATA for a request until the client grants more, so one slow reader never
 stalls the others and nobody buffers without bound.
@@ -23,6 +27,7 @@ CREDIT = 3
 HELLO = 16
 DATA = 17
 END = 18
+POS = 19
 
 FRAME_NAMES = {
     REQUEST: "REQUEST",
@@ -31,6 +36,7 @@ FRAME_NAMES = {
     HELLO: "HELLO",
     DATA: "DATA",
     END: "END",
+    POS: "POS",
 }
 
 MAX_DATA = 65536 - HEADER.size  # largest DATA payload: header + payload = 64 KiB, two SSH packets

@@ -26,6 +26,7 @@ LINE_CAP = 1 << 20  # a partial line held longer than this goes out in pieces
 _FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical logs
 _MAX_BLOCK = 1 << 20
 SWITCH_GRACE = 5.0  # seconds a renamed-away file may keep growing before we move on
+MARK_EVERY = 1.0  # an idle follow re-sends its position this often: the client's heartbeat
 _GZ_INPUT = 1 << 18
 
 __all__ = ["CHUNK", "LINE_CAP", "emit_span", "follow", "gunzip_chunks", "limit_reached", "tail"]
@@ -173,9 +174,13 @@ def tail(fd: int, n: int, out: Output, *, gz: bool = False) -> None:
         _tail_gz(fd, n, out)
         return
     for _attempt in range(3):
-        end = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        end = st.st_size
         try:
-            _tail_plain(fd, end, n, out)
+            try:
+                _tail_plain(fd, end, n, out)
+            finally:
+                out.position = (st.st_ino, end)  # a follow may continue from here
         except _Shrunk:
             continue  # copytruncate while we were scanning: look again at the new size
         return
@@ -314,6 +319,10 @@ class _Follower:
         self.deadline = deadline
         self.deadline_reason = deadline_reason
 
+    def mark(self, gap: str = "") -> None:
+        """Tell the output where the complete lines sent so far end."""
+        self.out.mark(self.ident[1], self.offset - len(self.partial), gap)
+
     def check_deadline(self) -> None:
         if time.monotonic() >= self.deadline:
             raise LimitReached(self.deadline_reason)
@@ -354,6 +363,7 @@ class _Follower:
             # copytruncate: the file was emptied; what it held up to `offset` was sent.
             self.flush()
             self.offset = 0
+            self.mark()
         total = 0
         while True:
             data = os.pread(self.fd, CHUNK, self.offset)
@@ -362,6 +372,7 @@ class _Follower:
             self.offset += len(data)
             total += len(data)
             self._feed(data)
+            self.mark()
             if len(data) < CHUNK:
                 break
             self.check_deadline()  # a writer faster than us must not keep us here forever
@@ -394,6 +405,8 @@ def follow(
     deadline: float,
     deadline_reason: str,
     interval: float = 0.2,
+    start: tuple[int, int] | None = None,
+    find: Callable[[int], int | None] | None = None,
 ) -> None:
     """`tail -F`: the last `n` complete lines, then each complete line as it is appended.
 
@@ -421,6 +434,14 @@ def follow(
     Only complete lines are sent; a partial last line is held (at most `LINE_CAP`:
     longer "lines" go out in pieces, each with a newline added) and is flushed with a
     newline appended when its file is truncated or left behind.
+
+    Continuing (`start` = (inode, offset), `n` ignored): where an earlier read or follow
+    ended. The same inode at the path: from that offset (past its end: the file was
+    truncated, so from 0, with a gap). Another inode: `find(inode)` looks for the old
+    file among the rotated names; found, it is read from the offset to its end and then
+    left as in a rotation; not found (compressed or deleted), the current file is read
+    from 0 and the output is told of the gap. Each position reached goes to
+    `out.mark` (and again every `MARK_EVERY` seconds while idle).
     """
     try:
         current = _Follower(fd, out, deadline, deadline_reason)
@@ -430,7 +451,12 @@ def follow(
     candidate: int | None = None  # a new file at the path, waiting for the old to go quiet
     candidate_since = 0.0
     try:
-        current.start(n)
+        if start is None:
+            current.start(n)
+            current.mark()
+        else:
+            candidate, current = _continue(current, start, find)
+            candidate_since = time.monotonic()
         while True:
             got = current.pump()
             if candidate is not None:
@@ -440,6 +466,7 @@ def follow(
                     current = _Follower(candidate, out, deadline, deadline_reason)
                     candidate = None
                     os.close(old.fd)
+                    current.mark()
                     current.pump()
             else:
                 new = reopen()
@@ -449,6 +476,8 @@ def follow(
                     if (st.st_dev, st.st_ino) == current.ident:
                         candidate = None
                         os.close(new)
+            if out.wants_marks and time.monotonic() - out.marked_at >= MARK_EVERY:
+                current.mark()  # nothing new: still alive, still here
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LimitReached(deadline_reason)
@@ -457,3 +486,38 @@ def follow(
         if candidate is not None:
             os.close(candidate)
         os.close(current.fd)
+
+
+def _continue(
+    current: _Follower, start: tuple[int, int], find: Callable[[int], int | None] | None
+) -> tuple[int | None, _Follower]:
+    """Set up a follow that continues at `start`; returns (file to switch to, follower)."""
+    ino, off = start
+    size = os.fstat(current.fd).st_size
+    if current.ident[1] == ino:
+        if off <= size:
+            current.offset = off
+            current.mark()
+        else:
+            current.mark(
+                f"the file was truncated below offset {off} (copytruncate): lines written "
+                "between then and the truncation were not kept; continuing from its start"
+            )
+        return None, current
+    old = find(ino) if find is not None else None
+    if old is None:
+        current.mark(
+            f"the file being read (inode {ino}, offset {off}) was rotated away and is no "
+            "longer readable (compressed or deleted): what it got after that offset is not "
+            "shown; continuing from the start of the current file"
+        )
+        return None, current
+    # The old file is still there under a rotated name: finish it, then switch.
+    try:
+        prev = _Follower(old, current.out, current.deadline, current.deadline_reason)
+        prev.offset = min(off, os.fstat(old).st_size)
+        prev.mark()
+    except BaseException:
+        os.close(old)
+        raise
+    return current.fd, prev

@@ -53,6 +53,7 @@ class Result:
     lines: int = 0
     bytes: int = 0
     truncated: bool = False
+    position: tuple[int, int] | None = None
 
 
 @record
@@ -130,6 +131,7 @@ def serve(
         if slot is not None:
             slot.release()
     result.lines, result.bytes = out.lines, out.bytes
+    result.position = out.position
     result.truncated = out.truncated or result.code == Exit.LIMIT
     end = {
         "ts": now_iso(),
@@ -221,6 +223,9 @@ def authorize(req: Request, policy: Policy) -> Plan:
                 except GateError:
                     return None
 
+            def find(ino: int) -> int | None:
+                return find_rotated(policy, req.path, ino)
+
             deadline = time.monotonic() + lim.follow_max_seconds
             reason = f"follow stopped after {lim.follow_max_seconds:g} s (follow_max_seconds)"
 
@@ -236,6 +241,8 @@ def authorize(req: Request, policy: Policy) -> Plan:
                     deadline=deadline,
                     deadline_reason=reason,
                     interval=FOLLOW_INTERVAL,
+                    start=req.start,
+                    find=find,
                 )
 
             plan.run = run_follow
@@ -270,6 +277,40 @@ def authorize(req: Request, policy: Policy) -> Plan:
             gunzip=gz,
         )
     return plan
+
+
+MAX_ROTATED = 64  # names looked at when a follow continues in a rotated-away file
+
+
+def find_rotated(policy: Policy, path: str, ino: int) -> int | None:
+    """An fd of the file with inode `ino` among the uncompressed files next to `path`
+    that the policy admits (`app.log.1` after a rename rotation), or None."""
+    directory = os.path.dirname(path)
+    try:
+        names = sorted(os.listdir(directory))[: MAX_ROTATED * 4]
+    except OSError:
+        return None
+    looked = 0
+    for name in names:
+        candidate = f"{directory}/{name}"
+        if candidate == path or name.endswith(".gz") or looked >= MAX_ROTATED:
+            continue
+        try:
+            rule, parts = policy.file_rule(candidate)
+        except GateError:
+            continue
+        looked += 1
+        try:
+            fd = open_under(rule, parts, candidate)
+        except GateError:
+            continue
+        try:
+            if os.fstat(fd).st_ino == ino:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    return None
 
 
 def _allowed_unit(unit: str, policy: Policy) -> bool:
@@ -370,12 +411,13 @@ def run_child(
     gunzip: bool = False,
 ) -> None:
     """Stream a child's stdout as whole lines; kill it at the wall or CPU limit or on cancel."""
-    import resource
     import subprocess
     import tempfile
 
     deadline = time.monotonic() + seconds
     cpu = max(1, int(limits.limits.max_seconds))
+    mem = limits.limits.max_memory
+    limit_child = _child_limits(cpu, mem)
     procs: list[subprocess.Popen[bytes]] = []
     errfile = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
     try:
@@ -388,6 +430,7 @@ def run_child(
                 stderr=errfile,
                 env=_CHILD_ENV,
                 close_fds=True,
+                preexec_fn=limit_child,
             )
             procs.append(unzip)
             src = unzip.stdout
@@ -398,13 +441,11 @@ def run_child(
             stderr=subprocess.STDOUT if merge_stderr else errfile,
             env=env or _CHILD_ENV,
             close_fds=True,
+            preexec_fn=limit_child,
         )
         procs.append(proc)
         if gunzip and procs[0].stdout is not None:
             procs[0].stdout.close()
-        for p in procs:
-            with contextlib.suppress(OSError):
-                resource.prlimit(p.pid, resource.RLIMIT_CPU, (cpu, cpu + 1))
         assert proc.stdout is not None
         pipe = proc.stdout.fileno()
         # A 1 MiB pipe and 1 MiB reads: a grep with many matches then costs a few
@@ -453,11 +494,26 @@ def run_child(
         code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         if code < 0 and -code in (24, 9):  # SIGXCPU / SIGKILL from RLIMIT_CPU
             raise LimitReached(f"stopped at the CPU limit ({cpu} s)")
+        failed = None
         if code not in (0, 1) or (code == 1 and not argv[0].endswith("grep")):
+            failed = proc
+        elif gunzip:
+            # gzip killed by SIGPIPE is grep -m having stopped reading; anything else is
+            # corrupt data, which must not pass for "no match".
+            zcode = procs[0].wait(timeout=max(0.1, deadline - time.monotonic()))
+            if zcode not in (0, -13):
+                failed = procs[0]
+        if failed is not None:
             errfile.seek(0)
-            msg = errfile.read(400).decode("utf-8", "replace").strip().splitlines()
-            detail = msg[0] if msg else f"exit status {code}"
-            raise GateError(Exit.FAILED, f"{os.path.basename(argv[0])} failed: {detail}")
+            text = errfile.read(4000).decode("utf-8", "replace")
+            if failed.returncode in (-6, -11) or any(w in text.lower() for w in _OUT_OF_MEMORY):
+                raise LimitReached(
+                    f"stopped at the memory limit ({mem >> 20} MiB, max_memory in the policy)"
+                )
+            msg = text.strip().splitlines()
+            detail = msg[0] if msg else f"exit status {failed.returncode}"
+            name = os.path.basename(str(failed.args[0]))  # type: ignore[index]
+            raise GateError(Exit.FAILED, f"{name} failed: {detail}")
     except subprocess.TimeoutExpired:
         raise LimitReached(f"stopped after {seconds:g} s (time limit in the policy)") from None
     finally:
@@ -468,6 +524,25 @@ def run_child(
             if p.stdout is not None:
                 p.stdout.close()
         errfile.close()
+
+
+# What a child prints when it hits RLIMIT_AS: grep "memory exhausted", gzip and libc
+# "Cannot allocate memory", Go "cannot allocate memory" / "out of memory".
+_OUT_OF_MEMORY = ("memory exhausted", "cannot allocate memory", "out of memory")
+
+
+def _child_limits(cpu: int, mem: int) -> Callable[[], None]:
+    """The pre-exec step of every child: CPU and address-space limits set in the child
+    itself before exec, so no byte of it runs unlimited (prlimit after the spawn would
+    leave a window). It calls only setrlimit: safe between fork and exec even with the
+    bridge's threads."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+
+    return limit
 
 
 def sources_json(policy: Policy) -> bytes:

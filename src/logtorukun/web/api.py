@@ -631,6 +631,8 @@ async def search(
                         "reason": exc.reason,
                     }
                 )
+                if exc.status in (502, 504):  # the host itself failed: skip its other files
+                    return
                 continue
             lines, cut = _split(data, max)
             event = {
@@ -672,7 +674,13 @@ async def search(
                 {"type": "progress", "done": done, "total": len(selected), "host": h.name}
             )
 
-        await asyncio.gather(*(wrapped(h) for h in selected))
+        turns = asyncio.Semaphore(server.workers.at_once)
+
+        async def in_turn(h: HostConfig) -> None:
+            async with turns:
+                await wrapped(h)
+
+        await asyncio.gather(*(in_turn(h) for h in selected))
         await queue.put(None)
 
     async def body() -> AsyncIterator[bytes]:

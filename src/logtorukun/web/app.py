@@ -313,7 +313,7 @@ def create_app(
         config=config,
         audit=audit,
         auth=auth,
-        workers=workers or Workers(config.hosts),
+        workers=workers or Workers(config.hosts, fleet=config.fleet),
         limiter=RateLimiter(settings.requests_per_minute),
         proxies=TrustedProxies(settings.trusted_proxies),
     )

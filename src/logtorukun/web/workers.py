@@ -12,13 +12,14 @@ web audit seq. Data is pulled chunk by chunk: a slow HTTP client slows the worke
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..client import Client, ClientError
+from ..client import Client, ClientError, PoolOptions
 from ..client import api as commands
 from ..client.errors import (
     EXIT_BAD_REQUEST,
@@ -30,7 +31,7 @@ from ..client.errors import (
     UnknownHost,
 )
 from ..client.stream import Stream as ClientStream
-from ..config import HostConfig
+from ..config import FleetSettings, HostConfig
 from .access import Source
 
 
@@ -204,9 +205,17 @@ class Stream:
 class Workers:
     """The web server's view of its workers: the client plus reachability."""
 
-    def __init__(self, hosts: tuple[HostConfig, ...], client: Client | None = None) -> None:
+    def __init__(
+        self,
+        hosts: tuple[HostConfig, ...],
+        client: Client | None = None,
+        *,
+        fleet: FleetSettings | None = None,
+    ) -> None:
+        fleet = fleet or FleetSettings()
         self.hosts = {h.name: h for h in hosts}
-        self.client = client or Client(hosts)
+        self.client = client or Client(hosts, options=PoolOptions.for_fleet(fleet))
+        self.at_once = fleet.max_hosts_at_once  # hosts a cross-host search works on at once
         self.state: dict[str, HostState] = {h.name: HostState() for h in hosts}
 
     def note(self, host: HostConfig, exc: ClientError | None) -> None:
@@ -223,11 +232,18 @@ class Workers:
     async def read(
         self, host: HostConfig, spec: ReadSpec, via: dict[str, Any]
     ) -> tuple[bytes, Outcome]:
-        """A bounded read, whole (the gate caps lines and bytes; so does `request_timeout`)."""
+        """A bounded read, whole (the gate caps lines and bytes; the host's
+        `request_timeout` caps its time: 504, the request cancelled on the worker)."""
         buf = bytearray()
-        async with self.open(host, spec, via) as stream:
-            async for chunk in stream.chunks():
-                buf += chunk
+        try:
+            async with asyncio.timeout(host.request_timeout):
+                async with self.open(host, spec, via) as stream:
+                    async for chunk in stream.chunks():
+                        buf += chunk
+        except TimeoutError:
+            raise WorkerError(
+                504, f"no answer within {host.request_timeout:g} s (request_timeout)"
+            ) from None
         return bytes(buf), stream.outcome
 
     async def sources(self, host: HostConfig, via: dict[str, Any]) -> dict[str, Any]:

@@ -177,6 +177,9 @@ async def test_unknown_host(client: Client) -> None:
 
 
 async def test_request_timeout_cancels_the_request(client: Client, worker: Worker) -> None:
+    # The bridge is up first: the REQUEST frame then goes out at once, and the gate reads
+    # it before the CANCEL that the timeout sends (frames arrive in order).
+    await client.tail("w", str(worker.app_log), 1)
     before = len(worker.audit_records())
     command = tail_command(str(worker.app_log), 1, follow=True)
     with pytest.raises(RequestTimeout, match="request_timeout"):

@@ -24,7 +24,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -388,6 +388,7 @@ def check_server(config: Config) -> list[Check]:
             f"mkdir -p {db.parent} and let the web server's user write there",
         )
 
+    _forward_checks(config, add)
     found = [
         f"[[host]] {h.name}: known_hosts = /dev/null"
         for h in config.hosts
@@ -404,6 +405,24 @@ def check_server(config: Config) -> list[Check]:
         " hosts trust HOST): a changed host key must stop the connection",
     )
     return checks
+
+
+def _forward_checks(config: Config, add: Callable[[str, bool, str, str], None]) -> None:
+    """SIEM forwarders: is the trail reaching the collector (audit/forward.py)?"""
+    if not config.forward:
+        return
+    from ..audit.forward import doctor_report
+    from ..audit.store import AuditStore
+
+    try:
+        with AuditStore(config.server.database, readonly=True) as store:
+            head = store.head()
+    except UserError as exc:
+        add("audit forwarding", False, str(exc), "")
+        return
+    for cfg in config.forward:
+        ok, detail, fix = doctor_report(head.seq if head else 0, cfg, time.time())
+        add(f"audit forwarding to {cfg.name}", ok, detail, fix)
 
 
 def _disabled_checking() -> list[str]:

@@ -25,9 +25,9 @@ from .worker_sshd import key_line, match_block
 
 
 def _matching_files(rule: FilesRule) -> list[Path]:
-    from ..gate.policy import glob_regex
+    from ..gate.globs import compile_glob
 
-    rx = re.compile("|".join(f"(?:{glob_regex(p)})" for p in rule.patterns))
+    globs = [compile_glob(p) for p in rule.patterns]
     root = Path(rule.root)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -35,7 +35,7 @@ def _matching_files(rule: FilesRule) -> list[Path]:
         for name in sorted(filenames):
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
-            if rx.fullmatch(rel) and full.is_file() and not full.is_symlink():
+            if any(g.match(rel) for g in globs) and full.is_file() and not full.is_symlink():
                 found.append(full)
     return found
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..config import Config, HostConfig, RoleConfig
-from ..gate.policy import glob_regex as gate_glob
+from ..gate.globs import Glob, compile_glob
 
 # Capabilities a data request needs; "audit" is not tied to hosts.
 TAIL, SEARCH, FOLLOW, DOWNLOAD, AUDIT = "tail", "search", "follow", "download", "audit"
@@ -83,9 +83,10 @@ def check_path(path: str) -> str:
 
 
 @lru_cache(maxsize=512)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """The gate's own glob (one meaning for a pattern in roles and in worker policies)."""
-    return re.compile(gate_glob(pattern), re.ASCII)
+def role_glob(pattern: str) -> Glob:
+    """The gate's own glob (one meaning for a pattern in roles and in worker policies);
+    linear in the text matched, see gate/globs.py."""
+    return compile_glob(pattern)
 
 
 def host_matches(role: RoleConfig, host: HostConfig) -> bool:
@@ -93,7 +94,7 @@ def host_matches(role: RoleConfig, host: HostConfig) -> bool:
         if pattern.startswith("label:"):
             if pattern[6:] in host.labels:
                 return True
-        elif pattern == "*" or glob_regex(pattern).fullmatch(host.name):
+        elif pattern == "*" or role_glob(pattern).match(host.name):
             return True
     return False
 
@@ -104,9 +105,9 @@ def source_matches(role: RoleConfig, source: Source) -> bool:
         if pattern == "*":
             return True
         if source.kind == "file":
-            if pattern.startswith("/") and glob_regex(pattern).fullmatch(key):
+            if pattern.startswith("/") and role_glob(pattern).match(key):
                 return True
-        elif pattern.startswith(f"{source.kind}:") and glob_regex(pattern).fullmatch(key):
+        elif pattern.startswith(f"{source.kind}:") and role_glob(pattern).match(key):
             return True
     return False
 

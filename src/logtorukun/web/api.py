@@ -15,23 +15,22 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..audit import AuditRef, parse_time
 from ..config import HostConfig
+from ..gate.globs import Glob, GlobError, check_user_glob
 from .access import (
     DOWNLOAD,
     SEARCH,
     TAIL,
     BadSource,
     Source,
-    glob_regex,
-    host_matches,
     source_from,
 )
 from .app import ApiError, Ctx, Server
@@ -166,6 +165,26 @@ async def _worker_call(server: Server, a: Allowed, spec: ReadSpec) -> tuple[byte
         raise ApiError(exc.status, exc.reason) from None
 
 
+OFF_LOOP_BYTES = 64 * 1024  # above this, decoding and JSON encoding run in a thread
+_T = TypeVar("_T")
+
+
+async def off_loop(size: int, fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(*args)` in a worker thread when `size` says it may take over a millisecond:
+    the event loop serves every other user meanwhile."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def _ndjson(event: dict[str, Any]) -> bytes:
+    return (json.dumps(event, ensure_ascii=False) + "\n").encode()
+
+
 def _split(data: bytes, limit: int) -> tuple[list[str], bool]:
     """Text lines (invalid UTF-8 replaced), at most `limit` (the last ones)."""
     if len(data) > MAX_BYTES:
@@ -183,7 +202,7 @@ def _split(data: bytes, limit: int) -> tuple[list[str], bool]:
     return lines, cut
 
 
-def _result(
+async def _result(
     server: Server,
     a: Allowed,
     action: str,
@@ -192,7 +211,7 @@ def _result(
     limit: int,
     download: bool,
 ) -> Response:
-    lines, cut = _split(data, limit)
+    lines, cut = await off_loop(len(data), _split, data, limit)
     truncated = cut or outcome.truncated
     note = None
     if truncated:
@@ -231,7 +250,7 @@ def _result(
         "note": note,
         "audit": a.ref.seq,
     }
-    body = json.dumps(payload, ensure_ascii=False).encode()
+    body = await off_loop(len(data), _json_bytes, payload)
     _end(
         server,
         a,
@@ -402,7 +421,7 @@ async def tail(
         verb, a.source, lines=lines, since=since or ("1970-01-01" if until else None), until=until
     )
     data, outcome = await _worker_call(server, a, spec)
-    return _result(server, a, "tail", data, outcome, lines, download)
+    return await _result(server, a, "tail", data, outcome, lines, download)
 
 
 @router.get("/hosts/{host}/grep", summary="lines matching a pattern (fixed string by default)")
@@ -461,23 +480,52 @@ async def grep(
         lines=max,
     )
     data, outcome = await _worker_call(server, a, spec)
-    return _result(server, a, "grep", data, outcome, max, download)
+    return await _result(server, a, "grep", data, outcome, max, download)
 
 
 # ---------------------------------------------------------------------- search
 
 
-def _select_hosts(server: Server, ctx: Ctx, hosts: str) -> list[HostConfig]:
-    assert ctx.access is not None
-    wanted = [h.strip() for h in hosts.split(",") if h.strip()] or ["*"]
-    from ..config import RoleConfig
+MAX_HOST_GLOBS = 16  # entries in a search's `hosts=`
 
-    probe = RoleConfig("select", tuple(wanted), (), frozenset())
-    return [
-        h
-        for h in server.config.hosts
-        if host_matches(probe, h) and SEARCH in ctx.access.host_caps(h)
-    ]
+
+def _host_globs(hosts: str) -> list[str | Glob]:
+    """`hosts=` as label names and compiled globs; GlobError names what is wrong."""
+    wanted = [h.strip() for h in hosts.split(",") if h.strip()] or ["*"]
+    if len(wanted) > MAX_HOST_GLOBS:
+        raise GlobError(f"hosts: at most {MAX_HOST_GLOBS} comma-separated entries")
+    return [w if w.startswith("label:") else check_user_glob(w, "hosts") for w in wanted]
+
+
+def _select_hosts(server: Server, ctx: Ctx, wanted: list[str | Glob]) -> list[HostConfig]:
+    """Grants first: a user's globs are only ever matched against hosts they may search."""
+    assert ctx.access is not None
+    granted = [h for h in server.config.hosts if SEARCH in ctx.access.host_caps(h)]
+    chosen = []
+    for h in granted:
+        for w in wanted:
+            hit = w[6:] in h.labels if isinstance(w, str) else w.match(h.name)
+            if hit:
+                chosen.append(h)
+                break
+    return chosen
+
+
+def _searchable(ctx: Ctx, host: HostConfig, doc: dict[str, Any], matcher: Glob) -> list[Source]:
+    """The files of a sources listing that match the search's path glob and may be searched."""
+    assert ctx.access is not None
+    files: list[Source] = []
+    for f in doc.get("files", []):
+        p = f.get("path") if isinstance(f, dict) else None
+        if not isinstance(p, str) or not matcher.match(p):
+            continue
+        try:
+            src = source_from(path=p)
+        except BadSource:
+            continue
+        if ctx.access.check(host, src, SEARCH).allowed:
+            files.append(src)
+    return files
 
 
 @router.get(
@@ -529,12 +577,18 @@ async def search(
             source=path,
             params=params,
         )
-    selected = _select_hosts(server, ctx, hosts)
+    try:
+        matcher = check_user_glob(path, "path")
+        selected = _select_hosts(server, ctx, _host_globs(hosts))
+    except GlobError as exc:
+        raise server.refuse(
+            ctx, 422, str(exc), action="search", host=hosts, source=path, params=params
+        ) from None
     if not selected:
         raise server.refuse(
             ctx,
-            403,
-            f"no host matching {hosts!r} grants you search",
+            404,
+            f"no host you may search matches {hosts!r}",
             action="search",
             host=hosts,
             source=path,
@@ -551,8 +605,7 @@ async def search(
         reason="search granted on selected hosts",
     )
     started = time.monotonic()
-    matcher = glob_regex(path)
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=64)
+    queue: asyncio.Queue[dict[str, Any] | bytes | None] = asyncio.Queue(maxsize=64)
     totals = {"lines": 0, "bytes": 0, "files": 0, "errors": 0}
 
     async def one_host(h: HostConfig) -> None:
@@ -565,17 +618,8 @@ async def search(
                 {"type": "error", "host": h.name, "status": exc.status, "reason": exc.reason}
             )
             return
-        files: list[Source] = []
-        for f in doc.get("files", []):
-            p = f.get("path")
-            if not isinstance(p, str) or not matcher.fullmatch(p):
-                continue
-            try:
-                src = source_from(path=p)
-            except BadSource:
-                continue
-            if ctx.access.check(h, src, SEARCH).allowed:
-                files.append(src)
+        # Off the event loop: a worker may list thousands of files.
+        files = await asyncio.to_thread(_searchable, ctx, h, doc, matcher)
         if len(files) > MAX_FILES_PER_HOST:
             await queue.put(
                 {
@@ -634,7 +678,7 @@ async def search(
                 if exc.status in (502, 504):  # the host itself failed: skip its other files
                     return
                 continue
-            lines, cut = _split(data, max)
+            lines, cut = await off_loop(len(data), _split, data, max)
             event = {
                 "type": "file",
                 "host": h.name,
@@ -643,6 +687,7 @@ async def search(
                 "truncated": cut or outcome.truncated,
                 "note": outcome.reason or None,
             }
+            encoded = await off_loop(len(data), _ndjson, event)
             server.finish(
                 sub,
                 "read_end",
@@ -655,7 +700,7 @@ async def search(
             totals["lines"] += len(lines)
             totals["bytes"] += len(data)
             totals["files"] += 1
-            await queue.put(event)
+            await queue.put(encoded)
 
     async def run_all() -> None:
         done = 0
@@ -690,7 +735,7 @@ async def search(
             first = {"type": "start", "hosts": [h.name for h in selected], "audit": ref.seq}
             yield (json.dumps(first) + "\n").encode()
             while (item := await queue.get()) is not None:
-                chunk = (json.dumps(item, ensure_ascii=False) + "\n").encode()
+                chunk = item if isinstance(item, bytes) else _ndjson(item)
                 sent += len(chunk)
                 yield chunk
             end = {"type": "end", **totals}

@@ -9,6 +9,7 @@ itself an audit record.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -108,6 +109,7 @@ class Server:
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(600))
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
     hub: Any = None  # sse.FollowHub
+    forwarders: list[Any] = field(default_factory=list)  # audit.forward.Forwarder
     templates: Jinja2Templates = field(
         default_factory=lambda: Jinja2Templates(directory=str(HERE / "templates"))
     )
@@ -319,14 +321,24 @@ def create_app(
     )
     server.hub = sse.FollowHub(server)
     _gauges(server)
+    if config.forward:
+        from ..audit.forward import forwarders_from_config, gauges
+
+        server.forwarders = forwarders_from_config(settings.database, config.forward)
+        audit.sinks.extend(server.forwarders)  # emit() only wakes the forwarder's thread
+        gauges(server.metrics, server.forwarders, audit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for fwd in server.forwarders:
+            fwd.start()
         try:
             yield
         finally:
             await server.hub.close()
             await server.workers.close()
+            for fwd in server.forwarders:
+                await asyncio.to_thread(fwd.stop)
 
     app = FastAPI(
         title="logtorukun",

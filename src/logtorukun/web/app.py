@@ -110,6 +110,7 @@ class Server:
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
     hub: Any = None  # sse.FollowHub
     forwarders: list[Any] = field(default_factory=list)  # audit.forward.Forwarder
+    alerts: Any = None  # audit.alerts.AlertEngine
     templates: Jinja2Templates = field(
         default_factory=lambda: Jinja2Templates(directory=str(HERE / "templates"))
     )
@@ -327,16 +328,27 @@ def create_app(
         server.forwarders = forwarders_from_config(settings.database, config.forward)
         audit.sinks.extend(server.forwarders)  # emit() only wakes the forwarder's thread
         gauges(server.metrics, server.forwarders, audit)
+    if config.alerts is not None and config.alerts.rules:
+        from ..audit.alerts import AlertEngine
+        from ..audit.alerts import gauges as alert_gauges
+
+        server.alerts = AlertEngine(audit, config.alerts)
+        audit.sinks.append(server.alerts)  # emit() only queues the record
+        alert_gauges(server.metrics, server.alerts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for fwd in server.forwarders:
             fwd.start()
+        if server.alerts is not None:
+            server.alerts.start()
         try:
             yield
         finally:
             await server.hub.close()
             await server.workers.close()
+            if server.alerts is not None:
+                await asyncio.to_thread(server.alerts.stop)
             for fwd in server.forwarders:
                 await asyncio.to_thread(fwd.stop)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,11 @@ from .security import (
 from .workers import Workers
 
 HERE = Path(__file__).parent
+log = logging.getLogger("logtorukun.web")
+AUDIT_DOWN = (
+    "the audit trail cannot be written, so nothing is served "
+    "(an administrator can find the cause in the server log)"
+)
 TOKEN_USE_INTERVAL = 60.0  # seconds between two token_used records for one token
 
 
@@ -61,6 +67,7 @@ _ERRORS = {
     404: "not_found",
     422: "bad_request",
     429: "too_many_requests",
+    500: "internal",
     502: "worker_unreachable",
     503: "audit_unavailable",
 }
@@ -78,6 +85,7 @@ class Ctx:
     csrf: str | None = None
     auth_problem: str | None = None
     access: Access | None = None
+    last_ref: int | None = None  # seq of the last audit record this request wrote
 
     @property
     def name(self) -> str | None:
@@ -200,21 +208,23 @@ class Server:
         if ctx.via != "session":
             params.setdefault("auth", ctx.via)
         try:
-            return self.audit.append(event, **ctx.audit_fields(), params=params, **fields)
+            ref = self.audit.append(event, **ctx.audit_fields(), params=params, **fields)
         except AuditWriteError as exc:
-            self.metrics.audit_failures += 1
-            raise ApiError(
-                503, f"the audit trail cannot be written, so nothing is served: {exc}"
-            ) from None
+            raise self._audit_failed(exc, event, ctx.client) from None
+        ctx.last_ref = ref.seq
+        return ref
 
     def finish(self, ref: AuditRef, event: str, outcome: Mapping[str, Any]) -> None:
         try:
             self.audit.finish(ref, event, outcome)
         except AuditWriteError as exc:
-            self.metrics.audit_failures += 1
-            raise ApiError(
-                503, f"the audit trail cannot be written, so nothing is served: {exc}"
-            ) from None
+            raise self._audit_failed(exc, event, f"ref {ref.seq}") from None
+
+    def _audit_failed(self, exc: AuditWriteError, event: str, who: str) -> ApiError:
+        """The file and the cause go to the server log; the client learns only the rule."""
+        self.metrics.audit_failures += 1
+        log.error("audit record %s (%s) not written, request refused: %s", event, who, exc)
+        return ApiError(503, AUDIT_DOWN)
 
     def refuse(
         self,
@@ -226,8 +236,13 @@ class Server:
         host: str | None = None,
         source: str | None = None,
         params: Mapping[str, Any] | None = None,
+        shown: str | None = None,
     ) -> ApiError:
-        """Audit a refusal and return the error to raise (a failed write makes it a 503)."""
+        """Audit a refusal and return the error to raise (a failed write makes it a 503).
+
+        `reason` is the true one, for the audit record; `shown` (default: the same) is
+        what the client reads, e.g. "unknown host" for a host that exists but is not
+        granted."""
         self.metrics.refused[(("status", str(status)),)] += 1
         self.record(
             ctx,
@@ -239,7 +254,12 @@ class Server:
             decision="deny",
             reason=reason,
         )
-        return ApiError(status, reason)
+        return ApiError(status, shown or reason)
+
+    def no_such_host(self, ctx: Ctx, host: str, reason: str, **audit: Any) -> ApiError:
+        """The one answer for a host that does not exist and for one the user has no
+        grant on: the same status and body, so host names cannot be probed."""
+        return self.refuse(ctx, 404, reason, host=host, shown=f"unknown host {host!r}", **audit)
 
     def require_user(self, request: Request, action: str, **audit: Any) -> Ctx:
         """The signed-in user, after the per-user rate limit; refusals are audited."""
@@ -391,6 +411,24 @@ def create_app(
         except ApiError as err:
             return error_response(request, server, err.status, err.error, err.reason)
         return error_response(request, server, 422, "bad_request", problems)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        """Never a traceback or an exception text to a client: the server log has them,
+        under the audit ref of the request (if it wrote one)."""
+        ctx = getattr(request.state, "ctx", None)
+        ref = ctx.last_ref if isinstance(ctx, Ctx) else None
+        log.error(
+            "internal error in %s %s (audit ref %s)",
+            request.method,
+            request.url.path,
+            ref,
+            exc_info=exc,
+        )
+        where = f" (audit ref {ref})" if ref else ""
+        return error_response(
+            request, server, 500, "internal", f"internal error; see the server log{where}"
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

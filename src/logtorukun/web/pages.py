@@ -8,6 +8,7 @@ an empty viewer that then fails.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from typing import Any
@@ -22,6 +23,7 @@ from .app import ApiError, Ctx, Server
 from .security import PRE_COOKIE, csrf_ok, same_origin
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger("logtorukun.web")
 # argon2 needs 64 MiB per check: two at a time keeps a password spray from eating memory.
 _HASHING = threading.BoundedSemaphore(2)
 
@@ -267,12 +269,15 @@ async def view(
     if redirect:
         return redirect
     assert ctx.access is not None
-    hc = server.config.host(host)
     src_text = path or unit or container
+    hc = server.config.host(host)
     if hc is None:
-        raise server.refuse(
-            ctx, 404, f"unknown host {host!r}", action="view", host=host, source=src_text
+        raise server.no_such_host(
+            ctx, host, f"unknown host {host!r}", action="view", source=src_text
         )
+    if not ctx.access.host_caps(hc):
+        why = f"no role grants anything on host {host} (answered as unknown)"
+        raise server.no_such_host(ctx, host, why, action="view", source=src_text)
     try:
         src = source_from(path=path, unit=unit, container=container)
     except BadSource as exc:
@@ -342,8 +347,9 @@ async def healthz(request: Request) -> Response:
     server = _server(request)
     try:
         head = server.audit.head()
-    except Exception as exc:
-        return PlainTextResponse(f"audit store unreadable: {exc}\n", status_code=503)
+    except Exception as exc:  # the cause (a path) is for the server log, not the client
+        log.error("/healthz: audit store unreadable: %s", exc)
+        return PlainTextResponse("audit store unreadable\n", status_code=503)
     if server.audit.write_failures and server.metrics.audit_failures:
         status = "degraded: audit writes have failed since start"
     else:

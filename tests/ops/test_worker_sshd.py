@@ -7,9 +7,12 @@ setup's `logtorukun-*.conf`, and sshd keeps the first value it reads.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from logtorukun.cli import main
+from logtorukun.ops import worker_sshd
 from logtorukun.ops.worker import Layout, sshd_effective
 from logtorukun.ops.worker_sshd import OTHER_ADDRESS
 from tests.ops.worker_box import USER, Box
@@ -81,3 +84,20 @@ def test_the_block_bounds_idle_dead_and_crowded_connections(box: Box) -> None:
     # a user the block is not for keeps the machine's own settings
     other = sshd_effective(Layout(box.root, USER), "someone-else", "127.0.0.1")
     assert other["clientaliveinterval"] == "0" and other["passwordauthentication"] == "yes"
+
+
+def test_an_sshd_before_9_2_gets_every_bound_but_unused_connection_timeout(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenSSH < 9.2 rejects the keyword: the block leaves it as a comment and the check
+    does not ask sshd for it (the installed 9.2 still parses the block either way)."""
+    monkeypatch.setattr(worker_sshd, "sshd_version", lambda: (8, 4))
+    assert main(box.setup_argv()) == 0
+    block = Layout(box.root, USER).sshd_dropin.read_text()
+    assert "\n    UnusedConnectionTimeout" not in block
+    assert "# UnusedConnectionTimeout: not before OpenSSH 9.2" in block
+    eff = sshd_effective(Layout(box.root, USER), USER)
+    assert eff["unusedconnectiontimeout"] == "none" and eff["clientaliveinterval"] == "30"
+    assert "unusedconnectiontimeout" not in worker_sshd.required_settings("x", Path("/k/u"))
+    monkeypatch.setattr(worker_sshd, "sshd_version", lambda: (9, 2))
+    assert worker_sshd.required_settings("x", Path("/k/u"))["unusedconnectiontimeout"] == "600"

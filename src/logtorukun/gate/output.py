@@ -87,9 +87,23 @@ class Output:
         # (inode, offset) just past the last byte sent from a file: where a follow that
         # continues this output starts (`tail -F --from INO:OFF`). `marker` (a bridge
         # request that asked for positions) is told each new position, in order with data.
-        self.position: tuple[int, int] | None = None
+        self.position: tuple[int, int, int] | None = None  # (inode, offset, tag)
         self._marker = marker
         self.marked_at = time.monotonic()
+        self.deadline = float("inf")
+        self.deadline_reason = ""
+
+    def start_clock(self, seconds: float, reason: str = "") -> None:
+        """From now on the request may run `seconds` (the policy's wall-clock limit)."""
+        self.deadline = time.monotonic() + seconds
+        self.deadline_reason = reason or f"stopped after {seconds:g} s (time limit in the policy)"
+
+    def check_time(self) -> None:
+        """Every reader calls this (directly, or through `write`) between reads, so no
+        input, however long or slow to decode, keeps a request past its limit."""
+        if time.monotonic() >= self.deadline:
+            self.truncated = True
+            raise LimitReached(self.deadline_reason)
 
     def write(self, data: bytes) -> None:
         """Send whole lines (a final line without newline is allowed only at end of input)."""
@@ -97,6 +111,7 @@ class Output:
             raise Cancelled()
         if not data:
             return
+        self.check_time()
         n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
         if self.lines + n_lines <= self.max_lines and self.bytes + len(data) <= self.max_bytes:
             self._send(data, n_lines)
@@ -136,16 +151,16 @@ class Output:
     def wants_marks(self) -> bool:
         return self._marker is not None
 
-    def mark(self, ino: int, off: int, gap: str = "") -> None:
+    def mark(self, ino: int, off: int, tag: int, gap: str = "") -> None:
         """Record the position reached; with a marker, also send it (and a gap, if any:
         data that could not be read, and why)."""
-        self.position = (ino, off)
+        self.position = (ino, off, tag)
         self.marked_at = time.monotonic()
         if self._marker is None:
             return
         if self.cancelled.is_set():
             raise Cancelled()
-        body: dict[str, object] = {"ino": ino, "off": off}
+        body: dict[str, object] = {"ino": ino, "off": off, "tag": tag}
         if gap:
             body["gap"] = gap
         try:

@@ -155,8 +155,11 @@ def test_no_data_for_signed_out_or_bad_tokens(live: LiveServer, web_worker: Work
     assert r.status_code == 401 and r.json()["reason"] == "unknown token"
     r = c.get(url, params=params, headers={"cookie": "ltk_session=forged"})
     assert r.status_code == 401
-    rec = live.audit.query(event="token_used", decision="deny", limit=1)[0]
-    assert rec.reason == "unknown token"
+    # One record per refused request (the refusal names the token's problem).
+    recs = live.audit.query(event="refused", limit=3)
+    assert [x.params["status"] for x in recs] == [401, 401, 401]
+    assert recs[1].reason == "unknown token" and recs[1].params["auth"] == "token:000000000000"
+    assert not live.audit.query(event="token_used", decision="deny", limit=1)
 
 
 def test_tokens_work_until_revoked_or_expired(live: LiveServer, web_worker: Worker) -> None:
@@ -315,7 +318,7 @@ def test_login_throttled_per_user(live: LiveServer) -> None:
     recs = live.audit.query(event="login_failed", limit=6)
     assert recs[0].reason is not None and recs[0].reason.startswith("throttled")
     assert all(x.params["name"] == "both" for x in recs)
-    live.server.throttle.succeeded("both")  # leave the user usable for other tests
+    live.server.throttle.succeeded("both", "127.0.0.1")  # leave the user usable
 
 
 def test_open_redirect_refused(live: LiveServer) -> None:

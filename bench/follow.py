@@ -27,8 +27,9 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from bench.web import cli, pct, rss_mib, start_server
 from logtorukun.client import Client
@@ -236,7 +237,7 @@ def main() -> int:
         proc = start_server(config, port)
         for rate, n in ((10.0, args.slow_lines), (1000.0, args.fast_lines)):
             label = f"{rate:,.0f}/s"
-            runs: list[tuple[str, Callable[[], Awaitable[tuple[Result, str]]]]] = []
+            runs: list[tuple[str, Callable[[], Coroutine[Any, Any, tuple[Result, str]]]]] = []
 
             async def local(rate: float = rate, n: int = n) -> tuple[Result, str]:
                 return await bench_tail(log, rate, n), ""
@@ -246,7 +247,7 @@ def main() -> int:
 
             def web(
                 v: int, rate: float = rate, n: int = n
-            ) -> Callable[[], Awaitable[tuple[Result, str]]]:
+            ) -> Callable[[], Coroutine[Any, Any, tuple[Result, str]]]:
                 async def run() -> tuple[Result, str]:
                     assert proc is not None
                     r, rss = await bench_web(port, token, log, v, rate, n, proc.pid)

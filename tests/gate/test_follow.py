@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from logtorukun.gate import watch
 from logtorukun.gate.errors import Cancelled, Exit, GateError
 from logtorukun.gate.follow import follow, moved_names
 from logtorukun.gate.output import LimitReached, Output
+from logtorukun.gate.readers import tag_at
 
 BIG = 10**12
 Waiter = Callable[[float, "int | None"], bool]
@@ -62,7 +64,7 @@ class Follow:
         seconds: float = 30.0,
         reopen: Callable[[], int | None] | None = None,
         inotify: bool = False,
-        start: tuple[int, int] | None = None,
+        start: tuple[int, int, int | None] | None = None,
         find: Callable[[int], int | None] | None = None,
     ) -> None:
         self.fd = os.open(path, os.O_RDONLY)
@@ -647,6 +649,18 @@ def marked_out(
     return out, sink, marks
 
 
+def mark_of(p: Path, off: int) -> dict[str, object]:
+    return {"ino": p.stat().st_ino, "off": off, "tag": zlib.crc32(p.read_bytes()[:off][-64:])}
+
+
+def tag_of(p: Path, off: int) -> int:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        return tag_at(fd, off)
+    finally:
+        os.close(fd)
+
+
 def test_follow_from_an_offset_sends_exactly_what_came_after(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 10))
@@ -655,15 +669,15 @@ def test_follow_from_an_offset_sends_exactly_what_came_after(tmp_path: Path) -> 
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
     with p.open("ab", buffering=0) as w:
-        f = Follow(p, out, n=50, start=(ino, cut))  # n is ignored when continuing
+        f = Follow(p, out, n=50, start=(ino, cut, tag_of(p, cut)))  # n is ignored now
         stepper.idle()
         assert b"".join(sink) == numbered(4, 10)
-        assert marks[0] == {"ino": ino, "off": cut} and marks[-1] == {"ino": ino, "off": size}
+        assert marks[0] == mark_of(p, cut) and marks[-1] == mark_of(p, size)
         w.write(numbered(10, 12) + b"part")
         stepper.step()
         assert b"".join(sink) == numbered(4, 12)
         # the position covers complete lines only: "part" is still to come
-        assert marks[-1] == {"ino": ino, "off": size + len(numbered(10, 12))}
+        assert marks[-1] == mark_of(p, size + len(numbered(10, 12)))
         stepper.finish()
     assert isinstance(f.join(), Cancelled)
 
@@ -673,10 +687,26 @@ def test_follow_from_past_the_end_says_the_file_was_truncated(tmp_path: Path) ->
     p.write_bytes(numbered(0, 3))
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
-    f = Follow(p, out, start=(p.stat().st_ino, 10**9))
+    f = Follow(p, out, start=(p.stat().st_ino, 10**9, None))
     stepper.idle()
     assert b"".join(sink) == numbered(0, 3)
-    assert marks[0]["off"] == 0 and "truncated below offset 1000000000" in str(marks[0]["gap"])
+    assert marks[0]["off"] == 0 and "truncated or replaced since offset 10" in str(marks[0]["gap"])
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
+def test_follow_from_a_reused_inode_is_not_mistaken_for_the_old_file(tmp_path: Path) -> None:
+    """Same inode, same length, other bytes: the tag tells them apart."""
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 3))
+    tag = tag_of(p, 20)
+    p.write_bytes(numbered(10, 13))  # rewritten in place: same inode
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, start=(p.stat().st_ino, 20, tag))
+    stepper.idle()
+    assert b"".join(sink) == numbered(10, 13)
+    assert "replaced since offset 20" in str(marks[0]["gap"])
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
 
@@ -696,13 +726,13 @@ def test_follow_from_a_rotated_file_finishes_it_then_the_new_one(tmp_path: Path)
     before = open_fds()
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
-    f = Follow(p, out, start=(old_ino, cut), find=find)
+    f = Follow(p, out, start=(old_ino, cut, tag_of(tmp_path / "app.log.1", cut)), find=find)
     stepper.idle()
     stepper.step()  # the old file is quiet for an interval: switch to the new one
     assert looked == [old_ino]
     assert b"".join(sink) == numbered(6, 13)  # nothing lost, nothing twice
     assert not any("gap" in m for m in marks)
-    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    assert marks[-1] == mark_of(p, p.stat().st_size)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
     assert open_fds() <= before | {f.fd}  # the old file's fd was closed
@@ -717,7 +747,7 @@ def test_follow_from_a_file_rotated_away_shows_the_gap(tmp_path: Path) -> None:
     os.unlink(tmp_path / "app.log.1")
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
-    f = Follow(p, out, start=(old_ino, 5), find=lambda ino: None)
+    f = Follow(p, out, start=(old_ino, 5, None), find=lambda ino: None)
     stepper.idle()
     assert b"".join(sink) == numbered(20, 22)
     assert marks[0]["ino"] == p.stat().st_ino and marks[0]["off"] == 0
@@ -740,6 +770,6 @@ def test_an_idle_follow_still_marks_its_position(
     stepper.step()
     stepper.step()
     assert len(marks) >= first + 2 and sink == []
-    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    assert marks[-1] == mark_of(p, p.stat().st_size)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)

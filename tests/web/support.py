@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import uvicorn
 from argon2 import PasswordHasher
+from playwright.sync_api import Page, expect
 
 from logtorukun.audit import AuditStore
 from logtorukun.config import Config, load_config
@@ -295,3 +296,11 @@ def served(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def sign_in(page: Page, live: LiveServer, user: str, next_url: str = "/") -> None:
+    page.goto(live.url + next_url)
+    expect(page.locator("h1")).to_have_text("Sign in")
+    page.fill("input[name=user]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")

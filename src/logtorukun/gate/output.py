@@ -87,7 +87,7 @@ class Output:
         # (inode, offset) just past the last byte sent from a file: where a follow that
         # continues this output starts (`tail -F --from INO:OFF`). `marker` (a bridge
         # request that asked for positions) is told each new position, in order with data.
-        self.position: tuple[int, int] | None = None
+        self.position: tuple[int, int, int] | None = None  # (inode, offset, tag)
         self._marker = marker
         self.marked_at = time.monotonic()
         self.deadline = float("inf")
@@ -151,16 +151,16 @@ class Output:
     def wants_marks(self) -> bool:
         return self._marker is not None
 
-    def mark(self, ino: int, off: int, gap: str = "") -> None:
+    def mark(self, ino: int, off: int, tag: int, gap: str = "") -> None:
         """Record the position reached; with a marker, also send it (and a gap, if any:
         data that could not be read, and why)."""
-        self.position = (ino, off)
+        self.position = (ino, off, tag)
         self.marked_at = time.monotonic()
         if self._marker is None:
             return
         if self.cancelled.is_set():
             raise Cancelled()
-        body: dict[str, object] = {"ino": ino, "off": off}
+        body: dict[str, object] = {"ino": ino, "off": off, "tag": tag}
         if gap:
             body["gap"] = gap
         try:

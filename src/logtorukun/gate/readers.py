@@ -38,6 +38,18 @@ __all__ = [
 ]
 
 
+TAG_BYTES = 64
+
+
+def tag_at(fd: int, off: int) -> int:
+    """CRC32 of the (up to) 64 bytes before `off`: a position names a file by inode, and
+    an inode is reused once its file is deleted; the tag tells the two files apart."""
+    import zlib  # imported when first needed, like the gz path: no start-up cost
+
+    n = min(TAG_BYTES, off)
+    return zlib.crc32(os.pread(fd, n, off - n)) if n > 0 else 0
+
+
 def limit_reached(out: Output, which: str) -> LimitReached:
     """The same error `Output.write` raises, for readers that stop *before* a cap.
 
@@ -244,7 +256,7 @@ def tail(fd: int, n: int, out: Output, *, gz: bool = False) -> None:
             try:
                 _tail_plain(fd, end, n, out)
             finally:
-                out.position = (st.st_ino, end)  # a follow may continue from here
+                out.position = (st.st_ino, end, tag_at(fd, end))  # a follow continues here
         except _Shrunk:
             continue  # copytruncate while we were scanning: look again at the new size
         return

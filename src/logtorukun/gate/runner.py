@@ -50,7 +50,7 @@ class Result:
     lines: int = 0
     bytes: int = 0
     truncated: bool = False
-    position: tuple[int, int] | None = None
+    position: tuple[int, int, int] | None = None
 
 
 @record

@@ -28,6 +28,7 @@ from logtorukun.gate.output import Output
 from logtorukun.gate.policy import Policy, parse_policy
 from logtorukun.gate.runner import Context, Result, serve
 from tests.conftest import MakeWorker
+from tests.support.fds import held_under
 from tests.support.sshd import USER, Worker, write_sample_logs
 
 MARKER = "RUNNER-SECRET-2b7e"
@@ -391,19 +392,15 @@ def test_busy_is_refused_not_queued(env: Env) -> None:
     assert env.run(f"grep -c x {env.app_log}", policy)[0].code == Exit.OK
 
 
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
 def test_a_refused_follow_leaks_no_descriptor(env: Env) -> None:
     """A bridge session lives long: every busy-refused `tail -F` must close its file."""
     policy = env.policy(max_concurrent=1)
     held = slots.acquire(policy.limits)
     try:
-        before = open_fds()
+        before = held_under(env.base)
         for _ in range(20):
             assert env.run(f"tail -F {env.app_log}", policy)[0].code == Exit.BUSY
-        assert open_fds() == before
+        assert held_under(env.base) == before
     finally:
         held.release()
 
@@ -419,7 +416,7 @@ def test_audit_failure_sends_no_data(env: Env, tmp_path: Path) -> None:
         "/p.toml",
     )
     assert policy.files[0].root == bad.files[0].root
-    before = open_fds()
+    before = held_under(env.base)
     for command in (f"tail -n 5 {env.app_log}", f"tail -F {env.app_log}", "nonsense"):
         sent: list[bytes] = []
         out = Output(sent.append, max_lines=BIG, max_bytes=BIG)
@@ -428,7 +425,7 @@ def test_audit_failure_sends_no_data(env: Env, tmp_path: Path) -> None:
         assert result.reason.startswith(f"audit record cannot be written to {tmp_path}/no/dir")
         assert result.reason.endswith("refusing (fail closed)")
         assert sent == []
-    assert open_fds() == before
+    assert held_under(env.base) == before
 
 
 # ---------------------------------------------------------------- gz, head, sources

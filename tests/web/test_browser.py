@@ -135,7 +135,9 @@ def test_a_user_without_the_grant_sees_neither_host_nor_data(
     assert status == 404
 
 
-def test_log_content_renders_inert(page: Page, live: LiveServer, web_worker: Worker) -> None:
+def test_log_content_renders_inert(
+    page: Page, dialogs: list[str], live: LiveServer, web_worker: Worker
+) -> None:
     sign_in(page, live, "olivia", f"/view?host=web1&path={web_worker.root / 'xss.log'}")
     rows = page.locator("#log .line")
     expect(rows).to_have_count(len(XSS_LINES))
@@ -143,7 +145,7 @@ def test_log_content_renders_inert(page: Page, live: LiveServer, web_worker: Wor
     expect(rows.nth(1)).to_have_text("</script><script>window.__pwned = 1</script>")
     assert page.locator("#log img, #log script, #log svg").count() == 0
     assert page.evaluate("window.__pwned") is None
-    assert page.dialogs == []  # type: ignore[attr-defined]
+    assert dialogs == []
     # ANSI colours via classes; the OSC title sequence is gone, not shown or obeyed.
     expect(rows.nth(3).locator("span.fg-red")).to_have_text("ERROR")
     expect(rows.nth(3).locator("span.b.fg-green")).to_have_text("bold green")

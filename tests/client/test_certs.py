@@ -5,6 +5,7 @@ worker's audit names the person; every way a certificate can be wrong is refused
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -13,39 +14,28 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from logtorukun.client.certs import CertSigner, SignedKey
-from logtorukun.ops.ca import init_ca, revoke
+from logtorukun.client import Client, PoolOptions
+from logtorukun.client.api import tail_command
+from logtorukun.client.certs import CertPolicy, CertSigner, SignedKey
+from logtorukun.client.errors import AuthRefused, HostKeyUnknown, Unreachable
+from logtorukun.client.stream import Stream
+from logtorukun.ops.ca import init_ca, public_key, revoke, sign_host
+from tests.client.helpers import host_for
+from tests.support.certs import cert_worker as make_cert_worker
+from tests.support.certs import make_ca
 from tests.support.sshd import HOST, USER, Worker
 
 pytestmark = pytest.mark.slow
 
 
-def principals_line(worker: Worker, source: str = HOST) -> str:
-    command = worker.gate_command().replace('"', '\\"')
-    return f'restrict,from="{source}",command="{command}" {USER}\n'
-
-
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("ca") / "ca"
-    init_ca(d, host_ca=True)
-    revoke(d, "1")  # an (almost) empty KRL, so RevokedKeys has a file to read
-    d.chmod(0o755)  # sshd reads the public key and the KRL as root; keep the test simple
-    return d
+    return make_ca(tmp_path_factory.mktemp("ca") / "ca")
 
 
 @pytest.fixture(scope="module")
 def cert_worker(ca: Path) -> Iterator[Worker]:
-    w = Worker(name="certs")
-    principals = w.dir / "principals"
-    principals.mkdir(mode=0o755)
-    (principals / USER).write_text(principals_line(w))
-    w.sshd_options = [
-        f"TrustedUserCAKeys {ca / 'user_ca.pub'}",
-        f"AuthorizedPrincipalsFile {principals}/%u",
-        "AuthorizedKeysFile none",
-        f"RevokedKeys {ca / 'revoked.krl'}",
-    ]
+    w = make_cert_worker(ca)
     try:
         w.start()
         yield w
@@ -164,3 +154,124 @@ async def test_revoked_serial_and_user(cert_worker: Worker, signer: CertSigner, 
     with pytest.raises(asyncssh.PermissionDenied):
         await login(cert_worker, sign(signer, cert_worker, "rita"))
     assert "help" in (await login(cert_worker, sign(signer, cert_worker, "dan"))).lower()
+
+
+# ------------------------------------------------------------------- through the pool
+
+
+def cert_client(worker: Worker, ca: Path, validity: float = 300.0, **options: object) -> Client:
+    policy = CertPolicy(CertSigner(ca / "user_ca", validity=validity), (f"{HOST}/32",))
+    opts = PoolOptions(backoff_min=0.05, backoff_max=0.2, certs=policy, **options)  # type: ignore[arg-type]
+    host = host_for(worker, gate_command=worker.gate_command())
+    return Client([host], options=opts)
+
+
+async def follow_until(stream: Stream, path: Path, marker: str) -> None:
+    """Append `marker` lines until one arrives (tail -F -n 0 starts at the end)."""
+    got = b""
+    for i in range(200):
+        with path.open("a") as f:
+            f.write(f"{marker}-{i}\n")
+        try:
+            got += await asyncio.wait_for(stream.read(), 0.25)
+        except TimeoutError:
+            continue
+        if marker.encode() in got:
+            return
+    raise AssertionError(f"{marker} never arrived through the follow")
+
+
+async def test_the_pool_connects_per_person(cert_worker: Worker, ca: Path) -> None:
+    async with cert_client(cert_worker, ca) as client:
+        cmd = f"tail -n 1 {cert_worker.app_log}"
+        await client.run("w", cmd, via={"user": "olivia", "audit": 7})
+        await client.run("w", cmd, via={"user": "pat", "audit": 8})
+        await client.run("w", cmd, via={"user": "olivia", "audit": 9})
+        olivia, pat = client.pool.get("w", "olivia"), client.pool.get("w", "pat")
+        assert olivia.connects == 1 and pat.connects == 1
+        assert olivia.signed is not None and pat.signed is not None
+        assert olivia.signed.serial != pat.signed.serial
+    starts = [r for r in cert_worker.audit_records() if r.get("via", {}).get("audit") in (7, 8, 9)]
+    assert [(r["cert_key_id"], r["via"]["user"]) for r in starts] == [
+        ("olivia", "olivia"),
+        ("pat", "pat"),
+        ("olivia", "olivia"),
+    ]
+    assert starts[0]["cert_serial"] == starts[2]["cert_serial"] == olivia.signed.serial
+
+
+async def test_renewal_under_a_running_follow(cert_worker: Worker, ca: Path) -> None:
+    """A certificate of 6 s: the follow started on it goes on past its renewal and its
+    expiry; new requests get a new connection with a new certificate."""
+    log = cert_worker.root / "renew.log"
+    log.write_text("")
+    log.chmod(0o644)
+    async with cert_client(cert_worker, ca, validity=6) as client:
+        via = {"user": "olivia", "audit": 1}
+        stream = await client.stream("w", tail_command(str(log), 0, follow=True), via=via)
+        hc = client.pool.get("w", "olivia")
+        first = hc.signed
+        assert first is not None
+        await follow_until(stream, log, "before")
+        renew_before = client.pool.options.certs.renew_before  # type: ignore[union-attr]
+        while first.expires_in() > renew_before:  # wait for the renewal point itself
+            await asyncio.sleep(0.05)
+        await client.run("w", f"tail -n 1 {cert_worker.app_log}", via={"user": "olivia"})
+        assert hc.renewals == 1 and hc.connects == 2
+        assert hc.signed is not None and hc.signed.serial != first.serial
+        await follow_until(stream, log, "renewed")
+        while first.expires_in() > -1:  # the follow's certificate is now expired
+            await asyncio.sleep(0.05)
+        await follow_until(stream, log, "expired")
+        await stream.aclose()
+
+
+async def test_per_person_connections_are_bounded(cert_worker: Worker, ca: Path) -> None:
+    async with cert_client(cert_worker, ca, max_user_connections=2) as client:
+        cmd = f"tail -n 1 {cert_worker.app_log}"
+        for user in ("u1", "u2", "u3"):
+            await client.run("w", cmd, via={"user": user})
+        people = {k for k in client.pool._conns if k[1] is not None}
+        assert people == {("w", "u2"), ("w", "u3")}
+
+
+async def test_a_refused_certificate_is_a_clear_error(cert_worker: Worker, ca: Path) -> None:
+    other = cert_worker.root.parent / "other-ca"
+    init_ca(other)
+    policy = CertPolicy(CertSigner(other / "user_ca"), (f"{HOST}/32",))
+    host = host_for(cert_worker, gate_command=cert_worker.gate_command())
+    async with Client([host], options=PoolOptions(certs=policy)) as client:
+        with pytest.raises(AuthRefused, match=r"refused certificate serial \d+ \(key id olivia\)"):
+            await client.run("w", "help", via={"user": "olivia"})
+
+
+# ------------------------------------------------------------------- host certificates
+
+
+async def test_host_certificate_via_cert_authority(ca: Path, tmp_path: Path) -> None:
+    """known_hosts holds only `@cert-authority * HOST_CA`: a worker whose host key the
+    host CA signed is accepted; one with a plain (unsigned) host key is still refused."""
+    signed_worker, plain_worker = Worker(name="hostcert"), Worker(name="hostplain")
+    try:
+        cert = sign_host(ca, signed_worker.host_key.with_suffix(".pub"), [HOST])
+        signed_worker.sshd_options = [f"HostCertificate {cert}"]
+        signed_worker.start()
+        plain_worker.start()
+        known = tmp_path / "known_hosts"
+        known.write_text(f"@cert-authority * {public_key(ca, 'host_ca')}\n")
+        hosts = [
+            host_for(signed_worker, "signed", known_hosts=known),
+            host_for(plain_worker, "plain", known_hosts=known),
+        ]
+        async with Client(hosts, options=PoolOptions(backoff_min=0.05)) as client:
+            reply = await client.run("signed", f"tail -n 1 {signed_worker.app_log}")
+            assert reply.data.strip() == signed_worker.app_log.read_bytes().splitlines()[-1]
+            # asyncssh offers only certificate host key types when known_hosts trusts
+            # only a CA for the host, so the plain worker cannot even agree on one.
+            with pytest.raises((HostKeyUnknown, Unreachable)):
+                await client.run("plain", "help")
+        assert "no matching host key type found" in plain_worker.sshd_log()
+        assert not [r for r in plain_worker.audit_records()]  # no gate ever ran
+    finally:
+        signed_worker.destroy()
+        plain_worker.destroy()

@@ -24,10 +24,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncssh
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..config import HostConfig
+    from ..config_ssh import SshSettings
 
 DEFAULT_VALIDITY = 300.0
 BACKDATE = 60.0  # seconds: a worker whose clock is a little behind still accepts it
@@ -172,3 +177,42 @@ class CertSigner:
                     f"{out.stderr.strip() or out.returncode} (is the CA key added: ssh-add -l?)"
                 )
             return asyncssh.read_certificate(str(pub.with_name("key-cert.pub")))
+
+
+def default_gate_command(user: str) -> str:
+    """The command= that `logtorukun worker setup` installs for this gate user."""
+    from ..ops.bundle import DEFAULT_PYTHON, gate_command
+    from ..ops.worker_spec import Layout
+
+    layout = Layout(Path("/"), user)
+    return gate_command(layout.zipapp, layout.policy, python=DEFAULT_PYTHON)
+
+
+@dataclass(frozen=True)
+class CertPolicy:
+    """What the pool needs to sign for a (worker, person) connection."""
+
+    signer: CertSigner
+    source_address: tuple[str, ...] = ()
+    # The key id of connections made for the server itself (probes, no person).
+    server_key_id: str = "logtorukun-web"
+
+    @property
+    def renew_before(self) -> float:
+        """Open a fresh connection this long before the certificate expires."""
+        return min(60.0, self.signer.validity / 5)
+
+    def sign_for(self, host: HostConfig, identity: str | None) -> SignedKey:
+        return self.signer.sign(
+            identity or self.server_key_id,
+            host.user,
+            force_command=host.gate_command or default_gate_command(host.user),
+            source_address=self.source_address,
+        )
+
+    @classmethod
+    def from_settings(cls, ssh: SshSettings) -> CertPolicy:
+        if ssh.ca_key is None:
+            raise CertError("[ssh] certificates = true needs ca_key")
+        signer = CertSigner(ssh.ca_key, agent=ssh.agent, validity=ssh.validity)
+        return cls(signer, ssh.source_address)

@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from logtorukun.gate import watch
 from logtorukun.gate.errors import Cancelled, Exit, GateError
 from logtorukun.gate.follow import follow, moved_names
 from logtorukun.gate.output import LimitReached, Output
+from logtorukun.gate.readers import tag_at
+from tests.support.fds import held_under
 
 BIG = 10**12
 Waiter = Callable[[float, "int | None"], bool]
@@ -45,10 +48,6 @@ def open_or_none(path: Path) -> int | None:
         return None
 
 
-def open_fds() -> set[int]:
-    return {int(x) for x in os.listdir("/proc/self/fd")}
-
-
 class Follow:
     """`follow` in a thread; its exception (it always ends with one) kept for the test."""
 
@@ -62,7 +61,7 @@ class Follow:
         seconds: float = 30.0,
         reopen: Callable[[], int | None] | None = None,
         inotify: bool = False,
-        start: tuple[int, int] | None = None,
+        start: tuple[int, int, int | None] | None = None,
         find: Callable[[int], int | None] | None = None,
     ) -> None:
         self.fd = os.open(path, os.O_RDONLY)
@@ -148,7 +147,7 @@ def test_follow_initial_lines_partial_and_pieces(
     monkeypatch.setattr(follow_mod, "LINE_CAP", 10)
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 10) + b"half")
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink = make_out(waiter=stepper.waiter)
     with p.open("ab", buffering=0) as w:
@@ -166,7 +165,7 @@ def test_follow_initial_lines_partial_and_pieces(
         assert b"".join(sink).endswith(b"\nxxxxxxxxxx\nxxxxxx\n")
         stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 @pytest.mark.parametrize(
@@ -217,7 +216,7 @@ def test_follow_rename_create_with_overlapping_writer(tmp_path: Path) -> None:
     one until postrotate makes it reopen. Nothing may be lost or repeated."""
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 10))
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink = make_out(waiter=stepper.waiter)
     old = open(p, "ab", buffering=0)  # noqa: SIM115
@@ -242,7 +241,7 @@ def test_follow_rename_create_with_overlapping_writer(tmp_path: Path) -> None:
     assert b"".join(sink) == numbered(0, 27)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_rotation_flushes_partial_line(tmp_path: Path) -> None:
@@ -299,7 +298,7 @@ def test_follow_rename_create_writer_thread(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     total = 3000
     p.write_bytes(b"")
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
 
     def writer() -> None:
@@ -329,7 +328,7 @@ def test_follow_rename_create_writer_thread(tmp_path: Path) -> None:
     assert isinstance(f.join(), Cancelled)
     assert b"".join(sink) == want
     assert len(f.reopened) > 10
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_copytruncate_writer_thread(tmp_path: Path) -> None:
@@ -390,26 +389,26 @@ def test_follow_copytruncate_writer_thread(tmp_path: Path) -> None:
 def test_follow_cancelled_from_another_thread(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
     f = Follow(p, out, n=3, interval=0.2)
     wait_for(lambda: len(sink) > 0)
     out.cancelled.set()
     assert isinstance(f.join(timeout=5), Cancelled)
     assert b"".join(sink) == numbered(0, 3)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_deadline(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, _ = make_out()
     f = Follow(p, out, n=1, interval=0.02, seconds=0.1)
     exc = f.join()
     assert isinstance(exc, LimitReached) and exc.code == Exit.LIMIT
     assert exc.reason == "follow stopped after the policy's follow_max_seconds"
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_caps_end_it(tmp_path: Path) -> None:
@@ -432,7 +431,7 @@ def test_follow_closes_fds_when_reopen_raises(tmp_path: Path) -> None:
     p.write_bytes(b"x\n")
     other = tmp_path / "other.log"
     other.write_bytes(b"")
-    before = open_fds()
+    before = held_under(tmp_path)
     out, _ = make_out()
     calls = 0
 
@@ -448,7 +447,7 @@ def test_follow_closes_fds_when_reopen_raises(tmp_path: Path) -> None:
     f = Follow(p, out, reopen=reopen, interval=0.001)
     exc = f.join()
     assert isinstance(exc, GateError) and exc.code == Exit.NOT_FOUND
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 # ---------------------------------------------------------------- inotify
@@ -463,30 +462,31 @@ def no_backstop(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_inotify_wakes_on_append_and_says_so(tmp_path: Path, no_backstop: None) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
     f = Follow(p, out, n=3, interval=3600.0, inotify=True)
     wait_for(lambda: b"".join(sink) == numbered(0, 3))
     with p.open("ab", buffering=0) as w:
         for i in range(3, 8):
             w.write(numbered(i, i + 1))
-            wait_for(lambda i=i: b"".join(sink) == numbered(0, i + 1))
+            upto = numbered(0, i + 1)
+            wait_for(lambda: b"".join(sink) == upto)
     assert out.notes == {"follow": "inotify"}
     out.cancelled.set()  # a CancelFlag: wakes the poll() on the inotify fd at once
     assert isinstance(f.join(timeout=5), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_inotify_cancel_wakes_the_wait(tmp_path: Path, no_backstop: None) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(b"")
-    before = open_fds()
+    before = held_under(tmp_path)
     out, _ = make_out()
     f = Follow(p, out, interval=3600.0, inotify=True, seconds=3600.0)
     wait_for(lambda: out.notes.get("follow") == "inotify")
     out.cancelled.set()
     assert isinstance(f.join(timeout=5), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_inotify_rename_create_and_copytruncate(tmp_path: Path, no_backstop: None) -> None:
@@ -494,7 +494,7 @@ def test_inotify_rename_create_and_copytruncate(tmp_path: Path, no_backstop: Non
     inotify wake-up (the backstop is an hour away)."""
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 5))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
     f = Follow(p, out, n=5, interval=3600.0, inotify=True)
     wait_for(lambda: b"".join(sink) == numbered(0, 5))
@@ -517,10 +517,10 @@ def test_inotify_rename_create_and_copytruncate(tmp_path: Path, no_backstop: Non
             want = numbered(0, 10) + b"".join(
                 b"cut\n" + numbered(10 + 2 * i, 12 + 2 * i) for i in range(k + 1)
             )
-            wait_for(lambda want=want: b"".join(sink) == want, msg=sink)
+            wait_for(lambda: b"".join(sink) == want, msg=sink)
     out.cancelled.set()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_inotify_two_rotations_before_the_follower_looks(
@@ -531,7 +531,7 @@ def test_inotify_two_rotations_before_the_follower_looks(
     monkeypatch.setattr(follow_mod, "SWITCH_QUIET", 0.0)  # switch once a pass reads nothing
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink = make_out(waiter=stepper.waiter)
     f = Follow(p, out, n=3, interval=3600.0, inotify=True)
@@ -551,7 +551,7 @@ def test_inotify_two_rotations_before_the_follower_looks(
     assert out.notes == {"follow": "inotify"}
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_polling_two_rotations_one_pass_apart(tmp_path: Path) -> None:
@@ -647,6 +647,18 @@ def marked_out(
     return out, sink, marks
 
 
+def mark_of(p: Path, off: int) -> dict[str, object]:
+    return {"ino": p.stat().st_ino, "off": off, "tag": zlib.crc32(p.read_bytes()[:off][-64:])}
+
+
+def tag_of(p: Path, off: int) -> int:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        return tag_at(fd, off)
+    finally:
+        os.close(fd)
+
+
 def test_follow_from_an_offset_sends_exactly_what_came_after(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 10))
@@ -655,15 +667,15 @@ def test_follow_from_an_offset_sends_exactly_what_came_after(tmp_path: Path) -> 
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
     with p.open("ab", buffering=0) as w:
-        f = Follow(p, out, n=50, start=(ino, cut))  # n is ignored when continuing
+        f = Follow(p, out, n=50, start=(ino, cut, tag_of(p, cut)))  # n is ignored now
         stepper.idle()
         assert b"".join(sink) == numbered(4, 10)
-        assert marks[0] == {"ino": ino, "off": cut} and marks[-1] == {"ino": ino, "off": size}
+        assert marks[0] == mark_of(p, cut) and marks[-1] == mark_of(p, size)
         w.write(numbered(10, 12) + b"part")
         stepper.step()
         assert b"".join(sink) == numbered(4, 12)
         # the position covers complete lines only: "part" is still to come
-        assert marks[-1] == {"ino": ino, "off": size + len(numbered(10, 12))}
+        assert marks[-1] == mark_of(p, size + len(numbered(10, 12)))
         stepper.finish()
     assert isinstance(f.join(), Cancelled)
 
@@ -673,10 +685,26 @@ def test_follow_from_past_the_end_says_the_file_was_truncated(tmp_path: Path) ->
     p.write_bytes(numbered(0, 3))
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
-    f = Follow(p, out, start=(p.stat().st_ino, 10**9))
+    f = Follow(p, out, start=(p.stat().st_ino, 10**9, None))
     stepper.idle()
     assert b"".join(sink) == numbered(0, 3)
-    assert marks[0]["off"] == 0 and "truncated below offset 1000000000" in str(marks[0]["gap"])
+    assert marks[0]["off"] == 0 and "truncated or replaced since offset 10" in str(marks[0]["gap"])
+    stepper.finish()
+    assert isinstance(f.join(), Cancelled)
+
+
+def test_follow_from_a_reused_inode_is_not_mistaken_for_the_old_file(tmp_path: Path) -> None:
+    """Same inode, same length, other bytes: the tag tells them apart."""
+    p = tmp_path / "app.log"
+    p.write_bytes(numbered(0, 3))
+    tag = tag_of(p, 20)
+    p.write_bytes(numbered(10, 13))  # rewritten in place: same inode
+    stepper = Stepper()
+    out, sink, marks = marked_out(stepper.waiter)
+    f = Follow(p, out, start=(p.stat().st_ino, 20, tag))
+    stepper.idle()
+    assert b"".join(sink) == numbered(10, 13)
+    assert "replaced since offset 20" in str(marks[0]["gap"])
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
 
@@ -693,19 +721,19 @@ def test_follow_from_a_rotated_file_finishes_it_then_the_new_one(tmp_path: Path)
         looked.append(ino)
         return os.open(tmp_path / "app.log.1", os.O_RDONLY)
 
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
-    f = Follow(p, out, start=(old_ino, cut), find=find)
+    f = Follow(p, out, start=(old_ino, cut, tag_of(tmp_path / "app.log.1", cut)), find=find)
     stepper.idle()
     stepper.step()  # the old file is quiet for an interval: switch to the new one
     assert looked == [old_ino]
     assert b"".join(sink) == numbered(6, 13)  # nothing lost, nothing twice
     assert not any("gap" in m for m in marks)
-    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    assert marks[-1] == mark_of(p, p.stat().st_size)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() <= before | {f.fd}  # the old file's fd was closed
+    assert set(held_under(tmp_path) - before) <= {str(p)}  # the old file's fd was closed
 
 
 def test_follow_from_a_file_rotated_away_shows_the_gap(tmp_path: Path) -> None:
@@ -717,7 +745,7 @@ def test_follow_from_a_file_rotated_away_shows_the_gap(tmp_path: Path) -> None:
     os.unlink(tmp_path / "app.log.1")
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
-    f = Follow(p, out, start=(old_ino, 5), find=lambda ino: None)
+    f = Follow(p, out, start=(old_ino, 5, None), find=lambda ino: None)
     stepper.idle()
     assert b"".join(sink) == numbered(20, 22)
     assert marks[0]["ino"] == p.stat().st_ino and marks[0]["off"] == 0
@@ -740,6 +768,6 @@ def test_an_idle_follow_still_marks_its_position(
     stepper.step()
     stepper.step()
     assert len(marks) >= first + 2 and sink == []
-    assert marks[-1] == {"ino": p.stat().st_ino, "off": p.stat().st_size}
+    assert marks[-1] == mark_of(p, p.stat().st_size)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)

@@ -113,7 +113,13 @@ def test_forwarding_and_pty_let_through_by_key_and_sshd_are_each_caught(
     w = make_worker(
         name="doctor-escape",
         key_options='from="127.0.0.1"',
-        sshd_options=["DisableForwarding no", "PermitTTY yes", "AllowTcpForwarding yes"],
+        sshd_options=[
+            "DisableForwarding no",
+            "PermitTTY yes",
+            "AllowTcpForwarding yes",
+            # forced to the gate, the sftp subsystem runs the gate (refused, passes)
+            "Subsystem sftp /usr/lib/openssh/sftp-server",
+        ],
     )
     code, report = _run(_config(tmp_path, w), capsys)
     assert code == 1
@@ -160,7 +166,12 @@ def test_password_authentication_on(
 def test_no_forced_command(
     make_worker: MakeWorker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    w = make_worker(name="doctor-shell", command=None, key_options=FROM)
+    w = make_worker(
+        name="doctor-shell",
+        command=None,
+        key_options=FROM,
+        sshd_options=["Subsystem sftp /usr/lib/openssh/sftp-server"],
+    )
     code, report = _run(_config(tmp_path, w), capsys)
     assert code == 1
     # A shell runs `echo` and the injections; `tail /etc/shadow` fails too, but by file
@@ -169,6 +180,7 @@ def test_no_forced_command(
         "key forced to the gate",
         "injection refused",
         "file outside policy refused",
+        "sftp subsystem refused",  # sftp-server itself answered
     }
     forced = next(c for c in report["checks"] if c["name"] == "key forced to the gate")
     assert "has a shell" in forced["detail"] and "command=" in forced["fix"]

@@ -101,3 +101,41 @@ def test_an_sshd_before_9_2_gets_every_bound_but_unused_connection_timeout(
     assert "unusedconnectiontimeout" not in worker_sshd.required_settings("x", Path("/k/u"))
     monkeypatch.setattr(worker_sshd, "sshd_version", lambda: (9, 2))
     assert worker_sshd.required_settings("x", Path("/k/u"))["unusedconnectiontimeout"] == "600"
+
+
+def test_on_the_distributions_own_sshd_config_every_escape_is_refused(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The machine's /etc/ssh/sshd_config (read, never written) recreated in the throwaway
+    root: Debian's `X11Forwarding yes`, `UsePAM yes` and sftp subsystem, with only the
+    Include pointed at the root and a port, host key and pid file of the test's own."""
+    text = Path("/etc/ssh/sshd_config").read_text()
+    assert "Include /etc/ssh/sshd_config.d/*.conf" in text  # Debian's layout
+    text = text.replace("/etc/ssh/sshd_config.d", f"{box.root}/etc/ssh/sshd_config.d")
+    text += (
+        f"\nPort {box.port}\nListenAddress 127.0.0.1\nHostKey {box.root}/etc/ssh/host_key\n"
+        f"PidFile {box.root}/sshd.pid\n"
+        "StrictModes no\n"  # the throwaway root lies under /tmp (world-writable)
+    )
+    (box.root / "etc/ssh/sshd_config").write_text(text)
+    box.start_sshd()
+    assert main(box.setup_argv()) == 0
+    ok = box.wait_until_served(f"tail -n 1 {box.logs}/app.log")
+    assert ok.stdout.startswith("2024-12-17 14:03:05")
+
+    info = ("-o", "LogLevel=INFO")
+    tty = box.ssh(f"tail -n 1 {box.logs}/app.log", "-tt", *info)
+    assert "PTY allocation request failed" in tty.stderr, tty
+    monkeypatch.setenv("DISPLAY", ":0")  # ssh asks for X11 only with a display to forward
+    x11 = box.ssh(f"tail -n 1 {box.logs}/app.log", "-X", *info)
+    assert "X11 forwarding request failed" in x11.stderr, x11
+    tunnel = box.ssh("", "-W", f"127.0.0.1:{box.port}", *info)
+    assert "administratively prohibited" in tunnel.stderr and "SSH-" not in tunnel.stdout
+    remote = box.ssh("true", "-R", "0:127.0.0.1:9", "-o", "ExitOnForwardFailure=yes", *info)
+    assert "remote port forwarding failed" in remote.stderr, remote
+    # Debian's Subsystem line: ForceCommand hands it to the gate, which refuses it (exit 2;
+    # sshd keeps no stderr for a subsystem, so no reason arrives)
+    sftp = box.ssh("sftp", "-s")
+    assert sftp.returncode == 2 and sftp.stdout == "", sftp
+    password = box.ssh("true", "-o", "PreferredAuthentications=password,keyboard-interactive")
+    assert password.returncode == 255 and "Permission denied (publickey)" in password.stderr

@@ -81,6 +81,8 @@ class Box:
             "-F",
             "/dev/null",
             "-T",
+            # before the defaults below: ssh keeps the first -o value (LogLevel=INFO)
+            *options,
             "-i",
             str(self.key),
             "-o",
@@ -95,7 +97,6 @@ class Box:
             "LogLevel=ERROR",
             "-o",
             "ConnectTimeout=10",
-            *options,
             "-p",
             str(self.port),
             "--",

@@ -14,14 +14,13 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.support.sshd import Worker
-from tests.web.support import running, write_config
-from tests.web.test_browser import browser, page, sign_in  # noqa: F401  (fixtures)
+from tests.web.support import running, sign_in, write_config
 
 pytestmark = pytest.mark.browser
 
 
 def test_refusals_alert_on_the_audit_page_and_webhook(
-    page: Page,  # noqa: F811
+    page: Page,
     web_worker: Worker,
     tmp_path: Path,
 ) -> None:

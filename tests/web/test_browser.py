@@ -5,58 +5,17 @@ from __future__ import annotations
 import http.server
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.support.sshd import Worker
 from tests.web.conftest import XSS_LINES
-from tests.web.support import PASSWORD, LiveServer
+from tests.web.support import LiveServer, sign_in
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = ctx.new_page()
-    pg.set_default_timeout(15000)
-    pg.dialogs: list[str] = []  # type: ignore[attr-defined, misc]
-    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
-    try:
-        yield pg
-    finally:
-        ctx.close()
-
-
-def sign_in(page: Page, live: LiveServer, user: str, next_url: str = "/") -> None:
-    page.goto(live.url + next_url)
-    expect(page.locator("h1")).to_have_text("Sign in")
-    page.fill("input[name=user]", user)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
 
 
 def _append(path: Path, text: str) -> None:
@@ -176,7 +135,9 @@ def test_a_user_without_the_grant_sees_neither_host_nor_data(
     assert status == 404
 
 
-def test_log_content_renders_inert(page: Page, live: LiveServer, web_worker: Worker) -> None:
+def test_log_content_renders_inert(
+    page: Page, dialogs: list[str], live: LiveServer, web_worker: Worker
+) -> None:
     sign_in(page, live, "olivia", f"/view?host=web1&path={web_worker.root / 'xss.log'}")
     rows = page.locator("#log .line")
     expect(rows).to_have_count(len(XSS_LINES))
@@ -184,7 +145,7 @@ def test_log_content_renders_inert(page: Page, live: LiveServer, web_worker: Wor
     expect(rows.nth(1)).to_have_text("</script><script>window.__pwned = 1</script>")
     assert page.locator("#log img, #log script, #log svg").count() == 0
     assert page.evaluate("window.__pwned") is None
-    assert page.dialogs == []  # type: ignore[attr-defined]
+    assert dialogs == []
     # ANSI colours via classes; the OSC title sequence is gone, not shown or obeyed.
     expect(rows.nth(3).locator("span.fg-red")).to_have_text("ERROR")
     expect(rows.nth(3).locator("span.b.fg-green")).to_have_text("bold green")

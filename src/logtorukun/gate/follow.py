@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Callable
 
 from .output import LimitReached, Output
-from .readers import _FIRST_BLOCK, CHUNK, LINE_CAP, _Shrunk, _tail_plain
+from .protocol import POS_EVERY
+from .readers import _FIRST_BLOCK, CHUNK, LINE_CAP, _Shrunk, _tail_plain, tag_at
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ SWITCH_QUIET = 0.1  # a renamed-away file must be quiet this long before we move
 SWITCH_GRACE = 5.0  # ... or we move on after this, even if it keeps growing
 _DONE_KEPT = 64  # identities of files already followed to their end
 _LAST = 32  # bytes before the read offset that must not change (else: truncated)
-MARK_EVERY = 1.0  # an idle follow re-sends its position this often: the client's heartbeat
+MARK_EVERY = POS_EVERY  # an idle follow re-sends its position this often: a heartbeat
 
 __all__ = ["BACKSTOP", "POLL_INTERVAL", "SWITCH_GRACE", "SWITCH_QUIET", "follow"]
 
@@ -53,7 +54,8 @@ class _Follower:
 
     def mark(self, gap: str = "") -> None:
         """Tell the output where the complete lines sent so far end."""
-        self.out.mark(self.ident[1], self.offset - len(self.partial), gap)
+        off = self.offset - len(self.partial)
+        self.out.mark(self.ident[1], off, tag_at(self.fd, off), gap)
 
     def start(self, n: int) -> None:
         """Send the last `n` complete lines; a partial last line waits for its newline."""
@@ -266,7 +268,7 @@ class _Path:
             return f"poll: {got}"
         self.watch = got
         self.watch_file(self.current.fd)
-        return "inotify" if self.watch is not None else self.current.out.notes["follow"]
+        return "inotify" if self.watch is not None else str(self.current.out.notes["follow"])
 
     def stop_watching(self, note: str) -> None:
         if self.watch is not None:
@@ -295,7 +297,7 @@ def follow(
     interval: float = POLL_INTERVAL,
     path: str | None = None,
     sibling: Callable[[str], int | None] | None = None,
-    start: tuple[int, int] | None = None,
+    start: tuple[int, int, int | None] | None = None,
     find: Callable[[int], int | None] | None = None,
 ) -> None:
     """`tail -F`: the last `n` complete lines, then each complete line as it is appended.
@@ -330,13 +332,14 @@ def follow(
     longer "lines" go out in pieces, each with a newline added) and is flushed with a
     newline appended when its file is truncated or left behind.
 
-    Continuing (`start` = (inode, offset), `n` ignored): where an earlier read or follow
-    ended. The same inode at the path: from that offset (past its end: the file was
-    truncated, so from 0, with a gap). Another inode: `find(inode)` looks for the old
-    file among the rotated names; found, it is read from the offset to its end and then
-    left as in a rotation; not found (compressed or deleted), the current file is read
-    from 0 and the output is told of the gap. Each position reached goes to
-    `out.mark` (and again every `MARK_EVERY` seconds while idle).
+    Continuing (`start` = (inode, offset, tag), `n` ignored): where an earlier read or
+    follow ended. The same file at the path (inode, and `tag_at` the offset, match):
+    from that offset. The same inode but not the same bytes there (truncated, or a new
+    file that got the inode of a deleted one): from 0, with a gap. Another inode:
+    `find(inode)` looks for the old file among the rotated names; found (and its tag
+    matches), it is read from the offset to its end and then left as in a rotation;
+    not found (compressed or deleted), the current file is read from 0, with a gap.
+    Each position reached goes to `out.mark` (again every `MARK_EVERY` s while idle).
     """
     try:
         first = _Follower(fd, out, deadline, deadline_reason)
@@ -413,24 +416,33 @@ def _loop(track: _Path, out: Output, deadline: float, reason: str, interval: flo
         )
 
 
+def _same(fd: int, off: int, tag: int | None) -> bool:
+    """Is `fd` the file the position (off, tag) was taken in (as far as we can tell)?"""
+    return off <= os.fstat(fd).st_size and (tag is None or tag_at(fd, off) == tag)
+
+
 def _continue(
-    track: _Path, start: tuple[int, int], find: Callable[[int], int | None] | None
+    track: _Path,
+    start: tuple[int, int, int | None],
+    find: Callable[[int], int | None] | None,
 ) -> None:
     """Set up a follow that continues at `start` (see `follow`)."""
-    ino, off = start
+    ino, off, tag = start
     current = track.current
-    size = os.fstat(current.fd).st_size
     if current.ident[1] == ino:
-        if off <= size:
+        if _same(current.fd, off, tag):
             current.offset = off
             current.mark()
         else:
             current.mark(
-                f"the file was truncated below offset {off} (copytruncate): lines written "
-                "between then and the truncation were not kept; continuing from its start"
+                f"the file was truncated or replaced since offset {off}: lines written "
+                "to it after that were not kept; continuing from its start"
             )
         return
     old = find(ino) if find is not None else None
+    if old is not None and not _same(old, off, tag):
+        os.close(old)
+        old = None
     if old is None:
         current.mark(
             f"the file being read (inode {ino}, offset {off}) was rotated away and is no "
@@ -441,7 +453,7 @@ def _continue(
     # The old file is still there under a rotated name: finish it, then switch.
     try:
         prev = _Follower(old, current.out, current.deadline, current.deadline_reason)
-        prev.offset = min(off, os.fstat(old).st_size)
+        prev.offset = off
     except BaseException:
         os.close(old)
         raise

@@ -26,7 +26,28 @@ _FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical 
 _MAX_BLOCK = 1 << 20
 _GZ_INPUT = 1 << 18
 
-__all__ = ["CHUNK", "LINE_CAP", "emit_span", "gunzip_chunks", "limit_reached", "tail"]
+__all__ = [
+    "CHUNK",
+    "LINE_CAP",
+    "LineBuffer",
+    "copy_lines",
+    "emit_span",
+    "gunzip_chunks",
+    "limit_reached",
+    "tail",
+]
+
+
+TAG_BYTES = 64
+
+
+def tag_at(fd: int, off: int) -> int:
+    """CRC32 of the (up to) 64 bytes before `off`: a position names a file by inode, and
+    an inode is reused once its file is deleted; the tag tells the two files apart."""
+    import zlib  # imported when first needed, like the gz path: no start-up cost
+
+    n = min(TAG_BYTES, off)
+    return zlib.crc32(os.pread(fd, n, off - n)) if n > 0 else 0
 
 
 def limit_reached(out: Output, which: str) -> LimitReached:
@@ -39,6 +60,36 @@ def limit_reached(out: Output, which: str) -> LimitReached:
     if which == "max_lines":
         return LimitReached(f"output truncated at {out.max_lines} lines (max_lines in the policy)")
     return LimitReached(f"output truncated at {out.max_bytes} bytes (max_bytes in the policy)")
+
+
+class LineBuffer:
+    """The unfinished last line of a stream, held as its pieces: appending a chunk never
+    copies what is held (no quadratic cost for a line of many chunks), and `size` lets
+    the caller refuse to hold a line that could never be sent."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.size = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete lines that `chunk` finishes (held part first); keeps the rest."""
+        cut = chunk.rfind(b"\n") + 1
+        if not cut:
+            if chunk:
+                self.pieces.append(chunk)
+                self.size += len(chunk)
+            return b""
+        done = b"".join([*self.pieces, chunk[:cut]]) if self.pieces else chunk[:cut]
+        rest = chunk[cut:]
+        self.pieces = [rest] if rest else []
+        self.size = len(rest)
+        return done
+
+    def take(self) -> bytes:
+        """What is held (a last line without a newline), emptying the buffer."""
+        data = b"".join(self.pieces)
+        self.pieces, self.size = [], 0
+        return data
 
 
 class _Shrunk(Exception):
@@ -105,24 +156,24 @@ def emit_span(fd: int, start: int, end: int, out: Output, max_lines: int | None 
     """
     sent = 0
     pos = start
-    carry = b""
+    held = LineBuffer()
     # With a line limit, start small and grow: `-m 200` should not read a whole MiB.
     size = CHUNK if max_lines is None else min(_FIRST_BLOCK * 4, CHUNK)
     while pos < end:
+        out.check_time()
         want = min(size, end - pos)
         size = min(size * 2, CHUNK)
         data = os.pread(fd, want, pos)
         if len(data) < want:
             end = pos + len(data)  # the file shrank under us: send what there is
         pos += len(data)
-        buf = carry + data if carry else data
-        cut = len(buf) if pos >= end else buf.rfind(b"\n") + 1
-        if cut == 0:
-            if len(buf) > out.max_bytes - out.bytes:
+        chunk = held.feed(data)
+        if pos >= end:
+            chunk += held.take()
+        if not chunk:
+            if held.size > out.max_bytes - out.bytes:
                 raise limit_reached(out, "max_bytes")
-            carry = buf
             continue
-        chunk, carry = buf[:cut], buf[cut:]
         nls = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
         if max_lines is not None and sent + nls >= max_lines:
             out.write(first_lines(chunk, max_lines - sent))
@@ -130,6 +181,48 @@ def emit_span(fd: int, start: int, end: int, out: Output, max_lines: int | None 
         sent += nls
         out.write(chunk)
     return sent
+
+
+def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
+    """`head -n N` / `cat`: from the start, whole lines, until N lines or the caps.
+
+    Memory is one read plus the unfinished line, and that line is never held past what
+    the byte cap still allows: a line that could not be sent ends the request at once.
+    """
+    if n is None and not gz:
+        _send_whole_lines(fd, out)
+    # Large reads: in a bridge they become whole 64 KiB frames and few small remainders.
+    plain = iter(lambda: os.read(fd, CHUNK), b"")
+    chunks = gunzip_chunks(fd, tick=out.check_time) if gz else plain
+    left = n
+    held = LineBuffer()
+    for chunk in chunks:
+        out.check_time()
+        data = held.feed(chunk)
+        if left is not None and data:
+            data = first_lines(data, left)
+            left -= data.count(b"\n")
+            out.write(data)
+            if left <= 0:
+                return
+        elif data:
+            out.write_bulk(data)
+        if held.size > out.max_bytes - out.bytes:
+            raise limit_reached(out, "max_bytes")
+    if held.size and (left is None or left > 0):
+        out.write(held.take())
+
+
+def _send_whole_lines(fd: int, out: Output) -> None:
+    """`cat` of a plain file to a one-shot's stdout: the complete lines there are now go
+    by sendfile when no cap can bind on them (no copy through Python, no counting); the
+    fd's position is left after them for whatever follows."""
+    size = os.fstat(fd).st_size
+    look = min(size, 1 << 16)
+    nl = os.pread(fd, look, size - look).rfind(b"\n") if look else -1
+    before = out.bytes
+    if nl >= 0 and out.send_file(fd, 0, size - look + nl + 1):
+        os.lseek(fd, out.bytes - before, os.SEEK_SET)
 
 
 def first_lines(data: bytes, k: int) -> bytes:
@@ -177,23 +270,28 @@ def tail(fd: int, n: int, out: Output, *, gz: bool = False) -> None:
             try:
                 _tail_plain(fd, end, n, out)
             finally:
-                out.position = (st.st_ino, end)  # a follow may continue from here
+                out.position = (st.st_ino, end, tag_at(fd, end))  # a follow continues here
         except _Shrunk:
             continue  # copytruncate while we were scanning: look again at the new size
         return
     raise GateError(Exit.FAILED, "the file kept shrinking while it was being read")
 
 
-def gunzip_chunks(fd: int, chunk: int = 0) -> Iterator[bytes]:
+def gunzip_chunks(
+    fd: int, chunk: int = 0, tick: Callable[[], None] | None = None
+) -> Iterator[bytes]:
     """Decompressed data of a gzip file, at most `chunk` (default `CHUNK`) bytes at a time,
-    so memory stays bounded even for a decompression bomb. Handles multi-member files and
-    NUL padding after a member, like `gzip -d`; corrupt or truncated data raises
-    `GateError(FAILED)`."""
+    so memory stays bounded even for a decompression bomb. Gives exactly what `gzip -dc`
+    gives: every member of a multi-member file, and nothing after bytes that do not start
+    a member (padding, garbage: gzip ignores those too); corrupt or truncated data raises
+    `GateError(FAILED)`. `tick` is called before each piece (the request's clock)."""
     import zlib  # only the gz path pays for it
 
     chunk = chunk or CHUNK
     offset = 0
     data = b""
+    members = 0
+    pending = False  # the last call hit the output limit: zlib may hold more output
     d: zlib._Decompress | None = None  # None: between members
     try:
         while True:
@@ -201,21 +299,35 @@ def gunzip_chunks(fd: int, chunk: int = 0) -> Iterator[bytes]:
                 data = os.pread(fd, _GZ_INPUT, offset)
                 offset += len(data)
                 if not data:
-                    if d is not None:
+                    if d is None:
+                        return
+                    if not pending:
                         raise GateError(Exit.FAILED, "the compressed file is truncated")
-                    return
             if d is None:
-                data = data.lstrip(b"\0")
-                if not data:
-                    continue
+                if len(data) < 2:  # a member boundary right at the end of a read
+                    more = os.pread(fd, _GZ_INPUT, offset)
+                    offset += len(more)
+                    data += more
+                if members and not data.startswith(b"\x1f\x8b"):
+                    # gzip -d stops here too: "decompression OK, trailing garbage
+                    # ignored" (NUL padding included), and prints nothing after it.
+                    return
                 d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if tick is not None:
+                tick()
             piece = d.decompress(data, chunk)
-            data = d.unconsumed_tail
+            pending = len(piece) == chunk
+            if d.eof:
+                # At the end of a member the input left over is in unused_data (and, when
+                # the output limit was hit in the same call, in unconsumed_tail too: using
+                # both repeated the next member).
+                data = d.unused_data
+                d = None
+                members += 1
+            else:
+                data = d.unconsumed_tail
             if piece:
                 yield piece
-            if d.eof:
-                data = d.unused_data + data
-                d = None
     except zlib.error as exc:
         reason = f"the compressed file is not valid gzip data ({exc})"
         raise GateError(Exit.FAILED, reason) from None
@@ -226,7 +338,7 @@ def _tail_gz(fd: int, n: int, out: Output) -> None:
     budget = out.max_bytes - out.bytes
     n_eff = min(n, room_lines)
     if n_eff <= 0 or budget <= 0:
-        for piece in gunzip_chunks(fd):
+        for piece in gunzip_chunks(fd, tick=out.check_time):
             if piece:
                 raise limit_reached(out, "max_lines" if n_eff <= 0 else "max_bytes")
         return
@@ -236,15 +348,16 @@ def _tail_gz(fd: int, n: int, out: Output) -> None:
     held_lines = 0
     held_bytes = 0
     dropped = 0  # lines seen that are no longer held
-    partial = b""
+    held = LineBuffer()  # the partial last line
     overlong = False  # the current partial line is already longer than the budget
-    for piece in gunzip_chunks(fd):
+    for piece in gunzip_chunks(fd, tick=out.check_time):
         cut = piece.rfind(b"\n") + 1
         if cut == 0:
             if not overlong:
-                partial += piece
-                if len(partial) > budget:
-                    overlong, partial = True, b""
+                held.feed(piece)
+                if held.size > budget:
+                    overlong = True
+                    held.take()
             continue
         if overlong:
             # That line can never be sent, and nothing before it can be either.
@@ -254,13 +367,12 @@ def _tail_gz(fd: int, n: int, out: Output) -> None:
             overlong = False
             block = piece[piece.find(b"\n") + 1 : cut]
         else:
-            block = partial + piece[:cut] if partial else piece[:cut]
+            block = held.feed(piece[:cut])
         tail_piece = piece[cut:]
-        partial = b""
         if len(tail_piece) > budget:
             overlong = True
         else:
-            partial = tail_piece
+            held.feed(tail_piece)
         if block:
             k = block.count(b"\n")
             blocks.append((block, k))
@@ -278,7 +390,7 @@ def _tail_gz(fd: int, n: int, out: Output) -> None:
     if overlong:
         # The last line is longer than the byte cap: nothing fits.
         raise limit_reached(out, "max_bytes")
-    data = b"".join([*(b for b, _ in blocks), partial])
+    data = b"".join([*(b for b, _ in blocks), held.take()])
     blocks.clear()
     start, count = _tail_start(lambda ln, off: data[off : off + ln], len(data), n_eff, budget)
     _write_lines(data, start, out)

@@ -265,6 +265,9 @@ async def _result(
         "note": note,
         "audit": a.ref.seq,
     }
+    if outcome.pos is not None:
+        # Where a follow continues without losing a line: /follow?from=INO:OFF:TAG
+        payload["pos"] = ":".join(map(str, outcome.pos))
     body = await off_loop(len(data), _json_bytes, payload)
     _end(
         server,

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from .metrics import Metrics
 from .security import (
     HSTS,
     SECURITY_HEADERS,
+    AddressFailures,
     LoginThrottle,
     RateLimiter,
     TrustedProxies,
@@ -114,6 +116,7 @@ class Server:
     workers: Workers
     metrics: Metrics = field(default_factory=Metrics)
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    failures: AddressFailures = field(default_factory=AddressFailures)
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(600))
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
     hub: Any = None  # sse.FollowHub
@@ -152,14 +155,8 @@ class Server:
                 return Ctx(None, "none", client, ua, auth_problem="use Authorization: Bearer TOKEN")
             user, tid, why = self.auth.token_user(token.strip())
             if user is None:
-                self.record(
-                    Ctx(None, f"token:{tid}", client, ua),
-                    "token_used",
-                    action="token",
-                    params={"token": tid},
-                    decision="deny",
-                    reason=why,
-                )
+                # No record here: the refusal that follows is the one record (and it is
+                # subject to the per-address budget of `refuse`).
                 return Ctx(None, f"token:{tid}", client, ua, auth_problem=why)
             assert tid is not None
             ctx = Ctx(user, f"token:{tid}", client, ua)
@@ -243,6 +240,8 @@ class Server:
         `reason` is the true one, for the audit record; `shown` (default: the same) is
         what the client reads, e.g. "unknown host" for a host that exists but is not
         granted."""
+        if ctx.user is None and not self.failures.note(ctx.client):
+            return self.over_budget(ctx)
         self.metrics.refused[(("status", str(status)),)] += 1
         self.record(
             ctx,
@@ -255,6 +254,38 @@ class Server:
             reason=reason,
         )
         return ApiError(status, shown or reason)
+
+    def over_budget(self, ctx: Ctx) -> ApiError:
+        """Anonymous or failed-authentication traffic past its per-address budget: 429,
+        counted for the interval's summary record, nothing written now."""
+        self.metrics.refused[(("status", "429"),)] += 1
+        wait = int(self.failures.wait(ctx.client)) + 1
+        return ApiError(
+            429,
+            f"too many anonymous or failed requests from your address; try again in {wait} s",
+        )
+
+    def write_failure_summaries(self, *, everything: bool = False) -> None:
+        """One record per address and ended interval: how many failures were answered
+        429 without a record of their own."""
+        for address, count, first, last in self.failures.take_summaries(everything=everything):
+            try:
+                self.audit.append(
+                    "auth_failures",
+                    client=address,
+                    action="auth",
+                    decision="deny",
+                    reason=f"{count} anonymous or failed-authentication requests refused "
+                    "with 429 and counted here, not recorded one by one",
+                    params={
+                        "count": count,
+                        "first": _iso(first),
+                        "last": _iso(last),
+                        "interval_s": self.failures.interval,
+                    },
+                )
+            except AuditWriteError as exc:
+                log.error("summary of %d failures from %s not written: %s", count, address, exc)
 
     def no_such_host(self, ctx: Ctx, host: str, reason: str, **audit: Any) -> ApiError:
         """The one answer for a host that does not exist and for one the user has no
@@ -339,6 +370,7 @@ def create_app(
         workers=workers or Workers(config.hosts, fleet=config.fleet, ssh=config.ssh),
         limiter=RateLimiter(settings.requests_per_minute),
         proxies=TrustedProxies(settings.trusted_proxies),
+        failures=AddressFailures(settings.failures_per_minute),
     )
     server.hub = sse.FollowHub(server)
     _gauges(server)
@@ -362,9 +394,12 @@ def create_app(
             fwd.start()
         if server.alerts is not None:
             server.alerts.start()
+        summaries = asyncio.create_task(_write_summaries(server))
         try:
             yield
         finally:
+            summaries.cancel()
+            server.write_failure_summaries(everything=True)
             await server.hub.close()
             await server.workers.close()
             if server.alerts is not None:
@@ -440,6 +475,17 @@ def create_app(
         )
 
     return app
+
+
+async def _write_summaries(server: Server) -> None:
+    """Summary records of ended intervals, without waiting for the address to return."""
+    while True:
+        await asyncio.sleep(min(5.0, server.failures.interval / 4))
+        server.write_failure_summaries()
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds")
 
 
 def _action(request: Request) -> str:

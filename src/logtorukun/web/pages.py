@@ -155,7 +155,22 @@ async def login(
     target = _safe_next(next)
     name = user.strip()
     anon = Ctx(None, "none", ctx.client, ctx.user_agent)
+    if server.failures.exhausted(ctx.client):
+        # Past the address's budget of failures: no password check, no record now (the
+        # interval's summary record counts it).
+        server.failures.note(ctx.client)
+        server.metrics.logins[(("result", "address_limited"),)] += 1
+        left = int(server.failures.wait(ctx.client)) + 1
+        return _login_page(
+            server,
+            request,
+            target,
+            f"Too many failed requests from your address. Try again in {left} seconds.",
+            429,
+            name,
+        )
     if not csrf_ok(request.cookies.get(PRE_COOKIE), csrf) or not same_origin(request):
+        server.failures.note(ctx.client)
         server.record(
             anon,
             "login_failed",
@@ -170,6 +185,7 @@ async def login(
         )
     wait = server.throttle.blocked(name, ctx.client)
     if wait > 0:
+        server.failures.note(ctx.client)
         server.record(
             anon,
             "login_failed",
@@ -190,6 +206,7 @@ async def login(
     found = await run_in_threadpool(_check_password, server, name, password)
     if found is None:
         server.throttle.failed(name, ctx.client)
+        server.failures.note(ctx.client)
         server.record(
             anon,
             "login_failed",
@@ -200,7 +217,7 @@ async def login(
         )
         server.metrics.logins[(("result", "failed"),)] += 1
         return _login_page(server, request, target, "Wrong user name or password.", 401, name)
-    server.throttle.succeeded(name)
+    server.throttle.succeeded(name, ctx.client)
     signed = Ctx(found, "session", ctx.client, ctx.user_agent)
     # The record comes first: if it cannot be written, nobody is signed in (503).
     server.record(signed, "login", action="login", decision="allow", reason="password")

@@ -35,6 +35,7 @@ from ..client.errors import (
     ProtocolError,
     UnknownHost,
 )
+from ..client.stream import Position
 from ..client.stream import Stream as ClientStream
 from ..config import FleetSettings, HostConfig
 from ..config_ssh import SshSettings
@@ -100,6 +101,12 @@ class ReadSpec:
     max: int | None = None
     since: str | None = None
     until: str | None = None
+    start: tuple[int, int, int] | None = None  # a file follow continuing at (ino, off, tag)
+
+    @property
+    def positions(self) -> bool:
+        """A file follow: ask the gate for positions (resume points and heartbeats)."""
+        return self.verb == "follow" and self.source.kind == "file"
 
     def command(self) -> str:
         """Built by the client's quoting builders; raises InvalidArgument on bad values."""
@@ -122,7 +129,7 @@ class ReadSpec:
                 s.name, tail=self.lines, timestamps=True, since=self.since, until=self.until
             )
         if self.verb == "follow":
-            return commands.tail_command(s.name, 0, follow=True)
+            return commands.tail_command(s.name, 0, follow=True, start=self.start)
         if self.verb == "range":
             return commands.range_command(
                 s.name, self.since or "1970-01-01", self.until, max_lines=self.lines
@@ -154,6 +161,7 @@ class Outcome:
     bytes: int = 0
     lines: int = 0
     started: float = field(default_factory=time.monotonic)
+    pos: tuple[int, int, int] | None = None  # a file tail: where a follow continues
     cert_serial: int | None = None  # [ssh] certificates: joins the worker's audit record
 
     def as_audit(self) -> dict[str, Any]:
@@ -193,7 +201,9 @@ class Stream:
     async def __aenter__(self) -> Stream:
         try:
             command = self.spec.command()
-            self._stream = await self.pool.client.stream(self.host.name, command, via=self.via)
+            self._stream = await self.pool.client.stream(
+                self.host.name, command, via=self.via, positions=self.spec.positions
+            )
             signed = self.pool.client.pool.get(self.host.name, self.via.get("user")).signed
             self.outcome.cert_serial = signed.serial if signed is not None else None
         except ClientError as exc:
@@ -207,10 +217,19 @@ class Stream:
                 await self._stream.aclose()
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        async for item in self.items():
+            if isinstance(item, bytes):
+                yield item
+
+    async def items(self) -> AsyncIterator[bytes | Position]:
+        """Chunks and, for a file follow, the gate's positions, in order."""
         stream = self._stream
         assert stream is not None
         try:
-            while chunk := await stream.read():
+            while chunk := await stream.read_item():
+                if isinstance(chunk, Position):
+                    yield chunk
+                    continue
                 self.outcome.bytes += len(chunk)
                 self.outcome.lines += chunk.count(b"\n")
                 yield chunk
@@ -225,6 +244,7 @@ class Stream:
             self.outcome.exit = status.exit
             self.outcome.reason = status.reason
             self.outcome.truncated = status.truncated or status.exit != 0
+            self.outcome.pos = status.pos
         self.pool.note(self.host, None)
 
 

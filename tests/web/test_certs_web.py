@@ -48,9 +48,7 @@ def test_reads_are_made_with_the_persons_certificate(
             r = c.get("/api/hosts/web1/tail", params={"path": str(worker.app_log), "lines": 3})
             assert r.status_code == 200, r.text
             assert r.text.strip()
-        ends = {
-            rec.user: rec for rec in live.audit.query(event="read_end") if rec.host == "web1"
-        }
+        ends = {rec.user: rec for rec in live.audit.query(event="read_end") if rec.host == "web1"}
     gate = {r["via"]["audit"]: r for r in worker.audit_records() if "via" in r}
     for user in ("olivia", "rita"):
         end = ends[user]

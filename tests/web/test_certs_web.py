@@ -36,9 +36,9 @@ def test_reads_are_made_with_the_persons_certificate(
 ) -> None:
     cfg = write_config(tmp_path, worker)
     text = cfg.read_text()
-    gate = worker.gate_command().replace("\\", "\\\\").replace('"', '\\"')
+    gate_cmd = worker.gate_command().replace("\\", "\\\\").replace('"', '\\"')
     # Every [[host]] gets the gate command; [ssh] switches the pool to certificates.
-    text = text.replace("[[host]]\n", f'[[host]]\ngate_command = "{gate}"\n')
+    text = text.replace("[[host]]\n", f'[[host]]\ngate_command = "{gate_cmd}"\n')
     text += f'\n[ssh]\ncertificates = true\nca_key = "{ca / "user_ca"}"\n'
     text += 'source_address = ["127.0.0.1"]\nvalidity = 120\n'
     cfg.write_text(text)

@@ -94,7 +94,7 @@ def test_a_large_download_streams_in_constant_memory(
         ends = store.query(event="read_end", user="olivia", limit=10)
         dl = [e for e in ends if e.outcome is not None and e.outcome.get("download")]
         assert dl and dl[0].outcome is not None
-        assert dl[0].outcome["bytes"] == size and dl[0].outcome["exit"] == 0, [e.outcome for e in ends]
+        assert dl[0].outcome["bytes"] == size and dl[0].outcome["exit"] == 0, dl[0].outcome
     finally:
         store.close()
 

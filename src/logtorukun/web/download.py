@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from .access import DOWNLOAD
+from .access import DOWNLOAD, TAIL
 from .api import PathQ, _begin, _end, _via, server_of, worker_failed
 from .app import ApiError
 from .workers import ReadSpec, WorkerError
@@ -41,9 +41,10 @@ async def download(request: Request, host: str, path: PathQ = None) -> Streaming
         request,
         action="download",
         host=host,
-        capability=DOWNLOAD,
+        capability=TAIL,  # like every download: the read it downloads, and `download`
         params={},
         source={"path": path, "unit": None, "container": None},
+        also=DOWNLOAD,
     )
     assert a.source is not None
     opened = server.workers.open(a.host, ReadSpec("cat", a.source), _via(a))

@@ -367,7 +367,7 @@ def create_app(
         config=config,
         audit=audit,
         auth=auth,
-        workers=workers or Workers(config.hosts, fleet=config.fleet),
+        workers=workers or Workers(config.hosts, fleet=config.fleet, ssh=config.ssh),
         limiter=RateLimiter(settings.requests_per_minute),
         proxies=TrustedProxies(settings.trusted_proxies),
         failures=AddressFailures(settings.failures_per_minute),

@@ -38,6 +38,7 @@ from ..client.errors import (
 from ..client.stream import Position
 from ..client.stream import Stream as ClientStream
 from ..config import FleetSettings, HostConfig
+from ..config_ssh import SshSettings
 from .access import Source
 
 
@@ -163,9 +164,11 @@ class Outcome:
     lines: int = 0
     started: float = field(default_factory=time.monotonic)
     pos: tuple[int, int, int] | None = None  # a file tail: where a follow continues
+    cert_serial: int | None = None  # [ssh] certificates: joins the worker's audit record
 
     def as_audit(self) -> dict[str, Any]:
         return {
+            **({"cert_serial": self.cert_serial} if self.cert_serial is not None else {}),
             "exit": self.exit,
             "bytes": self.bytes,
             "lines": self.lines,
@@ -203,6 +206,8 @@ class Stream:
             self._stream = await self.pool.client.stream(
                 self.host.name, command, via=self.via, positions=self.spec.positions
             )
+            signed = self.pool.client.pool.get(self.host.name, self.via.get("user")).signed
+            self.outcome.cert_serial = signed.serial if signed is not None else None
         except ClientError as exc:
             self.pool.note(self.host, exc)
             raise _error(exc) from None
@@ -257,10 +262,21 @@ class Workers:
         client: Client | None = None,
         *,
         fleet: FleetSettings | None = None,
+        ssh: SshSettings | None = None,
     ) -> None:
         fleet = fleet or FleetSettings()
         self.hosts = {h.name: h for h in hosts}
-        self.client = client or Client(hosts, options=PoolOptions.for_fleet(fleet))
+        if client is None:
+            extra: dict[str, Any] = {}
+            if ssh is not None and ssh.certificates:
+                from ..client.certs import CertPolicy
+
+                extra = {
+                    "certs": CertPolicy.from_settings(ssh),
+                    "max_user_connections": ssh.max_user_connections,
+                }
+            client = Client(hosts, options=PoolOptions.for_fleet(fleet, **extra))
+        self.client = client
         self.at_once = fleet.max_hosts_at_once  # hosts a cross-host search works on at once
         self.state: dict[str, HostState] = {h.name: HostState() for h in hosts}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -251,6 +252,7 @@ def served(
     worker: Worker,
     users: dict[str, list[str]] | None = None,
     extra: str = "",
+    priority: int = 0,
     **server: Any,
 ) -> Iterator[Served]:
     """A config in `directory` (plus `extra` TOML appended), users with tokens, and a
@@ -275,6 +277,9 @@ def served(
             [PY, "-m", "logtorukun", "--config", str(config_path), "serve"],
             stdout=out,
             stderr=subprocess.STDOUT,
+            # A negative nice value (we are root) for latency tests: the server's CPU
+            # share must not depend on whatever else the test machine is running.
+            preexec_fn=(lambda: os.nice(priority)) if priority else None,
         )
     url = f"http://127.0.0.1:{port}"
     try:

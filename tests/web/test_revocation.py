@@ -84,7 +84,7 @@ def log(web_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Path]:
         path.unlink()
 
 
-def _ended_by(srv: Served, log: Path, c: httpx.Client, revoke: Callable[[], None]) -> str:
+def _ended_by(srv: Served, log: Path, c: httpx.Client, revoke: Callable[[], object]) -> str:
     """Follow, see a line, revoke, and return the `end` event's reason."""
     f = Follow(c, "web1", log)
     f.next("ready")

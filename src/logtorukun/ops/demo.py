@@ -103,7 +103,6 @@ def write_sample_logs(root: Path, now: datetime) -> None:
         p.chmod(0o644)
 
 
-
 def cli_command() -> str:
     """How to run this very `logtorukun` from a shell where its venv is not activated:
     the script next to this interpreter (absolute), else `python -m logtorukun`."""
@@ -113,6 +112,7 @@ def cli_command() -> str:
     if script.is_file() and os.access(script, os.X_OK):
         return shlex.quote(str(script))
     return f"{shlex.quote(sys.executable)} -m logtorukun"
+
 
 class LogWriter(threading.Thread):
     """Appends a line every second or so and rotates app.log every `rotate_every` s,

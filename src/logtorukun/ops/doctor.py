@@ -359,12 +359,12 @@ def check_server(config: Config) -> list[Check]:
         add("audit store", False, f"cannot load the audit module: {exc}")
         return checks
     try:
-        if not db.parent.is_dir():
+        if not config.server.database_url and not db.parent.is_dir():
             raise UserError(f"{db.parent} does not exist")
-        store = AuditStore(db)
+        store = AuditStore(config.server.store)
         try:
             report = store.verify()
-            writable = os.access(db, os.W_OK)
+            writable = bool(config.server.database_url) or os.access(db, os.W_OK)
         finally:
             store.close()
         add(

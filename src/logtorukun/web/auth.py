@@ -23,6 +23,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from ..db.postgres import Database, is_url
 from ..errors import UserError
 
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -95,6 +96,9 @@ class AuthStore:
         # real check, so response time does not tell which user names exist.
         self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
         self._lock = threading.Lock()
+        if is_url(path):  # PostgreSQL: same SQL, tables made by `logtorukun db upgrade`
+            self._db = Database.get(str(path)).connect()
+            return
         if not self.path.exists():
             with contextlib.suppress(OSError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))

@@ -119,6 +119,17 @@ def pg_server() -> Iterator[Postgres]:
         pg.destroy()
 
 
+@pytest.fixture
+def own_pg() -> Iterator[Postgres]:
+    """A PostgreSQL of this test's own, to stop and start."""
+    pg = Postgres()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.destroy()
+
+
 _databases = itertools.count(1)
 
 

@@ -3,7 +3,6 @@ SQLite, and failing closed (then recovering) when the database goes away or is s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -102,17 +101,6 @@ def test_migrate_from_sqlite_copies_users_tokens_and_the_chain(
     assert main(["--config", str(config), "db", "migrate-from-sqlite", str(db)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already holds audit records" in err
-
-
-@pytest.fixture
-def own_pg() -> Iterator[Postgres]:
-    """A server of this test's own, to stop and start."""
-    pg = Postgres()
-    try:
-        pg.start()
-        yield pg
-    finally:
-        pg.destroy()
 
 
 def test_database_down_fails_closed_and_recovers_without_restart(own_pg: Postgres) -> None:

@@ -11,9 +11,13 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+from .gate.globs import GlobError, compile_glob
+
+if TYPE_CHECKING:
+    from .config_siem import AlertSettings, ForwardConfig
 
 DEFAULT_CONFIG = "/etc/logtorukun/server.toml"
 CAPABILITIES = frozenset({"tail", "search", "follow", "download", "audit"})
@@ -61,6 +65,13 @@ class ServerSettings:
     session_hours: float = 12.0
     max_follows_per_user: int = 4
     requests_per_minute: int = 600
+    # Anonymous and failed-authentication requests per client address and minute that
+    # are answered and audited one by one; beyond, 429 and one summary record a minute.
+    failures_per_minute: int = 10
+    # How often open live follows re-check their user's session, token and grants.
+    follow_recheck_seconds: float = 5.0
+    # A checkpoint (seq and hash of the head) goes to the audit sinks every N records.
+    checkpoint_every: int = 1000
     # `database = "postgresql://..."`: the URL (and `database` is unused).
     database_url: str | None = None
 
@@ -90,6 +101,9 @@ class Config:
     fleet: FleetSettings = field(default_factory=FleetSettings)
     hosts: tuple[HostConfig, ...] = ()
     roles: dict[str, RoleConfig] = field(default_factory=dict)
+    # SIEM forwarders and alert rules (config_siem.py).
+    forward: tuple[ForwardConfig, ...] = ()
+    alerts: AlertSettings | None = None
 
     def host(self, name: str) -> HostConfig | None:
         for h in self.hosts:
@@ -185,7 +199,7 @@ _REQUIRED: Any = object()
 
 def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     top = _Reader(path, text, "", data)
-    top.used.update({"server", "fleet", "host", "role"})
+    top.used.update({"server", "fleet", "host", "role", "forward", "alerts"})
     top.done()
 
     s = _Reader(path, text, "server", data.get("server", {}))
@@ -211,7 +225,13 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         session_hours=s.get("session_hours", float, 12.0),
         max_follows_per_user=s.get("max_follows_per_user", int, 4),
         requests_per_minute=s.get("requests_per_minute", int, 600),
+        failures_per_minute=s.get("failures_per_minute", int, 10),
+        follow_recheck_seconds=s.get("follow_recheck_seconds", float, 5.0),
+        checkpoint_every=s.get("checkpoint_every", int, 1000),
     )
+    for key in ("failures_per_minute", "follow_recheck_seconds", "checkpoint_every"):
+        if getattr(server, key) <= 0:
+            s.fail(key, "must be positive")
     s.done()
     fleet = _fleet(_Reader(path, text, "fleet", data.get("fleet", {})))
 
@@ -268,9 +288,30 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         for src in sources:
             if not (src.startswith(("/", "unit:", "container:")) or src == "*"):
                 r.fail("sources", f"{src!r}: use an absolute path glob, unit:X or container:X")
-        roles[name] = RoleConfig(name, r.strings("hosts"), sources, frozenset(caps))
+        role_hosts = r.strings("hosts")
+        for key, globs in (("hosts", role_hosts), ("sources", sources)):
+            for glob in globs:
+                try:
+                    compile_glob(glob)
+                except GlobError as exc:
+                    r.fail(key, f"{glob!r}: {exc}")
+        roles[name] = RoleConfig(name, role_hosts, sources, frozenset(caps))
         r.done()
-    return Config(path=path, server=server, fleet=fleet, hosts=tuple(hosts), roles=roles)
+    from .config_siem import parse_alerts, parse_forwards
+
+    forward = parse_forwards(top, data.get("forward", []), _Reader, server.database)
+    alerts = (
+        parse_alerts(top, data["alerts"], _Reader, server.database) if "alerts" in data else None
+    )
+    return Config(
+        path=path,
+        server=server,
+        hosts=tuple(hosts),
+        roles=roles,
+        fleet=fleet,
+        forward=forward,
+        alerts=alerts,
+    )
 
 
 def _fleet(f: _Reader) -> FleetSettings:

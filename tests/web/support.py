@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +30,7 @@ from typing import Any
 import httpx
 import uvicorn
 from argon2 import PasswordHasher
+from playwright.sync_api import Page, expect
 
 from logtorukun.audit import AuditStore
 from logtorukun.config import Config, load_config
@@ -61,6 +65,9 @@ def write_config(directory: Path, worker: Worker, **server: Any) -> Path:
         "database": str(directory / "logtorukun.db"),
         "secure_cookies": False,
         "requests_per_minute": 100000,
+        # Many tests fail to sign in on purpose, all from 127.0.0.1; test_flood.py
+        # tests this budget with its default.
+        "failures_per_minute": 100000,
         **server,
     }
     lines = ["[server]"]
@@ -194,3 +201,109 @@ def running(config_path: Path, users: dict[str, list[str]] | None = None) -> Ite
         yield live
     finally:
         live.stop()
+
+
+# ------------------------------------------------ a real `logtorukun serve` process
+
+PY = sys.executable
+
+
+def cli(*args: str, config: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`logtorukun --config CONFIG ARGS...` as an operator would run it."""
+    return subprocess.run(
+        [PY, "-m", "logtorukun", "--config", str(config), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@dataclass
+class Served:
+    """`logtorukun serve` in its own process, on loopback; `tokens[user]` is a bearer."""
+
+    config_path: Path
+    url: str
+    proc: subprocess.Popen[bytes]
+    tokens: dict[str, str]
+    log: Path
+
+    def client(self, user: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    def session(self, user: str) -> httpx.Client:
+        """A browser-like client signed in with a password (a session cookie)."""
+        c = httpx.Client(base_url=self.url, timeout=30, follow_redirects=False)
+        r = login(c, user)
+        assert r.status_code == 303, r.text
+        return c
+
+    def server_log(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def served(
+    directory: Path,
+    worker: Worker,
+    users: dict[str, list[str]] | None = None,
+    extra: str = "",
+    **server: Any,
+) -> Iterator[Served]:
+    """A config in `directory` (plus `extra` TOML appended), users with tokens, and a
+    running `logtorukun serve`; stopped with SIGTERM (a clean shutdown) at the end."""
+    port = free_port()
+    config_path = write_config(directory, worker, listen=f"127.0.0.1:{port}", **server)
+    if extra:
+        with config_path.open("a") as f:
+            f.write("\n" + extra + "\n")
+    config = load_config(config_path)
+    auth = AuthStore(config.server.database, hasher=FAST_HASHER)
+    tokens: dict[str, str] = {}
+    try:
+        for name, roles in (USERS if users is None else users).items():
+            auth.add_user(name, roles, PASSWORD)
+            tokens[name] = auth.create_token(name, None)[0]
+    finally:
+        auth.close()
+    log = directory / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [PY, "-m", "logtorukun", "--config", str(config_path), "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve exited: {log.read_text(errors='replace')}")
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code in (200, 503):
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("serve did not answer /healthz in 30 s")
+            time.sleep(0.05)
+        yield Served(config_path, url, proc, tokens, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def sign_in(page: Page, live: LiveServer, user: str, next_url: str = "/") -> None:
+    page.goto(live.url + next_url)
+    expect(page.locator("h1")).to_have_text("Sign in")
+    page.fill("input[name=user]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")

@@ -92,18 +92,27 @@ def _name(what: str, value: str) -> str:
 
 
 def tail_command(
-    path: str, lines: int = 200, *, follow: bool = False, start: tuple[int, int] | None = None
+    path: str,
+    lines: int = 200,
+    *,
+    follow: bool = False,
+    start: tuple[int, int] | tuple[int, int, int] | None = None,
 ) -> str:
-    """`start` (inode, offset): a follow that continues where an earlier read ended."""
+    """`start` (inode, offset[, tag]): a follow that continues where an earlier read
+    ended (`Status.pos`, `Position.start`)."""
     argv = ["tail", "-F"] if follow else ["tail"]
     argv += ["-n", _count("lines", lines)]
     if start is not None:
         if not follow:
             raise InvalidArgument("", "a start position only goes with a follow")
-        ino, off = start
-        if not all(type(x) is int and 0 <= x < 10**20 for x in (ino, off)):
-            raise InvalidArgument("", f"start must be (inode, offset) whole numbers, not {start!r}")
-        argv += ["--from", f"{ino}:{off}"]
+        if not (
+            isinstance(start, tuple)
+            and len(start) in (2, 3)
+            and all(type(x) is int and 0 <= x < 10**20 for x in start)
+            and (len(start) == 2 or start[2] < 2**32)
+        ):
+            raise InvalidArgument("", f"start must be (inode, offset[, tag]), not {start!r}")
+        argv += ["--from", ":".join(map(str, start))]
     return quote_command([*argv, _path(path)])
 
 

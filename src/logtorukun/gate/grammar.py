@@ -50,7 +50,9 @@ class Tail:
     path: str
     lines: int
     follow: bool = False
-    start: tuple[int, int] | None = None  # `--from INO:OFF`: follow from that inode and offset
+    # `--from INO:OFF[:TAG]`: follow from that inode and offset; TAG (readers.tag_at)
+    # proves the file there is still the one that position was taken in.
+    start: tuple[int, int, int | None] | None = None
 
 
 @record(frozen=True)
@@ -123,7 +125,7 @@ class Help:
 Request = Tail | Head | Grep | Range | Journal | Docker | Sources | Bridge | Help
 
 USAGE = """\
-tail -n N PATH | tail -f|-F [-n N] [--from INO:OFF] PATH | head -n N PATH | cat PATH
+tail -n N PATH | tail -f|-F [-n N] [--from INO:OFF[:TAG]] PATH | head -n N PATH | cat PATH
 grep [-F|-E] [-i] [-v] [-c] [-n] [-w] [-m N] [-e] PATTERN PATH [| tail -n N]
 range --since TIME [--until TIME] [-m N] PATH
 journalctl -u UNIT [-n N] [--since S] [--until U] [-g PATTERN] [-p PRIO] [-o FORMAT] [-f]
@@ -416,15 +418,16 @@ def _tail(args: list[str]) -> Tail:
         {"-n": "n", "--lines": "n", "--from": "from"},
     )
     lines, follow, saw_n = 10, False, False
-    start: tuple[int, int] | None = None
+    start: tuple[int, int, int | None] | None = None
     for name, val in opts:
         if name == "n":
             lines, saw_n = number("tail", "-n", val), True
         elif name == "from":
-            m = re.fullmatch(r"([0-9]{1,20}):([0-9]{1,20})", val)
+            m = re.fullmatch(r"([0-9]{1,20}):([0-9]{1,20})(?::([0-9]{1,10}))?", val)
             if m is None:
-                raise bad(f"tail: --from takes INODE:OFFSET (two whole numbers), not {val!r}")
-            start = (int(m.group(1)), int(m.group(2)))
+                raise bad(f"tail: --from takes INODE:OFFSET[:TAG] (whole numbers), not {val!r}")
+            tag = None if m.group(3) is None else int(m.group(3))
+            start = (int(m.group(1)), int(m.group(2)), tag)
         else:
             follow = True
     if not follow and not saw_n:

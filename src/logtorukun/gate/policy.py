@@ -10,6 +10,7 @@ import os
 import re
 
 from .errors import Exit, GateError
+from .globs import Glob, GlobError, compile_glob
 from .record import field, record
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
@@ -62,10 +63,10 @@ class FileRule:
     root: str
     patterns: tuple[str, ...]
     allow_hardlinks: bool = False
-    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    globs: tuple[Glob, ...] = field(default=(), compare=False, repr=False)
 
     def matches(self, rel: str) -> bool:
-        return self.regex is not None and self.regex.fullmatch(rel) is not None
+        return any(g.match(rel) for g in self.globs)
 
 
 @record(frozen=True)
@@ -91,43 +92,6 @@ class Policy:
                 if rel and rule.matches(rel):
                     return rule, rel.split("/")
         raise GateError(Exit.REFUSED, f"{path} is not allowed by the policy")
-
-
-def glob_regex(pattern: str) -> str:
-    """A glob as a regex: `*`, `?` and `[...]` stay inside one path component; `**`
-    crosses components (`**/` also matches none). The web server's role globs use this
-    same function, so a pattern means the same on both sides."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]+/)*")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 2)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : end]
-                neg = body.startswith("!")  # POSIX; a leading ^ is a literal here
-                body = body[1:] if neg else body
-                body = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
-                out.append(f"(?!/)[{'^' if neg else ''}{body}]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
 
 
 def policy_path(explicit: str | None) -> str:
@@ -296,13 +260,16 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
             raise _bad(path, f"{where}.patterns must be non-empty globs without . or ..")
         if any(p.startswith("/") for p in patterns):
             raise _bad(path, f"{where}.patterns are relative to root; drop the leading /")
-        regex = re.compile("|".join(f"(?:{glob_regex(p)})" for p in patterns))
+        try:
+            globs = tuple(compile_glob(p) for p in patterns)
+        except GlobError as exc:
+            raise _bad(path, f"{where}.patterns: {exc}") from None
         files.append(
             FileRule(
                 root=root.rstrip("/") or "/",
                 patterns=tuple(patterns),
                 allow_hardlinks=_take(raw, "allow_hardlinks", bool, False, where, path),
-                regex=regex,
+                globs=globs,
             )
         )
 

@@ -120,15 +120,20 @@ class LogWriter(threading.Thread):
         next_rotation = time.monotonic() + self.rotate_every
         try:
             while not self.stop_event.wait(self.interval * self.rng.uniform(0.3, 1.7)):
-                with open(self.root / "app.log", "a") as f:
-                    f.write(log_line(self.rng, datetime.now()) + "\n")
+                line = log_line(self.rng, datetime.now()) + "\n"
                 if time.monotonic() >= next_rotation:
-                    self.rotate()
+                    self.rotate(line)
                     next_rotation = time.monotonic() + self.rotate_every
+                else:
+                    with open(self.root / "app.log", "a") as f:
+                        f.write(line)
         except BaseException as exc:  # reported by the main loop, which then stops
             self.error = exc
 
-    def rotate(self) -> None:
+    def rotate(self, first_line: str) -> None:
+        """Rotate so that app.log never vanishes and is never empty: a reader at any
+        instant finds a file with at least one line (a rename-and-create rotation with
+        the new file's first line already in it)."""
         app, one = self.root / "app.log", self.root / "app.log.1"
         if one.exists():
             data = gzip.compress(one.read_bytes())
@@ -136,9 +141,16 @@ class LogWriter(threading.Thread):
             tmp.write_bytes(data)
             tmp.chmod(0o644)
             tmp.replace(self.root / "app.log.2.gz")
-        app.replace(one)
-        fd = os.open(app, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.close(fd)
+        # app.log.1 becomes the current inode (a hard link, then a rename over the old
+        # .1), then a new app.log with one line replaces the name in one rename.
+        linked = self.root / ".app.log.1.tmp"
+        linked.unlink(missing_ok=True)
+        os.link(app, linked)
+        linked.replace(one)
+        fresh = self.root / ".app.log.tmp"
+        fresh.write_text(first_line)
+        fresh.chmod(0o644)
+        fresh.replace(app)
 
     def stop(self) -> None:
         self.stop_event.set()

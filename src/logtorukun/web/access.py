@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..config import Config, HostConfig, RoleConfig
-from ..gate.policy import glob_regex as gate_glob
+from ..gate.globs import Glob, compile_glob
 
 # Capabilities a data request needs; "audit" is not tied to hosts.
 TAIL, SEARCH, FOLLOW, DOWNLOAD, AUDIT = "tail", "search", "follow", "download", "audit"
@@ -58,15 +58,15 @@ def source_from(
     """Exactly one of path/unit/container, validated; raises BadSource with the reason."""
     given = [(k, v) for k, v in (("file", path), ("unit", unit), ("container", container)) if v]
     if len(given) != 1:
-        raise BadSource("give exactly one of path, unit or container")
+        raise BadSource("path, unit, container: give exactly one of them")
     kind, value = given[0]
     assert value is not None
     if kind == "file":
         return Source("file", check_path(value))
     if kind == "unit" and not _UNIT.fullmatch(value):
-        raise BadSource(f"{value!r} is not a unit name")
+        raise BadSource(f"unit: {value!r} is not a unit name")
     if kind == "container" and not _CONTAINER.fullmatch(value):
-        raise BadSource(f"{value!r} is not a container name")
+        raise BadSource(f"container: {value!r} is not a container name")
     return Source(kind, value)
 
 
@@ -74,18 +74,19 @@ def check_path(path: str) -> str:
     """An absolute path without `.`/`..`/empty components or control characters."""
     if not _PATH.fullmatch(path):
         raise BadSource(
-            "path must be absolute, printable ASCII without spaces, at most 1024 characters"
+            "path: must be absolute, printable ASCII without spaces, at most 1024 characters"
         )
     parts = path.split("/")[1:]
     if any(p in ("", ".", "..") for p in parts):
-        raise BadSource("path must not contain '.', '..' or empty components")
+        raise BadSource("path: must not contain '.', '..' or empty components")
     return path
 
 
 @lru_cache(maxsize=512)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """The gate's own glob (one meaning for a pattern in roles and in worker policies)."""
-    return re.compile(gate_glob(pattern), re.ASCII)
+def role_glob(pattern: str) -> Glob:
+    """The gate's own glob (one meaning for a pattern in roles and in worker policies);
+    linear in the text matched, see gate/globs.py."""
+    return compile_glob(pattern)
 
 
 def host_matches(role: RoleConfig, host: HostConfig) -> bool:
@@ -93,7 +94,7 @@ def host_matches(role: RoleConfig, host: HostConfig) -> bool:
         if pattern.startswith("label:"):
             if pattern[6:] in host.labels:
                 return True
-        elif pattern == "*" or glob_regex(pattern).fullmatch(host.name):
+        elif pattern == "*" or role_glob(pattern).match(host.name):
             return True
     return False
 
@@ -104,9 +105,9 @@ def source_matches(role: RoleConfig, source: Source) -> bool:
         if pattern == "*":
             return True
         if source.kind == "file":
-            if pattern.startswith("/") and glob_regex(pattern).fullmatch(key):
+            if pattern.startswith("/") and role_glob(pattern).match(key):
                 return True
-        elif pattern.startswith(f"{source.kind}:") and glob_regex(pattern).fullmatch(key):
+        elif pattern.startswith(f"{source.kind}:") and role_glob(pattern).match(key):
             return True
     return False
 

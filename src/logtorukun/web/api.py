@@ -13,31 +13,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..audit import AuditRef, parse_time
 from ..config import HostConfig
+from ..gate.globs import Glob, GlobError, check_user_glob
+from . import patterns
 from .access import (
     DOWNLOAD,
     SEARCH,
     TAIL,
     BadSource,
     Source,
-    glob_regex,
-    host_matches,
     source_from,
 )
 from .app import ApiError, Ctx, Server
+from .patterns import BadPattern
 from .workers import Outcome, ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
+log = logging.getLogger("logtorukun.web")
 
 MAX_LINES = 10_000  # the web side caps again, whatever a worker's policy says
 MAX_BYTES = 10_000_000
@@ -67,6 +70,19 @@ class Allowed:
     started: float
 
 
+def _granted_host(server: Server, ctx: Ctx, host: str, action: str, **audit: Any) -> HostConfig:
+    """The host, if it exists and some role of the user grants something on it; else
+    the same 404 either way (the audit record keeps the true reason)."""
+    assert ctx.access is not None
+    hc = server.config.host(host)
+    if hc is None:
+        raise server.no_such_host(ctx, host, f"unknown host {host!r}", action=action, **audit)
+    if not ctx.access.host_caps(hc):
+        why = f"no role grants anything on host {host} (answered as unknown)"
+        raise server.no_such_host(ctx, host, why, action=action, **audit)
+    return hc
+
+
 def _begin(
     server: Server,
     request: Request,
@@ -84,17 +100,7 @@ def _begin(
     params = {k: v for k, v in params.items() if v is not None}
     src_text = next((v for v in (source or {}).values() if v), None)
     ctx = server.require_user(request, action, host=host, source=src_text, params=params)
-    hc = server.config.host(host)
-    if hc is None:
-        raise server.refuse(
-            ctx,
-            404,
-            f"unknown host {host!r}",
-            action=action,
-            host=host,
-            source=src_text,
-            params=params,
-        )
+    hc = _granted_host(server, ctx, host, action, source=src_text, params=params)
     src: Source | None = None
     if source is not None:
         try:
@@ -103,12 +109,13 @@ def _begin(
             raise server.refuse(
                 ctx, 422, str(exc), action=action, host=host, source=src_text, params=params
             ) from None
-    for value in (params.get("pattern"), params.get("since"), params.get("until")):
-        if isinstance(value, str) and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    for name in ("pattern", "since", "until"):
+        value = params.get(name)
+        if isinstance(value, str) and _control(value):
             raise server.refuse(
                 ctx,
                 422,
-                "control characters are not accepted",
+                f"{name}: control characters are not accepted",
                 action=action,
                 host=host,
                 source=src_text,
@@ -162,8 +169,35 @@ async def _worker_call(server: Server, a: Allowed, spec: ReadSpec) -> tuple[byte
     try:
         return await server.workers.read(a.host, spec, _via(a))
     except WorkerError as exc:
-        _end(server, a, {"status": exc.status, "error": exc.reason, "bytes": 0, "lines": 0})
-        raise ApiError(exc.status, exc.reason) from None
+        _end(server, a, {"status": exc.status, "error": exc.detail, "bytes": 0, "lines": 0})
+        raise worker_failed(exc, a.ref.seq) from None
+
+
+def worker_failed(exc: WorkerError, ref: int) -> ApiError:
+    """The client's error for a failed worker call; a hidden detail goes to the log."""
+    if exc.detail != exc.reason:
+        log.warning("audit ref %d: %s", ref, exc.detail)
+    return ApiError(exc.status, exc.reason)
+
+
+OFF_LOOP_BYTES = 64 * 1024  # above this, decoding and JSON encoding run in a thread
+_T = TypeVar("_T")
+
+
+async def off_loop(size: int, fn: Callable[..., _T], *args: Any) -> _T:
+    """`fn(*args)` in a worker thread when `size` says it may take over a millisecond:
+    the event loop serves every other user meanwhile."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def _ndjson(event: dict[str, Any]) -> bytes:
+    return (json.dumps(event, ensure_ascii=False) + "\n").encode()
 
 
 def _split(data: bytes, limit: int) -> tuple[list[str], bool]:
@@ -183,7 +217,7 @@ def _split(data: bytes, limit: int) -> tuple[list[str], bool]:
     return lines, cut
 
 
-def _result(
+async def _result(
     server: Server,
     a: Allowed,
     action: str,
@@ -192,7 +226,7 @@ def _result(
     limit: int,
     download: bool,
 ) -> Response:
-    lines, cut = _split(data, limit)
+    lines, cut = await off_loop(len(data), _split, data, limit)
     truncated = cut or outcome.truncated
     note = None
     if truncated:
@@ -231,7 +265,10 @@ def _result(
         "note": note,
         "audit": a.ref.seq,
     }
-    body = json.dumps(payload, ensure_ascii=False).encode()
+    if outcome.pos is not None:
+        # Where a follow continues without losing a line: /follow?from=INO:OFF:TAG
+        payload["pos"] = ":".join(map(str, outcome.pos))
+    body = await off_loop(len(data), _json_bytes, payload)
     _end(
         server,
         a,
@@ -299,13 +336,7 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
     server = server_of(request)
     ctx = server.require_user(request, "sources", host=host)
     assert ctx.access is not None
-    hc = server.config.host(host)
-    if hc is None:
-        raise server.refuse(ctx, 404, f"unknown host {host!r}", action="sources", host=host)
-    if not ctx.access.host_caps(hc):
-        raise server.refuse(
-            ctx, 403, f"no role grants anything on host {host}", action="sources", host=host
-        )
+    hc = _granted_host(server, ctx, host, "sources")
     ref = server.record(
         ctx,
         "read",
@@ -318,8 +349,8 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
     try:
         doc = await server.workers.sources(hc, {"user": ctx.name, "audit": ref.seq})
     except WorkerError as exc:
-        server.finish(ref, "read_end", {"status": exc.status, "error": exc.reason})
-        raise ApiError(exc.status, exc.reason) from None
+        server.finish(ref, "read_end", {"status": exc.status, "error": exc.detail})
+        raise worker_failed(exc, ref.seq) from None
     files: list[dict[str, Any]] = []
     units: list[dict[str, Any]] = []
     containers: list[dict[str, Any]] = []
@@ -402,7 +433,7 @@ async def tail(
         verb, a.source, lines=lines, since=since or ("1970-01-01" if until else None), until=until
     )
     data, outcome = await _worker_call(server, a, spec)
-    return _result(server, a, "tail", data, outcome, lines, download)
+    return await _result(server, a, "tail", data, outcome, lines, download)
 
 
 @router.get("/hosts/{host}/grep", summary="lines matching a pattern (fixed string by default)")
@@ -450,6 +481,11 @@ async def grep(
         )
         _end(server, a, {"status": 422, "error": why})
         raise ApiError(422, why)
+    try:  # before the worker is asked: a bad regex is the user's mistake, not a 502
+        await patterns.check(pattern, regex, a.source.kind)
+    except BadPattern as exc:
+        _end(server, a, {"status": 422, "error": str(exc)})
+        raise ApiError(422, str(exc)) from None
     spec = ReadSpec(
         "grep",
         a.source,
@@ -461,23 +497,52 @@ async def grep(
         lines=max,
     )
     data, outcome = await _worker_call(server, a, spec)
-    return _result(server, a, "grep", data, outcome, max, download)
+    return await _result(server, a, "grep", data, outcome, max, download)
 
 
 # ---------------------------------------------------------------------- search
 
 
-def _select_hosts(server: Server, ctx: Ctx, hosts: str) -> list[HostConfig]:
-    assert ctx.access is not None
-    wanted = [h.strip() for h in hosts.split(",") if h.strip()] or ["*"]
-    from ..config import RoleConfig
+MAX_HOST_GLOBS = 16  # entries in a search's `hosts=`
 
-    probe = RoleConfig("select", tuple(wanted), (), frozenset())
-    return [
-        h
-        for h in server.config.hosts
-        if host_matches(probe, h) and SEARCH in ctx.access.host_caps(h)
-    ]
+
+def _host_globs(hosts: str) -> list[str | Glob]:
+    """`hosts=` as label names and compiled globs; GlobError names what is wrong."""
+    wanted = [h.strip() for h in hosts.split(",") if h.strip()] or ["*"]
+    if len(wanted) > MAX_HOST_GLOBS:
+        raise GlobError(f"hosts: at most {MAX_HOST_GLOBS} comma-separated entries")
+    return [w if w.startswith("label:") else check_user_glob(w, "hosts") for w in wanted]
+
+
+def _select_hosts(server: Server, ctx: Ctx, wanted: list[str | Glob]) -> list[HostConfig]:
+    """Grants first: a user's globs are only ever matched against hosts they may search."""
+    assert ctx.access is not None
+    granted = [h for h in server.config.hosts if SEARCH in ctx.access.host_caps(h)]
+    chosen = []
+    for h in granted:
+        for w in wanted:
+            hit = w[6:] in h.labels if isinstance(w, str) else w.match(h.name)
+            if hit:
+                chosen.append(h)
+                break
+    return chosen
+
+
+def _searchable(ctx: Ctx, host: HostConfig, doc: dict[str, Any], matcher: Glob) -> list[Source]:
+    """The files of a sources listing that match the search's path glob and may be searched."""
+    assert ctx.access is not None
+    files: list[Source] = []
+    for f in doc.get("files", []):
+        p = f.get("path") if isinstance(f, dict) else None
+        if not isinstance(p, str) or not matcher.match(p):
+            continue
+        try:
+            src = source_from(path=p)
+        except BadSource:
+            continue
+        if ctx.access.check(host, src, SEARCH).allowed:
+            files.append(src)
+    return files
 
 
 @router.get(
@@ -509,11 +574,12 @@ async def search(
         "hosts": hosts,
     }
     ctx = server.require_user(request, "search", host=hosts, source=path, params=params)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in pattern + path + hosts):
+    bad = [n for n, v in (("pattern", pattern), ("path", path), ("hosts", hosts)) if _control(v)]
+    if bad:
         raise server.refuse(
             ctx,
             422,
-            "control characters are not accepted",
+            f"{bad[0]}: control characters are not accepted",
             action="search",
             host=hosts,
             source=path,
@@ -523,18 +589,26 @@ async def search(
         raise server.refuse(
             ctx,
             422,
-            "path must be an absolute glob without '.' or '..'",
+            "path: must be an absolute glob without '.' or '..'",
             action="search",
             host=hosts,
             source=path,
             params=params,
         )
-    selected = _select_hosts(server, ctx, hosts)
+    try:
+        matcher = check_user_glob(path, "path")
+        selected = _select_hosts(server, ctx, _host_globs(hosts))
+        if selected:
+            await patterns.check(pattern, regex, "file")
+    except (GlobError, BadPattern) as exc:
+        raise server.refuse(
+            ctx, 422, str(exc), action="search", host=hosts, source=path, params=params
+        ) from None
     if not selected:
         raise server.refuse(
             ctx,
-            403,
-            f"no host matching {hosts!r} grants you search",
+            404,
+            f"no host you may search matches {hosts!r}",
             action="search",
             host=hosts,
             source=path,
@@ -551,8 +625,7 @@ async def search(
         reason="search granted on selected hosts",
     )
     started = time.monotonic()
-    matcher = glob_regex(path)
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=64)
+    queue: asyncio.Queue[dict[str, Any] | bytes | None] = asyncio.Queue(maxsize=64)
     totals = {"lines": 0, "bytes": 0, "files": 0, "errors": 0}
 
     async def one_host(h: HostConfig) -> None:
@@ -565,17 +638,8 @@ async def search(
                 {"type": "error", "host": h.name, "status": exc.status, "reason": exc.reason}
             )
             return
-        files: list[Source] = []
-        for f in doc.get("files", []):
-            p = f.get("path")
-            if not isinstance(p, str) or not matcher.fullmatch(p):
-                continue
-            try:
-                src = source_from(path=p)
-            except BadSource:
-                continue
-            if ctx.access.check(h, src, SEARCH).allowed:
-                files.append(src)
+        # Off the event loop: a worker may list thousands of files.
+        files = await asyncio.to_thread(_searchable, ctx, h, doc, matcher)
         if len(files) > MAX_FILES_PER_HOST:
             await queue.put(
                 {
@@ -620,7 +684,7 @@ async def search(
                     h, spec, {"user": ctx.name, "audit": sub.seq}
                 )
             except WorkerError as exc:
-                server.finish(sub, "read_end", {"status": exc.status, "error": exc.reason})
+                server.finish(sub, "read_end", {"status": exc.status, "error": exc.detail})
                 totals["errors"] += 1
                 await queue.put(
                     {
@@ -634,7 +698,7 @@ async def search(
                 if exc.status in (502, 504):  # the host itself failed: skip its other files
                     return
                 continue
-            lines, cut = _split(data, max)
+            lines, cut = await off_loop(len(data), _split, data, max)
             event = {
                 "type": "file",
                 "host": h.name,
@@ -643,6 +707,7 @@ async def search(
                 "truncated": cut or outcome.truncated,
                 "note": outcome.reason or None,
             }
+            encoded = await off_loop(len(data), _ndjson, event)
             server.finish(
                 sub,
                 "read_end",
@@ -655,7 +720,7 @@ async def search(
             totals["lines"] += len(lines)
             totals["bytes"] += len(data)
             totals["files"] += 1
-            await queue.put(event)
+            await queue.put(encoded)
 
     async def run_all() -> None:
         done = 0
@@ -690,7 +755,7 @@ async def search(
             first = {"type": "start", "hosts": [h.name for h in selected], "audit": ref.seq}
             yield (json.dumps(first) + "\n").encode()
             while (item := await queue.get()) is not None:
-                chunk = (json.dumps(item, ensure_ascii=False) + "\n").encode()
+                chunk = item if isinstance(item, bytes) else _ndjson(item)
                 sent += len(chunk)
                 yield chunk
             end = {"type": "end", **totals}
@@ -708,6 +773,20 @@ async def search(
 
 
 # ---------------------------------------------------------------------- audit
+
+
+def _control(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def _time_param(name: str, value: str | None) -> str | None:
+    """A time filter, or ValueError naming the parameter."""
+    if not value:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _audit_ctx(server: Server, request: Request, action: str, params: dict[str, Any]) -> Ctx:
@@ -734,7 +813,7 @@ async def audit(
     event: Annotated[str | None, Query(max_length=32)] = None,
     since: Annotated[str | None, Query(max_length=40)] = None,
     until: Annotated[str | None, Query(max_length=40)] = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     server = server_of(request)
@@ -751,8 +830,8 @@ async def audit(
     filters = {k: v for k, v in filters.items() if v not in (None, "")}
     ctx = _audit_ctx(server, request, "audit", filters)
     try:
-        since_ts = parse_time(since) if since else None
-        until_ts = parse_time(until) if until else None
+        since_ts = _time_param("since", since)
+        until_ts = _time_param("until", until)
     except ValueError as exc:
         raise server.refuse(ctx, 422, str(exc), action="audit", params=filters) from None
     # The view itself is a record, written before any record is shown.
@@ -793,7 +872,7 @@ async def audit_export(
     params = {"format": format, **({"since": since} if since else {})}
     ctx = _audit_ctx(server, request, "export", params)
     try:
-        since_ts = parse_time(since) if since else None
+        since_ts = _time_param("since", since)
     except ValueError as exc:
         raise server.refuse(ctx, 422, str(exc), action="export", params=params) from None
     ref = server.record(

@@ -91,7 +91,7 @@ def _error(exc: ClientError) -> WorkerError:
 class ReadSpec:
     """One bounded read or a follow, in the web's terms; `command()` is the gate's."""
 
-    verb: str  # "tail" | "grep" | "range" | "follow"
+    verb: str  # "tail" | "grep" | "range" | "follow" | "cat"
     source: Source
     lines: int = 200
     pattern: str | None = None
@@ -130,6 +130,8 @@ class ReadSpec:
             )
         if self.verb == "follow":
             return commands.tail_command(s.name, 0, follow=True, start=self.start)
+        if self.verb == "cat":
+            return commands.head_command(s.name)
         if self.verb == "range":
             return commands.range_command(
                 s.name, self.since or "1970-01-01", self.until, max_lines=self.lines
@@ -216,12 +218,14 @@ class Stream:
             with contextlib.suppress(Exception):
                 await self._stream.aclose()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for item in self.items():
+    async def chunks(self, *, count_lines: bool = True) -> AsyncIterator[bytes]:
+        """The data as it arrives; `count_lines=False` for whole-file downloads, where
+        counting would cost the event loop a scan of every byte."""
+        async for item in self.items(count_lines=count_lines):
             if isinstance(item, bytes):
                 yield item
 
-    async def items(self) -> AsyncIterator[bytes | Position]:
+    async def items(self, *, count_lines: bool = True) -> AsyncIterator[bytes | Position]:
         """Chunks and, for a file follow, the gate's positions, in order."""
         stream = self._stream
         assert stream is not None
@@ -231,7 +235,8 @@ class Stream:
                     yield chunk
                     continue
                 self.outcome.bytes += len(chunk)
-                self.outcome.lines += chunk.count(b"\n")
+                if count_lines:
+                    self.outcome.lines += chunk.count(b"\n")
                 yield chunk
         except ClientError as exc:
             self.pool.note(self.host, exc)

@@ -24,13 +24,13 @@ import threading
 import time
 from pathlib import Path
 
-from bench.web import bench_tail, cli, free_port, start_server
+from bench.web import bench_tail, cli, start_server
 from logtorukun.audit.store import AuditStore
 from logtorukun.db.postgres import close_pool
 from tests.conftest import new_pg_database
 from tests.support.postgres import Postgres
 from tests.support.sshd import Worker
-from tests.web.support import write_config
+from tests.web.support import free_port, write_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-database.md"
 

@@ -86,7 +86,9 @@ def rss() -> int:
     return 0
 
 
-async def grep_once(client: Client, hosts: list[HostConfig], command: str, expect: int) -> dict:
+async def grep_once(
+    client: Client, hosts: list[HostConfig], command: str, expect: int
+) -> dict[str, float]:
     printer = Timed()
     cpu0, t0 = time.process_time(), time.perf_counter()
     async with asyncio.timeout(RUN_TIMEOUT):
@@ -105,15 +107,15 @@ async def grep_once(client: Client, hosts: list[HostConfig], command: str, expec
     return {"first": first, "last": t1 - t0, "cpu_per_host": (cpu1 - cpu0) / len(hosts)}
 
 
-def median(runs: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
 
 
 def matching(log: Path) -> int:
     return sum(PATTERN in line for line in log.read_text().splitlines())
 
 
-async def measure(workers: list[Worker], log: Path, n: int, cold: int, warm: int) -> dict:
+async def measure(workers: list[Worker], log: Path, n: int, cold: int, warm: int) -> dict[str, Any]:
     hosts = [host(w, i) for i, w in enumerate(workers[:n])]
     command = grep_command(str(log), PATTERN)
     expect = matching(log) * n
@@ -180,7 +182,7 @@ def fmt_ms(s: float) -> str:
     return f"{s * 1e3:,.1f}"
 
 
-def table(results: list[dict], args: argparse.Namespace, setup: float) -> str:
+def table(results: list[dict[str, Any]], args: argparse.Namespace, setup: float) -> str:
     cpu = platform.processor() or platform.machine()
     load = os.getloadavg()[0]
     out = [

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from logtorukun.gate.policy import load_policy
+from logtorukun.ops.system import alive, descendants
 from tests.conftest import MakeWorker
-from tests.support.sshd import PATTERNS, USER, Worker, alive, descendants
+from tests.support.sshd import PATTERNS, USER, Worker
 
 
 def test_forced_command_runs_whatever_is_asked(make_worker: MakeWorker) -> None:
@@ -192,7 +193,7 @@ def test_gate_tail_on_the_shared_worker(worker: Worker) -> None:
     assert out.returncode == 0, out.stderr.decode()
     expected = worker.app_log.read_bytes().splitlines(keepends=True)[-5:]
     assert out.stdout == b"".join(expected)
-    new = worker.audit_records()[before:]
+    new = worker.audit_since(before)
     assert any(r.get("command") == request for r in new), new  # the gate audited it
 
 

@@ -316,7 +316,7 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
 def test_https_json_lines_with_retries(tmp_path: Path) -> None:
     cert, key = make_tls_cert(tmp_path)
-    handler = type("H", (_Receiver,), {"lines": [], "fail": [2], "auth": []})
+    handler: type[_Receiver] = type("H", (_Receiver,), {"lines": [], "fail": [2], "auth": []})
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)

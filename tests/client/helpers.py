@@ -9,7 +9,8 @@ from typing import Any
 
 from logtorukun.client import PoolOptions
 from logtorukun.config import HostConfig
-from tests.support.sshd import Worker, descendants
+from logtorukun.ops.system import descendants
+from tests.support.sshd import Worker
 
 FAST = PoolOptions(backoff_min=0.05, backoff_max=0.2, keepalive_interval=5)
 
@@ -60,7 +61,7 @@ def gate_pids(w: Worker) -> list[int]:
     return [pid for _, pid in sorted(out)]
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
     """Poll `check` until it returns something truthy (and return that)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout

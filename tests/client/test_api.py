@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shlex
 from typing import Any
@@ -28,6 +27,7 @@ from logtorukun.client.api import (
     tail_command,
 )
 from logtorukun.gate.errors import Exit
+from tests.client.helpers import eventually
 from tests.support.sshd import Worker
 
 INJECTION = "'; cat /etc/passwd; echo '"
@@ -81,7 +81,7 @@ async def test_hostile_patterns_are_searched_for_literally(
     reply = await client.grep("w", str(worker.app_log), pattern)
     assert (reply.status.exit, reply.data) == (0, b"")  # searched for, found nowhere
     assert worker.secret_marker.encode() not in reply.data
-    record = [r for r in worker.audit_records()[before:] if r.get("event") == "request"][-1]
+    record = [r for r in worker.audit_since(before) if r.get("event") == "request"][-1]
     assert record["decision"] == "allow"
     # What the gate received splits back into exactly the words we meant.
     assert shlex.split(record["command"]) == ["grep", "-F", "-e", pattern, str(worker.app_log)]
@@ -177,15 +177,21 @@ async def test_unknown_host(client: Client) -> None:
 
 
 async def test_request_timeout_cancels_the_request(client: Client, worker: Worker) -> None:
+    # The bridge is up first: the REQUEST frame then goes out at once, and the gate reads
+    # it before the CANCEL that the timeout sends (frames arrive in order).
+    await client.tail("w", str(worker.app_log), 1)
     before = len(worker.audit_records())
+    command = tail_command(str(worker.app_log), 1, follow=True)
     with pytest.raises(RequestTimeout, match="request_timeout"):
-        await client.run("w", tail_command(str(worker.app_log), 1, follow=True), timeout=0.3)
-    for _ in range(100):  # the gate ends the follow and writes its end record
-        ends = [r for r in worker.audit_records()[before:] if r.get("event") == "end"]
-        if ends:
-            break
-        await asyncio.sleep(0.02)
-    assert ends and ends[0]["exit"] == 0 and ends[0]["reason"] == "client went away"
+        await client.run("w", command, timeout=0.3)
+
+    def ends() -> list[dict[str, Any]]:  # the gate ends the follow and writes its end
+        recs = worker.audit_since(before)
+        ids = {r["id"] for r in recs if r["event"] == "request" and r["command"] == command}
+        return [r for r in recs if r["event"] == "end" and r["id"] in ids]
+
+    (end,) = await eventually(ends, timeout=20)
+    assert end["exit"] == 0 and end["reason"] == "client went away"
 
 
 async def test_journal_and_docker_go_through_the_policy(both: Client) -> None:

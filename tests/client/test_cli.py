@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 from dataclasses import replace
@@ -90,17 +91,12 @@ async def test_raw_output_is_the_bytes(mine: Worker) -> None:
     evil.write_bytes(EVIL)
     try:
         buf = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-        printer = Printer(_Args(raw=True), buf)
+        printer = Printer(argparse.Namespace(raw=True), buf)
         async with Client([host_for(mine)], options=FAST) as c:
             printer.write((await c.tail("w", str(evil), 5)).data)
-        assert buf.buffer.getvalue() == EVIL  # type: ignore[attr-defined]
+        assert buf.buffer.getvalue() == EVIL
     finally:
         evil.unlink()
-
-
-class _Args:
-    def __init__(self, **kw: object) -> None:
-        self.__dict__.update(kw)
 
 
 def test_raw_is_refused_on_a_terminal() -> None:
@@ -109,7 +105,7 @@ def test_raw_is_refused_on_a_terminal() -> None:
             return True
 
     with pytest.raises(Exception, match="not to a terminal"):
-        Printer(_Args(raw=True), Tty())
+        Printer(argparse.Namespace(raw=True), Tty())
 
 
 async def test_grep_across_hosts_survives_a_dead_one(
@@ -154,7 +150,7 @@ async def test_progress_on_stderr_for_long_runs(
     capsys: pytest.CaptureFixture[str], worker: Worker
 ) -> None:
     hosts = [host_for(worker, "web1")]
-    printer = Printer(_Args(), io.StringIO())
+    printer = Printer(argparse.Namespace(), io.StringIO())
     async with Client(hosts, options=FAST) as c:
         command = grep_command(str(worker.app_log), "INFO")
         assert await grep_hosts(c, hosts, command, printer, progress_after=0) == 0

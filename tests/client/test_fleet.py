@@ -3,6 +3,7 @@ each host's lines as they come and never waits for a hung or slow host."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import socket
@@ -21,11 +22,6 @@ from tests.conftest import MakeWorker
 from tests.support.sshd import Worker
 
 IDLE = replace(FAST, idle_timeout=0.5)
-
-
-class _Args:
-    raw = False
-    color = False
 
 
 @pytest.fixture
@@ -101,7 +97,9 @@ async def test_grep_hosts_streams_each_host_while_one_hangs(
     out = io.StringIO()
     async with Client(hosts, options=FAST) as c:
         command = grep_command(str(worker.app_log), "order 80412")
-        task = asyncio.create_task(grep_hosts(c, hosts, command, Printer(_Args(), out)))
+        task = asyncio.create_task(
+            grep_hosts(c, hosts, command, Printer(argparse.Namespace(raw=False, color=False), out))
+        )
         # a's and b's lines are out while `hung` is still in its SSH handshake
         await eventually(lambda: out.getvalue().count("order 80412") == 2 * want, timeout=30)
         assert not task.done()
@@ -122,7 +120,12 @@ async def test_grep_hosts_gives_up_on_a_host_after_its_request_timeout(
         await c.tail("slow", str(mine.app_log), 1)  # warm: the follow's line comes at once
         out = io.StringIO()
         command = tail_command(str(mine.app_log), 1, follow=True)
-        code = await asyncio.wait_for(grep_hosts(c, [slow], command, Printer(_Args(), out)), 30)
+        code = await asyncio.wait_for(
+            grep_hosts(
+                c, [slow], command, Printer(argparse.Namespace(raw=False, color=False), out)
+            ),
+            30,
+        )
         assert code == 1
         assert out.getvalue().count("\n") == 1  # the line that came is kept
         bridge = await c.pool.get("slow").bridge()
@@ -141,7 +144,15 @@ async def test_at_once_bounds_the_hosts_worked_on(
     out = io.StringIO()
     async with Client(hosts, options=FAST) as c:
         command = grep_command(str(worker.app_log), "order 80412")
-        task = asyncio.create_task(grep_hosts(c, hosts, command, Printer(_Args(), out), at_once=1))
+        task = asyncio.create_task(
+            grep_hosts(
+                c,
+                hosts,
+                command,
+                Printer(argparse.Namespace(raw=False, color=False), out),
+                at_once=1,
+            )
+        )
         await eventually(lambda: c.pool.handshakes.now == 1)
         assert c.pool.get("a").connects == 0 and not c.pool.get("a").connected
         silent.close()

@@ -55,5 +55,6 @@ def test_parse_cache_returns_equal_requests_and_never_caches_refusals() -> None:
     with pytest.raises(GateError):
         grammar.parse("tail -n 7 /var/log/../x.log")
     assert "tail -n 7 /var/log/../x.log" not in grammar._PARSED
+    assert isinstance(first, grammar.Tail)
     with pytest.raises(AttributeError):
         first.lines = 8  # type: ignore[misc]  # frozen: a cached request cannot change

@@ -22,9 +22,10 @@ from logtorukun.client import (
 )
 from logtorukun.client.errors import KeyFileError
 from logtorukun.config import HostConfig
+from logtorukun.ops.system import descendants
 from tests.client.helpers import FAST, eventually, host_for, records
 from tests.conftest import MakeWorker
-from tests.support.sshd import SSH_KEYGEN, Worker, descendants, keygen
+from tests.support.sshd import SSH_KEYGEN, Worker, keygen
 
 
 def _accepted(w: Worker) -> int:

@@ -280,7 +280,7 @@ def test_same_refusals_and_records_as_one_shot(bw: Worker, session: BridgeClient
     for rid, command in enumerate(hostile, 1):
         s.request(rid, command, via={"user": "alice", "request": rid})
     results = [s.result(rid) for rid in range(1, len(hostile) + 1)]
-    records = [r for r in bw.audit_records()[before:] if r.get("event") == "request"]
+    records = [r for r in bw.audit_since(before) if r.get("event") == "request"]
     records.sort(key=lambda r: r["via"]["request"])  # threaded ones are audited out of order
     for rid, (command, (data, end), rec) in enumerate(
         zip(hostile, results, records, strict=True), 1
@@ -304,7 +304,7 @@ def test_same_refusals_and_records_as_one_shot(bw: Worker, session: BridgeClient
 def test_allowed_request_records_carry_via_and_end(bw: Worker, session: BridgeClient) -> None:
     before = len(bw.audit_records())
     data, end = session.call(1, f"tail -n 4 {bw.app_log}", via={"user": "bob"})
-    start, stop = bw.audit_records()[before:]
+    start, stop = bw.audit_since(before)
     assert (start["decision"], start["via"], start["key_type"]) == (
         "allow",
         {"user": "bob"},

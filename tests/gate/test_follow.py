@@ -24,6 +24,7 @@ from logtorukun.gate.errors import Cancelled, Exit, GateError
 from logtorukun.gate.follow import follow, moved_names
 from logtorukun.gate.output import LimitReached, Output
 from logtorukun.gate.readers import tag_at
+from tests.support.fds import held_under
 
 BIG = 10**12
 Waiter = Callable[[float, "int | None"], bool]
@@ -45,10 +46,6 @@ def open_or_none(path: Path) -> int | None:
         return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-
-
-def open_fds() -> set[int]:
-    return {int(x) for x in os.listdir("/proc/self/fd")}
 
 
 class Follow:
@@ -150,7 +147,7 @@ def test_follow_initial_lines_partial_and_pieces(
     monkeypatch.setattr(follow_mod, "LINE_CAP", 10)
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 10) + b"half")
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink = make_out(waiter=stepper.waiter)
     with p.open("ab", buffering=0) as w:
@@ -168,7 +165,7 @@ def test_follow_initial_lines_partial_and_pieces(
         assert b"".join(sink).endswith(b"\nxxxxxxxxxx\nxxxxxx\n")
         stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 @pytest.mark.parametrize(
@@ -219,7 +216,7 @@ def test_follow_rename_create_with_overlapping_writer(tmp_path: Path) -> None:
     one until postrotate makes it reopen. Nothing may be lost or repeated."""
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 10))
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink = make_out(waiter=stepper.waiter)
     old = open(p, "ab", buffering=0)  # noqa: SIM115
@@ -244,7 +241,7 @@ def test_follow_rename_create_with_overlapping_writer(tmp_path: Path) -> None:
     assert b"".join(sink) == numbered(0, 27)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_rotation_flushes_partial_line(tmp_path: Path) -> None:
@@ -301,7 +298,7 @@ def test_follow_rename_create_writer_thread(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     total = 3000
     p.write_bytes(b"")
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
 
     def writer() -> None:
@@ -331,7 +328,7 @@ def test_follow_rename_create_writer_thread(tmp_path: Path) -> None:
     assert isinstance(f.join(), Cancelled)
     assert b"".join(sink) == want
     assert len(f.reopened) > 10
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_copytruncate_writer_thread(tmp_path: Path) -> None:
@@ -392,26 +389,26 @@ def test_follow_copytruncate_writer_thread(tmp_path: Path) -> None:
 def test_follow_cancelled_from_another_thread(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
     f = Follow(p, out, n=3, interval=0.2)
     wait_for(lambda: len(sink) > 0)
     out.cancelled.set()
     assert isinstance(f.join(timeout=5), Cancelled)
     assert b"".join(sink) == numbered(0, 3)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_deadline(tmp_path: Path) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, _ = make_out()
     f = Follow(p, out, n=1, interval=0.02, seconds=0.1)
     exc = f.join()
     assert isinstance(exc, LimitReached) and exc.code == Exit.LIMIT
     assert exc.reason == "follow stopped after the policy's follow_max_seconds"
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_follow_caps_end_it(tmp_path: Path) -> None:
@@ -434,7 +431,7 @@ def test_follow_closes_fds_when_reopen_raises(tmp_path: Path) -> None:
     p.write_bytes(b"x\n")
     other = tmp_path / "other.log"
     other.write_bytes(b"")
-    before = open_fds()
+    before = held_under(tmp_path)
     out, _ = make_out()
     calls = 0
 
@@ -450,7 +447,7 @@ def test_follow_closes_fds_when_reopen_raises(tmp_path: Path) -> None:
     f = Follow(p, out, reopen=reopen, interval=0.001)
     exc = f.join()
     assert isinstance(exc, GateError) and exc.code == Exit.NOT_FOUND
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 # ---------------------------------------------------------------- inotify
@@ -465,30 +462,31 @@ def no_backstop(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_inotify_wakes_on_append_and_says_so(tmp_path: Path, no_backstop: None) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
     f = Follow(p, out, n=3, interval=3600.0, inotify=True)
     wait_for(lambda: b"".join(sink) == numbered(0, 3))
     with p.open("ab", buffering=0) as w:
         for i in range(3, 8):
             w.write(numbered(i, i + 1))
-            wait_for(lambda i=i: b"".join(sink) == numbered(0, i + 1))
+            upto = numbered(0, i + 1)
+            wait_for(lambda: b"".join(sink) == upto)
     assert out.notes == {"follow": "inotify"}
     out.cancelled.set()  # a CancelFlag: wakes the poll() on the inotify fd at once
     assert isinstance(f.join(timeout=5), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_inotify_cancel_wakes_the_wait(tmp_path: Path, no_backstop: None) -> None:
     p = tmp_path / "app.log"
     p.write_bytes(b"")
-    before = open_fds()
+    before = held_under(tmp_path)
     out, _ = make_out()
     f = Follow(p, out, interval=3600.0, inotify=True, seconds=3600.0)
     wait_for(lambda: out.notes.get("follow") == "inotify")
     out.cancelled.set()
     assert isinstance(f.join(timeout=5), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_inotify_rename_create_and_copytruncate(tmp_path: Path, no_backstop: None) -> None:
@@ -496,7 +494,7 @@ def test_inotify_rename_create_and_copytruncate(tmp_path: Path, no_backstop: Non
     inotify wake-up (the backstop is an hour away)."""
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 5))
-    before = open_fds()
+    before = held_under(tmp_path)
     out, sink = make_out()
     f = Follow(p, out, n=5, interval=3600.0, inotify=True)
     wait_for(lambda: b"".join(sink) == numbered(0, 5))
@@ -519,10 +517,10 @@ def test_inotify_rename_create_and_copytruncate(tmp_path: Path, no_backstop: Non
             want = numbered(0, 10) + b"".join(
                 b"cut\n" + numbered(10 + 2 * i, 12 + 2 * i) for i in range(k + 1)
             )
-            wait_for(lambda want=want: b"".join(sink) == want, msg=sink)
+            wait_for(lambda: b"".join(sink) == want, msg=sink)
     out.cancelled.set()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_inotify_two_rotations_before_the_follower_looks(
@@ -533,7 +531,7 @@ def test_inotify_two_rotations_before_the_follower_looks(
     monkeypatch.setattr(follow_mod, "SWITCH_QUIET", 0.0)  # switch once a pass reads nothing
     p = tmp_path / "app.log"
     p.write_bytes(numbered(0, 3))
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink = make_out(waiter=stepper.waiter)
     f = Follow(p, out, n=3, interval=3600.0, inotify=True)
@@ -553,7 +551,7 @@ def test_inotify_two_rotations_before_the_follower_looks(
     assert out.notes == {"follow": "inotify"}
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() == before
+    assert held_under(tmp_path) == before
 
 
 def test_polling_two_rotations_one_pass_apart(tmp_path: Path) -> None:
@@ -723,7 +721,7 @@ def test_follow_from_a_rotated_file_finishes_it_then_the_new_one(tmp_path: Path)
         looked.append(ino)
         return os.open(tmp_path / "app.log.1", os.O_RDONLY)
 
-    before = open_fds()
+    before = held_under(tmp_path)
     stepper = Stepper()
     out, sink, marks = marked_out(stepper.waiter)
     f = Follow(p, out, start=(old_ino, cut, tag_of(tmp_path / "app.log.1", cut)), find=find)
@@ -735,7 +733,7 @@ def test_follow_from_a_rotated_file_finishes_it_then_the_new_one(tmp_path: Path)
     assert marks[-1] == mark_of(p, p.stat().st_size)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
-    assert open_fds() <= before | {f.fd}  # the old file's fd was closed
+    assert set(held_under(tmp_path) - before) <= {str(p)}  # the old file's fd was closed
 
 
 def test_follow_from_a_file_rotated_away_shows_the_gap(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_ssh_without_a_command_is_refused(worker: Worker, command: str) -> None:
     assert out.returncode == Exit.BAD_REQUEST
     assert out.stdout == b""
     assert out.stderr == b"logtorukun-gate: empty command; try `help`\n"
-    (rec,) = worker.audit_records()[before:]
+    (rec,) = worker.audit_since(before)
     assert (rec["decision"], rec["reason"]) == ("deny", "empty command; try `help`")
 
 

@@ -24,6 +24,7 @@ import pytest
 from logtorukun.gate.errors import Exit, GateError
 from logtorukun.gate.paths import open_under
 from logtorukun.gate.policy import FileRule
+from tests.support.fds import held_under
 from tests.support.swap import SWAPPER
 
 MARKER = b"PATHS-SECRET-7f3a9c"
@@ -72,19 +73,15 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
         sock.close()
 
 
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
 def refused(tree: Tree, rel: str, code: int, match: str, rule: FileRule | None = None) -> None:
-    before = open_fds()
+    before = held_under(tree.base)
     with pytest.raises(GateError) as info:
         fd = open_under(rule or tree.rule, rel.split("/"), f"{tree.root}/{rel}")
         os.close(fd)
     assert info.value.code == code, (rel, info.value.reason)
     assert match in info.value.reason, info.value.reason
     assert info.value.reason.startswith(f"{tree.root}/{rel}") or "policy root" in match
-    assert open_fds() == before, "a refusal leaked a descriptor"
+    assert held_under(tree.base) == before, "a refusal leaked a descriptor"
 
 
 def test_a_regular_file_opens(tree: Tree) -> None:

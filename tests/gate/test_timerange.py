@@ -182,8 +182,8 @@ def test_range_hour_14(tmp_path: Path, data: bytes, gz: bool) -> None:
 def test_range_windows(tmp_path: Path, data: bytes, gz: bool) -> None:
     p = write(tmp_path / "app.log", data, gz)
 
-    def r(since: str, until: str | None = None, **kw: int) -> bytes:
-        return run_range(p, since, until, gz=gz, **kw)
+    def r(since: str, until: str | None = None, max_lines: int | None = None) -> bytes:
+        return run_range(p, since, until, gz=gz, max_lines=max_lines)
 
     assert r("2024-01-01") == data  # window at the start: everything
     assert r("2024-12-17 16:00") == lines(data, 8)  # at the end, to EOF

@@ -81,7 +81,10 @@ def _literals() -> list[str]:
                 out.append(node.value)
             elif isinstance(node, ast.JoinedStr):
                 out.append(
-                    "".join(v.value if isinstance(v, ast.Constant) else "…" for v in node.values)
+                    "".join(
+                        v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "…"
+                        for v in node.values
+                    )
                 )
     return out
 

@@ -552,6 +552,24 @@ PrintMotd no
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    def audit_since(self, before: int) -> list[dict[str, Any]]:
+        """The records after the first `before`, less the late ones of earlier clients.
+
+        A gate writes `end` when it notices its client went away and `session_end` when a
+        bridge closes, whenever that is: those of requests and sessions begun before
+        `before` are another test's, not this one's.
+        """
+        recs = self.audit_records()
+        old = recs[:before]
+        requests = {r.get("id") for r in old if r.get("event") == "request"}
+        sessions = {r.get("client_port") for r in old if r.get("event") == "session_start"}
+        return [
+            r
+            for r in recs[before:]
+            if not (r.get("event") == "end" and r.get("id") in requests)
+            and not (r.get("event") == "session_end" and r.get("client_port") in sessions)
+        ]
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Worker {self.name} {HOST}:{self.port} {state} {self.dir}>"

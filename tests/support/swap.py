@@ -7,14 +7,16 @@ exists, then prints how many swaps it made. Shared by the gate's attack and path
 """
 
 SWAPPER = r"""
-import os, sys
+import os, sys, time
 kind, name, good, evil, stop = sys.argv[1:6]
 tmp = name + ".swap"
 n = 0
 
 
-def hold():  # stay in each state for a few microseconds, so both states get hit
-    for _ in range(20):
+def hold():  # stay in each state for 0.2 ms: wherever the scheduler stops this process,
+    # it is most likely in one of the two states, not between them
+    end = time.monotonic() + 0.0002
+    while time.monotonic() < end:
         os.lstat(name)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from tests.support.sshd import Worker
 from tests.web.support import LiveServer, running, write_config
@@ -29,6 +29,15 @@ def _quick_heartbeat() -> Iterator[None]:
     before, sse.HEARTBEAT = sse.HEARTBEAT, 0.3
     yield
     sse.HEARTBEAT = before
+
+
+@pytest.fixture(autouse=True)
+def _earlier_follows_ended(request: pytest.FixtureRequest) -> None:
+    """A test on the session's server starts after every earlier follow has ended and
+    written its `follow_end`: those records and upstreams are not this test's."""
+    if "live" in request.fixturenames:
+        live: LiveServer = request.getfixturevalue("live")
+        live.quiet()
 
 
 @pytest.fixture(scope="session")
@@ -87,9 +96,20 @@ def page(browser: Browser) -> Iterator[Page]:
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     pg = ctx.new_page()
     pg.set_default_timeout(15000)
-    pg.dialogs: list[str] = []  # type: ignore[attr-defined, misc]
-    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
     try:
         yield pg
     finally:
         ctx.close()
+
+
+@pytest.fixture
+def dialogs(page: Page) -> list[str]:
+    """The messages of every alert/confirm the page opens (each dismissed)."""
+    seen: list[str] = []
+
+    def on_dialog(dialog: Dialog) -> None:
+        seen.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    return seen

@@ -33,6 +33,7 @@ from argon2 import PasswordHasher
 from playwright.sync_api import Page, expect
 
 from logtorukun.audit import AuditStore
+from logtorukun.audit.records import AuditRecord, AuditRef
 from logtorukun.config import Config, load_config
 from logtorukun.web.app import create_app
 from logtorukun.web.auth import AuthStore
@@ -141,6 +142,37 @@ class LiveServer:
         store: AuditStore = self.server.audit
         return store
 
+    def since(self, before: AuditRef | None, **match: Any) -> list[AuditRecord]:
+        """The records of requests begun after `before`, oldest first.
+
+        An end record of an earlier request (a follow's `follow_end` is written when the
+        server notices the closed stream, whenever that is) is not one of them.
+        """
+        after = before.seq if before else 0
+        recs = self.audit.query(after_seq=after, order="asc", limit=None, **match)
+        return [r for r in recs if r.ref is None or r.ref > after]
+
+    def end_of(self, start: int, timeout: float = 20) -> AuditRecord:
+        """The end record of the request whose start record is `start`, once written."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for r in self.audit.query(after_seq=start, order="asc", limit=None):
+                if r.ref == start:
+                    return r
+            assert time.monotonic() < deadline, f"no end record for audit record {start}"
+            time.sleep(0.01)
+
+    def quiet(self, timeout: float = 20) -> None:
+        """Wait until every follow this server started has ended and written its end."""
+        deadline = time.monotonic() + timeout
+        while True:
+            starts = {r.seq for r in self.audit.query(event="follow_start", limit=None)}
+            ends = {r.ref for r in self.audit.query(event="follow_end", limit=None)}
+            if starts <= ends and not self.server.hub.upstreams:
+                return
+            assert time.monotonic() < deadline, f"follows never ended: {sorted(starts - ends)}"
+            time.sleep(0.01)
+
     def anon(self) -> httpx.Client:
         c = httpx.Client(base_url=self.url, timeout=30, follow_redirects=False)
         self.clients.append(c)
@@ -183,7 +215,7 @@ def start_server(config_path: Path, users: dict[str, list[str]] | None = None) -
             lifespan="on",
         )
     )
-    uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # uvicorn installs no signal handlers outside the main thread (Server.capture_signals).
     thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

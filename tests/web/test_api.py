@@ -137,7 +137,7 @@ def test_refusals_have_the_designed_status_reason_and_record(
     assert r.status_code == status, r.text
     assert reason in r.json()["reason"]
     assert r.json()["error"]
-    new = live.audit.query(after_seq=before.seq if before else 0, order="asc", user=user)
+    new = live.since(before, user=user)
     if status in (403, 404, 422) and "policy" not in reason and "no such" not in reason:
         assert [x.event for x in new] == ["refused"]
         assert new[0].decision == "deny" and new[0].params["status"] == status
@@ -167,7 +167,7 @@ def test_tokens_work_until_revoked_or_expired(live: LiveServer, web_worker: Work
     token, info = auth.create_token("olivia", 3600)
     c = live.anon()
     h = {"authorization": f"Bearer {token}"}
-    params = {"path": str(web_worker.app_log), "lines": 1}
+    params: dict[str, str | int] = {"path": str(web_worker.app_log), "lines": 1}
     r = c.get("/api/hosts/web1/tail", params=params, headers=h)
     assert r.status_code == 200
     rec = live.audit.query(user="olivia", event="read", limit=1)[0]
@@ -194,7 +194,7 @@ def test_log_content_is_data_in_json(live: LiveServer, web_worker: Worker) -> No
 def test_download_needs_the_capability_and_is_an_attachment(
     live: LiveServer, web_worker: Worker
 ) -> None:
-    params = {"path": str(web_worker.app_log), "lines": 3, "download": "true"}
+    params: dict[str, str | int] = {"path": str(web_worker.app_log), "lines": 3, "download": "true"}
     r = live.client("olivia").get("/api/hosts/web1/tail", params=params)
     assert r.status_code == 200
     assert r.headers["content-disposition"].startswith("attachment;")
@@ -439,6 +439,11 @@ class SSE:
     def lines(self) -> list[str]:
         return [ln for name, d in self.events if name == "lines" for ln in d["lines"]]
 
+    @property
+    def audit(self) -> int:
+        """The seq of this viewer's follow_start record (from the `ready` event)."""
+        return int(next(d["audit"] for name, d in self.events if name == "ready"))
+
     def wait_for(self, text: str, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while not any(text in ln for ln in self.lines()):
@@ -489,11 +494,9 @@ def test_follow_shares_one_upstream_and_audits_each_viewer(
     finally:
         a.close()
         b.close()
-    _wait(lambda: not hub.upstreams)
-    _wait(lambda: len(live.audit.query(event="follow_end", user="olivia", limit=2)) == 2)
-    ends = live.audit.query(event="follow_end", user="olivia", limit=2)
-    starts = {x.seq for x in live.audit.query(event="follow_start", user="olivia", limit=2)}
-    assert {x.ref for x in ends} == starts
+    ends = [live.end_of(a.audit), live.end_of(b.audit)]
+    assert [x.event for x in ends] == ["follow_end", "follow_end"]
+    assert not hub.upstreams  # the last viewer leaving stopped the upstream
     assert all(x.outcome and x.outcome["lines"] >= 1 and x.outcome["bytes"] > 0 for x in ends)
 
 
@@ -510,6 +513,8 @@ def test_follow_cap_per_user_and_grants(live: LiveServer, web_worker: Worker) ->
     finally:
         for s in streams:
             s.close()
+    for s in streams:  # the cap is free again once each has written its follow_end
+        live.end_of(s.audit)
     denied = SSE(live.client("rita"), "/api/hosts/web1/follow", {"path": str(web_worker.app_log)})
     assert denied.status == 403 and "follow" in denied.body["reason"]
     missing = SSE(
@@ -535,7 +540,8 @@ def test_follow_upstream_restarts_cleanly_after_the_last_viewer_left(
             assert s.lines()
         finally:
             s.close()
-        _wait(lambda: not hub.upstreams and not hub.per_user.get("olivia"))
+        live.end_of(s.audit)
+        assert not hub.upstreams and not hub.per_user.get("olivia")
 
 
 # ---------------------------------------------------------------------- continuity

@@ -54,7 +54,7 @@ def test_sign_in_browse_open_and_search(page: Page, live: LiveServer, web_worker
     expect(page.locator("#pattern")).to_be_focused()
     page.keyboard.type("order 80412")
     page.keyboard.press("Enter")
-    expect(page.locator("#status")).to_contain_text("1 matching lines")
+    expect(page.locator("#status")).to_contain_text("1 matching line ·")
     expect(page.locator("#log .line")).to_have_count(1)
     expect(page.locator("#log mark")).to_have_text("order 80412")
     # The address bar is a deep link to this result.
@@ -64,7 +64,7 @@ def test_sign_in_browse_open_and_search(page: Page, live: LiveServer, web_worker
 def test_follow_pause_and_resume(page: Page, live: LiveServer, web_worker: Worker) -> None:
     path = web_worker.root / "follow.log"
     sign_in(page, live, "olivia", f"/view?host=web1&path={path}")
-    expect(page.locator("#status")).to_contain_text("lines")
+    expect(page.locator("#status")).to_contain_text(" ms · audit #")
     page.locator("body").press("f")
     expect(page.locator("#live-badge")).to_be_visible()
     expect(page.locator("#status")).to_contain_text("Following")
@@ -76,7 +76,7 @@ def test_follow_pause_and_resume(page: Page, live: LiveServer, web_worker: Worke
     expect(page.locator("#live-badge")).to_have_text("PAUSED")
     hidden = f"while-paused-{time.time()}"
     _append(path, f"2024-12-17 14:01:01 INFO {hidden}\n")
-    expect(page.locator("#new-lines")).to_have_text("1 new lines — resume")
+    expect(page.locator("#new-lines")).to_have_text("1 new line — resume")
     expect(page.locator("#log .line", has_text=hidden)).to_have_count(0)
     page.click("#new-lines")
     expect(page.locator("#log .line", has_text=hidden)).to_have_count(1)
@@ -135,7 +135,9 @@ def test_a_user_without_the_grant_sees_neither_host_nor_data(
     assert status == 404
 
 
-def test_log_content_renders_inert(page: Page, live: LiveServer, web_worker: Worker) -> None:
+def test_log_content_renders_inert(
+    page: Page, dialogs: list[str], live: LiveServer, web_worker: Worker
+) -> None:
     sign_in(page, live, "olivia", f"/view?host=web1&path={web_worker.root / 'xss.log'}")
     rows = page.locator("#log .line")
     expect(rows).to_have_count(len(XSS_LINES))
@@ -143,7 +145,7 @@ def test_log_content_renders_inert(page: Page, live: LiveServer, web_worker: Wor
     expect(rows.nth(1)).to_have_text("</script><script>window.__pwned = 1</script>")
     assert page.locator("#log img, #log script, #log svg").count() == 0
     assert page.evaluate("window.__pwned") is None
-    assert page.dialogs == []  # type: ignore[attr-defined]
+    assert dialogs == []
     # ANSI colours via classes; the OSC title sequence is gone, not shown or obeyed.
     expect(rows.nth(3).locator("span.fg-red")).to_have_text("ERROR")
     expect(rows.nth(3).locator("span.b.fg-green")).to_have_text("bold green")

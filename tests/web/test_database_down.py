@@ -16,7 +16,7 @@ def test_database_down_is_503_and_recovery_needs_no_restart(
     tmp_path: Path, web_worker: Worker, own_pg: Postgres
 ) -> None:
     url = new_pg_database(own_pg)
-    params = {"path": str(web_worker.app_log), "lines": 3}
+    params: dict[str, str | int] = {"path": str(web_worker.app_log), "lines": 3}
     try:
         with running(write_config(tmp_path, web_worker, database=url)) as live:
             c = live.anon()

@@ -17,6 +17,94 @@ const LogRender = (() => {
   const TIMESTAMP = /^\[?(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2})\]?/;
   const PALETTE = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
 
+  // Times: shown as written (UTC for a timestamp without a zone), or in this browser's
+  // time zone. The original stays in data-ts (and the title) to switch back.
+  const ISO = /^(\[?)(\d{4})-(\d{2})-(\d{2})([ T])(\d{2}):(\d{2}):(\d{2})(?:([.,])(\d+))?(Z|[+-]\d{2}:?\d{2})?(\]?)$/;
+  let localTime = false;
+  const pad = (n, w) => String(n).padStart(w || 2, "0");
+
+  function shownTime(ts) {
+    if (!localTime) return ts;
+    const m = ISO.exec(ts);
+    if (!m) return ts;
+    let ms = Date.UTC(+m[2], +m[3] - 1, +m[4], +m[6], +m[7], +m[8]);
+    if (m[11] && m[11] !== "Z") {
+      const sign = m[11][0] === "-" ? -1 : 1;
+      const z = m[11].slice(1).replace(":", "");
+      ms -= sign * (+z.slice(0, 2) * 60 + +z.slice(2)) * 60000;
+    }
+    const d = new Date(ms);
+    const off = -d.getTimezoneOffset();
+    const zone = (off >= 0 ? "+" : "-") + pad(Math.floor(Math.abs(off) / 60)) + ":" + pad(Math.abs(off) % 60);
+    return m[1] + d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + m[5] +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) +
+      (m[10] ? m[9] + m[10] : "") + zone + m[12];
+  }
+
+  function setLocalTime(on, root) {
+    localTime = !!on;
+    for (const span of (root || document).querySelectorAll(".ts[data-ts]")) {
+      span.textContent = shownTime(span.dataset.ts);
+    }
+  }
+
+  // Level of a line, in the forms logs use: a JSON field (level, severity, lvl, log.level,
+  // levelname, PRIORITY; pino's numbers), logfmt `level=`, a syslog `<N>` prefix or a
+  // journal/syslog priority number, or a plain word (ERROR, WARN, ...). One of
+  // "error", "warn", "info", "debug", or "" when the line does not say.
+  const WORD_LEVEL = {
+    fatal: "error", panic: "error", crit: "error", critical: "error", emerg: "error",
+    emergency: "error", alert: "error", error: "error", err: "error", severe: "error",
+    warn: "warn", warning: "warn", notice: "info", info: "info", information: "info",
+    informational: "info", debug: "debug", trace: "debug", verbose: "debug", fine: "debug",
+  };
+  const PRIORITY_LEVEL = ["error", "error", "error", "error", "warn", "info", "info", "debug"];
+  const JSON_LEVEL_KEYS = ["level", "lvl", "severity", "levelname", "loglevel", "log.level", "PRIORITY", "priority", "@l"];
+  const LOGFMT_LEVEL = /(?:^|\s)(?:level|lvl|severity)=["']?([A-Za-z]+|[0-7])\b/;
+  const SYSLOG_PRI = /^<([0-9]{1,3})>/;
+
+  function levelFrom(value) {
+    if (typeof value === "number") {
+      if (value >= 10 && value <= 60) return value >= 50 ? "error" : value >= 40 ? "warn" : value >= 30 ? "info" : "debug";
+      return PRIORITY_LEVEL[value] || "";
+    }
+    if (typeof value !== "string") return "";
+    if (/^[0-7]$/.test(value)) return PRIORITY_LEVEL[+value];
+    return WORD_LEVEL[value.toLowerCase()] || "";
+  }
+
+  // The JSON object a line carries (after an optional timestamp prefix), or null.
+  function jsonOf(line) {
+    const start = line.indexOf("{");
+    if (start < 0 || start > 64 || line.length > 65536) return null;
+    const end = line.lastIndexOf("}");
+    if (end <= start) return null;
+    try {
+      const v = JSON.parse(line.slice(start, end + 1));
+      return v && typeof v === "object" && !Array.isArray(v) ? v : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function levelOf(line) {
+    const obj = line.indexOf("{") >= 0 ? jsonOf(line) : null;
+    if (obj) {
+      for (const k of JSON_LEVEL_KEYS) {
+        const v = k === "log.level" && obj.log ? obj.log.level : obj[k];
+        const lv = v === undefined ? "" : levelFrom(v);
+        if (lv) return lv;
+      }
+    }
+    const head = (line.length > 300 ? line.slice(0, 300) : line).replace(ESCAPES, "");
+    const pri = SYSLOG_PRI.exec(head);
+    if (pri) return PRIORITY_LEVEL[+pri[1] % 8];
+    const lf = LOGFMT_LEVEL.exec(head);
+    if (lf) { const lv = levelFrom(lf[1]); if (lv) return lv; }
+    const w = LEVEL.exec(head);
+    return w ? LEVEL_CLASS[w[1]] : "";
+  }
+
   function visibleControl(s) {
     return s.replace(CONTROL, (c) => String.fromCharCode(0x2400 + (c === "\x7f" ? 0x21 : c.charCodeAt(0))));
   }
@@ -104,16 +192,19 @@ const LogRender = (() => {
   function row(line, matcher) {
     const div = document.createElement("div");
     div.className = "line";
-    const head = line.length > 200 ? line.slice(0, 200) : line;
-    const lvl = LEVEL.exec(head.replace(ESCAPES, ""));
-    if (lvl) div.classList.add("lvl-" + LEVEL_CLASS[lvl[1]]);
-    else if (/^\s/.test(line)) div.classList.add("cont");
+    const lvl = levelOf(line);
+    if (lvl) {
+      div.classList.add("lvl-" + lvl);
+      div.dataset.lv = lvl;
+    } else if (/^\s/.test(line)) div.classList.add("cont");
     let rest = line;
     const ts = TIMESTAMP.exec(rest);
     if (ts) {
       const span = document.createElement("span");
       span.className = "ts";
-      appendText(span, ts[0], matcher);
+      span.dataset.ts = ts[0];
+      span.title = "as written: " + ts[0];
+      appendText(span, shownTime(ts[0]), matcher);
       div.append(span);
       rest = rest.slice(ts[0].length);
     }
@@ -151,5 +242,5 @@ const LogRender = (() => {
     }
   }
 
-  return { row, matcherFor, visibleControl };
+  return { row, matcherFor, visibleControl, setLocalTime, shownTime, levelOf, jsonOf };
 })();

@@ -314,6 +314,8 @@ class AuditStore:
         return (st.st_dev, st.st_ino)
 
     def _file_problem(self) -> str | None:
+        if self.pg is not None:  # no file: PostgreSQL answers, or the request fails
+            return None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:

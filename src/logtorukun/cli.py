@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "logtorukun.web.commands",
     "logtorukun.client.commands",
     "logtorukun.audit.commands",
+    "logtorukun.db.commands",
     "logtorukun.ops.commands",
 )
 

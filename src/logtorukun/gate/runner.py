@@ -88,15 +88,7 @@ def serve(
 ) -> Result:
     """Run `command`; every outcome, including refusals, is audited. Never raises GateError."""
     t0 = time.monotonic()
-    base: dict[str, Any] = {
-        "ts": now_iso(),
-        "id": os.urandom(8).hex(),
-        "mode": ctx.mode,
-        **ctx.identity,
-        "command": command,
-    }
-    if via:
-        base["via"] = via
+    base = _base(command, ctx, via)
     try:
         plan = authorize(grammar.parse(command), ctx.policy)
     except GateError as exc:
@@ -156,6 +148,25 @@ def serve(
         if result.code == Exit.OK:
             result.code = Exit.AUDIT
     return result
+
+
+def _base(command: str, ctx: Context, via: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "ts": now_iso(),
+        "id": os.urandom(8).hex(),
+        "mode": ctx.mode,
+        **ctx.identity,
+        "command": command,
+    }
+    if via:
+        base["via"] = via
+    return base
+
+
+def deny(command: str, ctx: Context, code: int, reason: str, *, via: Any = None) -> Result:
+    """Audit a request refused before it could be served (a malformed bridge frame, a
+    session over its limits): the same `deny` record a refused command gets."""
+    return _refuse(ctx, _base(command, ctx, via), GateError(code, reason))
 
 
 def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:

@@ -18,6 +18,7 @@ from .gate.globs import GlobError, compile_glob
 
 if TYPE_CHECKING:
     from .config_siem import AlertSettings, ForwardConfig
+    from .config_ssh import SshSettings
 
 DEFAULT_CONFIG = "/etc/logtorukun/server.toml"
 CAPABILITIES = frozenset({"tail", "search", "follow", "download", "audit"})
@@ -39,6 +40,9 @@ class HostConfig:
     labels: tuple[str, ...] = ()
     connect_timeout: float = 10.0
     request_timeout: float = 60.0
+    # With [ssh] certificates: the force-command in each certificate, byte for byte the
+    # command= of the worker's principals line (None: what `worker setup` installs).
+    gate_command: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class Config:
     # SIEM forwarders and alert rules (config_siem.py).
     forward: tuple[ForwardConfig, ...] = ()
     alerts: AlertSettings | None = None
+    ssh: SshSettings | None = None
 
     def host(self, name: str) -> HostConfig | None:
         for h in self.hosts:
@@ -192,7 +197,7 @@ _REQUIRED: Any = object()
 
 def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     top = _Reader(path, text, "", data)
-    top.used.update({"server", "fleet", "host", "role", "forward", "alerts"})
+    top.used.update({"server", "fleet", "host", "role", "forward", "alerts", "ssh"})
     top.done()
 
     s = _Reader(path, text, "server", data.get("server", {}))
@@ -254,6 +259,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
                 labels=labels,
                 connect_timeout=h.get("connect_timeout", float, 10.0),
                 request_timeout=h.get("request_timeout", float, 60.0),
+                gate_command=h.get("gate_command", str),
             )
         )
         h.done()
@@ -288,6 +294,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         roles[name] = RoleConfig(name, role_hosts, sources, frozenset(caps))
         r.done()
     from .config_siem import parse_alerts, parse_forwards
+    from .config_ssh import parse_ssh
 
     forward = parse_forwards(top, data.get("forward", []), _Reader, server.database)
     alerts = (
@@ -301,6 +308,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         fleet=fleet,
         forward=forward,
         alerts=alerts,
+        ssh=parse_ssh(top, data["ssh"], _Reader) if "ssh" in data else None,
     )
 
 

@@ -482,7 +482,7 @@ def run_child(
             cut = cut or len(data)
             rest = data[cut:]
             if keep_last is None:
-                out.write(data[:cut])
+                out.write_bulk(data[:cut])
                 continue
             for line in data[:cut].splitlines(keepends=True):
                 ring.append(line)

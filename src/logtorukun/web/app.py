@@ -358,7 +358,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Opening the audit store here means a server that cannot write its
     audit trail does not start (fail closed from the first second)."""
-    from . import api, pages, sse
+    from . import api, download, pages, sse
 
     settings = config.server
     audit = audit or AuditStore.from_settings(settings)
@@ -367,7 +367,7 @@ def create_app(
         config=config,
         audit=audit,
         auth=auth,
-        workers=workers or Workers(config.hosts, fleet=config.fleet),
+        workers=workers or Workers(config.hosts, fleet=config.fleet, ssh=config.ssh),
         limiter=RateLimiter(settings.requests_per_minute),
         proxies=TrustedProxies(settings.trusted_proxies),
         failures=AddressFailures(settings.failures_per_minute),
@@ -422,6 +422,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(sse.router)
+    app.include_router(download.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

@@ -33,7 +33,7 @@ from .worker_changes import Change, bytes_change, dir_change, file_change
 from .worker_manifest import AclRecord, Manifest, load, load_path
 from .worker_render import logrotate_text, policy_text, sudoers_text
 from .worker_spec import FilesRule, Layout, Spec
-from .worker_sshd import key_line, match_block
+from .worker_sshd import key_line, match_block, principal_line
 
 
 def _matching_files(rule: FilesRule) -> list[Path]:
@@ -184,7 +184,7 @@ def plan_setup(spec: Spec) -> list[Change]:
     plan.dir(lay.home, 0o755)
     plan.dir(lay.state_dir, 0o700, owner=user)
     if spec.audit_file is not None:
-        plan.dir(spec.audit_file.parent, 0o750, owner=user)
+        _plan_audit(plan, spec.audit_file)
     plan.made_dirs(lay.zipapp, itself=False)
     plan.add(bytes_change(lay.zipapp, _zipapp_bytes(spec.python), 0o755))
     policy = policy_text(
@@ -195,7 +195,10 @@ def plan_setup(spec: Spec) -> list[Change]:
     plan.dir(lay.keys_dir, 0o755)
     # The sshd block before the key: setup checks sshd's effective settings right after
     # writing it, and a key is only installed behind a block that holds.
-    plan.file(lay.sshd_dropin, match_block(user, lay.authorized_keys, command), 0o644)
+    ca = lay if spec.trust_ca else None
+    plan.file(lay.sshd_dropin, match_block(user, lay.authorized_keys, command, ca=ca), 0o644)
+    if spec.trust_ca:
+        _plan_ca(plan, spec, command)
     plan.file(
         lay.authorized_keys,
         "".join(key_line(k, command, spec.sources) + "\n" for k in spec.keys),
@@ -221,6 +224,62 @@ def plan_setup(spec: Spec) -> list[Change]:
         Change(f"record {lay.manifest} (what remove undoes)", _final_write(lay, new))
     )
     return plan.changes
+
+
+def _plan_ca(plan: _Planner, spec: Spec, command: str) -> None:
+    """`--trust-ca`: the CA key, the principals line, and a KRL that setup creates empty
+    once and then leaves to the operator (`logtorukun ca revoke` + copying it here)."""
+    lay = spec.layout
+    assert spec.trust_ca is not None
+    plan.file(lay.user_ca, spec.trust_ca + "\n", 0o644)
+    plan.dir(lay.principals.parent, 0o755)
+    plan.file(lay.principals, principal_line(lay.user, command, spec.sources) + "\n", 0o644)
+    plan.made_dirs(lay.krl, itself=False)
+    plan.new.files.append(str(lay.krl))
+    if not lay.krl.exists():
+        plan.add(bytes_change(lay.krl, _empty_krl(), 0o644))
+
+
+@functools.cache
+def _empty_krl() -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="logtorukun-krl-") as d:
+        path = Path(d) / "empty.krl"
+        system.run([system.SSH_KEYGEN, "-q", "-k", "-f", str(path)])
+        return path.read_bytes()
+
+
+def _plan_audit(plan: _Planner, audit: Path) -> None:
+    """The gate appends its audit to `audit`. A directory setup makes (the default one)
+    is the gate user's; an existing one (`--audit-file /var/log/gate.jsonl`) is never
+    chowned or chmodded: only the file itself is handed to the user."""
+    d, user = audit.parent, plan.lay.user
+    if d == plan.lay.audit_dir or str(d) in plan.old.dirs or not os.path.lexists(d):
+        plan.dir(d, 0o750, owner=user)
+        return
+    if not d.is_dir() or d.is_symlink():
+        raise UserError(f"--audit-file {audit}: {d} is not a directory")
+    try:
+        st: os.stat_result | None = audit.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise UserError(f"--audit-file {audit}: exists and is not a regular file")
+    uid = pwd.getpwnam(user).pw_uid if system.user_exists(user) else None
+    if st is not None and st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o640:
+        return
+
+    def apply() -> None:
+        pw = pwd.getpwnam(user)
+        fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
+        try:
+            os.fchown(fd, pw.pw_uid, pw.pw_gid)
+            os.fchmod(fd, 0o640)
+        finally:
+            os.close(fd)
+
+    plan.add(Change(f"audit file {audit} (owner {user}, mode 0640; {d} left as it is)", apply))
 
 
 def _plan_acls(plan: _Planner, spec: Spec) -> None:
@@ -336,7 +395,7 @@ def _strip_below(root: str, m: Manifest, user: str) -> Change:
         if uid is None:
             return
         for path in worker_acl.walk(Path(root)):
-            if path not in m.acl:
+            if path not in m.acl and worker_acl.carries(path, uid):
                 with contextlib.suppress(UserError):  # vanished or swapped meanwhile
                     worker_acl.strip(path, uid)
 

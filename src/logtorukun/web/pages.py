@@ -247,6 +247,7 @@ async def logout(request: Request, csrf: str = Form("", max_length=100)) -> Resp
     server.record(ctx, "logout", action="logout", decision="allow", reason="signed out")
     if ctx.session_id:
         server.auth.end_session(ctx.session_id)
+        server.hub.recheck.kick()  # the session's live follows end now, not in 5 s
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(
         server.cookie_name,
@@ -363,10 +364,11 @@ async def healthz(request: Request) -> Response:
     """200 when the audit trail is writable-looking and readable; 503 otherwise."""
     server = _server(request)
     try:
+        server.audit.check()  # deleted, renamed, replaced, read-only: 503 (and recovery)
         head = server.audit.head()
     except Exception as exc:  # the cause (a path) is for the server log, not the client
-        log.error("/healthz: audit store unreadable: %s", exc)
-        return PlainTextResponse("audit store unreadable\n", status_code=503)
+        log.error("/healthz: audit store unusable: %s", exc)
+        return PlainTextResponse("audit store unavailable\n", status_code=503)
     if server.audit.write_failures and server.metrics.audit_failures:
         status = "degraded: audit writes have failed since start"
     else:

@@ -7,7 +7,8 @@ them). The first viewer starts the upstream; the last one leaving stops it.
 Back-pressure without letting one slow browser stall the others: each viewer has a
 bounded backlog (`BACKLOG` lines). A line reaching an idle viewer goes out at once (the
 next event-loop turn); while a viewer is busy, lines gather into one event at most every
-`BATCH_SECONDS`, and a slow browser (whose socket is full, so the send waits) gets
+`BATCH_SECONDS` (longer with many viewers: `EVENTS_PER_SECOND` for all viewers of one
+source together), and a slow browser (whose socket is full, so the send waits) gets
 everything that arrived meanwhile as one event. A viewer whose backlog is full loses
 the oldest lines and is told how many (`dropped`), instead of the server buffering
 without bound. Every viewer has its own follow_start/follow_end audit records.
@@ -34,6 +35,7 @@ from ..gate.protocol import POS_EVERY
 from .access import FOLLOW, Source
 from .api import ContainerQ, PathQ, UnitQ, _begin, server_of, worker_failed
 from .app import ApiError, Ctx, Server
+from .recheck import Credential, Rechecker
 from .workers import ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -50,6 +52,10 @@ FromQ = Annotated[
 BACKLOG = 5000  # lines a viewer may be behind before the oldest are dropped
 REPLAY = 5000  # lines an upstream keeps, with positions, for viewers joining from one
 BATCH_SECONDS = 0.005  # busy: at most one event per viewer this often (idle: at once)
+# ... and, with many viewers of one source, at most this many events a second for all of
+# them together (200 viewers: one event each per 25 ms): past that the server would
+# spend its time on per-event overhead and every viewer would fall behind.
+EVENTS_PER_SECOND = 8000
 MAX_BATCH = 2000
 HEARTBEAT = 15.0
 MAX_LINE = 64 * 1024  # a longer "line" is cut: one write must not become one huge event
@@ -72,10 +78,13 @@ class Viewer:
         self.wake = asyncio.Event()
         self.ended: str | None = None  # reason, once the upstream has ended
         self.retry = True  # may the browser start again from its last position?
+        self.revoked: str | None = None  # the audit reason, once credentials failed
         self.lines = 0
         self.bytes = 0
 
     def push(self, entries: list[Entry]) -> None:
+        if self.revoked is not None:
+            return
         # The deque's maxlen drops the oldest lines: the newest are what a live view is for.
         over = len(self.backlog) + len(entries) - BACKLOG
         if over > 0:
@@ -87,6 +96,14 @@ class Viewer:
         self.ended = reason
         self.retry = retry
         self.wake.set()
+
+    def revoke(self, reason: str, shown: str) -> None:
+        """Credentials no longer valid (recheck.py): nothing more is sent, not even
+        lines already queued; the browser is told `shown` and must not retry."""
+        self.revoked = reason
+        self.backlog.clear()
+        self.dropped = 0
+        self.end(shown, retry=False)
 
 
 class Upstream:
@@ -262,6 +279,7 @@ class FollowHub:
         self.private: set[Upstream] = set()
         self.per_user: dict[str, int] = {}
         self.heartbeat = HEARTBEAT
+        self.recheck = Rechecker(server, server.config.server.follow_recheck_seconds)
 
     def follower_count(self) -> int:
         ups = [*self.upstreams.values(), *self.private]
@@ -304,6 +322,7 @@ class FollowHub:
         return up
 
     async def close(self) -> None:
+        await self.recheck.close()
         ups = [*self.upstreams.values(), *self.private]
         for up in ups:
             up.task.cancel()
@@ -375,6 +394,7 @@ async def follow(
     except BaseException:
         hub.per_user[user] -= 1
         raise
+    hub.recheck.add(viewer, Credential.of(ctx, a.host, a.source))
 
     state = {"reason": "viewer closed", "done": False}
 
@@ -384,8 +404,8 @@ async def follow(
         if state["done"]:
             return
         state["done"] = True
+        hub.recheck.remove(viewer)
         up.leave(viewer)
-        hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
         server.metrics.sent("follow", viewer.bytes, viewer.lines)
         with contextlib.suppress(ApiError):
             server.finish(
@@ -399,6 +419,8 @@ async def follow(
                     "duration_ms": round((time.monotonic() - a.started) * 1000, 3),
                 },
             )
+        # After the end record: whoever sees the slot free also finds the record.
+        hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -420,6 +442,10 @@ async def follow(
                         async with asyncio.timeout(beat):
                             await viewer.wake.wait()
                 viewer.wake.clear()
+                if viewer.revoked is not None:
+                    state["reason"] = viewer.revoked
+                    yield _event("end", {"reason": viewer.ended, "retry": False})
+                    return
                 backlog = viewer.backlog
                 if backlog and backlog[0][0] is None:
                     _, pos, gap = backlog.popleft()
@@ -429,7 +455,8 @@ async def follow(
                 if backlog or viewer.dropped:
                     # Idle: out at once. Busy (an event went out less than BATCH_SECONDS
                     # ago): wait out the gap, gathering what arrives meanwhile.
-                    gap_s = last_sent + BATCH_SECONDS - time.monotonic()
+                    spacing = max(BATCH_SECONDS, len(up.viewers) / EVENTS_PER_SECOND)
+                    gap_s = last_sent + spacing - time.monotonic()
                     if gap_s > 0:
                         await asyncio.sleep(gap_s)
                     batch: list[str] = []

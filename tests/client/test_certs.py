@@ -318,3 +318,22 @@ def test_cli_as_without_certificates_is_one_clear_line(
     err = capsys.readouterr().err
     assert code == 2 and "--as kim: needs [ssh] certificates = true" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------- doctor
+
+
+def test_doctor_checks_the_certificate_and_names_gate_command(
+    cert_worker: Worker, ca: Path
+) -> None:
+    from logtorukun.config_ssh import SshSettings
+    from logtorukun.ops.doctor_certs import check_certificates
+
+    ssh = SshSettings(certificates=True, ca_key=ca / "user_ca", source_address=(HOST,))
+    good = host_for(cert_worker, gate_command=cert_worker.gate_command())
+    (check,) = check_certificates(good, ssh)
+    assert check.status == "pass" and "accepted" in check.detail
+    bad = host_for(cert_worker, gate_command=cert_worker.gate_command() + " --x")
+    (check,) = check_certificates(bad, ssh)
+    assert check.status == "fail" and "refused" in check.detail
+    assert "must equal gate_command" in check.fix and "--x" in check.fix

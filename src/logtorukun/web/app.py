@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -372,7 +373,7 @@ def create_app(
 
     settings = config.server
     audit = audit or AuditStore.from_settings(settings)
-    auth = auth or AuthStore(settings.database)
+    auth = auth or AuthStore(settings.store)
     server = Server(
         config=config,
         audit=audit,
@@ -387,7 +388,7 @@ def create_app(
     if config.forward:
         from ..audit.forward import forwarders_from_config, gauges
 
-        server.forwarders = forwarders_from_config(settings.database, config.forward)
+        server.forwarders = forwarders_from_config(settings.store, config.forward)
         audit.sinks.extend(server.forwarders)  # emit() only wakes the forwarder's thread
         gauges(server.metrics, server.forwarders, audit)
     if config.alerts is not None and config.alerts.rules:
@@ -410,6 +411,9 @@ def create_app(
         finally:
             summaries.cancel()
             server.write_failure_summaries(everything=True)
+            # The head, to the sinks: a later truncation shows against it.
+            with contextlib.suppress(Exception):
+                server.audit.write_checkpoint("shutdown")
             await server.hub.close()
             await server.workers.close()
             if server.alerts is not None:
@@ -437,6 +441,14 @@ def create_app(
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
         return error_response(request, server, exc.status, exc.error, exc.reason)
+
+    @app.exception_handler(sqlite3.Error)
+    async def database_error(request: Request, exc: sqlite3.Error) -> Response:
+        # Users, sessions and tokens unreadable (PostgreSQL down, SQLite file broken):
+        # nobody can be identified, so nothing is served (fail closed), until it is back.
+        server.metrics.audit_failures += 1
+        reason = f"the user database cannot be read, so nothing is served: {exc}"
+        return error_response(request, server, 503, _ERRORS.get(503, "error"), reason)
 
     @app.exception_handler(RequestValidationError)
     async def bad_params(request: Request, exc: RequestValidationError) -> Response:

@@ -1,0 +1,118 @@
+"""The log viewer in headless Chromium, against a real worker and web server on loopback.
+
+    .venv/bin/python -m bench.viewer [--rounds 20]
+
+Rows (medians and p95 of `rounds` runs, measured inside the page with performance.now()):
+- Load: the button pressed to the first new line painted (the next animation frame after
+  it is in the DOM), `tail -n 200` of a 100,000-line file.
+- Scroll back: the view scrolled to the top to the page before it painted (200 lines,
+  `tail -n 200 --before` on the worker), page after page back through the file.
+Prints a table and writes docs/benchmarks-viewer.md. Needs root (it starts sshd).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+
+from tests.support.sshd import Worker
+from tests.web.conftest import CHROMIUM_ARGS
+from tests.web.support import running, sign_in, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "benchmarks-viewer.md"
+LINES = 100_000
+
+_LOAD = """async () => {
+    const log = document.getElementById("log");
+    const before = log.lastElementChild;
+    const t0 = performance.now();
+    document.getElementById("run").click();
+    for (let i = 0; i < 2000; i++) {
+        await new Promise((r) => requestAnimationFrame(r));
+        if (log.lastElementChild && log.lastElementChild !== before
+            && log.lastElementChild.classList.contains("line")) break;
+    }
+    return performance.now() - t0;
+}"""
+
+_BACK = """async () => {
+    const log = document.getElementById("log");
+    const first = log.firstElementChild;
+    const t0 = performance.now();
+    log.scrollTop = 0;
+    for (let i = 0; i < 2000; i++) {
+        await new Promise((r) => requestAnimationFrame(r));
+        if (log.firstElementChild !== first) break;
+    }
+    await new Promise((r) => requestAnimationFrame(r));
+    return performance.now() - t0;
+}"""
+
+
+def p95(values: list[float]) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]
+
+
+def measure(page: Page, script: str, rounds: int) -> list[float]:
+    return [float(page.evaluate(script)) for _ in range(rounds)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="bench.viewer")
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    worker = Worker(name="bench-viewer")
+    try:
+        worker.start()
+        big = worker.root / "big.log"
+        big.write_text(
+            "".join(
+                f"2024-12-17 14:{i // 6000 % 60:02d}:00 INFO [bench] line {i:06d}\n"
+                for i in range(LINES)
+            )
+        )
+        big.chmod(0o644)
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            running(write_config(Path(tmp), worker)) as live,
+            sync_playwright() as p,
+        ):
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                sign_in(page, live, "olivia", f"/view?host=web1&path={big}&lines=200")
+                page.wait_for_selector("#log .line")
+                load = measure(page, _LOAD, args.rounds)
+                back = measure(page, _BACK, args.rounds)
+            finally:
+                browser.close()
+    finally:
+        worker.destroy()
+    rows = [
+        ("Load: tail -n 200 of 100,000 lines, click to first painted line", load),
+        ("Scroll back: one page of 200 lines, top reached to page painted", back),
+    ]
+    table = ["| step | median | p95 | goal |", "|---|---:|---:|---|"]
+    goals = ["< 300 ms", "< 100 ms"]
+    for (name, values), goal in zip(rows, goals, strict=True):
+        table.append(
+            f"| {name} | {statistics.median(values):.1f} ms | {p95(values):.1f} ms | {goal} |"
+        )
+    text = "\n".join(table)
+    print(text)
+    OUT.write_text(
+        "# Viewer in Chromium\n\n"
+        f"Command: `.venv/bin/python -m bench.viewer --rounds {args.rounds}` (headless Chromium,"
+        " worker sshd and web server on loopback, 2 CPUs shared)\n\n" + text + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,6 +31,7 @@ APP_GRANTS = (
     "GRANT SELECT ON audit_meta TO {role}",
     "GRANT SELECT ON audit_log_high TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON auth_users, auth_sessions, auth_tokens TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON limit_buckets, login_failures, follow_slots TO {role}",
 )
 _COPY_TABLES = {
     "auth_users": ("name", "password_hash", "roles", "created", "disabled"),

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..audit import AuditRef, AuditStore, AuditWriteError
-from ..config import Config
+from ..config import Config, ServerSettings
 from .access import Access
 from .auth import AuthError, AuthStore, User
 from .metrics import Metrics
@@ -360,6 +360,19 @@ class _Headers:
             )
 
 
+def _limits(settings: ServerSettings) -> dict[str, Any]:
+    """The rate limit and the sign-in throttle; on PostgreSQL counted across instances."""
+    if settings.database_url is None:
+        return {"limiter": RateLimiter(settings.requests_per_minute), "throttle": LoginThrottle()}
+    from .shared import SharedLoginThrottle, SharedRateLimiter
+
+    url = settings.database_url
+    return {
+        "limiter": SharedRateLimiter(url, settings.requests_per_minute),
+        "throttle": SharedLoginThrottle(url),
+    }
+
+
 def create_app(
     config: Config,
     *,
@@ -379,8 +392,8 @@ def create_app(
         audit=audit,
         auth=auth,
         workers=workers or Workers(config.hosts, fleet=config.fleet, ssh=config.ssh),
-        limiter=RateLimiter(settings.requests_per_minute),
         proxies=TrustedProxies(settings.trusted_proxies),
+        **_limits(settings),
         failures=AddressFailures(settings.failures_per_minute),
     )
     server.hub = sse.FollowHub(server)

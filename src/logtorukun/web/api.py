@@ -23,10 +23,11 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from .. import times
 from ..audit import AuditRef, parse_time
 from ..config import HostConfig
 from ..gate.globs import Glob, GlobError, check_user_glob
-from . import patterns, times
+from . import patterns
 from .access import (
     DOWNLOAD,
     SEARCH,

@@ -289,3 +289,28 @@ def test_rate_limit_throttle_and_follow_cap_count_across_instances(
                         break
                 time.sleep(0.1)
             assert again.status_code == 200
+
+
+def test_a_token_revoked_on_one_instance_ends_its_follow_on_the_other(
+    tmp_path: Path, web_worker: Worker, pg_url: str
+) -> None:
+    with two(tmp_path, web_worker, pg_url, follow_recheck_seconds=0.5) as (a, b):
+        token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
+        params = {"path": str(web_worker.root / "follow.log")}
+        with (
+            a.client(headers={"authorization": f"Bearer {token}"}) as ca,
+            ca.stream("GET", "/api/hosts/web1/follow", params=params) as r,
+        ):
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            assert next(lines) == "retry: 3000" and next(lines) == "event: ready"
+            assert cli(b.config, "token", "revoke", token).returncode == 0
+            deadline = time.monotonic() + 60  # heartbeats keep the loop moving
+            events = []
+            for line in lines:  # until A ends the follow
+                events.append(line)
+                if events[-2:-1] == ["event: end"] or time.monotonic() > deadline:
+                    break
+        ends = [i for i, e in enumerate(events) if e == "event: end"]
+        assert ends, events
+        assert "revoked" in events[ends[0] + 1]

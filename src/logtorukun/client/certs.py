@@ -211,8 +211,22 @@ class CertPolicy:
         )
 
     @classmethod
-    def from_settings(cls, ssh: SshSettings) -> CertPolicy:
+    def from_settings(cls, ssh: SshSettings, server_key_id: str | None = None) -> CertPolicy:
+        """`server_key_id`: the key id of connections made for no one in particular (the
+        web server's probes; for the CLI, the person running it)."""
         if ssh.ca_key is None:
             raise CertError("[ssh] certificates = true needs ca_key")
         signer = CertSigner(ssh.ca_key, agent=ssh.agent, validity=ssh.validity)
-        return cls(signer, ssh.source_address)
+        if server_key_id is None:
+            return cls(signer, ssh.source_address)
+        return cls(signer, ssh.source_address, server_key_id)
+
+
+def cli_identity(explicit: str | None) -> str:
+    """Who a terminal read is for: `--as USER`, else the login behind sudo, else ours."""
+    import getpass
+
+    name = explicit or os.environ.get("SUDO_USER") or getpass.getuser()
+    if not name or any(c.isspace() or c in "\0," for c in name) or len(name) > 64:
+        raise CertError(f"--as {name!r}: give a user name (letters, digits, . _ -)")
+    return name

@@ -31,6 +31,7 @@ from .api import (
     range_command,
     tail_command,
 )
+from .certs import cli_identity
 from .errors import EXIT_LIMIT, ClientError, HostKeyChanged, LimitHit, RequestTimeout
 from .hosts import host_by_name, select_hosts
 from .stream import Status
@@ -148,6 +149,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one SSH channel and gate process per request instead of the bridge",
     )
+    p.add_argument(
+        "--as",
+        dest="as_user",
+        metavar="USER",
+        help="with [ssh] certificates: sign this read's certificate for USER "
+        "(default: your login name); needs the user CA key",
+    )
 
 
 def _time_options(p: argparse.ArgumentParser) -> None:
@@ -233,9 +241,18 @@ def _limit_note(host: str, status: Status) -> None:
     _note(f"{host}: output truncated: {status.reason or 'a gate limit was hit'}")
 
 
-def _run(config_arg: str | None, body: Callable[[Config], Coroutine[Any, Any, int]]) -> int:
-    config = load_config(config_arg)
+def _run(args: argparse.Namespace, body: Callable[[Config], Coroutine[Any, Any, int]]) -> int:
+    config = load_config(args.config)
+    as_user = getattr(args, "as_user", None)
+    if config.ssh is not None and config.ssh.certificates:
+        args.identity = cli_identity(as_user)
+    elif as_user:
+        raise UserError(f"--as {as_user}: needs [ssh] certificates = true in {config.path}")
     return asyncio.run(body(config))
+
+
+def _client(config: Config, args: argparse.Namespace) -> Client:
+    return Client(config, oneshot=args.oneshot, identity=getattr(args, "identity", None))
 
 
 # ---------------------------------------------------------------------- commands
@@ -244,7 +261,7 @@ def _run(config_arg: str | None, body: Callable[[Config], Coroutine[Any, Any, in
 def _cmd_sources(args: argparse.Namespace) -> int:
     async def body(config: Config) -> int:
         host = host_by_name(config, args.host).name
-        async with Client(config, oneshot=args.oneshot) as client:
+        async with _client(config, args) as client:
             if args.json:
                 reply = await client.run(host, "sources")
                 sys.stdout.write(neutralise(reply.data))
@@ -259,7 +276,7 @@ def _cmd_sources(args: argparse.Namespace) -> int:
         print(neutralise("\n".join(out)))
         return 0
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -269,7 +286,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     async def body(config: Config) -> int:
         host = host_by_name(config, args.host).name
-        async with Client(config, oneshot=args.oneshot) as client:
+        async with _client(config, args) as client:
             if since or until:  # the gate's range: the first N lines of the window
                 reply = await client.range(
                     host, args.path, since or "1970-01-01", until, max_lines=args.lines
@@ -278,7 +295,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                 reply = await client.tail(host, args.path, args.lines)
         return _finish_single(reply, printer)
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 def _finish_single(reply: Reply, printer: Printer) -> int:
@@ -296,7 +313,7 @@ def _cmd_follow(args: argparse.Namespace) -> int:
 
     async def body(config: Config) -> int:
         host = host_by_name(config, args.host).name
-        async with Client(config, oneshot=args.oneshot) as client:
+        async with _client(config, args) as client:
             if since is None:
                 stream = await client.follow(host, args.path, lines=args.lines)
             else:
@@ -313,7 +330,7 @@ def _cmd_follow(args: argparse.Namespace) -> int:
                 _limit_note(host, stream.status)
         return 0
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 def _grep_window(window: Reply, pattern: str, args: argparse.Namespace) -> Reply:
@@ -371,7 +388,7 @@ def _run_command(args: argparse.Namespace, command: str, *, follow: bool) -> int
 
     async def body(config: Config) -> int:
         host = host_by_name(config, args.host).name
-        async with Client(config, oneshot=args.oneshot) as client:
+        async with _client(config, args) as client:
             if not follow:
                 return _finish_single(await client.run(host, command), printer)
             stream = await client.stream(host, command)
@@ -382,7 +399,7 @@ def _run_command(args: argparse.Namespace, command: str, *, follow: bool) -> int
                 _limit_note(host, stream.status)
         return 0
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 def _cmd_grep(args: argparse.Namespace) -> int:
@@ -415,7 +432,7 @@ def _cmd_grep(args: argparse.Namespace) -> int:
     async def body(config: Config) -> int:
         if host_arg is not None:
             host = host_by_name(config, host_arg).name
-            async with Client(config, oneshot=args.oneshot) as client:
+            async with _client(config, args) as client:
                 if since or until:
                     window = await client.range(host, path, since or "1970-01-01", until)
                     reply = _grep_window(window, pattern, args)
@@ -429,12 +446,12 @@ def _cmd_grep(args: argparse.Namespace) -> int:
                 return 1
             return code
         hosts = select_hosts(config, args.hosts)
-        async with Client(config, oneshot=args.oneshot) as client:
+        async with _client(config, args) as client:
             return await grep_hosts(
                 client, hosts, command, printer, at_once=config.fleet.max_hosts_at_once
             )
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 async def grep_hosts(
@@ -558,7 +575,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(neutralise("  ".join([*cells, r[-1]]).rstrip()))
         return 1 if any(r[-1] != "ok" for r in rows) else 0
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 async def check_host(client: Client, h: HostConfig) -> tuple[str, str, str, str, str, str]:
@@ -585,7 +602,7 @@ def _cmd_trust(args: argparse.Namespace) -> int:
         h = host_by_name(config, args.host)
         return await trust_host(h, yes=args.yes, fingerprint=args.fingerprint)
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 async def trust_host(h: HostConfig, *, yes: bool = False, fingerprint: str | None = None) -> int:

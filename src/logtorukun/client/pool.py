@@ -464,12 +464,21 @@ class Pool:
     """Connections to the configured workers; `async with Pool(config) as pool:`."""
 
     def __init__(
-        self, hosts: Config | Sequence[HostConfig], options: PoolOptions | None = None
+        self,
+        hosts: Config | Sequence[HostConfig],
+        options: PoolOptions | None = None,
+        *,
+        identity: str | None = None,
     ) -> None:
         self.hosts = list(hosts.hosts if isinstance(hosts, Config) else hosts)
         if options is None:
             fleet = hosts.fleet if isinstance(hosts, Config) else FleetSettings()
-            options = PoolOptions.for_fleet(fleet)
+            extra: dict[str, Any] = {}
+            ssh = hosts.ssh if isinstance(hosts, Config) else None
+            if ssh is not None and ssh.certificates:
+                # A terminal read: every connection is signed for the person running it.
+                extra["certs"] = CertPolicy.from_settings(ssh, identity)
+            options = PoolOptions.for_fleet(fleet, **extra)
         self.options = options
         self._conns: dict[tuple[str, str | None], HostConnection] = {}
         self._closing: set[asyncio.Task[None]] = set()

@@ -38,6 +38,9 @@ class Limits:
     # journalctl, sudo/docker. A child that needs more fails, and the request ends at
     # the limit (exit 5) instead of the worker swapping.
     max_memory: int = 512 << 20
+    # Bytes of answers a bridge session holds for a client that has not read them,
+    # across all its streams; past it, streams wait (paused) instead of buffering.
+    session_buffer: int = 32 << 20
 
 
 @record(frozen=True)
@@ -54,6 +57,10 @@ class Programs:
     grep: str = "/usr/bin/grep"
     gzip: str = "/usr/bin/gzip"
     journalctl: str = "/usr/bin/journalctl"
+    # Fixed arguments put right after journalctl, from `journalctl = [PROGRAM, ARGS...]`:
+    # e.g. "--directory=/var/log/journal/remote" for a journal written by
+    # systemd-journal-remote. Never from the client.
+    journalctl_args: tuple[str, ...] = ()
     # Never the docker group (it is root): sudo with an exact sudoers rule, see docs/gate.md.
     docker: tuple[str, ...] = ("/usr/bin/sudo", "-n", "/usr/bin/docker")
 
@@ -195,6 +202,7 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
         ),
         max_concurrent=_take(lim, "max_concurrent", int, d.max_concurrent, "limits", path),
         max_memory=_take(lim, "max_memory", int, d.max_memory, "limits", path),
+        session_buffer=_take(lim, "session_buffer", int, d.session_buffer, "limits", path),
         state_dir=_take(lim, "state_dir", str, "", "limits", path),
     )
     _no_extra(lim, set(Limits.__annotations__), "limits", path)
@@ -205,6 +213,7 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
         "follow_max_seconds",
         "max_concurrent",
         "max_memory",
+        "session_buffer",
     ):
         value = getattr(limits, name)
         # TOML has nan and inf: a deadline of now + nan never comes, int(inf) raises.
@@ -230,10 +239,24 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
     prog = _table(data, "programs", path)
     dp = Programs()
     docker = _take(prog, "docker", list, list(dp.docker), "programs", path)
+    journal = prog.get("journalctl", dp.journalctl)
+    journal = [journal] if isinstance(journal, str) else journal
+    if (
+        not isinstance(journal, list)
+        or not journal
+        or not all(isinstance(a, str) and a for a in journal)
+        or not all(a.startswith("-") for a in journal[1:])
+    ):
+        raise _bad(
+            path,
+            "programs.journalctl must be a path, or [PATH, fixed options...] "
+            '(e.g. ["/usr/bin/journalctl", "--directory=/var/log/journal/remote"])',
+        )
     programs = Programs(
         grep=_take(prog, "grep", str, dp.grep, "programs", path),
         gzip=_take(prog, "gzip", str, dp.gzip, "programs", path),
-        journalctl=_take(prog, "journalctl", str, dp.journalctl, "programs", path),
+        journalctl=journal[0],
+        journalctl_args=tuple(journal[1:]),
         docker=tuple(docker),
     )
     _no_extra(prog, {"grep", "gzip", "journalctl", "docker"}, "programs", path)

@@ -88,15 +88,7 @@ def serve(
 ) -> Result:
     """Run `command`; every outcome, including refusals, is audited. Never raises GateError."""
     t0 = time.monotonic()
-    base: dict[str, Any] = {
-        "ts": now_iso(),
-        "id": os.urandom(8).hex(),
-        "mode": ctx.mode,
-        **ctx.identity,
-        "command": command,
-    }
-    if via:
-        base["via"] = via
+    base = _base(command, ctx, via)
     try:
         plan = authorize(grammar.parse(command), ctx.policy)
     except GateError as exc:
@@ -158,6 +150,25 @@ def serve(
     return result
 
 
+def _base(command: str, ctx: Context, via: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "ts": now_iso(),
+        "id": os.urandom(8).hex(),
+        "mode": ctx.mode,
+        **ctx.identity,
+        "command": command,
+    }
+    if via:
+        base["via"] = via
+    return base
+
+
+def deny(command: str, ctx: Context, code: int, reason: str, *, via: Any = None) -> Result:
+    """Audit a request refused before it could be served (a malformed bridge frame, a
+    session over its limits): the same `deny` record a refused command gets."""
+    return _refuse(ctx, _base(command, ctx, via), GateError(code, reason))
+
+
 def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
     record = {
         **base,
@@ -204,7 +215,9 @@ def authorize(req: Request, policy: Policy) -> Plan:
         secs = lim.follow_max_seconds if req.follow else lim.max_seconds
         return Plan(
             req,
-            lambda out: run_child(argv, None, out, seconds=secs, limits=policy, merge_stderr=True),
+            lambda out: run_child(
+                argv, None, out, seconds=secs, limits=policy, merge_stderr=True, go_runtime=True
+            ),
             target=f"container:{req.container}",
         )
 
@@ -265,8 +278,25 @@ def authorize(req: Request, policy: Policy) -> Plan:
 
             plan.run = run_follow
         else:
+            if req.before is not None:
+                ino = req.before[0]
+                if os.fstat(fd).st_ino != ino:  # rotated since: find it under its new name
+                    old = None if gz else find_rotated(policy, req.path, ino)
+                    if old is None:
+                        plan.close()
+                        raise GateError(
+                            Exit.NOT_FOUND,
+                            f"{req.path}: the file being paged (inode {ino}) was rotated away;"
+                            " start again from the newest lines",
+                        )
+                    plan.close()
+                    fd = old
+                    plan.fds = [fd]
 
             def run_tail(out: Output) -> None:
+                if req.before is not None:
+                    readers.tail_before(fd, req.before[1], n, out, gz=gz)
+                    return
                 readers.tail(fd, n, out, gz=gz)
                 if n < req.lines and out.lines >= n:  # the file really had more lines
                     raise LimitReached(f"asked for {req.lines} lines; max_lines is {n}")
@@ -359,7 +389,9 @@ def grep_argv(req: Grep, policy: Policy) -> list[str]:
 
 
 def journal_argv(req: Journal, policy: Policy) -> list[str]:
-    argv = [policy.programs.journalctl, "--no-pager", "--quiet", "-o", req.output, "-u", req.unit]
+    prog = policy.programs
+    argv = [prog.journalctl, *prog.journalctl_args, "--no-pager", "--quiet", "-o", req.output]
+    argv += ["-u", req.unit]
     if req.lines is not None:
         argv += ["-n", str(min(req.lines, policy.limits.max_lines))]
     if req.since:
@@ -405,6 +437,7 @@ def run_child(
     merge_stderr: bool = False,
     keep_last: int | None = None,
     gunzip: bool = False,
+    go_runtime: bool = False,
 ) -> None:
     """Stream a child's stdout as whole lines; kill it at the wall or CPU limit or on cancel."""
     import subprocess
@@ -413,7 +446,7 @@ def run_child(
     deadline = time.monotonic() + seconds
     cpu = max(1, int(limits.limits.max_seconds))
     mem = limits.limits.max_memory
-    limit_child = _child_limits(cpu, mem)
+    limit_child = _child_limits(cpu, mem, go=go_runtime)
     procs: list[subprocess.Popen[bytes]] = []
     errfile = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
     try:
@@ -527,16 +560,21 @@ def run_child(
 _OUT_OF_MEMORY = ("memory exhausted", "cannot allocate memory", "out of memory")
 
 
-def _child_limits(cpu: int, mem: int) -> Callable[[], None]:
-    """The pre-exec step of every child: CPU and address-space limits set in the child
-    itself before exec, so no byte of it runs unlimited (prlimit after the spawn would
-    leave a window). It calls only setrlimit: safe between fork and exec even with the
-    bridge's threads."""
+def _child_limits(cpu: int, mem: int, *, go: bool = False) -> Callable[[], None]:
+    """The pre-exec step of every child: CPU and memory limits set in the child itself
+    before exec, so no byte of it runs unlimited (prlimit after the spawn would leave a
+    window). It calls only setrlimit: safe between fork and exec even with the bridge's
+    threads. Memory is RLIMIT_AS (address space), except for a Go program (docker): the
+    Go runtime reserves far more address space than it uses and cannot start under a
+    512 MiB RLIMIT_AS, so it gets RLIMIT_DATA (the heap and other private writable
+    memory, where growth happens) of the same size."""
     import resource
+
+    which = resource.RLIMIT_DATA if go else resource.RLIMIT_AS
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(which, (mem, mem))
 
     return limit
 

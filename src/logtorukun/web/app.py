@@ -382,7 +382,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Opening the audit store here means a server that cannot write its
     audit trail does not start (fail closed from the first second)."""
-    from . import api, download, pages, sse
+    from . import api, download, history, pages, sse
 
     settings = config.server
     audit = audit or AuditStore.from_settings(settings)
@@ -424,6 +424,9 @@ def create_app(
         finally:
             summaries.cancel()
             server.write_failure_summaries(everything=True)
+            # The head, to the sinks: a later truncation shows against it.
+            with contextlib.suppress(Exception):
+                server.audit.write_checkpoint("shutdown")
             await server.hub.close()
             await server.workers.close()
             if server.alerts is not None:
@@ -447,6 +450,7 @@ def create_app(
     app.include_router(pages.router)
     app.include_router(sse.router)
     app.include_router(download.router)
+    app.include_router(history.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

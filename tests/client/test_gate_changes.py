@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logtorukun.gate import grammar
+from logtorukun.gate import grammar, vocabulary
 from logtorukun.gate.errors import GateError
 
 PLAIN = "abcxyzABCXYZ0189 ./_:=,@+%-"
@@ -55,6 +55,6 @@ def test_parse_cache_returns_equal_requests_and_never_caches_refusals() -> None:
     with pytest.raises(GateError):
         grammar.parse("tail -n 7 /var/log/../x.log")
     assert "tail -n 7 /var/log/../x.log" not in grammar._PARSED
-    assert isinstance(first, grammar.Tail)
+    assert isinstance(first, vocabulary.Tail)
     with pytest.raises(AttributeError):
         first.lines = 8  # type: ignore[misc]  # frozen: a cached request cannot change

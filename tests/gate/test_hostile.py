@@ -59,7 +59,7 @@ class Hostile(Worker):
             out.stderr,
             time.monotonic() - t0,
             peak.bytes,
-            self.audit_records()[before:],
+            self.audit_since(before),
         )
 
 

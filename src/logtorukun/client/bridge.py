@@ -110,7 +110,7 @@ class Frames:
 class BridgeStream(Stream):
     """One request inside a bridge."""
 
-    def __init__(self, bridge: Bridge, rid: int, command: str) -> None:
+    def __init__(self, bridge: BridgeSession, rid: int, command: str) -> None:
         super().__init__(bridge.host, command)
         self.bridge = bridge
         self.rid = rid
@@ -130,8 +130,8 @@ class BridgeStream(Stream):
         self.bridge._send(pack(CANCEL, self.rid))
 
 
-class _Session(asyncssh.SSHClientSession[bytes]):
-    def __init__(self, bridge: Bridge) -> None:
+class _BridgeChannel(asyncssh.SSHClientSession[bytes]):
+    def __init__(self, bridge: BridgeSession) -> None:
         self.bridge = bridge
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -152,8 +152,8 @@ class _Session(asyncssh.SSHClientSession[bytes]):
         self.bridge._lost(exc)
 
 
-class Bridge:
-    """A running bridge: open with `Bridge.open(conn, host)`, then `start()` requests."""
+class BridgeSession:
+    """A running bridge: open with `BridgeSession.open(conn, host)`, then `start()` requests."""
 
     def __init__(self, host: str, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.host = host
@@ -182,10 +182,10 @@ class Bridge:
         *,
         timeout: float,
         max_in_flight: int = MAX_IN_FLIGHT,
-    ) -> Bridge:
+    ) -> BridgeSession:
         """Start the gate's bridge on `conn` and wait for its HELLO."""
         bridge = cls(host, max_in_flight)
-        chan, _ = await conn.create_session(lambda: _Session(bridge), "bridge", encoding=None)
+        chan, _ = await conn.create_session(lambda: _BridgeChannel(bridge), "bridge", encoding=None)
         bridge._chan = chan
         try:
             async with asyncio.timeout(timeout):

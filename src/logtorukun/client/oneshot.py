@@ -13,7 +13,8 @@ from collections.abc import Callable
 import asyncssh
 
 from ..gate.protocol import WINDOW
-from .errors import EXIT_LIMIT, Busy, ConnectionLost
+from ..gate.vocabulary import Exit
+from .errors import Busy, ConnectionLost
 from .stream import Status, Stream, gate_reason
 
 _STDERR_CAP = 16384
@@ -68,12 +69,12 @@ class OneShotStream(Stream):
                     reason=gate_reason(self.stderr),
                     lines=self._nl,
                     bytes=self.received,
-                    truncated=self.exit_status == EXIT_LIMIT,
+                    truncated=self.exit_status == Exit.LIMIT,
                 )
             )
 
 
-class _Session(asyncssh.SSHClientSession[bytes]):
+class _OneshotChannel(asyncssh.SSHClientSession[bytes]):
     def __init__(self, stream: OneShotStream) -> None:
         self.stream = stream
 
@@ -104,7 +105,7 @@ async def start_oneshot(
         for delay in _RETRY:
             try:
                 chan, _ = await conn.create_session(
-                    lambda: _Session(stream), command, encoding=None
+                    lambda: _OneshotChannel(stream), command, encoding=None
                 )
                 break
             except asyncssh.ChannelOpenError as exc:

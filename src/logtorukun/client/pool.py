@@ -34,7 +34,7 @@ from typing import Any
 import asyncssh
 
 from ..config import Config, FleetSettings, HostConfig
-from .bridge import MAX_IN_FLIGHT, Bridge
+from .bridge import MAX_IN_FLIGHT, BridgeSession
 from .errors import (
     AuthRefused,
     ClientError,
@@ -143,7 +143,7 @@ class HostConnection:
         self._oneshots = 0  # one-shot channels running
         self._idle_timer: asyncio.TimerHandle | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
-        self._bridge: Bridge | None = None
+        self._bridge: BridgeSession | None = None
         self._lock = asyncio.Lock()
         self._bridge_lock = asyncio.Lock()
         self._sessions = asyncio.Semaphore(options.max_sessions)
@@ -330,7 +330,7 @@ class HostConnection:
 
     # ------------------------------------------------------------------ requests
 
-    async def bridge(self) -> Bridge:
+    async def bridge(self) -> BridgeSession:
         """The running bridge on this connection, starting one if needed."""
         b = self._bridge
         if b is not None and not b.closed:
@@ -343,7 +343,7 @@ class HostConnection:
                 raise self._bridge_error.again()
             conn = await self.connection()
             try:
-                b = await Bridge.open(
+                b = await BridgeSession.open(
                     conn,
                     self.name,
                     timeout=self.host.connect_timeout,

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from .errors import EXIT_LIMIT, EXIT_OK, ClientError, ConnectionLost, error_for_exit
+from ..gate.vocabulary import Exit
+from .errors import ClientError, ConnectionLost, error_for_exit
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,13 @@ class Status:
     @property
     def ok(self) -> bool:
         """Data is complete or was cut at a limit (`truncated`): either way, show it."""
-        return self.exit in (EXIT_OK, EXIT_LIMIT)
+        return self.exit in (Exit.OK, Exit.LIMIT)
 
 
 class Stream:
     """Chunks of one request; iterate, then read `status`. Cancel by `aclose()`.
 
-    Iteration raises the request's error (`GateError` subclass, `ConnectionLost`, ...)
+    Iteration raises the request's error (`GateExitError` subclass, `ConnectionLost`, ...)
     when it ends with one; a limit (exit 5) is not an error here: the stream ends and
     `status.truncated` says so.
     """

@@ -33,8 +33,8 @@ from .protocol import (
     PROTOCOL_VERSION,
     REQUEST,
     WINDOW,
+    FrameError,
     FrameReader,
-    ProtocolError,
     pack,
 )
 from .runner import Context, Result, is_quick, serve
@@ -76,7 +76,7 @@ class _Writer:
                 raise BrokenPipeError() from None
 
 
-class _Stream:
+class _ServedStream:
     """One request's credit window and cancellation flag."""
 
     def __init__(self, rid: int, writer: _Writer) -> None:
@@ -133,12 +133,12 @@ class _Stream:
         self.writer.send(END, self.rid, json.dumps(body).encode(), before)
 
 
-class Bridge:
+class BridgeServer:
     def __init__(self, ctx: Context, infd: int = 0, outfd: int = 1) -> None:
         self.ctx = ctx
         self.infd = infd
         self.writer = _Writer(outfd)
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, _ServedStream] = {}
         self.lock = threading.Lock()
 
     def run(self) -> int:
@@ -186,8 +186,8 @@ class Bridge:
                         if stream is not None:
                             stream.cancel()
                     else:
-                        raise ProtocolError(f"unexpected frame type {ftype}")
-        except ProtocolError as exc:
+                        raise FrameError(f"unexpected frame type {ftype}")
+        except FrameError as exc:
             _stderr(f"bridge protocol error: {exc}")
             code = int(Exit.BAD_REQUEST)
         except (BrokenPipeError, ConnectionError):
@@ -216,12 +216,12 @@ class Bridge:
         return code
 
     def _request(self, rid: int, payload: bytes) -> None:
-        stream = _Stream(rid, self.writer)
+        stream = _ServedStream(rid, self.writer)
         with self.lock:
             if rid in self.streams:
                 # An END on this id would end the client's running request: the
                 # client has lost track of its ids, so the session cannot go on.
-                raise ProtocolError(f"request id {rid} is already in use")
+                raise FrameError(f"request id {rid} is already in use")
             busy = len(self.streams) >= MAX_STREAMS
             if not busy:
                 self.streams[rid] = stream
@@ -255,7 +255,7 @@ class Bridge:
             stream.thread = t
             t.start()
 
-    def _output(self, sink: Any, stream: _Stream, positions: bool = False) -> Output:
+    def _output(self, sink: Any, stream: _ServedStream, positions: bool = False) -> Output:
         lim = self.ctx.policy.limits
         marker = None
         if positions:
@@ -272,7 +272,7 @@ class Bridge:
             marker=marker,
         )
 
-    def _inline(self, stream: _Stream, command: str, via: dict[str, Any] | None) -> None:
+    def _inline(self, stream: _ServedStream, command: str, via: dict[str, Any] | None) -> None:
         buf = bytearray()
         result = serve(command, self.ctx, self._output(buf.extend, stream), via=via)
         if len(buf) <= stream.credit:
@@ -296,7 +296,11 @@ class Bridge:
         stream.thread.start()
 
     def _threaded(
-        self, stream: _Stream, command: str, via: dict[str, Any] | None, positions: bool = False
+        self,
+        stream: _ServedStream,
+        command: str,
+        via: dict[str, Any] | None,
+        positions: bool = False,
     ) -> None:
         lim = self.ctx.policy.limits
         try:
@@ -309,7 +313,7 @@ class Bridge:
         result = serve(command, self.ctx, out, via=via)
         self._finish(stream, result)
 
-    def _finish(self, stream: _Stream, result: Result, data: bytes = b"") -> None:
+    def _finish(self, stream: _ServedStream, result: Result, data: bytes = b"") -> None:
         with self.lock:
             self.streams.pop(stream.rid, None)
         with contextlib.suppress(BrokenPipeError):

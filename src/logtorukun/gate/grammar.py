@@ -13,16 +13,26 @@ from __future__ import annotations
 import re
 
 from .errors import Exit, GateError
-from .record import record
-
-MAX_COMMAND = 4096
-MAX_PATH = 1024
-MAX_PATTERN = 1024
+from .vocabulary import (
+    JOURNAL_OUTPUTS,
+    MAX_COMMAND,
+    MAX_PATH,
+    MAX_PATTERN,
+    PATH_RULE,
+    BridgeRequest,
+    Docker,
+    Grep,
+    Head,
+    Help,
+    Journal,
+    Range,
+    Request,
+    SourcesRequest,
+    Tail,
+)
 
 _NUMBER = r"[0-9]{1,9}"
 # Patterns stay strings: re compiles (and caches) only the ones a request uses.
-# Absolute, printable ASCII without spaces or backslashes: look-alike letters are refused.
-_PATH = r"/[!-\[\]-~]*"
 _ABS_TIME = (
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[ T][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?)?"
     r"(?:Z|[+-][0-9]{2}:?[0-9]{2})?"
@@ -33,7 +43,6 @@ _PRIORITY = (
     r"(?:[0-7]|emerg|alert|crit|err|warning|notice|info|debug)"
     r"(?:\.\.(?:[0-7]|emerg|alert|crit|err|warning|notice|info|debug))?"
 )
-_JOURNAL_OUTPUTS = ("short", "short-iso", "short-precise", "json", "cat")
 # \1..\9 (ERE and PCRE), and PCRE2's other spellings for journalctl -g: \g1 \g{-1}
 # \k<n> (?P=n), and its recursion (?R) (?1) (?-1) (?&n) (?P>n).
 _BACKREF = r"\\[1-9]|\\[gk]|\(\?(?:P[=>]|&|R\)|[+-]?[0-9])"
@@ -44,83 +53,6 @@ MAX_REPEAT = 255
 # any atom must stay at MAX_REPEAT, and the pattern's whole expansion under this budget.
 MAX_EXPANSION = 8192
 
-
-@record(frozen=True)
-class Tail:
-    path: str
-    lines: int
-    follow: bool = False
-    start: tuple[int, int] | None = None  # `--from INO:OFF`: follow from that inode and offset
-
-
-@record(frozen=True)
-class Head:
-    """`head -n N PATH` and `cat PATH` (N = None: up to the policy's caps)."""
-
-    path: str
-    lines: int | None
-
-
-@record(frozen=True)
-class Grep:
-    path: str
-    pattern: str
-    regex: bool = False
-    ignore_case: bool = False
-    invert: bool = False
-    count: bool = False
-    max_count: int | None = None
-    line_numbers: bool = False
-    word: bool = False
-    tail: int | None = None  # `| tail -n N`: keep only the last N output lines
-
-
-@record(frozen=True)
-class Range:
-    path: str
-    since: str
-    until: str | None = None
-    max_lines: int | None = None
-
-
-@record(frozen=True)
-class Journal:
-    unit: str
-    lines: int | None = None
-    since: str | None = None
-    until: str | None = None
-    grep: str | None = None
-    priority: str | None = None
-    output: str = "short-iso"
-    follow: bool = False
-
-
-@record(frozen=True)
-class Docker:
-    container: str
-    tail: int | None = None
-    timestamps: bool = False
-    since: str | None = None
-    until: str | None = None
-    follow: bool = False
-
-
-@record(frozen=True)
-class Sources:
-    pass
-
-
-@record(frozen=True)
-class Bridge:
-    pass
-
-
-@record(frozen=True)
-class Help:
-    pass
-
-
-Request = Tail | Head | Grep | Range | Journal | Docker | Sources | Bridge | Help
 
 USAGE = """\
 tail -n N PATH | tail -f|-F [-n N] [--from INO:OFF] PATH | head -n N PATH | cat PATH
@@ -293,7 +225,7 @@ def number(verb: str, opt: str, text: str) -> int:
 def check_path(verb: str, text: str) -> str:
     if len(text) > MAX_PATH:
         raise bad(f"{verb}: path longer than {MAX_PATH} characters")
-    if not re.fullmatch(_PATH, text):
+    if not re.fullmatch(PATH_RULE, text):
         if text.startswith("-"):
             raise bad(f"{verb}: {text!r} is not an accepted option or an absolute path")
         raise bad(f"{verb}: path must be absolute and plain ASCII without spaces: {text!r}")
@@ -548,8 +480,8 @@ def _journal(args: list[str]) -> Journal:
     if "u" not in got or sum(1 for n, _ in opts if n == "u") != 1:
         raise bad("journalctl: exactly one -u UNIT is required")
     output = got.get("o", "short-iso")
-    if output not in _JOURNAL_OUTPUTS:
-        raise bad(f"journalctl: -o {output!r} is not accepted ({', '.join(_JOURNAL_OUTPUTS)})")
+    if output not in JOURNAL_OUTPUTS:
+        raise bad(f"journalctl: -o {output!r} is not accepted ({', '.join(JOURNAL_OUTPUTS)})")
     prio = got.get("p")
     if prio is not None and not re.fullmatch(_PRIORITY, prio):
         raise bad(f"journalctl: -p {prio!r} is not a priority (0-7, err, warning..., or A..B)")
@@ -655,9 +587,9 @@ def _parse(command: str) -> Request:
     if verb == "docker":
         return _docker(args)
     if verb == "sources":
-        return _bare(verb, args, Sources())
+        return _bare(verb, args, SourcesRequest())
     if verb == "bridge":
-        return _bare(verb, args, Bridge())
+        return _bare(verb, args, BridgeRequest())
     if verb == "help":
         return _bare(verb, args, Help())
     shown = verb if verb.isprintable() and len(verb) <= 40 else verb[:40].encode("unicode_escape")

@@ -45,7 +45,7 @@ MAX_FRAME = 1 << 20  # anything larger is a protocol violation
 WINDOW = 1 << 20  # initial per-request credit, in bytes
 
 
-class ProtocolError(Exception):
+class FrameError(Exception):
     """The peer broke the framing; the session cannot continue."""
 
 
@@ -69,7 +69,7 @@ class FrameReader:
         while len(buf) - pos >= hsize:
             length, ftype, rid = HEADER.unpack_from(buf, pos)
             if length > self._max:
-                raise ProtocolError(f"frame of {length} bytes is over the {self._max} limit")
+                raise FrameError(f"frame of {length} bytes is over the {self._max} limit")
             end = pos + hsize + length
             if len(buf) < end:
                 break

@@ -18,11 +18,22 @@ from collections.abc import Callable
 from . import GATE_VERSION, grammar, slots
 from .audit import AuditLog, now_iso
 from .errors import Cancelled, Exit, GateError
-from .grammar import Bridge, Docker, Grep, Head, Help, Journal, Range, Request, Sources, Tail
 from .output import LimitReached, Output
 from .paths import open_under
 from .policy import Policy
 from .record import field, record
+from .vocabulary import (
+    BridgeRequest,
+    Docker,
+    Grep,
+    Head,
+    Help,
+    Journal,
+    Range,
+    Request,
+    SourcesRequest,
+    Tail,
+)
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
@@ -75,7 +86,7 @@ class Plan:
 
 def is_quick(request: Request) -> bool:
     """Served inline by a bridge: bounded, in-process, no waiting."""
-    return isinstance(request, Sources | Help | Range) or (
+    return isinstance(request, SourcesRequest | Help | Range) or (
         isinstance(request, Tail) and not request.follow
     )
 
@@ -175,12 +186,12 @@ def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
 def authorize(req: Request, policy: Policy) -> Plan:
     """Check `req` against the policy and open what it reads; refusals raise GateError."""
     lim = policy.limits
-    if isinstance(req, Bridge):
+    if isinstance(req, BridgeRequest):
         raise GateError(Exit.BAD_REQUEST, "bridge cannot be nested inside a request")
     if isinstance(req, Help):
         text = grammar.USAGE.encode()
         return Plan(req, lambda out: out.write(text), needs_slot=False)
-    if isinstance(req, Sources):
+    if isinstance(req, SourcesRequest):
         return Plan(req, lambda out: out.write(sources_json(policy)), needs_slot=False)
     if isinstance(req, Journal):
         if not _allowed_unit(req.unit, policy):

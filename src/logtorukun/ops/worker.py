@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import UserError
-from ..gate.policy import CONTAINER_NAME, UNIT_NAME
+from ..gate.vocabulary import CONTAINER_NAME, UNIT_NAME
 from . import system
 from .bundle import DEFAULT_PYTHON, gate_command
 from .worker_changes import Change

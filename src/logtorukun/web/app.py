@@ -1,10 +1,5 @@
-"""The app factory and the request plumbing every route shares: who is asking, what
-gets audited, and how a refusal looks.
-
-Order of a data request (api.py): authenticate -> rate limit -> resolve host and source
--> access check -> audit record (allow or deny; if it cannot be written, 503 and no
-data) -> worker -> end record with bytes, lines and duration. A refusal at any step is
-itself an audit record.
+"""The app factory: builds the FastAPI app from the routes (api.py, pages.py, sse.py)
+and the shared server object (context.py); security headers and request metrics.
 """
 
 from __future__ import annotations
@@ -12,242 +7,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..audit import AuditRef, AuditStore, AuditWriteError
+from ..audit import AuditStore
 from ..config import Config
-from .access import Access
-from .auth import AuthStore, User
-from .metrics import Metrics
+from . import api, pages, sse
+from .auth import AuthStore
+from .context import ERROR_NAMES, HERE, ApiError, Ctx, Server
 from .security import (
     HSTS,
     SECURITY_HEADERS,
-    LoginThrottle,
     RateLimiter,
     TrustedProxies,
 )
 from .workers import Workers
-
-HERE = Path(__file__).parent
-TOKEN_USE_INTERVAL = 60.0  # seconds between two token_used records for one token
-
-
-class ApiError(Exception):
-    """Ends a request with `status` and a JSON `{"error", "reason"}` (or an HTML page)."""
-
-    def __init__(self, status: int, reason: str, error: str | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.error = error or _ERRORS.get(status, "error")
-
-
-_ERRORS = {
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    422: "bad_request",
-    429: "too_many_requests",
-    502: "worker_unreachable",
-    503: "audit_unavailable",
-}
-
-
-@dataclass(slots=True)
-class Ctx:
-    """Who is asking, resolved once per request (`server.ctx(request)`)."""
-
-    user: User | None
-    via: str  # "session" | "token:ID" | "proxy" | "none"
-    client: str
-    user_agent: str
-    session_id: str | None = None
-    csrf: str | None = None
-    auth_problem: str | None = None
-    access: Access | None = None
-
-    @property
-    def name(self) -> str | None:
-        return self.user.name if self.user else None
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        return self.user.roles if self.user else ()
-
-    def audit_fields(self) -> dict[str, Any]:
-        return {
-            "user": self.name,
-            "roles": list(self.roles),
-            "client": self.client,
-            "user_agent": self.user_agent,
-        }
-
-
-@dataclass
-class Server:
-    """Everything the routes share; one per app."""
-
-    config: Config
-    audit: AuditStore
-    auth: AuthStore
-    workers: Workers
-    metrics: Metrics = field(default_factory=Metrics)
-    throttle: LoginThrottle = field(default_factory=LoginThrottle)
-    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(600))
-    proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
-    hub: Any = None  # sse.FollowHub
-    forwarders: list[Any] = field(default_factory=list)  # audit.forward.Forwarder
-    templates: Jinja2Templates = field(
-        default_factory=lambda: Jinja2Templates(directory=str(HERE / "templates"))
-    )
-    _token_seen: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def cookie_name(self) -> str:
-        # __Host- cookies must be Secure, Path=/, without Domain: no subdomain can set it.
-        return "__Host-ltk_session" if self.config.server.secure_cookies else "ltk_session"
-
-    # -- who is asking ---------------------------------------------------------------
-
-    def ctx(self, request: Request) -> Ctx:
-        cached = getattr(request.state, "ctx", None)
-        if isinstance(cached, Ctx):
-            return cached
-        ctx = self._authenticate(request)
-        if ctx.user is not None:
-            ctx.access = Access(self.config, ctx.user.roles)
-        request.state.ctx = ctx
-        return ctx
-
-    def _authenticate(self, request: Request) -> Ctx:
-        peer = request.client.host if request.client else None
-        client = self.proxies.client_address(request)
-        ua = request.headers.get("user-agent", "")[:512]
-        header = request.headers.get("authorization", "")
-        if header:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                return Ctx(None, "none", client, ua, auth_problem="use Authorization: Bearer TOKEN")
-            user, tid, why = self.auth.token_user(token.strip())
-            if user is None:
-                self.record(
-                    Ctx(None, f"token:{tid}", client, ua),
-                    "token_used",
-                    action="token",
-                    params={"token": tid},
-                    decision="deny",
-                    reason=why,
-                )
-                return Ctx(None, f"token:{tid}", client, ua, auth_problem=why)
-            assert tid is not None
-            ctx = Ctx(user, f"token:{tid}", client, ua)
-            now = time.monotonic()
-            if now - self._token_seen.get(tid, -1e9) >= TOKEN_USE_INTERVAL:
-                self.record(
-                    ctx,
-                    "token_used",
-                    action="token",
-                    params={"token": tid},
-                    decision="allow",
-                    reason=why,
-                )
-                self.auth.touch_token(tid)
-                self._token_seen[tid] = now
-            return ctx
-        settings = self.config.server
-        if settings.proxy_user_header and self.proxies.trusts(peer):
-            name = request.headers.get(settings.proxy_user_header, "").strip()
-            if name:
-                user = self.auth.get_user(name)
-                if user is None or user.disabled:
-                    why = (
-                        f"the auth proxy's user {name!r} is not a logtorukun user "
-                        "(logtorukun user add NAME --role ROLE --sso)"
-                    )
-                    return Ctx(None, "proxy", client, ua, auth_problem=why)
-                sid = request.cookies.get(self.cookie_name, "")
-                sess = self.auth.session(sid) if sid else None
-                if sess is not None and sess.user.name == user.name:
-                    return Ctx(user, "proxy", client, ua, sid, sess.csrf)
-                return Ctx(user, "proxy", client, ua)
-        sid = request.cookies.get(self.cookie_name, "")
-        if sid:
-            sess = self.auth.session(sid)
-            if sess is not None:
-                return Ctx(sess.user, "session", client, ua, sid, sess.csrf)
-            return Ctx(None, "none", client, ua, auth_problem="session expired; sign in again")
-        return Ctx(None, "none", client, ua, auth_problem="not signed in")
-
-    # -- the audit trail -------------------------------------------------------------
-
-    def record(self, ctx: Ctx, event: str, **fields: Any) -> AuditRef:
-        """Write one record now; if it cannot be written the request ends with 503."""
-        params = dict(fields.pop("params", None) or {})
-        if ctx.via != "session":
-            params.setdefault("auth", ctx.via)
-        try:
-            return self.audit.append(event, **ctx.audit_fields(), params=params, **fields)
-        except AuditWriteError as exc:
-            self.metrics.audit_failures += 1
-            raise ApiError(
-                503, f"the audit trail cannot be written, so nothing is served: {exc}"
-            ) from None
-
-    def finish(self, ref: AuditRef, event: str, outcome: Mapping[str, Any]) -> None:
-        try:
-            self.audit.finish(ref, event, outcome)
-        except AuditWriteError as exc:
-            self.metrics.audit_failures += 1
-            raise ApiError(
-                503, f"the audit trail cannot be written, so nothing is served: {exc}"
-            ) from None
-
-    def refuse(
-        self,
-        ctx: Ctx,
-        status: int,
-        reason: str,
-        *,
-        action: str,
-        host: str | None = None,
-        source: str | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> ApiError:
-        """Audit a refusal and return the error to raise (a failed write makes it a 503)."""
-        self.metrics.refused[(("status", str(status)),)] += 1
-        self.record(
-            ctx,
-            "refused",
-            action=action,
-            host=host,
-            source=source,
-            params={**(params or {}), "status": status},
-            decision="deny",
-            reason=reason,
-        )
-        return ApiError(status, reason)
-
-    def require_user(self, request: Request, action: str, **audit: Any) -> Ctx:
-        """The signed-in user, after the per-user rate limit; refusals are audited."""
-        ctx = self.ctx(request)
-        if ctx.user is None:
-            raise self.refuse(ctx, 401, ctx.auth_problem or "not signed in", action=action, **audit)
-        if not self.limiter.allow(f"u:{ctx.user.name}"):
-            raise self.refuse(ctx, 429, "too many requests; slow down", action=action, **audit)
-        return ctx
 
 
 class _Headers:
@@ -306,8 +88,6 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Opening the audit store here means a server that cannot write its
     audit trail does not start (fail closed from the first second)."""
-    from . import api, pages, sse
-
     settings = config.server
     audit = audit or AuditStore.from_settings(settings)
     auth = auth or AuthStore(settings.database)
@@ -386,7 +166,7 @@ def create_app(
         if exc.status_code == 404 and request.url.path.startswith("/api/"):
             reason = "no such API route"
         return error_response(
-            request, server, exc.status_code, _ERRORS.get(exc.status_code, "error"), reason
+            request, server, exc.status_code, ERROR_NAMES.get(exc.status_code, "error"), reason
         )
 
     return app

@@ -28,8 +28,9 @@ from starlette.background import BackgroundTask
 
 from ..config import HostConfig
 from .access import FOLLOW, Source
-from .api import ContainerQ, PathQ, UnitQ, _begin, server_of
-from .app import ApiError, Ctx, Server
+from .api import ContainerQ, PathQ, UnitQ
+from .context import ApiError, Ctx, Server
+from .guard import begin, server_of
 from .workers import ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -185,7 +186,7 @@ async def follow(
     recent ones with `tail` first."""
     server = server_of(request)
     hub: FollowHub = server.hub
-    a = _begin(
+    a = begin(
         server,
         request,
         action="follow",

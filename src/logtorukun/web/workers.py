@@ -20,18 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..client import Client, ClientError, PoolOptions
-from ..client import api as commands
+from ..client import reads as commands
 from ..client.errors import (
-    EXIT_BAD_REQUEST,
-    EXIT_REFUSED,
     Busy,
-    GateError,
+    GateExitError,
     InvalidArgument,
     NotFound,
     UnknownHost,
 )
 from ..client.stream import Stream as ClientStream
 from ..config import FleetSettings, HostConfig
+from ..gate.vocabulary import Exit
 from .access import Source
 
 
@@ -51,16 +50,16 @@ def _status_for(exc: ClientError) -> int:
         return 422
     if isinstance(exc, Busy):
         return 503
-    if isinstance(exc, GateError):
-        if exc.gate_exit == EXIT_BAD_REQUEST:
+    if isinstance(exc, GateExitError):
+        if exc.gate_exit == Exit.BAD_REQUEST:
             return 422
-        if exc.gate_exit == EXIT_REFUSED:
+        if exc.gate_exit == Exit.REFUSED:
             return 403
     return 502  # unreachable, host key, auth, timeout, protocol, worker-side failure
 
 
 def _error(exc: ClientError) -> WorkerError:
-    reason = exc.reason if isinstance(exc, GateError) else exc.message
+    reason = exc.reason if isinstance(exc, GateExitError) else exc.message
     return WorkerError(_status_for(exc), reason or str(exc))
 
 
@@ -153,7 +152,7 @@ class HostState:
     checked: float = 0.0
 
 
-class Stream:
+class WorkerStream:
     """The bytes of one worker request; iterate `chunks()`, then read `outcome`.
 
     `WorkerError` is raised from `__aenter__` (could not start) or from `chunks()` (the
@@ -166,7 +165,7 @@ class Stream:
         self.outcome = Outcome()
         self._stream: ClientStream | None = None
 
-    async def __aenter__(self) -> Stream:
+    async def __aenter__(self) -> WorkerStream:
         try:
             command = self.spec.command()
             self._stream = await self.pool.client.stream(self.host.name, command, via=self.via)
@@ -190,9 +189,9 @@ class Stream:
                 yield chunk
         except ClientError as exc:
             self.pool.note(self.host, exc)
-            if isinstance(exc, GateError):
+            if isinstance(exc, GateExitError):
                 self.outcome.exit = exc.gate_exit
-            self.outcome.reason = exc.reason if isinstance(exc, GateError) else exc.message
+            self.outcome.reason = exc.reason if isinstance(exc, GateExitError) else exc.message
             raise _error(exc) from None
         status = stream.status
         if status is not None:
@@ -220,14 +219,14 @@ class Workers:
 
     def note(self, host: HostConfig, exc: ClientError | None) -> None:
         """Reachability from every call: a gate's answer (even a refusal) means it is up."""
-        if exc is None or isinstance(exc, GateError | InvalidArgument):
+        if exc is None or isinstance(exc, GateExitError | InvalidArgument):
             self.state[host.name] = HostState(True, "", time.time())
         else:
             self.state[host.name] = HostState(False, exc.message, time.time())
 
-    def open(self, host: HostConfig, spec: ReadSpec, via: dict[str, Any]) -> Stream:
+    def open(self, host: HostConfig, spec: ReadSpec, via: dict[str, Any]) -> WorkerStream:
         """`async with workers.open(...) as s: async for chunk in s.chunks(): ...`"""
-        return Stream(self, host, spec, via)
+        return WorkerStream(self, host, spec, via)
 
     async def read(
         self, host: HostConfig, spec: ReadSpec, via: dict[str, Any]

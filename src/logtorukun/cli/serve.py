@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..config import Config, load_config
-from .auth import AuthError, AuthStore, parse_duration
+from ..web.auth import AuthError, AuthStore, parse_duration
 
 
 def register(sub: Any) -> None:
@@ -111,7 +111,7 @@ def _read_password(args: argparse.Namespace) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
+    from ..web.app import create_app
 
     config = _config(args)
     listen = args.listen or config.server.listen

@@ -18,13 +18,14 @@ from typing import Any, TextIO
 
 import asyncssh
 
+from ..client.errors import ClientError, HostKeyChanged, LimitHit, RequestTimeout
+from ..client.hosts import host_by_name, select_hosts
+from ..client.reads import Client, Reply, grep_command
+from ..client.stream import Status
+from ..client.terminal import neutralise
 from ..config import Config, HostConfig, load_config
 from ..errors import UserError
-from .api import Client, Reply, grep_command
-from .errors import EXIT_LIMIT, ClientError, HostKeyChanged, LimitHit, RequestTimeout
-from .hosts import host_by_name, select_hosts
-from .stream import Status
-from .terminal import neutralise
+from ..gate.vocabulary import Exit
 
 
 def register(sub: Any) -> None:
@@ -211,7 +212,7 @@ def _finish_single(reply: Reply, printer: Printer) -> int:
     printer.write(reply.data)
     err = reply.limit_error()
     if err is not None:
-        raise LimitHit(reply.host, EXIT_LIMIT, err.reason)
+        raise LimitHit(reply.host, Exit.LIMIT, err.reason)
     return 0
 
 
@@ -424,7 +425,7 @@ def _cmd_trust(args: argparse.Namespace) -> int:
 
 async def trust_host(h: HostConfig, *, yes: bool = False, fingerprint: str | None = None) -> int:
     """Show the host's key; append it to known_hosts if confirmed. Never replaces a key."""
-    from .errors import Unreachable
+    from ..client.errors import Unreachable
 
     try:
         async with asyncio.timeout(h.connect_timeout):

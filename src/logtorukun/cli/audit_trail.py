@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from ..audit.records import AuditRecord, AuditRef
+from ..audit.store import AuditStore
+from ..audit.times import parse_time
 from ..config import load_config
 from ..errors import UserError
-from .records import AuditRecord, AuditRef
-from .store import AuditStore
-from .times import parse_time
 
 
 def register(sub: Any) -> None:

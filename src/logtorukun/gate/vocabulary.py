@@ -1,0 +1,225 @@
+"""What a read request is, said once for the gate, the client and the web server.
+
+The verbs and their parameters (one typed record per verb), the rules a path or a name
+must follow, the sizes, the exit codes with their meaning, and `command_words`: the one
+way to write a request as the command line the gate parses. The gate's parser
+(grammar.py) turns that line back into the same record; a property test holds the two
+together. The gate imports this module, so it is standard library only and imports
+nothing at start-up that the gate would not import anyway.
+"""
+
+from __future__ import annotations
+
+from .record import record
+
+
+class Exit:
+    """Exit codes of `logtorukun-gate`, also the `exit` of a bridge END (docs/gate.md).
+
+    Plain ints, not an IntEnum: `enum` costs ~2 ms of every gate start.
+    """
+
+    OK = 0
+    BAD_REQUEST = 2  # not in the grammar: unknown command, bad option, bad number
+    REFUSED = 3  # in the grammar, but the policy does not allow it
+    NOT_FOUND = 4  # allowed name, but no such file / unit / container
+    LIMIT = 5  # a line, byte, CPU or wall-clock limit ended the output early
+    BUSY = 6  # max_concurrent requests already running on this worker
+    CONFIG = 7  # the policy file is missing or invalid: everything is refused
+    AUDIT = 8  # the audit record could not be written: refused (fail closed)
+    FAILED = 9  # the reader itself failed (journalctl/docker error, I/O error)
+
+
+EXIT_MEANING = {
+    Exit.OK: "ok",
+    Exit.BAD_REQUEST: "bad request",
+    Exit.REFUSED: "refused by the policy",
+    Exit.NOT_FOUND: "not found",
+    Exit.LIMIT: "output cut at a limit",
+    Exit.BUSY: "busy",
+    Exit.CONFIG: "policy missing or invalid",
+    Exit.AUDIT: "audit record not written",
+    Exit.FAILED: "reader failed",
+}
+
+# ---------------------------------------------------------------- sizes and rules
+
+MAX_COMMAND = 4096  # bytes of one command line
+MAX_PATH = 1024  # characters of a path
+MAX_PATTERN = 1024  # characters of a search pattern
+MAX_NUMBER = 999_999_999  # the largest count (`-n`, `-m`, `--tail`): nine digits
+DEFAULT_LINES = 200  # lines of a tail when the caller names no number
+# Absolute, printable ASCII without spaces or backslashes: look-alike letters are refused.
+# Strings, not compiled: `re` compiles (and caches) only the ones a request uses.
+PATH_RULE = r"/[!-\[\]-~]*"
+# Unit and container names as the gate accepts them: no spaces, no '=', no '+',
+# never starting with '-', so they can only ever be a name, not a match or an option.
+UNIT_NAME = r"[A-Za-z0-9_][A-Za-z0-9@_.:-]{0,254}"
+CONTAINER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+JOURNAL_OUTPUTS = ("short", "short-iso", "short-precise", "json", "cat")
+
+# ---------------------------------------------------------------- the requests
+
+
+@record(frozen=True)
+class Tail:
+    path: str
+    lines: int
+    follow: bool = False
+    start: tuple[int, int] | None = None  # `--from INO:OFF`: follow from that inode and offset
+
+
+@record(frozen=True)
+class Head:
+    """`head -n N PATH` and `cat PATH` (N = None: up to the policy's caps)."""
+
+    path: str
+    lines: int | None
+
+
+@record(frozen=True)
+class Grep:
+    path: str
+    pattern: str
+    regex: bool = False
+    ignore_case: bool = False
+    invert: bool = False
+    count: bool = False
+    max_count: int | None = None
+    line_numbers: bool = False
+    word: bool = False
+    tail: int | None = None  # `| tail -n N`: keep only the last N output lines
+
+
+@record(frozen=True)
+class Range:
+    path: str
+    since: str
+    until: str | None = None
+    max_lines: int | None = None
+
+
+@record(frozen=True)
+class Journal:
+    unit: str
+    lines: int | None = None
+    since: str | None = None
+    until: str | None = None
+    grep: str | None = None
+    priority: str | None = None
+    output: str = "short-iso"
+    follow: bool = False
+
+
+@record(frozen=True)
+class Docker:
+    container: str
+    tail: int | None = None
+    timestamps: bool = False
+    since: str | None = None
+    until: str | None = None
+    follow: bool = False
+
+
+@record(frozen=True)
+class SourcesRequest:
+    pass
+
+
+@record(frozen=True)
+class BridgeRequest:
+    pass
+
+
+@record(frozen=True)
+class Help:
+    pass
+
+
+Request = Tail | Head | Grep | Range | Journal | Docker | SourcesRequest | BridgeRequest | Help
+
+
+# ---------------------------------------------------------------- request -> command line
+
+
+def command_words(req: Request) -> tuple[list[str], int | None]:
+    """The words of `req`'s command line, and N of a trailing `| tail -n N` (or None).
+
+    Values stay whole words (an option's value after `=` or as the next word, `-e` before
+    a pattern, `--` before a container), so quoting each word is all a sender must do.
+    """
+    if isinstance(req, Tail):
+        words = ["tail", "-F"] if req.follow else ["tail"]
+        words += ["-n", str(req.lines)]
+        if req.start is not None:
+            words += ["--from", f"{req.start[0]}:{req.start[1]}"]
+        return [*words, req.path], None
+    if isinstance(req, Head):
+        if req.lines is None:
+            return ["cat", req.path], None
+        return ["head", "-n", str(req.lines), req.path], None
+    if isinstance(req, Grep):
+        words = ["grep", "-E" if req.regex else "-F"]
+        for on, flag in (
+            (req.ignore_case, "-i"),
+            (req.invert, "-v"),
+            (req.count, "-c"),
+            (req.line_numbers, "-n"),
+            (req.word, "-w"),
+        ):
+            if on:
+                words.append(flag)
+        if req.max_count is not None:
+            words += ["-m", str(req.max_count)]
+        return [*words, "-e", req.pattern, req.path], req.tail
+    if isinstance(req, Range):
+        words = ["range", f"--since={req.since}"]
+        if req.until is not None:
+            words.append(f"--until={req.until}")
+        if req.max_lines is not None:
+            words += ["-m", str(req.max_lines)]
+        return [*words, req.path], None
+    if isinstance(req, Journal):
+        words = ["journalctl", "-u", req.unit]
+        if req.lines is not None:
+            words += ["-n", str(req.lines)]
+        for opt, value in (("since", req.since), ("until", req.until), ("grep", req.grep)):
+            if value is not None:
+                words.append(f"--{opt}={value}")
+        if req.priority is not None:
+            words += ["-p", req.priority]
+        words += ["-o", req.output]
+        if req.follow:
+            words.append("-f")
+        return words, None
+    if isinstance(req, Docker):
+        words = ["docker", "logs"]
+        if req.tail is not None:
+            words += ["--tail", str(req.tail)]
+        if req.timestamps:
+            words.append("--timestamps")
+        for opt, value in (("since", req.since), ("until", req.until)):
+            if value is not None:
+                words.append(f"--{opt}={value}")
+        if req.follow:
+            words.append("--follow")
+        return [*words, "--", req.container], None
+    if isinstance(req, SourcesRequest):
+        return ["sources"], None
+    if isinstance(req, BridgeRequest):
+        return ["bridge"], None
+    return ["help"], None
+
+
+def join_words(words: list[str], pipe_tail: int | None = None) -> str:
+    """One command line from `command_words`: each word shell-quoted, so the gate's
+    tokenizer gives exactly these words back."""
+    import shlex  # the gate parses lines, it never builds them: not at its start-up
+
+    line = " ".join(shlex.quote(w) for w in words)
+    return line if pipe_tail is None else f"{line} | tail -n {pipe_tail}"
+
+
+def command_line(req: Request) -> str:
+    """The command line the gate parses back into `req`."""
+    return join_words(*command_words(req))

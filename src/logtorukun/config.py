@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .client.settings import FleetSettings as FleetSettings  # [fleet], for the client
+from .client.settings import HostConfig as HostConfig  # [[host]], for the client
 from .config_reader import REQUIRED, TableReader, resolve_path
 from .config_reader import ConfigError as ConfigError  # what callers catch
 from .gate.globs import GlobError, compile_glob
@@ -23,19 +25,6 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "/etc/logtorukun/server.toml"
 CAPABILITIES = frozenset({"tail", "search", "follow", "download", "audit"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    name: str
-    address: str
-    key: Path
-    known_hosts: Path
-    port: int = 22
-    user: str = "logtorukun"
-    labels: tuple[str, ...] = ()
-    connect_timeout: float = 10.0
-    request_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,19 +51,6 @@ class ServerSettings:
     session_hours: float = 12.0
     max_follows_per_user: int = 4
     requests_per_minute: int = 600
-
-
-@dataclass(frozen=True)
-class FleetSettings:
-    """`[fleet]`: how a big fleet is reached without flooding the web server or holding
-    hundreds of idle SSH connections. Used by the client pool, the CLI and the web server."""
-
-    # SSH handshakes (key exchange + authentication) in progress at once, all hosts.
-    max_connecting: int = 32
-    # Hosts a cross-host search (`grep --hosts`, the web's search) works on at once.
-    max_hosts_at_once: int = 64
-    # A connection with no request for this many seconds is closed (0: kept for ever).
-    idle_timeout: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Sequence
 
-from ..config import Config, HostConfig
 from .errors import UnknownHost
+from .settings import Fleet, HostConfig
 
 
-def host_by_name(hosts: Sequence[HostConfig] | Config, name: str) -> HostConfig:
+def host_by_name(hosts: Sequence[HostConfig] | Fleet, name: str) -> HostConfig:
     """The host called exactly `name`, or `UnknownHost` listing what exists."""
     for h in _hosts(hosts):
         if h.name == name:
@@ -29,7 +29,7 @@ def matches(host: HostConfig, pattern: str) -> bool:
     return fnmatch.fnmatchcase(host.name, pattern)
 
 
-def select_hosts(hosts: Sequence[HostConfig] | Config, patterns: Iterable[str]) -> list[HostConfig]:
+def select_hosts(hosts: Sequence[HostConfig] | Fleet, patterns: Iterable[str]) -> list[HostConfig]:
     """Hosts matching any pattern, in config order; a pattern matching nothing is an error.
 
     Patterns may also be comma-separated (`web*,label:db`), as typed on a command line.
@@ -45,5 +45,5 @@ def select_hosts(hosts: Sequence[HostConfig] | Config, patterns: Iterable[str]) 
     return [h for h in all_hosts if any(matches(h, p) for p in pats)]
 
 
-def _hosts(hosts: Sequence[HostConfig] | Config) -> Sequence[HostConfig]:
-    return hosts.hosts if isinstance(hosts, Config) else hosts
+def _hosts(hosts: Sequence[HostConfig] | Fleet) -> Sequence[HostConfig]:
+    return hosts if isinstance(hosts, Sequence) else hosts.hosts

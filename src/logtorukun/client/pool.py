@@ -33,7 +33,6 @@ from typing import Any
 
 import asyncssh
 
-from ..config import Config, FleetSettings, HostConfig
 from .bridge import MAX_IN_FLIGHT, BridgeSession
 from .errors import (
     AuthRefused,
@@ -46,6 +45,7 @@ from .errors import (
     Unreachable,
 )
 from .oneshot import start_oneshot
+from .settings import Fleet, FleetSettings, HostConfig
 from .stream import Stream
 
 # AES-GCM first: with AES-NI it is ~100 µs per request cheaper than chacha20 in asyncssh.
@@ -406,11 +406,11 @@ class Pool:
     """Connections to the configured workers; `async with Pool(config) as pool:`."""
 
     def __init__(
-        self, hosts: Config | Sequence[HostConfig], options: PoolOptions | None = None
+        self, hosts: Fleet | Sequence[HostConfig], options: PoolOptions | None = None
     ) -> None:
-        self.hosts = list(hosts.hosts if isinstance(hosts, Config) else hosts)
+        self.hosts = list(hosts if isinstance(hosts, Sequence) else hosts.hosts)
         if options is None:
-            fleet = hosts.fleet if isinstance(hosts, Config) else FleetSettings()
+            fleet = FleetSettings() if isinstance(hosts, Sequence) else hosts.fleet
             options = PoolOptions.for_fleet(fleet)
         self.options = options
         self._conns: dict[str, HostConnection] = {}

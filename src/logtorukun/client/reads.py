@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config, HostConfig
 from ..gate.protocol import MAX_REQUEST
 from ..gate.vocabulary import (
     DEFAULT_LINES,
@@ -46,6 +45,7 @@ from .errors import (
     RequestTimeout,
 )
 from .pool import Pool, PoolOptions
+from .settings import Fleet, HostConfig
 from .stream import Status, Stream
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -293,7 +293,7 @@ class Client:
 
     def __init__(
         self,
-        hosts: Config | Sequence[HostConfig],
+        hosts: Fleet | Sequence[HostConfig],
         *,
         oneshot: bool = False,
         options: PoolOptions | None = None,

@@ -355,7 +355,7 @@ capabilities = ["tail", "search"]
 
     def users(self) -> dict[str, str]:
         """admin and viewer with fresh passwords (printed once), and a token for viewer."""
-        from ..web.auth import AuthError, AuthStore
+        from ..web import AuthError, AuthStore
 
         auth = AuthStore(self.server_dir / "logtorukun.db")
         creds: dict[str, str] = {}

@@ -28,7 +28,7 @@ def refused(command: str, match: str) -> GateError:
     return exc
 
 
-# ---------------------------------------------------------------- the brief's commands
+# ---------------------------------------------------------------- docs/gate.md's command lines
 
 
 def test_brief_commands_parse_as_written() -> None:

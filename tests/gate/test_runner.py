@@ -136,7 +136,7 @@ def deny(env: Env, command: str, code: int, match: str, policy: Policy | None = 
     return result.reason
 
 
-# ---------------------------------------------------------------- the brief's commands
+# ---------------------------------------------------------------- docs/gate.md's command lines
 
 
 def test_tail_n_200(env: Env) -> None:
@@ -159,6 +159,14 @@ def test_grep_pipe_tail(env: Env) -> None:
     assert result.code == Exit.OK and data == b"".join(matching)
     result, data, _ = env.run(f"grep 'ERROR' {env.app_log} | tail -n 20")
     assert result.code == Exit.OK and data == b"".join(matching[-20:])
+
+
+def test_a_pattern_grep_cannot_compile_is_a_bad_request_naming_it(env: Env) -> None:
+    result, data, recs = env.run(f"grep -E 'a(b' {env.app_log}")
+    assert (result.code, data) == (Exit.BAD_REQUEST, b"")
+    assert result.reason.startswith("grep: the pattern 'a(b' is not valid: ")
+    assert "\n" not in result.reason
+    assert recs[-1]["event"] == "end" and recs[-1]["exit"] == Exit.BAD_REQUEST
 
 
 def test_grep_an_hour(env: Env) -> None:

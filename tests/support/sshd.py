@@ -534,7 +534,7 @@ PrintMotd no
     def ssh(
         self, command: str, *, timeout: float = 30, input: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run one request the way the brief's web server does: a fresh `ssh` process."""
+        """Run one request the way the original article's web server does: a fresh `ssh` process."""
         return subprocess.run(
             self.ssh_argv(command),
             input=input,

@@ -1,9 +1,8 @@
 """What can go wrong between the web server (or CLI) and a worker, one class per cause.
 
 Every class is a `UserError` with a one-line message that names the host, so the CLI
-prints it without a traceback and the web server can map it onto an HTTP status
-(`Unreachable` and friends: 502; `GateRefused`: 403; `NotFound`: 404; `Busy`: 503).
-The gate's exit codes (`logtorukun.gate.vocabulary.Exit`, shared) map onto them in
+prints it without a traceback and the web server can answer with an HTTP status (its
+one table is `HTTP_STATUS_FOR_EXIT` in web/workers.py). The gate's exit codes (`logtorukun.gate.vocabulary.Exit`, shared) map onto them in
 `error_for_exit`; the CLI exits with the gate's own code for gate errors, and with 255
 (like `ssh`) when the connection itself failed.
 """

@@ -17,7 +17,7 @@ timeout), and a connection with no request for `idle_timeout` seconds is closed,
 hundreds of workers searched once an hour are not hundreds of SSH connections (and
 sshd + gate processes on the workers) held for ever.
 
-Connections are keyed by host name today; per-user certificates (see DESIGN.md) will key
+Connections are keyed by host name today; per-user certificates (docs/roadmap.md) will key
 them by (host, identity) without changing callers.
 """
 

@@ -561,7 +561,7 @@ def _parse(command: str) -> Request:
     pipe_at = [i for i, t in enumerate(tokens) if t is PIPE]
     words = [t for t in tokens if isinstance(t, str)]
     if pipe_at:
-        # Only the brief's `grep ... | tail -n N` ("the last N matches") is a pipeline.
+        # Only `grep ... | tail -n N` of docs/gate.md ("the last N matches") is a pipeline.
         at = pipe_at[0]
         left = [t for t in tokens[:at] if isinstance(t, str)]
         right = [t for t in tokens[at + 1 :] if isinstance(t, str)]

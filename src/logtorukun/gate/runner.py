@@ -278,16 +278,34 @@ def authorize(req: Request, policy: Policy) -> Plan:
         plan.needs_slot = False
     else:
         argv = grep_argv(req, policy)
-        plan.run = lambda out: run_child(
-            argv,
-            fd,
-            out,
-            seconds=lim.max_seconds,
-            limits=policy,
-            keep_last=req.tail,
-            gunzip=gz,
-        )
+
+        def run_grep(out: Output) -> None:
+            try:
+                run_child(
+                    argv,
+                    fd,
+                    out,
+                    seconds=lim.max_seconds,
+                    limits=policy,
+                    keep_last=req.tail,
+                    gunzip=gz,
+                )
+            except GateError as exc:
+                raise _bad_pattern(req, argv[0], exc) from None
+
+        plan.run = run_grep
     return plan
+
+
+def _bad_pattern(req: Grep, program: str, exc: GateError) -> GateError:
+    """grep reads our pipe and gets options we built, so when it fails (exit 2) on an
+    extended regex, the pattern is what is wrong: a bad request naming it, not a failure
+    of the worker."""
+    failed = f"{os.path.basename(program)} failed: "
+    if not (req.regex and exc.code == Exit.FAILED and exc.reason.startswith(failed)):
+        return exc
+    why = exc.reason[len(failed) :].removeprefix("grep: ")
+    return GateError(Exit.BAD_REQUEST, f"grep: the pattern {req.pattern!r} is not valid: {why}")
 
 
 MAX_ROTATED = 64  # names looked at when a follow continues in a rotated-away file

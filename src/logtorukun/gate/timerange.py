@@ -1,6 +1,6 @@
 """The `range` verb: the lines of a log between two timestamps, found by binary search.
 
-`range --since TIME [--until TIME] [-m N] PATH` replaces the brief's
+`range --since TIME [--until TIME] [-m N] PATH` replaces the original article's
 `grep '2024-12-17 14:'`: instead of reading the whole file it bisects on byte offsets
 with `os.pread`, so a window of a multi-GiB log costs a few dozen small reads.
 

@@ -1,4 +1,4 @@
-"""`logtorukun doctor`: the brief's pre-deployment checklist, executed against reality.
+"""`logtorukun doctor`: the pre-deployment checklist (docs/security.md), executed against reality.
 
 Run on the web server with its config. For each worker it asks the worker itself, with
 the real OpenSSH client and the web server's own key, the questions a reviewer would:

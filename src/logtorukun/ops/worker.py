@@ -1,6 +1,6 @@
-"""`logtorukun worker setup|remove`: the brief's Phase 0/1 on a worker, in one command.
+"""`logtorukun worker setup|remove`: Phase 0/1 of docs/roadmap.md on a worker, in one command.
 
-Everything the brief asks a worker to have is written from flags, shown before it is
+Everything docs/security.md asks a worker to have is written from flags, shown before it is
 done (`--dry-run`), done only where the machine differs (a second run changes
 nothing), and undone by `remove`:
 

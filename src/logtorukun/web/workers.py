@@ -22,10 +22,8 @@ from typing import Any
 from ..client import Client, ClientError, PoolOptions
 from ..client import reads as commands
 from ..client.errors import (
-    Busy,
     GateExitError,
     InvalidArgument,
-    NotFound,
     UnknownHost,
 )
 from ..client.stream import Stream as ClientStream
@@ -43,19 +41,32 @@ class WorkerError(Exception):
         self.reason = reason
 
 
+# The one mapping from a gate's exit code to the HTTP status of the answer. A bad request
+# (a pattern grep cannot compile, a value the grammar refuses) is the caller's mistake:
+# 422 with the gate's reason, which names the value. (Exit.LIMIT is no error: the data
+# came, cut, and the answer says `truncated`.)
+HTTP_STATUS_FOR_EXIT = {
+    Exit.BAD_REQUEST: 422,
+    Exit.REFUSED: 403,
+    Exit.NOT_FOUND: 404,
+    Exit.BUSY: 503,
+    Exit.CONFIG: 502,
+    Exit.AUDIT: 502,
+    Exit.FAILED: 502,
+}
+
+
 def _status_for(exc: ClientError) -> int:
-    if isinstance(exc, UnknownHost | NotFound):
+    """The HTTP status for a client error: the gate's exit through the table above; the
+    client's own refusals are 404 (no such host) or 422; anything else (unreachable,
+    host key, auth, protocol, a gate killed) is 502, the worker's fault."""
+    if isinstance(exc, GateExitError):
+        return HTTP_STATUS_FOR_EXIT.get(exc.gate_exit, 502)
+    if isinstance(exc, UnknownHost):
         return 404
     if isinstance(exc, InvalidArgument):
         return 422
-    if isinstance(exc, Busy):
-        return 503
-    if isinstance(exc, GateExitError):
-        if exc.gate_exit == Exit.BAD_REQUEST:
-            return 422
-        if exc.gate_exit == Exit.REFUSED:
-            return 403
-    return 502  # unreachable, host key, auth, timeout, protocol, worker-side failure
+    return 502
 
 
 def _error(exc: ClientError) -> WorkerError:

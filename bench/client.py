@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.client [--stream-mib 256] [--quick]
 
-1. the original article's approach (docs/security.md): a fresh `ssh` process (and connection) per request;
+1. the original article's approach (docs/security.md): a fresh `ssh` process (and
+   connection) per request;
 2. OpenSSH ControlMaster: a fresh `ssh` process per request over one master connection;
 3. one-shot gate over a pooled asyncssh connection: one channel + gate process per request;
 4. the bridge: one channel and one gate process for everything, requests multiplexed.

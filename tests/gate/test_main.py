@@ -29,7 +29,7 @@ def no_secret(w: Worker, out: subprocess.CompletedProcess[bytes]) -> None:
     assert w.secret_marker.encode() not in out.stderr
 
 
-# ---------------------------------------------------------------- docs/gate.md's command lines, over ssh
+# ------------------------------------------------- docs/gate.md's command lines, over ssh
 
 
 def test_brief_tail_n_200(worker: Worker) -> None:

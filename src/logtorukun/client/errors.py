@@ -3,8 +3,9 @@
 Every class is a `UserError` with a one-line message that names the host, so the CLI
 prints it without a traceback and the web server can answer with an HTTP status (its
 one table is `HTTP_STATUS_FOR_EXIT` in web/workers.py). The gate's exit codes
-(`logtorukun.gate.vocabulary.Exit`, shared) map onto them in `error_for_exit`; the CLI exits with the gate's own code for gate errors, and with 255
-(like `ssh`) when the connection itself failed.
+(`logtorukun.gate.vocabulary.Exit`, shared) map onto them in `error_for_exit`; the CLI
+exits with the gate's own code for gate errors, and with 255 (like `ssh`) when the
+connection itself failed.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from .protocol import (
     pack,
 )
 from .runner import Context, Result, is_quick, serve
+from .vocabulary import Request
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
@@ -242,15 +243,19 @@ class BridgeServer:
         except (ValueError, KeyError, TypeError) as exc:
             self._finish(stream, Result(Exit.BAD_REQUEST, f"malformed request: {exc}"))
             return
+        # Parsed once, here: serve() gets the request (or the refusal) as it is.
+        parsed: Request | GateError
         try:
-            quick = is_quick(grammar.parse(command))
-        except GateError:
-            quick = True  # refused by serve() below, inline, with its audit record
-        if quick:
-            self._inline(stream, command, via)
+            parsed = grammar.parse(command)
+        except GateError as exc:
+            parsed = exc  # refused by serve() below, inline, with its audit record
+        if isinstance(parsed, GateError) or is_quick(parsed):
+            self._inline(stream, command, parsed, via)
         else:
             t = threading.Thread(
-                target=self._threaded, args=(stream, command, via, positions), daemon=True
+                target=self._threaded,
+                args=(stream, command, parsed, via, positions),
+                daemon=True,
             )
             stream.thread = t
             t.start()
@@ -272,9 +277,16 @@ class BridgeServer:
             marker=marker,
         )
 
-    def _inline(self, stream: _ServedStream, command: str, via: dict[str, Any] | None) -> None:
+    def _inline(
+        self,
+        stream: _ServedStream,
+        command: str,
+        parsed: Request | GateError,
+        via: dict[str, Any] | None,
+    ) -> None:
         buf = bytearray()
-        result = serve(command, self.ctx, self._output(buf.extend, stream), via=via)
+        out = self._output(buf.extend, stream)
+        result = serve(command, self.ctx, out, via=via, parsed=parsed)
         if len(buf) <= stream.credit:
             # DATA and END in one write: one syscall and one SSH packet for a quick answer.
             data = b"".join(
@@ -299,18 +311,16 @@ class BridgeServer:
         self,
         stream: _ServedStream,
         command: str,
+        parsed: Request,
         via: dict[str, Any] | None,
         positions: bool = False,
     ) -> None:
         lim = self.ctx.policy.limits
-        try:
-            follow = bool(getattr(grammar.parse(command), "follow", False))
-        except GateError:
-            follow = False
+        follow = bool(getattr(parsed, "follow", False))
         stream.limit = lim.follow_max_seconds if follow else lim.max_seconds
         stream.deadline = time.monotonic() + stream.limit
         out = self._output(stream.send_data, stream, positions)
-        result = serve(command, self.ctx, out, via=via)
+        result = serve(command, self.ctx, out, via=via, parsed=parsed)
         self._finish(stream, result)
 
     def _finish(self, stream: _ServedStream, result: Result, data: bytes = b"") -> None:

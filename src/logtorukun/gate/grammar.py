@@ -532,26 +532,11 @@ def _bare(verb: str, args: list[str], req: Request) -> Request:
     return req
 
 
-_PARSED: dict[str, Request] = {}
-
-
 def parse(command: str) -> Request:
     """One command line -> one request, or GateError(BAD_REQUEST) with a one-line reason.
 
-    Requests are immutable and parsing is pure, so a bridge session keeps the last few
-    hundred: it parses each request twice (to choose inline or thread, then in serve) and
-    a web server sends the same commands again and again. Refusals are never cached.
-    """
-    req = _PARSED.get(command)
-    if req is None:
-        req = _parse(command)
-        if len(_PARSED) >= 512:
-            _PARSED.clear()
-        _PARSED[command] = req
-    return req
-
-
-def _parse(command: str) -> Request:
+    Pure and cheap; a caller that needs the request twice keeps it (the bridge hands
+    what it parsed to runner.serve)."""
     # surrogatepass: a lone surrogate (bridge JSON "\ud800") must be a refusal, not a crash.
     if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND:
         raise bad(f"command longer than {MAX_COMMAND} bytes")

@@ -98,8 +98,13 @@ def serve(
     *,
     via: dict[str, Any] | None = None,
     plan_hook: Callable[[Plan], None] | None = None,
+    parsed: Request | GateError | None = None,
 ) -> Result:
-    """Run `command`; every outcome, including refusals, is audited. Never raises GateError."""
+    """Run `command`; every outcome, including refusals, is audited. Never raises GateError.
+
+    `parsed`: what `grammar.parse(command)` gave a caller that parsed it already (the
+    bridge, to choose a thread or not): the request, or the refusal to audit.
+    """
     t0 = time.monotonic()
     base: dict[str, Any] = {
         "ts": now_iso(),
@@ -111,7 +116,10 @@ def serve(
     if via:
         base["via"] = via
     try:
-        plan = authorize(grammar.parse(command), ctx.policy)
+        request = grammar.parse(command) if parsed is None else parsed
+        if isinstance(request, GateError):
+            raise request
+        plan = authorize(request, ctx.policy)
     except GateError as exc:
         return _refuse(ctx, base, exc)
     slot = None

@@ -51,6 +51,13 @@ class ServerSettings:
     session_hours: float = 12.0
     max_follows_per_user: int = 4
     requests_per_minute: int = 600
+    # Anonymous and failed-authentication requests per client address and minute that
+    # are answered and audited one by one; beyond, 429 and one summary record a minute.
+    failures_per_minute: int = 10
+    # How often open live follows re-check their user's session, token and grants.
+    follow_recheck_seconds: float = 5.0
+    # A checkpoint (seq and hash of the head) goes to the audit sinks every N records.
+    checkpoint_every: int = 1000
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,13 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         session_hours=s.get("session_hours", float, 12.0),
         max_follows_per_user=s.get("max_follows_per_user", int, 4),
         requests_per_minute=s.get("requests_per_minute", int, 600),
+        failures_per_minute=s.get("failures_per_minute", int, 10),
+        follow_recheck_seconds=s.get("follow_recheck_seconds", float, 5.0),
+        checkpoint_every=s.get("checkpoint_every", int, 1000),
     )
+    for key in ("failures_per_minute", "follow_recheck_seconds", "checkpoint_every"):
+        if getattr(server, key) <= 0:
+            s.fail(key, "must be positive")
     s.done()
     fleet = _fleet(TableReader(path, text, "fleet", data.get("fleet", {})))
 

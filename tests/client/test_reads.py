@@ -204,12 +204,12 @@ async def test_journal_and_docker_go_through_the_policy(both: Client) -> None:
 def test_command_builders_quote_every_value() -> None:
     assert tail_command("/var/log/a b.log", 5) == "tail -n 5 '/var/log/a b.log'"
     assert tail_command("/l/a.log", 0, follow=True) == "tail -F -n 0 /l/a.log"
-    assert tail_command("/l/a.log", 0, follow=True, start=(12, 2**40)) == (
-        "tail -F -n 0 --from 12:1099511627776 /l/a.log"
+    assert tail_command("/l/a.log", 0, follow=True, start=(12, 2**40, 7)) == (
+        "tail -F -n 0 --from 12:1099511627776:7 /l/a.log"
     )
-    for bad in ((-1, 0), (1, 10**20), (True, 1)):
+    for bad in ((-1, 0), (1, 10**20), (True, 1), (1, 2, 2**32), (1,)):
         with pytest.raises(InvalidArgument, match="start must be"):
-            tail_command("/l/a.log", 0, follow=True, start=bad)
+            tail_command("/l/a.log", 0, follow=True, start=bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="only goes with a follow"):
         tail_command("/l/a.log", 5, start=(1, 2))
     assert grep_command("/l/a.log", "-v", ignore_case=True, last=10) == (

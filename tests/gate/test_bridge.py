@@ -13,6 +13,7 @@ import os
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -322,7 +323,7 @@ def test_allowed_request_records_carry_via_and_end(bw: Worker, session: BridgeCl
         "lines": 4,
         "bytes": len(data),
         "truncated": False,
-        "pos": [st.st_ino, st.st_size],
+        "pos": [st.st_ino, st.st_size, zlib.crc32(bw.app_log.read_bytes()[-64:])],
     }
 
 
@@ -412,22 +413,24 @@ def test_tail_end_and_follow_positions_continue_exactly(bw: Worker, session: Bri
     log.chmod(0o644)
     data, end = s.call(1, f"tail -n 2 {log}")
     st = log.stat()
-    assert end["pos"] == [st.st_ino, st.st_size] and data.count(b"\n") == 2
+    tag = zlib.crc32(log.read_bytes()[-64:])
+    assert end["pos"] == [st.st_ino, st.st_size, tag] and data.count(b"\n") == 2
     # written between the tail and the follow: must not be lost
     with open(log, "ab") as f:
         f.write(b"between 1\nbetween 2\n")
-    s.request(2, f"tail -F -n 0 --from {st.st_ino}:{st.st_size} {log}", positions=True)
+    s.request(2, f"tail -F -n 0 --from {st.st_ino}:{st.st_size}:{tag} {log}", positions=True)
     assert s.data_until(2, 20) == b"between 1\nbetween 2\n"
     pos = json.loads(s.next_frame(lambda f: f[1] == 2 and f[0] == POS)[2])
     assert pos["ino"] == st.st_ino and pos["off"] in (st.st_size, st.st_size + 20)
     # rename rotation while nobody follows: a new follow from the old position reads the
-    # rest of app.log.1-style old file, then the new file
+    # rest of the old file (now cont.log.1), then the new file
+    tag2 = zlib.crc32(log.read_bytes()[: st.st_size + 20][-64:])
     with open(log, "ab") as f:
         f.write(b"late in old\n")
     os.rename(log, bw.root / "cont.log.1")
     log.write_bytes(b"first in new\n")
     log.chmod(0o644)
-    s.request(3, f"tail -F --from {st.st_ino}:{st.st_size + 20} {log}", positions=True)
+    s.request(3, f"tail -F --from {st.st_ino}:{st.st_size + 20}:{tag2} {log}", positions=True)
     assert s.data_until(3, 25) == b"late in old\nfirst in new\n"
     # a request without `positions` gets no POS frames
     s.request(4, f"tail -F -n 1 {log}")

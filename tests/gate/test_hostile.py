@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import gzip
 import time
-import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -26,16 +26,19 @@ MAX_MEMORY = 64 * MIB  # the policy's child limit in these tests
 BOMB = 128 * MIB  # what bomb.log.gz inflates to: one line, no newline
 
 
-def _gzip_of_run(byte: bytes, size: int) -> bytes:
-    z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    block = byte * MIB
-    return b"".join([*(z.compress(block) for _ in range(size // MIB)), z.flush()])
+def repeated_members(member: bytes, count: int) -> bytes:
+    """A multi-member .gz: `member` compressed once and repeated. Instant to build, it
+    inflates to `count` times the member (gzip -dc reads every member)."""
+    return gzip.compress(member, compresslevel=9, mtime=0) * count
 
 
 class Hostile(Worker):
     def plant(self) -> None:
         root = self.root
-        (root / "bomb.log.gz").write_bytes(_gzip_of_run(b"A", BOMB))
+        (root / "bomb.log.gz").write_bytes(repeated_members(b"A" * MIB, BOMB // MIB))
+        # 1 GiB of short lines after one timestamp: seconds of inflating, whatever the verb
+        slow = b"2024-12-15 10:00:00 start\n" + b"a\n" * (MIB // 2 - 13)
+        (root / "slow.log.gz").write_bytes(repeated_members(slow, 1024))
         (root / "long.log").write_bytes(b"B" * (24 * MIB) + b"\nlast line\n")
         for p in root.iterdir():
             p.chmod(0o644)
@@ -129,3 +132,86 @@ def test_a_normal_grep_of_a_gz_works_under_the_limit(hw: Hostile) -> None:
     lines = gzip.decompress((hw.root / "app.log.2.gz").read_bytes()).splitlines()
     want = sum(b"INFO" in line for line in lines)
     assert want > 0 and r.stdout == f"{want}\n".encode()
+
+
+# ---------------------------------------------------------------- lines without an end
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["cat {root}/bomb.log.gz", "head -n 1 {root}/bomb.log.gz", "cat {root}/long.log"],
+)
+def test_a_line_longer_than_max_bytes_is_never_held(hw: Hostile, command: str) -> None:
+    """128 MiB (inflated) or 24 MiB of one line: the gate holds at most max_bytes of it."""
+    with hw.policy(hw.hostile_policy(max_bytes=4 * MIB)):
+        r = hw.run(command.format(root=hw.root))
+    assert r.code == Exit.LIMIT, r
+    assert (
+        r.stderr
+        == b"logtorukun-gate: output truncated at 4194304 bytes (max_bytes in the policy)\n"
+    )
+    assert r.stdout == b""
+    assert r.peak < 4 * MIB + 48 * MIB, r  # the cap plus the gate's own ~20 MiB and a read
+    assert r.elapsed < 15, r
+    assert r.records[-1]["exit"] == Exit.LIMIT and r.records[-1]["truncated"] is True
+
+
+def test_tail_of_a_gz_line_bomb_is_bounded(hw: Hostile) -> None:
+    with hw.policy(hw.hostile_policy(max_bytes=4 * MIB)):
+        r = hw.run(f"tail -n 5 {hw.root}/bomb.log.gz")
+    assert r.code == Exit.LIMIT, r
+    assert b"max_bytes" in r.stderr and r.stdout == b""
+    assert r.peak < 4 * MIB + 48 * MIB, r
+
+
+# ---------------------------------------------------------------- the wall clock
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "tail -n 5 {root}/slow.log.gz",
+        "range --since 2024-12-16 {root}/slow.log.gz",
+        "head -n 999999999 {root}/slow.log.gz",
+        "grep -c zzz {root}/slow.log.gz",
+    ],
+)
+def test_every_reader_stops_at_max_seconds(hw: Hostile, command: str) -> None:
+    """1 GiB to inflate takes several seconds; max_seconds = 1 ends each reader at 1 s."""
+    with hw.policy(hw.hostile_policy(max_seconds=1, max_lines=10**9, max_bytes=10**10)):
+        r = hw.run(command.format(root=hw.root) + " ")
+    assert r.code == Exit.LIMIT, r
+    assert r.stderr.endswith(b"(time limit in the policy)\n") or b"CPU limit" in r.stderr, r
+    assert r.elapsed < 6, r  # 1 s, the ssh handshake and a loaded machine
+    end = r.records[-1]
+    assert end["event"] == "end" and end["exit"] == Exit.LIMIT
+    assert end["duration_ms"] < 2500, end
+
+
+def test_slow_readers_take_slots(hw: Hostile) -> None:
+    """Six slow .gz tails and ranges at once with max_concurrent = 2: never more than two
+    run at the same time (from the audit records); the others are refused as busy."""
+    commands = [
+        f"tail -n 5 {hw.root}/slow.log.gz",
+        f"range --since 2024-12-16 {hw.root}/slow.log.gz",
+    ]
+    with hw.policy(hw.hostile_policy(max_seconds=2, max_concurrent=2)):
+        before = len(hw.audit_records())
+        with ThreadPoolExecutor(6) as pool:
+            outs = list(pool.map(hw.ssh, [commands[i % 2] for i in range(6)]))
+        records = hw.audit_records()[before:]
+    assert sorted({o.returncode for o in outs}) <= [Exit.LIMIT, Exit.BUSY], outs
+    busy = [o for o in outs if o.returncode == Exit.BUSY]
+    for o in busy:
+        assert o.stderr.startswith(b"logtorukun-gate: busy: 2 requests already running"), o
+    denied = [r for r in records if r.get("decision") == "deny"]
+    assert len(denied) == len(busy) and all(r["exit"] == Exit.BUSY for r in denied)
+    # intervals of the allowed requests, from their start and end records
+    starts = {r["id"]: r["ts"] for r in records if r.get("decision") == "allow"}
+    ends = {r["id"]: r["ts"] for r in records if r.get("event") == "end"}
+    events = sorted([(starts[i], 1) for i in starts] + [(ends[i], -1) for i in ends])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert len(starts) == 6 - len(busy) and peak <= 2, records

@@ -589,6 +589,8 @@ def test_ssh_follow_sees_appended_lines_and_ends_with_the_client(make_worker: Ma
     assert wait_until(lambda: not gate_pids(w)), "the gate outlived its client"
     end = [r for r in w.audit_records() if r["event"] == "end"]
     assert end and end[-1]["exit"] == 0 and end[-1]["reason"] == "client went away"
+    # woken by inotify (the unprivileged gate user can watch its own open file)
+    assert end[-1]["follow"] == "inotify"
 
 
 def test_ssh_follow_ends_at_follow_max_seconds(make_worker: MakeWorker) -> None:

@@ -78,7 +78,8 @@ def greps(draw: st.DrawFn) -> Grep:
 def tails(draw: st.DrawFn) -> Tail:
     follow = draw(st.booleans())
     big = st.integers(min_value=0, max_value=10**19)
-    start = draw(st.none() | st.tuples(big, big)) if follow else None
+    tag = st.none() | st.integers(min_value=0, max_value=2**32 - 1)
+    start = draw(st.none() | st.tuples(big, big, tag)) if follow else None
     return Tail(draw(paths), draw(counts), follow, start)
 
 
@@ -132,7 +133,12 @@ def test_the_clients_builders_write_the_same_lines(request: Request) -> None:
     """The client builds with its own checks, through the same `command_words`."""
     r = request
     if isinstance(r, Tail):
-        line = tail_command(r.path, r.lines, follow=r.follow, start=r.start)
+        start: tuple[int, int] | tuple[int, int, int] | None = None
+        if r.start is not None:
+            start = (r.start[0], r.start[1])
+        if r.start is not None and r.start[2] is not None:
+            start = (r.start[0], r.start[1], r.start[2])
+        line = tail_command(r.path, r.lines, follow=r.follow, start=start)
     elif isinstance(r, Head):
         line = head_command(r.path, r.lines)
     elif isinstance(r, Grep) and not (r.line_numbers or r.word):

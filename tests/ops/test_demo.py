@@ -125,8 +125,8 @@ def _run_once(state: Path) -> None:
             argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
         )
         assert r.returncode == 0, r.stderr
-        # up to 5: a rotation (every second here) may just have started a new app.log
-        # (with its first line: the demo never leaves app.log missing or empty)
+        # 1 to 5: a rotation (every second here) may just have started a new app.log,
+        # which the demo creates with its first line already in it
         lines = r.stdout.splitlines()
         assert 1 <= len(lines) <= 5, r.stdout
         assert all(LOG_LINE.match(ln) for ln in lines), lines
@@ -180,7 +180,7 @@ def _run_once(state: Path) -> None:
         ssh_port = int(re.search(r"sshd on 127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
         started |= descendants(demo.proc.pid)
         assert demo.stop() == 0
-        demo.wait_for("stopped", timeout=30)
+        demo.wait_for("stopped", timeout=5)
         left = {p for p in started if alive(p)}
         assert not left, f"still running after Ctrl-C: {left}"
         assert not _listening(port) and not _listening(ssh_port)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,134 +17,10 @@ import pytest
 from logtorukun.cli import main
 from logtorukun.ops import system
 from logtorukun.ops.worker import Layout, sshd_effective
-from tests.support.sshd import ensure_prerequisites, free_port, keygen, kill_tree
-
-# One user per test process: two test runs at once (CI and a developer) must not share it.
-USER = f"logtorukun-ws{os.getpid() % 1_000_000}"
-SECRET = "secret-line-not-for-the-gate"
-
-
-@dataclass
-class Box:
-    root: Path
-    logs: Path
-    key: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    def setup_argv(self, *extra: str) -> list[str]:
-        return [
-            "worker",
-            "setup",
-            "--root",
-            str(self.root),
-            "--user",
-            USER,
-            "--key",
-            f"{self.key}.pub",
-            "--from",
-            "127.0.0.1",
-            "--files",
-            f"{self.logs}:*.log",
-            *extra,
-        ]
-
-    def start_sshd(self) -> None:
-        log = self.root / "sshd.log"
-        self.proc = subprocess.Popen(
-            [system.SSHD, "-D", "-e", "-f", str(self.root / "etc/ssh/sshd_config")],
-            stdout=open(log, "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while f"port {self.port}" not in log.read_text():
-            assert self.proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
-
-    def ssh(self, command: str, *options: str) -> subprocess.CompletedProcess[str]:
-        argv = [
-            system.SSH,
-            "-F",
-            "/dev/null",
-            "-T",
-            "-i",
-            str(self.key),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=10",
-            *options,
-            "-p",
-            str(self.port),
-            "--",
-            f"{USER}@127.0.0.1",
-            command,
-        ]
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
-        )
-
-
-def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != "sshd.log":
-            out[str(p)] = (p.stat().st_mode, p.read_bytes())
-        elif p.is_dir():
-            out[str(p)] = (p.stat().st_mode, b"")
-    return out
-
-
-def _acl(path: Path) -> str:
-    return system.run([system.GETFACL, "-cp", str(path)]).stdout
-
-
-@pytest.fixture
-def box(tmp_path: Path) -> Iterator[Box]:
-    ensure_prerequisites()
-    root = tmp_path / "root"
-    (root / "etc/ssh/sshd_config.d").mkdir(parents=True)
-    for p in (tmp_path, root):
-        p.chmod(0o755)
-    logs = tmp_path / "logs"
-    logs.mkdir(mode=0o755)
-    (logs / "app.log").write_text("2024-12-17 14:03:05 ERROR [payments] charge failed\n")
-    (logs / "app.log").chmod(0o600)  # only the ACL lets the gate user read it
-    (logs / "secret.txt").write_text(SECRET + "\n")
-    (logs / "secret.txt").chmod(0o644)
-    keygen(root / "etc/ssh/host_key", "host")
-    key = tmp_path / "web_key"
-    keygen(key, "web")
-    port = free_port()
-    (root / "etc/ssh/sshd_config").write_text(
-        f"Include {root}/etc/ssh/sshd_config.d/*.conf\n"
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/etc/ssh/host_key\n"
-        f"PidFile {root}/sshd.pid\nUsePAM no\n"
-        # tmp_path lies under /tmp (world-writable): StrictModes would refuse the key file
-        "StrictModes no\n"
-        # the machine-wide policy this test does not want: passwords on for everyone
-        "PasswordAuthentication yes\n"
-    )
-    b = Box(root, logs, key, port)
-    try:
-        yield b
-    finally:
-        if b.proc is not None:
-            kill_tree(b.proc.pid)
-            b.proc.wait(timeout=10)
-        if system.user_exists(USER):
-            main(["worker", "remove", "--root", str(root), "--user", USER])
-        if system.user_exists(USER):
-            system.run([system.USERDEL, USER])
+from tests.ops.worker_box import SECRET, USER, Box
+from tests.ops.worker_box import acl as _acl
+from tests.ops.worker_box import tree as _tree
+from tests.support.sshd import free_port, keygen
 
 
 def test_dry_run_changes_nothing_and_lists_every_change(
@@ -170,7 +43,7 @@ def test_dry_run_changes_nothing_and_lists_every_change(
         "ExposeAuthInfo yes",
         "AuthenticationMethods publickey",
         f"ACL user:{USER}:r-- on {box.logs}/app.log",
-        f"default ACL user:{USER}:r-- on {box.logs}",
+        f"default:group::---,default:other::---,default:user:{USER}:r-- on {box.logs}\n",
         "create 0640",
     ):
         assert expected in out, expected

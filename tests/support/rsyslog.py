@@ -148,6 +148,15 @@ class Collector:
         """SIGSTOP: the kernel still accepts connections and data, nobody reads them."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        # The signal is asynchronous: wait until every thread is stopped (state T).
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        deadline = time.monotonic() + 10
+        while not all(
+            (t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for t in tasks.iterdir()
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("rsyslogd did not stop on SIGSTOP")
+            time.sleep(0.001)
 
     def unread_bytes(self) -> int:
         """Bytes sitting in the receive queues of connections to our port (/proc/net/tcp)."""

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from tests.support.sshd import Worker
 from tests.web.support import LiveServer, running, write_config
@@ -66,3 +67,49 @@ def live(web_worker: Worker, web_dir: Path) -> Iterator[LiveServer]:
     """One server for the session."""
     with running(write_config(web_dir, web_worker)) as server:
         yield server
+
+
+# ---------------------------------------------------------------------- Chromium
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = ctx.new_page()
+    pg.set_default_timeout(15000)
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
+@pytest.fixture
+def dialogs(page: Page) -> list[str]:
+    """The messages of every alert/confirm the page opens (each dismissed)."""
+    seen: list[str] = []
+
+    def on_dialog(dialog: Dialog) -> None:
+        seen.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    return seen

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import uvicorn
 from argon2 import PasswordHasher
+from playwright.sync_api import Page, expect
 
 from logtorukun.audit import AuditStore
 from logtorukun.audit.records import AuditRecord, AuditRef
@@ -65,6 +66,9 @@ def write_config(directory: Path, worker: Worker, **server: Any) -> Path:
         "database": str(directory / "logtorukun.db"),
         "secure_cookies": False,
         "requests_per_minute": 100000,
+        # Many tests fail to sign in on purpose, all from 127.0.0.1; test_flood.py
+        # tests this budget with its default.
+        "failures_per_minute": 100000,
         **server,
     }
     lines = ["[server]"]
@@ -327,3 +331,11 @@ def served(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def sign_in(page: Page, live: LiveServer, user: str, next_url: str = "/") -> None:
+    page.goto(live.url + next_url)
+    expect(page.locator("h1")).to_have_text("Sign in")
+    page.fill("input[name=user]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")

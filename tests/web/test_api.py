@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def test_hosts_list_only_granted_hosts_and_reachability(live: LiveServer) -> Non
     ("user", "host", "params", "status", "reason"),
     [
         ("rita", "web1", {"path": "{root}/app.log.1"}, 403, "no role grants"),
-        ("rita", "web2", {"path": "{root}/app.log"}, 403, "no role grants"),
+        ("rita", "web2", {"path": "{root}/app.log"}, 404, "unknown host 'web2'"),
         ("olivia", "nope", {"path": "{root}/app.log"}, 404, "unknown host"),
         ("olivia", "web1", {"path": "{root}/missing.log"}, 404, "no such file"),
         ("olivia", "web1", {"path": "{root}/../../../secret/shadow"}, 422, "'..'"),
@@ -157,8 +158,11 @@ def test_no_data_for_signed_out_or_bad_tokens(live: LiveServer, web_worker: Work
     assert r.status_code == 401 and r.json()["reason"] == "unknown token"
     r = c.get(url, params=params, headers={"cookie": "ltk_session=forged"})
     assert r.status_code == 401
-    rec = live.audit.query(event="token_used", decision="deny", limit=1)[0]
-    assert rec.reason == "unknown token"
+    # One record per refused request (the refusal names the token's problem).
+    recs = live.audit.query(event="refused", limit=3)
+    assert [x.params["status"] for x in recs] == [401, 401, 401]
+    assert recs[1].reason == "unknown token" and recs[1].params["auth"] == "token:000000000000"
+    assert not live.audit.query(event="token_used", decision="deny", limit=1)
 
 
 def test_tokens_work_until_revoked_or_expired(live: LiveServer, web_worker: Worker) -> None:
@@ -317,7 +321,7 @@ def test_login_throttled_per_user(live: LiveServer) -> None:
     recs = live.audit.query(event="login_failed", limit=6)
     assert recs[0].reason is not None and recs[0].reason.startswith("throttled")
     assert all(x.params["name"] == "both" for x in recs)
-    live.server.throttle.succeeded("both")  # leave the user usable for other tests
+    live.server.throttle.succeeded("both", "127.0.0.1")  # leave the user usable
 
 
 def test_open_redirect_refused(live: LiveServer) -> None:
@@ -541,3 +545,107 @@ def test_follow_upstream_restarts_cleanly_after_the_last_viewer_left(
             s.close()
         live.end_of(s.audit)
         assert not hub.upstreams and not hub.per_user.get("olivia")
+
+
+# ---------------------------------------------------------------------- continuity
+
+
+def _pos(path: Path) -> str:
+    """The position token just past the end of `path`, computed as the gate does."""
+    data = path.read_bytes()
+    return f"{path.stat().st_ino}:{len(data)}:{zlib.crc32(data[-64:])}"
+
+
+def test_follow_from_a_tail_position_loses_and_repeats_nothing(
+    live: LiveServer, web_worker: Worker
+) -> None:
+    path = web_worker.root / "cont.log"
+    path.write_text("".join(f"2024-12-17 14:00:00 INFO before {i}\n" for i in range(3)))
+    path.chmod(0o644)
+    hub = live.server.hub
+    c = live.client("olivia")
+    try:
+        loaded = c.get("/api/hosts/web1/tail", params={"path": str(path), "lines": 2}).json()
+        st = path.stat()
+        assert loaded["pos"] == _pos(path)
+        between = [f"2024-12-17 14:00:01 INFO between {i}" for i in range(5)]
+        _append(path, "".join(ln + "\n" for ln in between))
+        a = SSE(c, "/api/hosts/web1/follow", {"path": str(path), "from": loaded["pos"]})
+        assert a.status == 200 and a.events[0][1]["pos"] == loaded["pos"]
+        a.wait_for("between 4")
+        # a second viewer, loaded later: joins the same upstream from its own position
+        second = c.get("/api/hosts/web1/tail", params={"path": str(path), "lines": 1}).json()
+        after = [f"2024-12-17 14:00:02 INFO after {i}" for i in range(3)]
+        _append(path, "".join(ln + "\n" for ln in after))
+        a.wait_for("after 2")
+        b = SSE(c, "/api/hosts/web1/follow", {"path": str(path), "from": second["pos"]})
+        b.wait_for("after 2")
+        assert len(hub.upstreams) == 1 and not hub.private
+        assert a.lines() == between + after
+        assert b.lines() == after
+        assert [d["pos"] for n, d in a.events if n == "lines"][-1] == _pos(path)
+        assert st.st_ino == path.stat().st_ino
+        # a position the shared upstream does not hold: an upstream of its own
+        d = SSE(c, "/api/hosts/web1/follow", {"path": str(path), "from": loaded["pos"]})
+        d.wait_for("after 2")
+        assert d.lines() == between + after and len(hub.private) == 1
+        for s in (a, b, d):
+            s.close()
+        _wait(lambda: not hub.upstreams and not hub.private)
+        starts = live.audit.query(event="follow_start", user="olivia", limit=1)
+        assert starts[0].params == {"from": loaded["pos"]}
+    finally:
+        path.unlink()
+
+
+def test_follow_from_a_file_rotated_away_shows_a_gap(live: LiveServer, web_worker: Worker) -> None:
+    path = web_worker.root / "gone-away.log"
+    path.write_text("2024-12-17 14:00:00 INFO old\n")
+    path.chmod(0o644)
+    c = live.client("olivia")
+    try:
+        pos = c.get("/api/hosts/web1/tail", params={"path": str(path), "lines": 1}).json()["pos"]
+        # replaced (the old one compressed away): its inode is no longer readable
+        new = web_worker.root / "gone-away.new"
+        new.write_text("2024-12-17 14:00:05 INFO new file\n")
+        new.chmod(0o644)
+        new.rename(path)
+        s = SSE(c, "/api/hosts/web1/follow", {"path": str(path), "from": pos})
+        s.wait_for("new file")
+        names = [n for n, _ in s.events]
+        assert names.index("gap") < names.index("lines")
+        gap = next(d for n, d in s.events if n == "gap")
+        assert f"inode {pos.split(':')[0]}" in gap["reason"] and "not shown" in gap["reason"]
+        s.close()
+    finally:
+        path.unlink()
+
+
+def test_follow_from_is_checked(live: LiveServer, web_worker: Worker) -> None:
+    c = live.client("olivia")
+    for bad in ("12", "a:1:1", "1:2", "1:2:3:4", "-1:0:0", "1:" + "9" * 21 + ":0"):
+        r = c.get("/api/hosts/web1/follow", params={"path": str(web_worker.app_log), "from": bad})
+        assert r.status_code == 422 and "from" in r.text, (bad, r.text)
+    r = c.get("/api/hosts/web1/follow", params={"unit": "worker-service", "from": "1:2:3"})
+    assert r.status_code in (403, 422)
+
+
+def test_follow_beats_while_the_worker_is_heard_and_ends_with_retry(
+    live: LiveServer, web_worker: Worker
+) -> None:
+    path = web_worker.root / "beat.log"
+    path.write_text("2024-12-17 14:00:00 INFO x\n")
+    path.chmod(0o644)
+    c = live.client("olivia")
+    try:
+        s = SSE(c, "/api/hosts/web1/follow", {"path": str(path)})
+        assert s.events[0][1]["heartbeat"] == live.server.hub.heartbeat
+        _wait(lambda: sum(n == "beat" for n, _ in s.events) >= 3)
+        up = next(iter(live.server.hub.upstreams.values()))
+        up.task.cancel()  # the upstream stops (as on a server shutdown)
+        _wait(lambda: any(n == "end" for n, _ in s.events))
+        end = next(d for n, d in s.events if n == "end")
+        assert end == {"reason": "stopped", "retry": True}
+        s.close()
+    finally:
+        path.unlink()

@@ -1,6 +1,8 @@
 """User globs cannot stall the server: several users send adversarial `hosts=` and `path=`
-globs to a real `logtorukun serve` while another client polls /healthz, and every
-/healthz answer comes within 100 ms. Over-long globs are a clear, audited 422."""
+globs to a real `logtorukun serve` while another client polls /healthz; /healthz keeps
+answering and the server spends a few milliseconds of CPU per request (its own CPU time,
+which other processes on a loaded machine do not change; a backtracking matcher spent
+seconds to minutes on each). Over-long globs are a clear, audited 422."""
 
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ def test_adversarial_globs_do_not_delay_healthz(web_worker: Worker, tmp_path: Pa
             for u, h, p in attacks
         ]
         latencies: list[float] = []
+        cpu_before = _cpu_seconds(srv.proc.pid)
         try:
             with httpx.Client(base_url=srv.url, timeout=10) as poll:
                 deadline = time.monotonic() + 120
@@ -91,7 +94,9 @@ def test_adversarial_globs_do_not_delay_healthz(web_worker: Worker, tmp_path: Pa
         assert set(codes[1]) == {"404"} and set(codes[2]) == {"404"}
         assert set(codes[3]) == {"200"}  # ran on the worker, the glob matched no file
         assert len(latencies) >= 10
-        assert max(latencies) < 0.1, sorted(latencies)[-5:]
+        served_requests = sum(len(c) for c in codes) + len(latencies)
+        per_request = (_cpu_seconds(srv.proc.pid) - cpu_before) / served_requests
+        assert per_request < 0.05, f"{per_request * 1000:.1f} ms of server CPU per request"
 
         c = srv.client("olivia")
         too_long = "/" + "a" * MAX_GLOB_CHARS
@@ -116,3 +121,9 @@ def test_adversarial_globs_do_not_delay_healthz(web_worker: Worker, tmp_path: Pa
         assert any(json.dumps(x.outcome).find('"files": 0') >= 0 for x in searches)
     finally:
         store.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

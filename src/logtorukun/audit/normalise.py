@@ -27,6 +27,7 @@ EVENTS = frozenset(
         "audit_view",
         "export",
         "refused",
+        "auth_failures",
     }
 )
 # Longer strings are cut: a hostile User-Agent or pattern must not bloat every record.

@@ -365,14 +365,18 @@ class BridgeSession:
 
 def _position(payload: bytes) -> Position:
     body = json.loads(payload)
-    return Position(int(body["ino"]), int(body["off"]), str(body.get("gap") or ""))
+    return Position(
+        int(body["ino"]), int(body["off"]), int(body["tag"]), str(body.get("gap") or "")
+    )
 
 
 def _status(payload: bytes) -> Status:
     body = json.loads(payload)
     pos = body.get("pos")
     return Status(
-        pos=(int(pos[0]), int(pos[1])) if isinstance(pos, list) and len(pos) == 2 else None,
+        pos=(int(pos[0]), int(pos[1]), int(pos[2]))
+        if isinstance(pos, list) and len(pos) == 3
+        else None,
         exit=int(body["exit"]),
         reason=str(body.get("reason") or ""),
         lines=int(body.get("lines", 0)),

@@ -119,17 +119,24 @@ def tail_command(
     lines: int = DEFAULT_LINES,
     *,
     follow: bool = False,
-    start: tuple[int, int] | None = None,
+    start: tuple[int, int] | tuple[int, int, int] | None = None,
 ) -> str:
-    """`start` (inode, offset): a follow that continues where an earlier read ended."""
+    """`start` (inode, offset[, tag]): a follow that continues where an earlier read
+    ended (`Status.pos`, `Position.start`)."""
     n = _count("lines", lines)
+    at: tuple[int, int, int | None] | None = None
     if start is not None:
         if not follow:
             raise InvalidArgument("", "a start position only goes with a follow")
-        ino, off = start
-        if not all(type(x) is int and 0 <= x < 10**20 for x in (ino, off)):
-            raise InvalidArgument("", f"start must be (inode, offset) whole numbers, not {start!r}")
-    return command_for(Tail(_path(path), n, bool(follow), start))
+        if not (
+            isinstance(start, tuple)
+            and len(start) in (2, 3)
+            and all(type(x) is int and 0 <= x < 10**20 for x in start)
+            and (len(start) == 2 or start[2] < 2**32)
+        ):
+            raise InvalidArgument("", f"start must be (inode, offset[, tag]), not {start!r}")
+        at = (start[0], start[1], start[2] if len(start) == 3 else None)
+    return command_for(Tail(_path(path), n, bool(follow), at))
 
 
 def head_command(path: str, lines: int | None = None) -> str:

@@ -21,16 +21,18 @@ from .errors import ClientError, ConnectionLost, error_for_exit
 @dataclass(frozen=True)
 class Position:
     """Where a follow stands in its file: (inode, offset) just past the complete lines
-    delivered before it; `gap` says what the gate could not read, and why."""
+    delivered before it, and a tag of the bytes before that offset (inodes are reused);
+    `gap` says what the gate could not read, and why."""
 
     ino: int
     off: int
+    tag: int
     gap: str = ""
 
     @property
-    def token(self) -> str:
-        """`INO:OFF`, what `tail -F --from` takes."""
-        return f"{self.ino}:{self.off}"
+    def start(self) -> tuple[int, int, int]:
+        """What `tail_command(..., start=)` takes."""
+        return (self.ino, self.off, self.tag)
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Status:
     lines: int = 0
     bytes: int = 0
     truncated: bool = False
-    pos: tuple[int, int] | None = None  # after a plain file's tail: where a follow continues
+    pos: tuple[int, int, int] | None = None  # a plain file's tail: where a follow continues
 
     @property
     def ok(self) -> bool:

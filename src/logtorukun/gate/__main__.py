@@ -58,11 +58,15 @@ def _stdout_writer(seconds: float) -> Callable[[bytes], None]:
     return write
 
 
-def _stdout_gone(seconds: float) -> bool:
-    """Wait up to `seconds`; True once the reader of our stdout has closed it."""
+def _stdout_gone(seconds: float, fd: int | None = None) -> bool:
+    """Wait up to `seconds` (or until `fd` is readable); True once the reader of our
+    stdout has closed it."""
     poller = select.poll()
     poller.register(1, 0)  # POLLERR/POLLHUP are always reported
-    return bool(poller.poll(max(0, int(seconds * 1000))))
+    if fd is not None:
+        poller.register(fd, select.POLLIN)
+    ready = poller.poll(max(0, int(seconds * 1000 + 0.999)))
+    return any(f == 1 for f, _ in ready)
 
 
 def _parse_argv(argv: Sequence[str]) -> str | None:

@@ -18,7 +18,7 @@ import time
 from . import GATE_VERSION, grammar
 from .audit import now_iso
 from .errors import Exit, GateError
-from .output import LimitReached, Output
+from .output import CancelFlag, LimitReached, Output
 from .protocol import (
     CANCEL,
     CREDIT,
@@ -85,7 +85,7 @@ class _ServedStream:
         self.writer = writer
         self.credit = WINDOW
         self.cond = threading.Condition()
-        self.cancelled = threading.Event()
+        self.cancelled = CancelFlag()  # its set() also wakes a follow waiting on inotify
         self.thread: threading.Thread | None = None
         # A request's time limit holds while it waits for credit, too: a client that
         # never reads must not keep a concurrency slot (and a child) past max_seconds.

@@ -17,7 +17,6 @@ from .vocabulary import (
     JOURNAL_OUTPUTS,
     MAX_COMMAND,
     MAX_PATH,
-    MAX_PATTERN,
     PATH_RULE,
     BridgeRequest,
     Docker,
@@ -29,6 +28,7 @@ from .vocabulary import (
     Request,
     SourcesRequest,
     Tail,
+    pattern_problem,
 )
 
 _NUMBER = r"[0-9]{1,9}"
@@ -43,19 +43,10 @@ _PRIORITY = (
     r"(?:[0-7]|emerg|alert|crit|err|warning|notice|info|debug)"
     r"(?:\.\.(?:[0-7]|emerg|alert|crit|err|warning|notice|info|debug))?"
 )
-# \1..\9 (ERE and PCRE), and PCRE2's other spellings for journalctl -g: \g1 \g{-1}
-# \k<n> (?P=n), and its recursion (?R) (?1) (?-1) (?&n) (?P>n).
-_BACKREF = r"\\[1-9]|\\[gk]|\(\?(?:P[=>]|&|R\)|[+-]?[0-9])"
-_REPEAT = r"\{([0-9]*)(?:,([0-9]*))?\}"
-MAX_REPEAT = 255
-# grep -E compiles `(x{a}){b}` by copying x a*b times: nested counts multiply, and
-# `((a{255}){255}){255}` alone grew grep past 10 GB. The product of the counts around
-# any atom must stay at MAX_REPEAT, and the pattern's whole expansion under this budget.
-MAX_EXPANSION = 8192
 
 
 USAGE = """\
-tail -n N PATH | tail -f|-F [-n N] [--from INO:OFF] PATH | head -n N PATH | cat PATH
+tail -n N PATH | tail -f|-F [-n N] [--from INO:OFF[:TAG]] PATH | head -n N PATH | cat PATH
 grep [-F|-E] [-i] [-v] [-c] [-n] [-w] [-m N] [-e] PATTERN PATH [| tail -n N]
 range --since TIME [--until TIME] [-m N] PATH
 journalctl -u UNIT [-n N] [--since S] [--until U] [-g PATTERN] [-p PRIO] [-o FORMAT] [-f]
@@ -236,98 +227,10 @@ def check_path(verb: str, text: str) -> str:
 
 
 def check_pattern(verb: str, text: str, regex: bool) -> str:
-    if not text:
-        raise bad(f"{verb}: empty pattern (it would match every line; use tail)")
-    if len(text) > MAX_PATTERN:
-        raise bad(f"{verb}: pattern longer than {MAX_PATTERN} characters")
-    if not text.isascii():
-        import unicodedata
-
-        for ch in text:
-            if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
-                raise bad(f"{verb}: invisible or control character U+{ord(ch):04X} in pattern")
-    if regex:
-        if re.search(_BACKREF, text):
-            raise bad(f"{verb}: back-references are refused (they make matching exponential)")
-        for m in re.finditer(_REPEAT, text):
-            for g in m.groups():
-                if g and int(g) > MAX_REPEAT:
-                    raise bad(f"{verb}: repetition count {g} is over {MAX_REPEAT}")
-        nested, total = repetition_cost(text)
-        if nested > MAX_REPEAT:
-            raise bad(
-                f"{verb}: nested repetition counts multiply to {nested} (at most {MAX_REPEAT});"
-                " the regex engine would copy the inner part that many times"
-            )
-        if total > MAX_EXPANSION:
-            raise bad(
-                f"{verb}: counted repetitions expand the pattern to {total} atoms"
-                f" (at most {MAX_EXPANSION}); use fewer or smaller {{n,m}} counts"
-            )
+    why = pattern_problem(text, regex)
+    if why is not None:
+        raise bad(f"{verb}: {why}")
     return text
-
-
-def repetition_cost(text: str) -> tuple[int, int]:
-    """`(nested, total)` for a regex: the largest product of `{n,m}` counts around one
-    atom, and the number of atoms once every counted repetition is copied out (what
-    grep's compiler does). `*`, `+` and `?` copy nothing. A scan, not a full parser:
-    it only has to be right about groups, brackets, escapes and counts."""
-    # Each open group: [total atoms so far, its largest nesting product, size of the
-    # last atom, nesting product of the last atom]
-    stack: list[list[int]] = [[0, 1, 0, 1]]
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        top = stack[-1]
-        if c == "\\":
-            i += 2
-            size, prod = 1, 1
-        elif c == "[":
-            j = i + 1
-            if j < n and text[j] == "^":
-                j += 1
-            if j < n and text[j] == "]":
-                j += 1
-            while j < n and text[j] != "]":
-                j = text.find("]", j + 2) + 1 if text.startswith(("[:", "[.", "[="), j) else j + 1
-                if j <= 0:
-                    j = n
-            i = j + 1
-            size, prod = 1, 1
-        elif c == "(":
-            stack.append([0, 1, 0, 1])
-            i += 1
-            continue
-        elif c == ")" and len(stack) > 1:
-            done = stack.pop()
-            top = stack[-1]
-            i += 1
-            size, prod = done[0], done[1]
-        elif c == "{" and (m := re.compile(_REPEAT).match(text, i)) and m.group(0) != "{}":
-            lo, hi = m.group(1), m.group(2)
-            count = int(hi) if hi else int(lo or 1)
-            count = max(count, 1)
-            i = m.end()
-            # the previous atom is copied `count` times
-            top[0] += top[2] * (count - 1)
-            top[3] *= count
-            top[2] *= count
-            top[1] = max(top[1], top[3])
-            continue
-        elif c in "|":
-            i += 1
-            continue
-        else:
-            i += 1
-            size, prod = (0, 1) if c in "*+?^$" else (1, 1)
-        top[0] += size
-        top[2], top[3] = size, prod
-        top[1] = max(top[1], prod)
-    while len(stack) > 1:  # unbalanced: grep refuses it, but count what is there
-        done = stack.pop()
-        stack[-1][0] += done[0]
-        stack[-1][1] = max(stack[-1][1], done[1])
-    return stack[0][1], stack[0][0]
 
 
 def _one(verb: str, pos: list[str], what: str) -> str:
@@ -348,15 +251,16 @@ def _tail(args: list[str]) -> Tail:
         {"-n": "n", "--lines": "n", "--from": "from"},
     )
     lines, follow, saw_n = 10, False, False
-    start: tuple[int, int] | None = None
+    start: tuple[int, int, int | None] | None = None
     for name, val in opts:
         if name == "n":
             lines, saw_n = number("tail", "-n", val), True
         elif name == "from":
-            m = re.fullmatch(r"([0-9]{1,20}):([0-9]{1,20})", val)
+            m = re.fullmatch(r"([0-9]{1,20}):([0-9]{1,20})(?::([0-9]{1,10}))?", val)
             if m is None:
-                raise bad(f"tail: --from takes INODE:OFFSET (two whole numbers), not {val!r}")
-            start = (int(m.group(1)), int(m.group(2)))
+                raise bad(f"tail: --from takes INODE:OFFSET[:TAG] (whole numbers), not {val!r}")
+            tag = None if m.group(3) is None else int(m.group(3))
+            start = (int(m.group(1)), int(m.group(2)), tag)
         else:
             follow = True
     if not follow and not saw_n:

@@ -7,6 +7,9 @@ bridge request (bytes into frames), which is what keeps both on one code path.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +24,43 @@ class LimitReached(GateError):
         super().__init__(Exit.LIMIT, reason)
 
 
+class CancelFlag(threading.Event):
+    """A cancellation flag whose `set()` also wakes a thread blocked in `wait_fd`.
+
+    A follow waits on an inotify descriptor; a plain `threading.Event` cannot interrupt
+    a `poll()`, and slicing the wait would delay both cancellation and data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pokes: set[int] = set()
+        self._lock = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._lock:
+            for w in self._pokes:
+                with contextlib.suppress(OSError):
+                    os.write(w, b"x")
+
+    def wait_fd(self, fd: int, seconds: float) -> bool:
+        """Wait until `fd` is readable, the flag is set, or `seconds` pass; True if set."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            with self._lock:
+                self._pokes.add(w)
+            if not self.is_set():
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                poller.register(r, select.POLLIN)
+                poller.poll(max(0, int(seconds * 1000 + 0.999)))
+        finally:
+            with self._lock:
+                self._pokes.discard(w)
+            os.close(r)
+            os.close(w)
+        return self.is_set()
+
+
 class Output:
     """Counts what is sent and stops at `max_lines` / `max_bytes`, on a line boundary."""
 
@@ -31,23 +71,39 @@ class Output:
         max_lines: int,
         max_bytes: int,
         cancelled: threading.Event | None = None,
-        waiter: Callable[[float], bool] | None = None,
+        waiter: Callable[[float, int | None], bool] | None = None,
         marker: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self._sink = sink
         self.max_lines = max_lines
         self.max_bytes = max_bytes
-        self.cancelled = cancelled if cancelled is not None else threading.Event()
+        self.cancelled = cancelled if cancelled is not None else CancelFlag()
         self._waiter = waiter
         self.lines = 0
         self.bytes = 0
         self.truncated = False
+        # Facts a reader wants in the request's end record (e.g. how a follow waits).
+        self.notes: dict[str, str] = {}
         # (inode, offset) just past the last byte sent from a file: where a follow that
         # continues this output starts (`tail -F --from INO:OFF`). `marker` (a bridge
         # request that asked for positions) is told each new position, in order with data.
-        self.position: tuple[int, int] | None = None
+        self.position: tuple[int, int, int] | None = None  # (inode, offset, tag)
         self._marker = marker
         self.marked_at = time.monotonic()
+        self.deadline = float("inf")
+        self.deadline_reason = ""
+
+    def start_clock(self, seconds: float, reason: str = "") -> None:
+        """From now on the request may run `seconds` (the policy's wall-clock limit)."""
+        self.deadline = time.monotonic() + seconds
+        self.deadline_reason = reason or f"stopped after {seconds:g} s (time limit in the policy)"
+
+    def check_time(self) -> None:
+        """Every reader calls this (directly, or through `write`) between reads, so no
+        input, however long or slow to decode, keeps a request past its limit."""
+        if time.monotonic() >= self.deadline:
+            self.truncated = True
+            raise LimitReached(self.deadline_reason)
 
     def write(self, data: bytes) -> None:
         """Send whole lines (a final line without newline is allowed only at end of input)."""
@@ -55,6 +111,7 @@ class Output:
             raise Cancelled()
         if not data:
             return
+        self.check_time()
         n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
         if self.lines + n_lines <= self.max_lines and self.bytes + len(data) <= self.max_bytes:
             self._send(data, n_lines)
@@ -94,16 +151,16 @@ class Output:
     def wants_marks(self) -> bool:
         return self._marker is not None
 
-    def mark(self, ino: int, off: int, gap: str = "") -> None:
+    def mark(self, ino: int, off: int, tag: int, gap: str = "") -> None:
         """Record the position reached; with a marker, also send it (and a gap, if any:
         data that could not be read, and why)."""
-        self.position = (ino, off)
+        self.position = (ino, off, tag)
         self.marked_at = time.monotonic()
         if self._marker is None:
             return
         if self.cancelled.is_set():
             raise Cancelled()
-        body: dict[str, object] = {"ino": ino, "off": off}
+        body: dict[str, object] = {"ino": ino, "off": off, "tag": tag}
         if gap:
             body["gap"] = gap
         try:
@@ -112,9 +169,24 @@ class Output:
             self.cancelled.set()
             raise Cancelled() from exc
 
-    def sleep(self, seconds: float) -> None:
-        """Wait for more input; raises Cancelled as soon as the client has gone."""
-        gone = self._waiter(seconds) if self._waiter is not None else self.cancelled.wait(seconds)
+    def sleep(self, seconds: float, fd: int | None = None) -> None:
+        """Wait up to `seconds` for more input, or until `fd` (if given) is readable;
+        raises Cancelled as soon as the client has gone."""
+        flag = self.cancelled
+        if self._waiter is not None:
+            gone = self._waiter(seconds, fd)
+        elif fd is None:
+            gone = flag.wait(seconds)
+        elif isinstance(flag, CancelFlag):
+            gone = flag.wait_fd(fd, seconds)
+        else:  # a plain Event cannot wake a poll(): look at it every 50 ms
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            end = time.monotonic() + seconds
+            while not (gone := flag.is_set()):
+                left = end - time.monotonic()
+                if left <= 0 or poller.poll(int(min(left, 0.05) * 1000) + 1):
+                    break
         if gone or self.cancelled.is_set():
             self.cancelled.set()
             raise Cancelled()

@@ -43,6 +43,7 @@ MAX_DATA = 65536 - HEADER.size  # largest DATA payload: header + payload = 64 Ki
 MAX_REQUEST = 16384  # largest REQUEST payload the gate accepts
 MAX_FRAME = 1 << 20  # anything larger is a protocol violation
 WINDOW = 1 << 20  # initial per-request credit, in bytes
+POS_EVERY = 1.0  # an idle follow with positions sends a POS at least this often (seconds)
 
 
 class FrameError(Exception):

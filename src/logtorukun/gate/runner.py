@@ -40,9 +40,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 CHUNK = 65536
-# How often a follow looks for new lines: half of it is the median delay a viewer sees
-# (goal: under 100 ms from write to browser); an fstat+pread per look is cheap.
-FOLLOW_INTERVAL = 0.1
 PIPE_CHUNK = 1 << 20
 _CHILD_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 
@@ -64,7 +61,7 @@ class Result:
     lines: int = 0
     bytes: int = 0
     truncated: bool = False
-    position: tuple[int, int] | None = None
+    position: tuple[int, int, int] | None = None
 
 
 @record
@@ -85,9 +82,10 @@ class Plan:
 
 
 def is_quick(request: Request) -> bool:
-    """Served inline by a bridge: bounded, in-process, no waiting."""
-    return isinstance(request, SourcesRequest | Help | Range) or (
-        isinstance(request, Tail) and not request.follow
+    """Served inline by a bridge: bounded, in-process, no waiting, a few reads at most.
+    Exactly the requests that take no concurrency slot."""
+    return isinstance(request, SourcesRequest | Help) or (
+        isinstance(request, Tail) and not request.follow and not request.path.endswith(".gz")
     )
 
 
@@ -135,6 +133,11 @@ def serve(
     if plan_hook is not None:
         plan_hook(plan)
     result = Result(Exit.OK)
+    lim = ctx.policy.limits
+    if getattr(plan.request, "follow", False):
+        out.start_clock(lim.follow_max_seconds, _follow_reason(lim.follow_max_seconds))
+    else:
+        out.start_clock(lim.max_seconds)
     try:
         plan.run(out)
     except LimitReached as exc:
@@ -162,6 +165,7 @@ def serve(
         "bytes": result.bytes,
         "truncated": result.truncated,
         "duration_ms": round((time.monotonic() - t0) * 1000, 3),
+        **out.notes,
     }
     try:
         ctx.audit.write(end)
@@ -242,24 +246,38 @@ def authorize(req: Request, policy: Policy) -> Plan:
                 except GateError:
                     return None
 
+            def sibling(name: str) -> int | None:
+                """Another name in the followed file's directory (a rotated copy), if
+                the policy lets this key read it: found by inotify's rename events."""
+                other = f"{os.path.dirname(req.path)}/{name}"
+                try:
+                    grammar.check_path("tail", other)  # the same path syntax as any request
+                    rule2, parts2 = policy.file_rule(other)
+                    return open_under(rule2, parts2, other)
+                except GateError:
+                    return None
+
             def find(ino: int) -> int | None:
                 return find_rotated(policy, req.path, ino)
 
             deadline = time.monotonic() + lim.follow_max_seconds
-            reason = f"follow stopped after {lim.follow_max_seconds:g} s (follow_max_seconds)"
+            reason = _follow_reason(lim.follow_max_seconds)
 
             def run_follow(out: Output) -> None:
                 # follow owns (and closes) the fd once it runs; until then the plan does,
                 # so a follow refused as busy or for the audit does not leak it.
                 plan.fds.clear()
-                readers.follow(
+                from .follow import follow
+
+                follow(
                     fd,
                     reopen,
                     n,
                     out,
                     deadline=deadline,
                     deadline_reason=reason,
-                    interval=FOLLOW_INTERVAL,
+                    path=req.path,
+                    sibling=sibling,
                     start=req.start,
                     find=find,
                 )
@@ -273,17 +291,16 @@ def authorize(req: Request, policy: Policy) -> Plan:
                     raise LimitReached(f"asked for {req.lines} lines; max_lines is {n}")
 
             plan.run = run_tail
-            plan.needs_slot = False
+            plan.needs_slot = gz  # a .gz is decompressed from its start: that can take long
     elif isinstance(req, Head):
         head_n = req.lines
-        plan.run = lambda out: copy_lines(fd, out, head_n, gz=gz)
+        plan.run = lambda out: readers.copy_lines(fd, out, head_n, gz=gz)
     elif isinstance(req, Range):
         from .timerange import parse_time_arg, read_range
 
         since = parse_time_arg(req.since)
         until = parse_time_arg(req.until) if req.until else None
         plan.run = lambda out: read_range(fd, since, until, out, max_lines=req.max_lines, gz=gz)
-        plan.needs_slot = False
     else:
         argv = grep_argv(req, policy)
 
@@ -314,6 +331,10 @@ def _bad_pattern(req: Grep, program: str, exc: GateError) -> GateError:
         return exc
     why = exc.reason[len(failed) :].removeprefix("grep: ")
     return GateError(Exit.BAD_REQUEST, f"grep: the pattern {req.pattern!r} is not valid: {why}")
+
+
+def _follow_reason(seconds: float) -> str:
+    return f"follow stopped after {seconds:g} s (follow_max_seconds)"
 
 
 MAX_ROTATED = 64  # names looked at when a follow continues in a rotated-away file
@@ -408,31 +429,6 @@ def docker_argv(req: Docker, policy: Policy) -> list[str]:
 
 
 # ---------------------------------------------------------------- execution
-
-
-def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
-    """`head -n N` / `cat`: from the start, whole lines, until N lines or the caps."""
-    from .readers import CHUNK as READ_CHUNK
-    from .readers import first_lines, gunzip_chunks
-
-    # Large reads: in a bridge they become whole 64 KiB frames and few small remainders.
-    chunks = gunzip_chunks(fd) if gz else iter(lambda: os.read(fd, READ_CHUNK), b"")
-    left = n
-    rest = b""
-    for chunk in chunks:
-        data = rest + chunk
-        cut = data.rfind(b"\n") + 1
-        rest = data[cut:]
-        if left is not None:
-            data = first_lines(data[:cut], left)
-            left -= data.count(b"\n")
-            out.write(data)
-            if left <= 0:
-                return
-        else:
-            out.write(data[:cut])
-    if rest and (left is None or left > 0):
-        out.write(rest)
 
 
 def run_child(
@@ -538,7 +534,7 @@ def run_child(
             # gzip killed by SIGPIPE is grep -m having stopped reading; anything else is
             # corrupt data, which must not pass for "no match".
             zcode = procs[0].wait(timeout=max(0.1, deadline - time.monotonic()))
-            if zcode not in (0, -13):
+            if zcode not in (0, 2, -13):  # 2: "trailing garbage ignored", as gzip -dc
                 failed = procs[0]
         if failed is not None:
             errfile.seek(0)

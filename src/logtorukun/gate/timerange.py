@@ -297,6 +297,7 @@ def read_range(
         return
 
     def pread(length: int, offset: int) -> bytes:
+        out.check_time()  # a probe in a long run without timestamps reads all of it
         return os.pread(fd, length, offset)
 
     fmt = _detect(pread(min(size, DETECT_BYTES), 0))
@@ -312,7 +313,7 @@ def _range_gz(
     """Sequential `range` over decompressed blocks of whole lines."""
     if max_lines is not None and max_lines <= 0:
         return
-    blocks = _gz_blocks(fd)
+    blocks = _gz_blocks(fd, out.check_time)
     head: list[bytes] = []
     size = 0
     for block in blocks:
@@ -358,12 +359,12 @@ def _range_gz(
             return
 
 
-def _gz_blocks(fd: int) -> Iterator[bytes]:
+def _gz_blocks(fd: int, tick: Callable[[], None]) -> Iterator[bytes]:
     """Decompressed data as blocks of whole lines (a missing final newline stays
     missing). A line longer than `LINE_CAP` becomes pieces, each given a newline, so
     memory stays bounded; the pieces after the first count as continuation lines."""
     carry = b""
-    for piece in gunzip_chunks(fd):
+    for piece in gunzip_chunks(fd, tick=tick):
         buf = carry + piece if carry else piece
         cut = buf.rfind(b"\n") + 1
         carry = buf[cut:]

@@ -10,6 +10,8 @@ nothing at start-up that the gate would not import anyway.
 
 from __future__ import annotations
 
+import re
+
 from .record import record
 
 
@@ -57,6 +59,116 @@ PATH_RULE = r"/[!-\[\]-~]*"
 UNIT_NAME = r"[A-Za-z0-9_][A-Za-z0-9@_.:-]{0,254}"
 CONTAINER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 JOURNAL_OUTPUTS = ("short", "short-iso", "short-precise", "json", "cat")
+# \1..\9 (ERE and PCRE), and PCRE2's other spellings for journalctl -g: \g1 \g{-1}
+# \k<n> (?P=n), and its recursion (?R) (?1) (?-1) (?&n) (?P>n).
+_BACKREF = r"\\[1-9]|\\[gk]|\(\?(?:P[=>]|&|R\)|[+-]?[0-9])"
+_REPEAT = r"\{([0-9]*)(?:,([0-9]*))?\}"
+MAX_REPEAT = 255
+# grep -E compiles `(x{a}){b}` by copying x a*b times: nested counts multiply, and
+# `((a{255}){255}){255}` alone grew grep past 10 GB. The product of the counts around
+# any atom must stay at MAX_REPEAT, and the pattern's whole expansion under this budget.
+MAX_EXPANSION = 8192
+
+# ---------------------------------------------------------------- patterns
+
+
+def pattern_problem(text: str, regex: bool) -> str | None:
+    """What is wrong with a search pattern (None: nothing). The gate refuses such a
+    pattern; the web server says so before it asks a worker."""
+    if not text:
+        return "empty pattern (it would match every line; use tail)"
+    if len(text) > MAX_PATTERN:
+        return f"pattern longer than {MAX_PATTERN} characters"
+    if not text.isascii():
+        import unicodedata
+
+        for ch in text:
+            if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
+                return f"invisible or control character U+{ord(ch):04X} in pattern"
+    if not regex:
+        return None
+    if re.search(_BACKREF, text):
+        return "back-references are refused (they make matching exponential)"
+    for m in re.finditer(_REPEAT, text):
+        for g in m.groups():
+            if g and int(g) > MAX_REPEAT:
+                return f"repetition count {g} is over {MAX_REPEAT}"
+    nested, total = repetition_cost(text)
+    if nested > MAX_REPEAT:
+        return (
+            f"nested repetition counts multiply to {nested} (at most {MAX_REPEAT});"
+            " the regex engine would copy the inner part that many times"
+        )
+    if total > MAX_EXPANSION:
+        return (
+            f"counted repetitions expand the pattern to {total} atoms"
+            f" (at most {MAX_EXPANSION}); use fewer or smaller {{n,m}} counts"
+        )
+    return None
+
+
+def repetition_cost(text: str) -> tuple[int, int]:
+    """`(nested, total)` for a regex: the largest product of `{n,m}` counts around one
+    atom, and the number of atoms once every counted repetition is copied out (what
+    grep's compiler does). `*`, `+` and `?` copy nothing. A scan, not a full parser:
+    it only has to be right about groups, brackets, escapes and counts."""
+    # Each open group: [total atoms so far, its largest nesting product, size of the
+    # last atom, nesting product of the last atom]
+    stack: list[list[int]] = [[0, 1, 0, 1]]
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        top = stack[-1]
+        if c == "\\":
+            i += 2
+            size, prod = 1, 1
+        elif c == "[":
+            j = i + 1
+            if j < n and text[j] == "^":
+                j += 1
+            if j < n and text[j] == "]":
+                j += 1
+            while j < n and text[j] != "]":
+                j = text.find("]", j + 2) + 1 if text.startswith(("[:", "[.", "[="), j) else j + 1
+                if j <= 0:
+                    j = n
+            i = j + 1
+            size, prod = 1, 1
+        elif c == "(":
+            stack.append([0, 1, 0, 1])
+            i += 1
+            continue
+        elif c == ")" and len(stack) > 1:
+            done = stack.pop()
+            top = stack[-1]
+            i += 1
+            size, prod = done[0], done[1]
+        elif c == "{" and (m := re.compile(_REPEAT).match(text, i)) and m.group(0) != "{}":
+            lo, hi = m.group(1), m.group(2)
+            count = int(hi) if hi else int(lo or 1)
+            count = max(count, 1)
+            i = m.end()
+            # the previous atom is copied `count` times
+            top[0] += top[2] * (count - 1)
+            top[3] *= count
+            top[2] *= count
+            top[1] = max(top[1], top[3])
+            continue
+        elif c in "|":
+            i += 1
+            continue
+        else:
+            i += 1
+            size, prod = (0, 1) if c in "*+?^$" else (1, 1)
+        top[0] += size
+        top[2], top[3] = size, prod
+        top[1] = max(top[1], prod)
+    while len(stack) > 1:  # unbalanced: grep refuses it, but count what is there
+        done = stack.pop()
+        stack[-1][0] += done[0]
+        stack[-1][1] = max(stack[-1][1], done[1])
+    return stack[0][1], stack[0][0]
+
 
 # ---------------------------------------------------------------- the requests
 
@@ -66,7 +178,9 @@ class Tail:
     path: str
     lines: int
     follow: bool = False
-    start: tuple[int, int] | None = None  # `--from INO:OFF`: follow from that inode and offset
+    # `--from INO:OFF[:TAG]`: follow from that inode and offset; TAG (readers.tag_at)
+    # proves the file there is still the one that position was taken in.
+    start: tuple[int, int, int | None] | None = None
 
 
 @record(frozen=True)
@@ -152,7 +266,8 @@ def command_words(req: Request) -> tuple[list[str], int | None]:
         words = ["tail", "-F"] if req.follow else ["tail"]
         words += ["-n", str(req.lines)]
         if req.start is not None:
-            words += ["--from", f"{req.start[0]}:{req.start[1]}"]
+            ino, off, tag = req.start
+            words += ["--from", f"{ino}:{off}" if tag is None else f"{ino}:{off}:{tag}"]
         return [*words, req.path], None
     if isinstance(req, Head):
         if req.lines is None:

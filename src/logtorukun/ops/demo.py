@@ -131,11 +131,9 @@ class LogWriter(threading.Thread):
             self.error = exc
 
     def rotate(self, first_line: str) -> None:
-        """app.log becomes app.log.1 and a new app.log starts with `first_line`.
-
-        Swapped in with renames, so there is no moment when app.log is missing or empty:
-        a reader sees the old file or the new one with its first line.
-        """
+        """Rotate so that app.log never vanishes and is never empty: a reader at any
+        instant finds a file with at least one line (a rename-and-create rotation with
+        the new file's first line already in it)."""
         app, one = self.root / "app.log", self.root / "app.log.1"
         if one.exists():
             data = gzip.compress(one.read_bytes())
@@ -143,13 +141,16 @@ class LogWriter(threading.Thread):
             tmp.write_bytes(data)
             tmp.chmod(0o644)
             tmp.replace(self.root / "app.log.2.gz")
-        new, old = self.root / ".app.log.new", self.root / ".app.log.1.tmp"
-        new.write_text(first_line)
-        new.chmod(0o644)
-        old.unlink(missing_ok=True)
-        os.link(app, old)
-        old.replace(one)
-        new.replace(app)
+        # app.log.1 becomes the current inode (a hard link, then a rename over the old
+        # .1), then a new app.log with one line replaces the name in one rename.
+        linked = self.root / ".app.log.1.tmp"
+        linked.unlink(missing_ok=True)
+        os.link(app, linked)
+        linked.replace(one)
+        fresh = self.root / ".app.log.tmp"
+        fresh.write_text(first_line)
+        fresh.chmod(0o644)
+        fresh.replace(app)
 
     def stop(self) -> None:
         self.stop_event.set()

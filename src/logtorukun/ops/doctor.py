@@ -33,6 +33,7 @@ from typing import Protocol
 from ..config import Config, HostConfig, load_config
 from ..errors import UserError
 from . import system
+from .doctor_escape import ESCAPE_CHECKS, escape_checks, sshd_fix
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
@@ -73,7 +74,9 @@ class Worker:
         self.host = host
         self.key = key
 
-    def argv(self, command: str, *options: str) -> list[str]:
+    def argv(self, command: str | None, *options: str, log_level: str = "ERROR") -> list[str]:
+        """The ssh argv; `command` None for none (-W, -N). ssh keeps the first value of
+        an option, so `log_level` (INFO shows channel refusals) is a parameter."""
         h = self.host
         timeout = max(1, round(h.connect_timeout))
         return [
@@ -100,19 +103,26 @@ class Worker:
             "-o",
             f"ConnectTimeout={timeout}",
             "-o",
-            "LogLevel=ERROR",
+            f"LogLevel={log_level}",
             *options,
             "-p",
             str(h.port),
             "--",
             f"{h.user}@{h.address}",
-            command,
+            *([command] if command is not None else []),
         ]
 
-    def run(self, command: str, *options: str) -> Probe:
+    def run(
+        self,
+        command: str | None,
+        *options: str,
+        log_level: str = "ERROR",
+        env: dict[str, str] | None = None,
+    ) -> Probe:
         try:
             out = subprocess.run(
-                self.argv(command, *options),
+                self.argv(command, *options, log_level=log_level),
+                env={**os.environ, **env} if env else None,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=self.host.connect_timeout + 30,
@@ -198,6 +208,7 @@ def check_host(host: HostConfig) -> list[Check]:
             "key forced to the gate",
             "injection refused",
             "file outside policy refused",
+            *ESCAPE_CHECKS,
         ):
             add(name, None, f"not checked: {why}")
         return checks
@@ -233,17 +244,18 @@ def check_host(host: HostConfig) -> list[Check]:
             "password authentication refused",
             not weak,
             f"sshd offers {', '.join(offered)} to {host.user}",
-            "in the worker's sshd Match block for the gate user: AuthenticationMethods"
-            " publickey, PasswordAuthentication no, KbdInteractiveAuthentication no"
-            " (logtorukun worker setup writes them)",
+            "the gate user needs AuthenticationMethods publickey, PasswordAuthentication no"
+            f" and KbdInteractiveAuthentication no: {sshd_fix(host.user)}",
         )
 
         marker = f"logtorukun-doctor-{secrets.token_hex(6)}"
         p = w.run(f"echo {marker}")
         forced_fix = (
-            'install the key with restrict,command="<gate> --policy <file>" (run'
-            " logtorukun worker setup on the worker)"
+            f"on the worker, the key line in /etc/logtorukun/authorized_keys/{host.user} needs"
+            ' restrict,command="<gate> --policy <file>" and the Match block ForceCommand (run'
+            " logtorukun worker setup there)"
         )
+        accepted = p.code != SSH_FAILED
         if marker in p.out:
             add(
                 "key forced to the gate",
@@ -307,6 +319,11 @@ def check_host(host: HostConfig) -> list[Check]:
             "give the gate a policy that names only log files ([[files]] root/patterns), and"
             " keep the gate user out of groups that can read /etc/shadow",
         )
+        if accepted:
+            escape_checks(w, add, forced=forced)
+        else:
+            for name in ESCAPE_CHECKS:
+                add(name, None, "not checked: the key was not accepted")
     return checks
 
 

@@ -32,10 +32,17 @@ USERDEL = "/usr/sbin/userdel"
 SETFACL = "/usr/bin/setfacl"
 GETFACL = "/usr/bin/getfacl"
 VISUDO = "/usr/sbin/visudo"
+GPASSWD = "/usr/bin/gpasswd"
+CHPASSWD = "/usr/sbin/chpasswd"
 
 
 def run(
-    argv: Sequence[str], *, ok: Sequence[int] = (0,), input: str | None = None, timeout: float = 60
+    argv: Sequence[str],
+    *,
+    ok: Sequence[int] = (0,),
+    input: str | None = None,
+    timeout: float = 60,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run argv (no shell); a failure is a `UserError` naming the command and its stderr."""
     try:
@@ -47,6 +54,7 @@ def run(
             timeout=timeout,
             check=False,
             stdin=None if input is not None else subprocess.DEVNULL,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError:
         raise UserError(f"{argv[0]} not found: install it (see docs/quickstart.md)") from None

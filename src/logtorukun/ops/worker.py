@@ -51,6 +51,7 @@ from .worker_sshd import (
     sshd_includes_dropins,
     sshd_reload,
     sshd_test,
+    verify_effective,
 )
 
 # What this module held before the split; `demo` and the tests import some of it from here.
@@ -89,26 +90,41 @@ _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,30}", re.ASCII)
 
 
 def apply_changes(
-    changes: Sequence[Change], layout: Layout, *, reload: bool, say: Callable[[str], None]
+    changes: Sequence[Change],
+    layout: Layout,
+    *,
+    reload: bool,
+    say: Callable[[str], None],
+    verify: Callable[[], None] | None = None,
 ) -> None:
-    """Apply in order; if sshd rejects the result, put the sshd drop-in back and stop."""
+    """Apply in order. Right after the sshd drop-in is written, `sshd -t` (a rejected
+    config is put back) and then `verify` (sshd's effective settings): a failure stops
+    before anything after it, the gate's key above all, is installed."""
     dropin = layout.sshd_dropin
     before = dropin.read_bytes() if dropin.exists() else None
-    touched_sshd = any(str(dropin) in c.what for c in changes)
+    touched_sshd = False
     for c in changes:
         say(f"  {c.what}")
-        c.apply()
-    if touched_sshd:
-        try:
-            sshd_test(layout)
-        except UserError:
-            if before is None:
-                dropin.unlink(missing_ok=True)
-            else:
-                system.write_atomic(dropin, before, 0o644)
-            raise
-        if reload:
-            say(f"  {sshd_reload(layout)}")
+        _note(c.apply(), say)
+        if str(dropin) in c.what and not touched_sshd:
+            touched_sshd = True
+            try:
+                sshd_test(layout)
+            except UserError:
+                if before is None:
+                    dropin.unlink(missing_ok=True)
+                else:
+                    system.write_atomic(dropin, before, 0o644)
+                raise
+            if verify is not None:
+                verify()
+    if touched_sshd and reload:
+        say(f"  {sshd_reload(layout)}")
+
+
+def _note(result: object, say: Callable[[str], None]) -> None:
+    if isinstance(result, str):
+        say(f"    note: {result}")
 
 
 def setup(spec: Spec, *, dry_run: bool, reload: bool, say: Callable[[str], None]) -> int:
@@ -127,13 +143,22 @@ def setup(spec: Spec, *, dry_run: bool, reload: bool, say: Callable[[str], None]
             f"note: {system.VISUDO} not found (apt-get install sudo): the sudoers rule for"
             " docker logs will be written but cannot be checked"
         )
+    lay = spec.layout
+    command = gate_command(lay.zipapp, lay.policy, python=spec.python)
+
+    def verify() -> None:
+        verify_effective(lay, lay.user, command, lay.authorized_keys, spec.sources)
+
     changes = plan_setup(spec)
+    block_current = not any(str(lay.sshd_dropin) in c.what for c in changes)
+    if block_current and lay.sshd_dropin.exists():
+        verify()  # the block is as setup writes it: does sshd apply it, though?
     if not changes:
-        say(f"worker setup for {spec.layout.user}: nothing to change")
+        say(f"worker setup for {lay.user}: nothing to change (sshd's effective settings checked)")
         return 0
     if dry_run:
         say(
-            f"worker setup for {spec.layout.user} would make {len(changes)} change(s)"
+            f"worker setup for {lay.user} would make {len(changes)} change(s)"
             " (dry run: nothing was changed):"
         )
         for c in changes:
@@ -141,10 +166,10 @@ def setup(spec: Spec, *, dry_run: bool, reload: bool, say: Callable[[str], None]
             if c.detail:
                 say(c.detail.rstrip("\n"))
         return 0
-    say(f"worker setup for {spec.layout.user}: {len(changes)} change(s)")
-    apply_changes(changes, spec.layout, reload=reload, say=say)
+    say(f"worker setup for {lay.user}: {len(changes)} change(s)")
+    apply_changes(changes, lay, reload=reload, say=say, verify=verify)
     if spec.containers and os.access(system.VISUDO, os.X_OK):
-        system.run([system.VISUDO, "-cf", str(spec.layout.sudoers)])
+        system.run([system.VISUDO, "-cf", str(lay.sudoers)])
     say("done; check it from the web server with: logtorukun doctor")
     return 0
 
@@ -170,7 +195,7 @@ def remove(
     touched_sshd = any(str(layout.sshd_dropin) in c.what for c in changes)
     for c in changes:
         say(f"  {c.what}")
-        c.apply()
+        _note(c.apply(), say)
     if touched_sshd and layout.sshd_config.exists():
         sshd_test(layout)
         if reload:
@@ -230,6 +255,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         containers=list(dict.fromkeys(args.container)),
         python=args.python,
         audit_file=audit,
+        adopt_user=args.adopt_user,
     )
     try:
         gate_command(layout.zipapp, layout.policy, python=spec.python)
@@ -319,6 +345,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--audit-file",
         metavar="PATH",
         help="gate audit as JSON lines in PATH, or 'syslog' (default: syslog when /dev/log exists)",
+    )
+    s.add_argument(
+        "--adopt-user",
+        action="store_true",
+        help="take over an existing --user account (remove restores its shell, home, password)",
     )
     s.set_defaults(func=cmd_setup)
 

@@ -1,5 +1,5 @@
 """One `Change` per difference between the machine and the spec, and the probes that find
-them: files, directories and ACL entries.
+them: files and directories (ACL entries: worker_acl).
 
 Each probe returns None when the machine already matches, which is what makes a second
 `worker setup` change nothing.
@@ -8,7 +8,6 @@ Each probe returns None when the machine already matches, which is what makes a 
 from __future__ import annotations
 
 import difflib
-import functools
 import os
 import pwd
 import stat
@@ -22,7 +21,10 @@ from . import system
 
 @dataclass
 class Change:
-    """One difference between the machine and the spec: shown by --dry-run, then applied."""
+    """One difference between the machine and the spec: shown by --dry-run, then applied.
+
+    `apply` may return a string: a note for the operator (say, a path it left alone).
+    """
 
     what: str
     apply: Callable[[], object]
@@ -102,20 +104,3 @@ def dir_change(path: Path, mode: int, owner: str | None = None) -> Change | None
             os.chown(path, pw.pw_uid if pw else 0, pw.pw_gid if pw else 0)
 
     return Change(f"directory {path} (mode {mode:04o}, owner {owner or 'root'})", apply)
-
-
-def acl_entries(path: str) -> set[str]:
-    """`getfacl` entries as `[default:]user:NAME:r-x`, effective-rights comments dropped."""
-    out = system.run([system.GETFACL, "-cp", "--", path], ok=(0, 1))
-    return {ln.split("#")[0].strip() for ln in out.stdout.splitlines() if ln.strip()}
-
-
-def acl_change(path: str, user: str, perms: str, default: bool = False) -> Change | None:
-    """Grant `user` read (`r--`) or read+search (`r-x`) on `path` through an ACL entry."""
-    entry = f"user:{user}:{perms}"
-    key = f"default:{entry}" if default else entry
-    if key in acl_entries(path):
-        return None
-    argv = [system.SETFACL, *(["-d"] if default else []), "-m", entry, "--", path]
-    label = "default ACL" if default else "ACL"
-    return Change(f"{label} {entry} on {path}", functools.partial(system.run, argv))

@@ -116,6 +116,7 @@ class Spec:
     containers: list[str] = field(default_factory=list)
     python: str = DEFAULT_PYTHON
     audit_file: Path | None = None  # None: syslog
+    adopt_user: bool = False  # take over an existing account (remove gives it back)
 
 
 def parse_files(values: Sequence[str]) -> list[FilesRule]:

@@ -7,6 +7,9 @@ before any reload.
 
 from __future__ import annotations
 
+import functools
+import glob
+import ipaddress
 import os
 import re
 import signal
@@ -29,9 +32,42 @@ def key_line(key: str, command: str, sources: Sequence[str] | None) -> str:
     return f"{','.join(opts)} {key}"
 
 
-def match_block(user: str, keys_file: Path, command: str) -> str:
-    """The sshd drop-in for the gate user; each line is there for a reason (docs/security.md)."""
+# Session bounds in the Match block (docs/security.md): a peer that stops answering is
+# dropped after about INTERVAL * COUNT_MAX seconds; a connection with no channel open
+# (the client pool between requests, or a stolen key just holding a socket) after
+# UNUSED seconds; MAX_SESSIONS is sshd's default, written down so an earlier global
+# change cannot raise it (the client pool opens at most 8 one-shot channels + a bridge).
+CLIENT_ALIVE_INTERVAL = 30
+CLIENT_ALIVE_COUNT_MAX = 4
+UNUSED_CONNECTION_TIMEOUT = 600
+MAX_SESSIONS = 10
+# UnusedConnectionTimeout exists from OpenSSH 9.2 on; older sshd rejects the keyword.
+UNUSED_SINCE = (9, 2)
+
+
+@functools.cache
+def sshd_version() -> tuple[int, int]:
+    """(major, minor) of the installed sshd; (0, 0) if it cannot be told."""
+    out = system.run([system.SSHD, "-V"], ok=range(256))
+    m = re.search(r"OpenSSH_(\d+)\.(\d+)", out.stderr + out.stdout)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def match_block(
+    user: str, keys_file: Path, command: str, *, unused_timeout: bool | None = None
+) -> str:
+    """The sshd drop-in for the gate user; each line is there for a reason (docs/security.md).
+
+    `unused_timeout`: write UnusedConnectionTimeout (default: if this sshd knows it).
+    """
     keys_pattern = str(keys_file.parent / "%u")
+    if unused_timeout is None:
+        unused_timeout = sshd_version() >= UNUSED_SINCE
+    unused = (
+        f"    UnusedConnectionTimeout {UNUSED_CONNECTION_TIMEOUT}\n"
+        if unused_timeout
+        else "    # UnusedConnectionTimeout: not before OpenSSH 9.2 (the installed sshd is older)\n"
+    )
     return f"""\
 # written by `logtorukun worker setup`; `logtorukun worker remove` deletes it
 Match User {user}
@@ -49,6 +85,10 @@ Match User {user}
     ExposeAuthInfo yes
     # a second lock: even a key added without command= runs only the gate
     ForceCommand {command}
+    # bounds on dead, idle and crowded connections
+    ClientAliveInterval {CLIENT_ALIVE_INTERVAL}
+    ClientAliveCountMax {CLIENT_ALIVE_COUNT_MAX}
+{unused}    MaxSessions {MAX_SESSIONS}
 """
 
 
@@ -77,7 +117,7 @@ def sshd_test(layout: Layout) -> None:
 
 
 def sshd_effective(layout: Layout, user: str, addr: str = "127.0.0.1") -> dict[str, str]:
-    """`sshd -T -C user=...`: what sshd will really apply to the gate user."""
+    """`sshd -T -C user=...,host=...,addr=...`: what sshd really applies to the gate user."""
     out = system.run(
         [
             system.SSHD,
@@ -85,7 +125,7 @@ def sshd_effective(layout: Layout, user: str, addr: str = "127.0.0.1") -> dict[s
             "-f",
             str(layout.sshd_config),
             "-C",
-            f"user={user},host=localhost,addr={addr}",
+            f"user={user},host={addr},addr={addr}",
         ],
         ok=(0, 1, 255),
     )
@@ -110,3 +150,130 @@ def sshd_reload(layout: Layout) -> str:
         return f"sshd is not running (stale {pidfile}); its next start uses the new config"
     os.kill(pid, signal.SIGHUP)
     return f"reloaded sshd (pid {pid}, SIGHUP)"
+
+
+# An address no web server has (TEST-NET-1): a Match Address that weakens the block
+# for everyone but the web server is caught too.
+OTHER_ADDRESS = "192.0.2.7"
+
+
+def check_addresses(sources: Sequence[str]) -> list[str]:
+    """The web server's addresses from `--from` (literal addresses, networks' first
+    address; wildcards and names cannot be asked about) plus OTHER_ADDRESS."""
+    found: list[str] = []
+    for pat in sources:
+        if pat.startswith("!"):
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(pat, strict=False).network_address))
+        except ValueError:
+            continue
+    return list(dict.fromkeys([*found, OTHER_ADDRESS]))
+
+
+def required_settings(command: str, keys_file: Path) -> dict[str, str]:
+    """What sshd -T must say for the gate user; numbers are upper bounds."""
+    want = {
+        "forcecommand": command,
+        "authorizedkeysfile": str(keys_file.parent / "%u"),
+        "permittty": "no",
+        "disableforwarding": "yes",
+        "permittunnel": "no",
+        "permituserrc": "no",
+        "authenticationmethods": "publickey",
+        "passwordauthentication": "no",
+        "kbdinteractiveauthentication": "no",
+        "clientaliveinterval": str(CLIENT_ALIVE_INTERVAL),
+        "clientalivecountmax": str(CLIENT_ALIVE_COUNT_MAX),
+        "maxsessions": str(MAX_SESSIONS),
+    }
+    if sshd_version() >= UNUSED_SINCE:
+        want["unusedconnectiontimeout"] = str(UNUSED_CONNECTION_TIMEOUT)
+    return want
+
+
+_BOUNDS = {"clientaliveinterval", "clientalivecountmax", "maxsessions", "unusedconnectiontimeout"}
+
+
+def _weaker(key: str, have: str | None, want: str) -> bool:
+    if have is None:
+        return True
+    if key in _BOUNDS:
+        # at most ours, and not off (0 / none switch the bound off)
+        return not have.isdigit() or int(have) == 0 or int(have) > int(want)
+    return have != want
+
+
+def verify_effective(
+    layout: Layout, user: str, command: str, keys_file: Path, sources: Sequence[str]
+) -> None:
+    """Fail, naming the file to change, if sshd's own view of the gate user (from the web
+    server's address and from another) is weaker than the block setup writes: sshd keeps
+    the first value it reads, so an earlier drop-in or Match wins over ours."""
+    want = required_settings(command, keys_file)
+    for addr in check_addresses(sources):
+        eff = sshd_effective(layout, user, addr)
+        weak = [k for k, v in want.items() if _weaker(k, eff.get(k), v)]
+        if not weak:
+            continue
+        key = weak[0]
+        where = _set_by(layout, key)
+        named = f"set by {', '.join(where)}" if where else "set before it somewhere"
+        raise UserError(
+            f"sshd's effective {_CASE.get(key, key)} for {user} from {addr} is"
+            f" {eff.get(key, 'unset')!r}, not {want[key]!r}, although {layout.sshd_dropin}"
+            f" says so: {named} (sshd keeps the first value it reads); remove it there or"
+            f" keep its Match from applying to {user}, then rerun setup"
+            + (f" ({len(weak) - 1} more weakened: {', '.join(weak[1:])})" if len(weak) > 1 else "")
+        )
+
+
+_CASE = {
+    "forcecommand": "ForceCommand",
+    "authorizedkeysfile": "AuthorizedKeysFile",
+    "permittty": "PermitTTY",
+    "disableforwarding": "DisableForwarding",
+    "permittunnel": "PermitTunnel",
+    "permituserrc": "PermitUserRC",
+    "authenticationmethods": "AuthenticationMethods",
+    "passwordauthentication": "PasswordAuthentication",
+    "kbdinteractiveauthentication": "KbdInteractiveAuthentication",
+    "clientaliveinterval": "ClientAliveInterval",
+    "clientalivecountmax": "ClientAliveCountMax",
+    "maxsessions": "MaxSessions",
+    "unusedconnectiontimeout": "UnusedConnectionTimeout",
+}
+# Older spellings sshd still accepts for the same setting.
+_ALIASES = {"kbdinteractiveauthentication": ("challengeresponseauthentication",)}
+
+
+def _set_by(layout: Layout, key: str) -> list[str]:
+    """`file:line` of every line outside our drop-in that sets `key`, in sshd's order."""
+    names = (key, *_ALIASES.get(key, ()))
+    found: list[str] = []
+    for path, lineno, line in _config_lines(layout, layout.sshd_config, depth=0):
+        if path == layout.sshd_dropin:
+            continue
+        word = re.split(r"[\s=]+", line.strip(), maxsplit=1)[0].lower()
+        if word in names:
+            found.append(f"{path}:{lineno}")
+    return found[:3]
+
+
+def _config_lines(layout: Layout, path: Path, depth: int) -> list[tuple[Path, int, str]]:
+    """Every line of `path` with its Include files spliced in where sshd reads them."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    out: list[tuple[Path, int, str]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if depth < 8 and words and words[0].lower() == "include":
+            for pat in words[1:]:
+                full = pat if pat.startswith("/") else str(layout.p("/etc/ssh") / pat)
+                for inc in sorted(glob.glob(full)):
+                    out += _config_lines(layout, Path(inc), depth + 1)
+        else:
+            out.append((path, n, line))
+    return out

@@ -59,15 +59,15 @@ def source_from(
     """Exactly one of path/unit/container, validated; raises BadSource with the reason."""
     given = [(k, v) for k, v in (("file", path), ("unit", unit), ("container", container)) if v]
     if len(given) != 1:
-        raise BadSource("give exactly one of path, unit or container")
+        raise BadSource("path, unit, container: give exactly one of them")
     kind, value = given[0]
     assert value is not None
     if kind == "file":
         return Source("file", check_path(value))
     if kind == "unit" and not _UNIT.fullmatch(value):
-        raise BadSource(f"{value!r} is not a unit name")
+        raise BadSource(f"unit: {value!r} is not a unit name")
     if kind == "container" and not _CONTAINER.fullmatch(value):
-        raise BadSource(f"{value!r} is not a container name")
+        raise BadSource(f"container: {value!r} is not a container name")
     return Source(kind, value)
 
 
@@ -75,11 +75,11 @@ def check_path(path: str) -> str:
     """An absolute path without `.`/`..`/empty components or control characters."""
     if len(path) > MAX_PATH or not _PATH.fullmatch(path):
         raise BadSource(
-            "path must be absolute, printable ASCII without spaces, at most 1024 characters"
+            "path: must be absolute, printable ASCII without spaces, at most 1024 characters"
         )
     parts = path.split("/")[1:]
     if any(p in ("", ".", "..") for p in parts):
-        raise BadSource("path must not contain '.', '..' or empty components")
+        raise BadSource("path: must not contain '.', '..' or empty components")
     return path
 
 

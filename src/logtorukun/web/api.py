@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from ..audit import parse_time
 from ..config import HostConfig
 from ..gate.globs import Glob, GlobError, check_user_glob
 from ..gate.vocabulary import MAX_PATH, MAX_PATTERN
+from . import patterns
 from .access import (
     DOWNLOAD,
     SEARCH,
@@ -34,10 +36,12 @@ from .access import (
     source_from,
 )
 from .context import ApiError, Ctx, Server
-from .guard import Allowed, begin, end, server_of, via
+from .guard import Allowed, begin, end, granted_host, has_control, server_of, via
+from .patterns import BadPattern
 from .workers import Outcome, ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
+log = logging.getLogger("logtorukun.web")
 
 MAX_LINES = 10_000  # the web side caps again, whatever a worker's policy says
 MAX_BYTES = 10_000_000
@@ -54,8 +58,15 @@ async def _worker_call(server: Server, a: Allowed, spec: ReadSpec) -> tuple[byte
     try:
         return await server.workers.read(a.host, spec, via(a))
     except WorkerError as exc:
-        end(server, a, {"status": exc.status, "error": exc.reason, "bytes": 0, "lines": 0})
-        raise ApiError(exc.status, exc.reason) from None
+        end(server, a, {"status": exc.status, "error": exc.detail, "bytes": 0, "lines": 0})
+        raise worker_failed(exc, a.ref.seq) from None
+
+
+def worker_failed(exc: WorkerError, ref: int) -> ApiError:
+    """The client's error for a failed worker call; a hidden detail goes to the log."""
+    if exc.detail != exc.reason:
+        log.warning("audit ref %d: %s", ref, exc.detail)
+    return ApiError(exc.status, exc.reason)
 
 
 OFF_LOOP_BYTES = 64 * 1024  # above this, decoding and JSON encoding run in a thread
@@ -143,6 +154,9 @@ async def _result(
         "note": note,
         "audit": a.ref.seq,
     }
+    if outcome.pos is not None:
+        # Where a follow continues without losing a line: /follow?from=INO:OFF:TAG
+        payload["pos"] = ":".join(map(str, outcome.pos))
     body = await off_loop(len(data), _json_bytes, payload)
     end(
         server,
@@ -211,13 +225,7 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
     server = server_of(request)
     ctx = server.require_user(request, "sources", host=host)
     assert ctx.access is not None
-    hc = server.config.host(host)
-    if hc is None:
-        raise server.refuse(ctx, 404, f"unknown host {host!r}", action="sources", host=host)
-    if not ctx.access.host_caps(hc):
-        raise server.refuse(
-            ctx, 403, f"no role grants anything on host {host}", action="sources", host=host
-        )
+    hc = granted_host(server, ctx, host, "sources")
     ref = server.record(
         ctx,
         "read",
@@ -230,8 +238,8 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
     try:
         doc = await server.workers.sources(hc, {"user": ctx.name, "audit": ref.seq})
     except WorkerError as exc:
-        server.finish(ref, "read_end", {"status": exc.status, "error": exc.reason})
-        raise ApiError(exc.status, exc.reason) from None
+        server.finish(ref, "read_end", {"status": exc.status, "error": exc.detail})
+        raise worker_failed(exc, ref.seq) from None
     files: list[dict[str, Any]] = []
     units: list[dict[str, Any]] = []
     containers: list[dict[str, Any]] = []
@@ -362,6 +370,11 @@ async def grep(
         )
         end(server, a, {"status": 422, "error": why})
         raise ApiError(422, why)
+    try:  # before the worker is asked: a bad regex is the user's mistake, not a 502
+        await patterns.check(pattern, regex, a.source.kind)
+    except BadPattern as exc:
+        end(server, a, {"status": 422, "error": str(exc)})
+        raise ApiError(422, str(exc)) from None
     spec = ReadSpec(
         "grep",
         a.source,
@@ -450,11 +463,12 @@ async def search(
         "hosts": hosts,
     }
     ctx = server.require_user(request, "search", host=hosts, source=path, params=params)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in pattern + path + hosts):
+    bad = [n for n, v in (("pattern", pattern), ("path", path), ("hosts", hosts)) if has_control(v)]
+    if bad:
         raise server.refuse(
             ctx,
             422,
-            "control characters are not accepted",
+            f"{bad[0]}: control characters are not accepted",
             action="search",
             host=hosts,
             source=path,
@@ -464,7 +478,7 @@ async def search(
         raise server.refuse(
             ctx,
             422,
-            "path must be an absolute glob without '.' or '..'",
+            "path: must be an absolute glob without '.' or '..'",
             action="search",
             host=hosts,
             source=path,
@@ -473,7 +487,9 @@ async def search(
     try:
         matcher = check_user_glob(path, "path")
         selected = _select_hosts(server, ctx, _host_globs(hosts))
-    except GlobError as exc:
+        if selected:
+            await patterns.check(pattern, regex, "file")
+    except (GlobError, BadPattern) as exc:
         raise server.refuse(
             ctx, 422, str(exc), action="search", host=hosts, source=path, params=params
         ) from None
@@ -557,7 +573,7 @@ async def search(
                     h, spec, {"user": ctx.name, "audit": sub.seq}
                 )
             except WorkerError as exc:
-                server.finish(sub, "read_end", {"status": exc.status, "error": exc.reason})
+                server.finish(sub, "read_end", {"status": exc.status, "error": exc.detail})
                 totals["errors"] += 1
                 await queue.put(
                     {
@@ -648,6 +664,16 @@ async def search(
 # ---------------------------------------------------------------------- audit
 
 
+def _time_param(name: str, value: str | None) -> str | None:
+    """A time filter, or ValueError naming the parameter."""
+    if not value:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def _audit_ctx(server: Server, request: Request, action: str, params: dict[str, Any]) -> Ctx:
     ctx = server.require_user(request, action, params=params)
     assert ctx.access is not None
@@ -672,7 +698,7 @@ async def audit(
     event: Annotated[str | None, Query(max_length=32)] = None,
     since: Annotated[str | None, Query(max_length=40)] = None,
     until: Annotated[str | None, Query(max_length=40)] = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     server = server_of(request)
@@ -689,8 +715,8 @@ async def audit(
     filters = {k: v for k, v in filters.items() if v not in (None, "")}
     ctx = _audit_ctx(server, request, "audit", filters)
     try:
-        since_ts = parse_time(since) if since else None
-        until_ts = parse_time(until) if until else None
+        since_ts = _time_param("since", since)
+        until_ts = _time_param("until", until)
     except ValueError as exc:
         raise server.refuse(ctx, 422, str(exc), action="audit", params=filters) from None
     # The view itself is a record, written before any record is shown.
@@ -731,7 +757,7 @@ async def audit_export(
     params = {"format": format, **({"since": since} if since else {})}
     ctx = _audit_ctx(server, request, "export", params)
     try:
-        since_ts = parse_time(since) if since else None
+        since_ts = _time_param("since", since)
     except ValueError as exc:
         raise server.refuse(ctx, 422, str(exc), action="export", params=params) from None
     ref = server.record(

@@ -22,10 +22,11 @@ from ..audit import AuditStore
 from ..config import Config
 from . import api, pages, sse
 from .auth import AuthStore
-from .context import ERROR_NAMES, HERE, ApiError, Ctx, Server
+from .context import ERROR_NAMES, HERE, ApiError, Ctx, Server, log
 from .security import (
     HSTS,
     SECURITY_HEADERS,
+    AddressFailures,
     RateLimiter,
     TrustedProxies,
 )
@@ -98,6 +99,7 @@ def create_app(
         workers=workers or Workers(config.hosts, fleet=config.fleet),
         limiter=RateLimiter(settings.requests_per_minute),
         proxies=TrustedProxies(settings.trusted_proxies),
+        failures=AddressFailures(settings.failures_per_minute),
     )
     server.hub = sse.FollowHub(server)
     _gauges(server)
@@ -107,16 +109,30 @@ def create_app(
         server.forwarders = forwarders_from_config(settings.database, config.forward)
         audit.sinks.extend(server.forwarders)  # emit() only wakes the forwarder's thread
         gauges(server.metrics, server.forwarders, audit)
+    if config.alerts is not None and config.alerts.rules:
+        from ..audit.alerts import AlertEngine
+        from ..audit.alerts import gauges as alert_gauges
+
+        server.alerts = AlertEngine(audit, config.alerts)
+        audit.sinks.append(server.alerts)  # emit() only queues the record
+        alert_gauges(server.metrics, server.alerts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for fwd in server.forwarders:
             fwd.start()
+        if server.alerts is not None:
+            server.alerts.start()
+        summaries = asyncio.create_task(_write_summaries(server))
         try:
             yield
         finally:
+            summaries.cancel()
+            server.write_failure_summaries(everything=True)
             await server.hub.close()
             await server.workers.close()
+            if server.alerts is not None:
+                await asyncio.to_thread(server.alerts.stop)
             for fwd in server.forwarders:
                 await asyncio.to_thread(fwd.stop)
 
@@ -160,6 +176,24 @@ def create_app(
             return error_response(request, server, err.status, err.error, err.reason)
         return error_response(request, server, 422, "bad_request", problems)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        """Never a traceback or an exception text to a client: the server log has them,
+        under the audit ref of the request (if it wrote one)."""
+        ctx = getattr(request.state, "ctx", None)
+        ref = ctx.last_ref if isinstance(ctx, Ctx) else None
+        log.error(
+            "internal error in %s %s (audit ref %s)",
+            request.method,
+            request.url.path,
+            ref,
+            exc_info=exc,
+        )
+        where = f" (audit ref {ref})" if ref else ""
+        return error_response(
+            request, server, 500, "internal", f"internal error; see the server log{where}"
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         reason = str(exc.detail)
@@ -170,6 +204,13 @@ def create_app(
         )
 
     return app
+
+
+async def _write_summaries(server: Server) -> None:
+    """Summary records of ended intervals, without waiting for the address to return."""
+    while True:
+        await asyncio.sleep(min(5.0, server.failures.interval / 4))
+        server.write_failure_summaries()
 
 
 def _action(request: Request) -> str:

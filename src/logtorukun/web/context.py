@@ -9,9 +9,11 @@ refusal at any step is itself an audit record.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from .access import Access
 from .auth import AuthStore, User
 from .metrics import Metrics
 from .security import (
+    AddressFailures,
     LoginThrottle,
     RateLimiter,
     TrustedProxies,
@@ -31,6 +34,11 @@ from .security import (
 from .workers import Workers
 
 HERE = Path(__file__).parent
+log = logging.getLogger("logtorukun.web")
+AUDIT_DOWN = (
+    "the audit trail cannot be written, so nothing is served "
+    "(an administrator can find the cause in the server log)"
+)
 TOKEN_USE_INTERVAL = 60.0  # seconds between two token_used records for one token
 
 
@@ -50,6 +58,7 @@ ERROR_NAMES = {
     404: "not_found",
     422: "bad_request",
     429: "too_many_requests",
+    500: "internal",
     502: "worker_unreachable",
     503: "audit_unavailable",
 }
@@ -67,6 +76,7 @@ class Ctx:
     csrf: str | None = None
     auth_problem: str | None = None
     access: Access | None = None
+    last_ref: int | None = None  # seq of the last audit record this request wrote
 
     @property
     def name(self) -> str | None:
@@ -95,10 +105,12 @@ class Server:
     workers: Workers
     metrics: Metrics = field(default_factory=Metrics)
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    failures: AddressFailures = field(default_factory=AddressFailures)
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(600))
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
     hub: Any = None  # sse.FollowHub
     forwarders: list[Any] = field(default_factory=list)  # audit.forward.Forwarder
+    alerts: Any = None  # audit.alerts.AlertEngine
     templates: Jinja2Templates = field(
         default_factory=lambda: Jinja2Templates(directory=str(HERE / "templates"))
     )
@@ -132,14 +144,8 @@ class Server:
                 return Ctx(None, "none", client, ua, auth_problem="use Authorization: Bearer TOKEN")
             user, tid, why = self.auth.token_user(token.strip())
             if user is None:
-                self.record(
-                    Ctx(None, f"token:{tid}", client, ua),
-                    "token_used",
-                    action="token",
-                    params={"token": tid},
-                    decision="deny",
-                    reason=why,
-                )
+                # No record here: the refusal that follows is the one record (and it is
+                # subject to the per-address budget of `refuse`).
                 return Ctx(None, f"token:{tid}", client, ua, auth_problem=why)
             assert tid is not None
             ctx = Ctx(user, f"token:{tid}", client, ua)
@@ -188,21 +194,23 @@ class Server:
         if ctx.via != "session":
             params.setdefault("auth", ctx.via)
         try:
-            return self.audit.append(event, **ctx.audit_fields(), params=params, **fields)
+            ref = self.audit.append(event, **ctx.audit_fields(), params=params, **fields)
         except AuditWriteError as exc:
-            self.metrics.audit_failures += 1
-            raise ApiError(
-                503, f"the audit trail cannot be written, so nothing is served: {exc}"
-            ) from None
+            raise self._audit_failed(exc, event, ctx.client) from None
+        ctx.last_ref = ref.seq
+        return ref
 
     def finish(self, ref: AuditRef, event: str, outcome: Mapping[str, Any]) -> None:
         try:
             self.audit.finish(ref, event, outcome)
         except AuditWriteError as exc:
-            self.metrics.audit_failures += 1
-            raise ApiError(
-                503, f"the audit trail cannot be written, so nothing is served: {exc}"
-            ) from None
+            raise self._audit_failed(exc, event, f"ref {ref.seq}") from None
+
+    def _audit_failed(self, exc: AuditWriteError, event: str, who: str) -> ApiError:
+        """The file and the cause go to the server log; the client learns only the rule."""
+        self.metrics.audit_failures += 1
+        log.error("audit record %s (%s) not written, request refused: %s", event, who, exc)
+        return ApiError(503, AUDIT_DOWN)
 
     def refuse(
         self,
@@ -214,8 +222,15 @@ class Server:
         host: str | None = None,
         source: str | None = None,
         params: Mapping[str, Any] | None = None,
+        shown: str | None = None,
     ) -> ApiError:
-        """Audit a refusal and return the error to raise (a failed write makes it a 503)."""
+        """Audit a refusal and return the error to raise (a failed write makes it a 503).
+
+        `reason` is the true one, for the audit record; `shown` (default: the same) is
+        what the client reads, e.g. "unknown host" for a host that exists but is not
+        granted."""
+        if ctx.user is None and not self.failures.note(ctx.client):
+            return self.over_budget(ctx)
         self.metrics.refused[(("status", str(status)),)] += 1
         self.record(
             ctx,
@@ -227,7 +242,44 @@ class Server:
             decision="deny",
             reason=reason,
         )
-        return ApiError(status, reason)
+        return ApiError(status, shown or reason)
+
+    def over_budget(self, ctx: Ctx) -> ApiError:
+        """Anonymous or failed-authentication traffic past its per-address budget: 429,
+        counted for the interval's summary record, nothing written now."""
+        self.metrics.refused[(("status", "429"),)] += 1
+        wait = int(self.failures.wait(ctx.client)) + 1
+        return ApiError(
+            429,
+            f"too many anonymous or failed requests from your address; try again in {wait} s",
+        )
+
+    def write_failure_summaries(self, *, everything: bool = False) -> None:
+        """One record per address and ended interval: how many failures were answered
+        429 without a record of their own."""
+        for address, count, first, last in self.failures.take_summaries(everything=everything):
+            try:
+                self.audit.append(
+                    "auth_failures",
+                    client=address,
+                    action="auth",
+                    decision="deny",
+                    reason=f"{count} anonymous or failed-authentication requests refused "
+                    "with 429 and counted here, not recorded one by one",
+                    params={
+                        "count": count,
+                        "first": _iso(first),
+                        "last": _iso(last),
+                        "interval_s": self.failures.interval,
+                    },
+                )
+            except AuditWriteError as exc:
+                log.error("summary of %d failures from %s not written: %s", count, address, exc)
+
+    def no_such_host(self, ctx: Ctx, host: str, reason: str, **audit: Any) -> ApiError:
+        """The one answer for a host that does not exist and for one the user has no
+        grant on: the same status and body, so host names cannot be probed."""
+        return self.refuse(ctx, 404, reason, host=host, shown=f"unknown host {host!r}", **audit)
 
     def require_user(self, request: Request, action: str, **audit: Any) -> Ctx:
         """The signed-in user, after the per-user rate limit; refusals are audited."""
@@ -237,3 +289,7 @@ class Server:
         if not self.limiter.allow(f"u:{ctx.user.name}"):
             raise self.refuse(ctx, 429, "too many requests; slow down", action=action, **audit)
         return ctx
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds")

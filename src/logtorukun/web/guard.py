@@ -41,6 +41,19 @@ class Allowed:
     started: float
 
 
+def granted_host(server: Server, ctx: Ctx, host: str, action: str, **audit: Any) -> HostConfig:
+    """The host, if it exists and some role of the user grants something on it; else
+    the same 404 either way (the audit record keeps the true reason)."""
+    assert ctx.access is not None
+    hc = server.config.host(host)
+    if hc is None:
+        raise server.no_such_host(ctx, host, f"unknown host {host!r}", action=action, **audit)
+    if not ctx.access.host_caps(hc):
+        why = f"no role grants anything on host {host} (answered as unknown)"
+        raise server.no_such_host(ctx, host, why, action=action, **audit)
+    return hc
+
+
 def begin(
     server: Server,
     request: Request,
@@ -58,17 +71,7 @@ def begin(
     params = {k: v for k, v in params.items() if v is not None}
     src_text = next((v for v in (source or {}).values() if v), None)
     ctx = server.require_user(request, action, host=host, source=src_text, params=params)
-    hc = server.config.host(host)
-    if hc is None:
-        raise server.refuse(
-            ctx,
-            404,
-            f"unknown host {host!r}",
-            action=action,
-            host=host,
-            source=src_text,
-            params=params,
-        )
+    hc = granted_host(server, ctx, host, action, source=src_text, params=params)
     src: Source | None = None
     if source is not None:
         try:
@@ -77,12 +80,13 @@ def begin(
             raise server.refuse(
                 ctx, 422, str(exc), action=action, host=host, source=src_text, params=params
             ) from None
-    for value in (params.get("pattern"), params.get("since"), params.get("until")):
-        if isinstance(value, str) and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    for name in ("pattern", "since", "until"):
+        value = params.get(name)
+        if isinstance(value, str) and has_control(value):
             raise server.refuse(
                 ctx,
                 422,
-                "control characters are not accepted",
+                f"{name}: control characters are not accepted",
                 action=action,
                 host=host,
                 source=src_text,
@@ -130,3 +134,7 @@ def via(a: Allowed) -> dict[str, Any]:
 def end(server: Server, a: Allowed, outcome: dict[str, Any], event: str = "read_end") -> None:
     outcome = {"duration_ms": round((time.monotonic() - a.started) * 1000, 3), **outcome}
     server.finish(a.ref, event, outcome)
+
+
+def has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)

@@ -8,6 +8,7 @@ an empty viewer that then fails.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from typing import Any
@@ -22,6 +23,7 @@ from .context import ApiError, Ctx, Server
 from .security import PRE_COOKIE, csrf_ok, same_origin
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger("logtorukun.web")
 # argon2 needs 64 MiB per check: two at a time keeps a password spray from eating memory.
 _HASHING = threading.BoundedSemaphore(2)
 
@@ -153,7 +155,22 @@ async def login(
     target = _safe_next(next)
     name = user.strip()
     anon = Ctx(None, "none", ctx.client, ctx.user_agent)
+    if server.failures.exhausted(ctx.client):
+        # Past the address's budget of failures: no password check, no record now (the
+        # interval's summary record counts it).
+        server.failures.note(ctx.client)
+        server.metrics.logins[(("result", "address_limited"),)] += 1
+        left = int(server.failures.wait(ctx.client)) + 1
+        return _login_page(
+            server,
+            request,
+            target,
+            f"Too many failed requests from your address. Try again in {left} seconds.",
+            429,
+            name,
+        )
     if not csrf_ok(request.cookies.get(PRE_COOKIE), csrf) or not same_origin(request):
+        server.failures.note(ctx.client)
         server.record(
             anon,
             "login_failed",
@@ -168,6 +185,7 @@ async def login(
         )
     wait = server.throttle.blocked(name, ctx.client)
     if wait > 0:
+        server.failures.note(ctx.client)
         server.record(
             anon,
             "login_failed",
@@ -188,6 +206,7 @@ async def login(
     found = await run_in_threadpool(_check_password, server, name, password)
     if found is None:
         server.throttle.failed(name, ctx.client)
+        server.failures.note(ctx.client)
         server.record(
             anon,
             "login_failed",
@@ -198,7 +217,7 @@ async def login(
         )
         server.metrics.logins[(("result", "failed"),)] += 1
         return _login_page(server, request, target, "Wrong user name or password.", 401, name)
-    server.throttle.succeeded(name)
+    server.throttle.succeeded(name, ctx.client)
     signed = Ctx(found, "session", ctx.client, ctx.user_agent)
     # The record comes first: if it cannot be written, nobody is signed in (503).
     server.record(signed, "login", action="login", decision="allow", reason="password")
@@ -267,12 +286,15 @@ async def view(
     if redirect:
         return redirect
     assert ctx.access is not None
-    hc = server.config.host(host)
     src_text = path or unit or container
+    hc = server.config.host(host)
     if hc is None:
-        raise server.refuse(
-            ctx, 404, f"unknown host {host!r}", action="view", host=host, source=src_text
+        raise server.no_such_host(
+            ctx, host, f"unknown host {host!r}", action="view", source=src_text
         )
+    if not ctx.access.host_caps(hc):
+        why = f"no role grants anything on host {host} (answered as unknown)"
+        raise server.no_such_host(ctx, host, why, action="view", source=src_text)
     try:
         src = source_from(path=path, unit=unit, container=container)
     except BadSource as exc:
@@ -342,8 +364,9 @@ async def healthz(request: Request) -> Response:
     server = _server(request)
     try:
         head = server.audit.head()
-    except Exception as exc:
-        return PlainTextResponse(f"audit store unreadable: {exc}\n", status_code=503)
+    except Exception as exc:  # the cause (a path) is for the server log, not the client
+        log.error("/healthz: audit store unreadable: %s", exc)
+        return PlainTextResponse("audit store unreadable\n", status_code=503)
     if server.audit.write_failures and server.metrics.audit_failures:
         status = "degraded: audit writes have failed since start"
     else:

@@ -12,6 +12,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 from starlette.requests import Request
 
@@ -101,16 +102,35 @@ def same_origin(request: Request) -> bool:
 
 
 class LoginThrottle:
-    """Failed sign-ins per user name and per client address in a sliding window.
+    """Failed sign-ins in a sliding window, per (user, address), per address, and per user.
 
-    After `per_user` failures for one name (or `per_ip` from one address) in `window`
-    seconds, further attempts are refused until the oldest failure ages out; a correct
-    password does not get through meanwhile, so guessing stays slow.
+    - `per_pair` failures for one name from one address block that pair: guessing from
+      one place stays slow, and the real user elsewhere is not affected.
+    - `per_ip` failures from one address (any names) block the address: a spray of
+      names from one place stays slow.
+    - `per_user` failures for one name from all addresses together block the name: a
+      guess spread over many addresses stays slow too. Since one address adds at most
+      `per_pair` to it, locking a user out takes `per_user / per_pair` addresses
+      (20 with the defaults) failing within the window.
+
+    A blocked attempt is not checked at all (a right password does not get through
+    meanwhile) and does not count again.
     """
 
-    def __init__(self, per_user: int = 5, per_ip: int = 20, window: float = 900.0) -> None:
-        self.per_user, self.per_ip, self.window = per_user, per_ip, window
+    def __init__(
+        self, per_pair: int = 5, per_ip: int = 20, per_user: int = 100, window: float = 900.0
+    ) -> None:
+        self.per_pair, self.per_ip, self.per_user = per_pair, per_ip, per_user
+        self.window = window
         self._fails: dict[str, deque[float]] = {}
+
+    def _keys(self, user: str, ip: str) -> tuple[tuple[str, int], ...]:
+        name = user.lower()
+        return (
+            (f"p:{name}\0{ip}", self.per_pair),
+            (f"i:{ip}", self.per_ip),
+            (f"u:{name}", self.per_user),
+        )
 
     def _recent(self, key: str, now: float) -> deque[float]:
         q = self._fails.get(key)
@@ -126,26 +146,101 @@ class LoginThrottle:
         """Seconds to wait, or 0 if an attempt may be made now."""
         now = time.monotonic()
         wait = 0.0
-        for key, limit in ((f"u:{user.lower()}", self.per_user), (f"i:{ip}", self.per_ip)):
+        for key, limit in self._keys(user, ip):
             q = self._recent(key, now)
             if len(q) >= limit:
-                wait = max(wait, q[0] + self.window - now)
+                wait = max(wait, q[-limit] + self.window - now)
         return wait
 
     def failed(self, user: str, ip: str) -> None:
         now = time.monotonic()
-        for key in (f"u:{user.lower()}", f"i:{ip}"):
+        for key, _ in self._keys(user, ip):
             self._fails.setdefault(key, deque()).append(now)
         if len(self._fails) > 100_000:  # a spray of names must not grow memory forever
             for key in list(self._fails)[:50_000]:
                 del self._fails[key]
 
-    def succeeded(self, user: str) -> None:
-        self._fails.pop(f"u:{user.lower()}", None)
+    def succeeded(self, user: str, ip: str) -> None:
+        self._fails.pop(f"p:{user.lower()}\0{ip}", None)
+
+
+class AddressFailures:
+    """Anonymous and failed-authentication requests per client address, per interval.
+
+    The first `recorded` of them from one address in an `interval` are answered and
+    audited one by one; the rest get 429 and are only counted, and one summary record
+    per address and interval carries the count (`take_summaries`). So a flood of bogus
+    tokens adds at most `recorded + 1` records per address and interval, whatever its
+    size. Addresses beyond `max_addresses` at once share one bucket ("*").
+    """
+
+    def __init__(
+        self, recorded: int = 10, interval: float = 60.0, max_addresses: int = 10_000
+    ) -> None:
+        self.recorded, self.interval, self.max_addresses = recorded, interval, max_addresses
+        # address -> [interval start (monotonic), answered, counted only, first, last]
+        self._state: dict[str, list[Any]] = {}
+        self._ended: list[tuple[str, int, float, float]] = []
+
+    def note(self, address: str) -> bool:
+        """One more failure from `address`; True if it is to be answered and recorded."""
+        now = time.monotonic()
+        key = address
+        if key not in self._state and len(self._state) >= self.max_addresses:
+            self._roll(now)
+            if len(self._state) >= self.max_addresses:
+                key = "*"
+        st = self._state.get(key)
+        if st is not None and now - st[0] >= self.interval:
+            self._close(key, st)
+            st = None
+        if st is None:
+            st = self._state[key] = [now, 0, 0, time.time(), time.time()]
+        if st[1] < self.recorded:
+            st[1] += 1
+            return True
+        st[2] += 1
+        st[4] = time.time()
+        return False
+
+    def exhausted(self, address: str) -> bool:
+        """True if the next failure from `address` would only be counted."""
+        st = self._state.get(address) or (
+            self._state.get("*") if len(self._state) >= self.max_addresses else None
+        )
+        return (
+            st is not None and time.monotonic() - st[0] < self.interval and st[1] >= self.recorded
+        )
+
+    def wait(self, address: str) -> float:
+        """Seconds until `address` gets a fresh interval."""
+        st = self._state.get(address) or self._state.get("*")
+        return max(0.0, st[0] + self.interval - time.monotonic()) if st else 0.0
+
+    def _close(self, key: str, st: list[Any]) -> None:
+        del self._state[key]
+        if st[2]:
+            self._ended.append((key, st[2], st[3], st[4]))
+
+    def _roll(self, now: float) -> None:
+        for key, st in list(self._state.items()):
+            if now - st[0] >= self.interval:
+                self._close(key, st)
+
+    def take_summaries(self, *, everything: bool = False) -> list[tuple[str, int, float, float]]:
+        """(address, count, first, last wall-clock time) of every ended interval with
+        unrecorded failures; `everything` ends the open ones too (at shutdown)."""
+        self._roll(time.monotonic())
+        if everything:
+            for key, st in list(self._state.items()):
+                self._close(key, st)
+        out, self._ended = self._ended, []
+        return out
 
 
 class RateLimiter:
-    """Token bucket per key (user, or address when signed out): `per_minute` sustained."""
+    """Token bucket per signed-in user: `per_minute` sustained. (Anonymous and failed
+    requests have their own, stricter budget per address: `AddressFailures`.)"""
 
     def __init__(self, per_minute: int, burst: int | None = None) -> None:
         self.rate = per_minute / 60.0

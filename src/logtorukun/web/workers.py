@@ -22,10 +22,16 @@ from typing import Any
 from ..client import Client, ClientError, PoolOptions
 from ..client import reads as commands
 from ..client.errors import (
+    AuthRefused,
     GateExitError,
+    HostKeyChanged,
+    HostKeyUnknown,
     InvalidArgument,
+    KeyFileError,
+    ProtocolError,
     UnknownHost,
 )
+from ..client.stream import Position
 from ..client.stream import Stream as ClientStream
 from ..config import FleetSettings, HostConfig
 from ..gate.vocabulary import Exit
@@ -33,12 +39,17 @@ from .access import Source
 
 
 class WorkerError(Exception):
-    """A request to a worker failed; `status` is the HTTP status to answer with."""
+    """A request to a worker failed; `status` is the HTTP status to answer with.
 
-    def __init__(self, status: int, reason: str) -> None:
+    `reason` is what the client sees; `detail` (the audit record and the server log
+    get it) may name the server's own files (SSH keys, known_hosts), which clients never
+    see."""
+
+    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.detail = detail or reason
 
 
 # The one mapping from a gate's exit code to the HTTP status of the answer. A bad request
@@ -69,9 +80,20 @@ def _status_for(exc: ClientError) -> int:
     return 502
 
 
+# Failures of the web server's own SSH set-up: their messages name its key and
+# known_hosts files, so the client gets a generic line instead.
+_PRIVATE = (KeyFileError, HostKeyUnknown, HostKeyChanged, AuthRefused, ProtocolError)
+
+
 def _error(exc: ClientError) -> WorkerError:
-    reason = exc.reason if isinstance(exc, GateExitError) else exc.message
-    return WorkerError(_status_for(exc), reason or str(exc))
+    reason = (exc.reason if isinstance(exc, GateExitError) else exc.message) or str(exc)
+    if isinstance(exc, _PRIVATE):
+        public = (
+            f"the web server cannot reach {exc.host or 'the worker'} over SSH "
+            "(its settings for this host need an administrator; the server log has details)"
+        )
+        return WorkerError(_status_for(exc), public, reason)
+    return WorkerError(_status_for(exc), reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +110,12 @@ class ReadSpec:
     max: int | None = None
     since: str | None = None
     until: str | None = None
+    start: tuple[int, int, int] | None = None  # a file follow continuing at (ino, off, tag)
+
+    @property
+    def positions(self) -> bool:
+        """A file follow: ask the gate for positions (resume points and heartbeats)."""
+        return self.verb == "follow" and self.source.kind == "file"
 
     def command(self) -> str:
         """Built by the client's quoting builders; raises InvalidArgument on bad values."""
@@ -110,7 +138,7 @@ class ReadSpec:
                 s.name, tail=self.lines, timestamps=True, since=self.since, until=self.until
             )
         if self.verb == "follow":
-            return commands.tail_command(s.name, 0, follow=True)
+            return commands.tail_command(s.name, 0, follow=True, start=self.start)
         if self.verb == "range":
             return commands.range_command(
                 s.name, self.since or "1970-01-01", self.until, max_lines=self.lines
@@ -142,6 +170,7 @@ class Outcome:
     bytes: int = 0
     lines: int = 0
     started: float = field(default_factory=time.monotonic)
+    pos: tuple[int, int, int] | None = None  # a file tail: where a follow continues
 
     def as_audit(self) -> dict[str, Any]:
         return {
@@ -179,7 +208,9 @@ class WorkerStream:
     async def __aenter__(self) -> WorkerStream:
         try:
             command = self.spec.command()
-            self._stream = await self.pool.client.stream(self.host.name, command, via=self.via)
+            self._stream = await self.pool.client.stream(
+                self.host.name, command, via=self.via, positions=self.spec.positions
+            )
         except ClientError as exc:
             self.pool.note(self.host, exc)
             raise _error(exc) from None
@@ -191,10 +222,19 @@ class WorkerStream:
                 await self._stream.aclose()
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        async for item in self.items():
+            if isinstance(item, bytes):
+                yield item
+
+    async def items(self) -> AsyncIterator[bytes | Position]:
+        """Chunks and, for a file follow, the gate's positions, in order."""
         stream = self._stream
         assert stream is not None
         try:
-            while chunk := await stream.read():
+            while chunk := await stream.read_item():
+                if isinstance(chunk, Position):
+                    yield chunk
+                    continue
                 self.outcome.bytes += len(chunk)
                 self.outcome.lines += chunk.count(b"\n")
                 yield chunk
@@ -209,6 +249,7 @@ class WorkerStream:
             self.outcome.exit = status.exit
             self.outcome.reason = status.reason
             self.outcome.truncated = status.truncated or status.exit != 0
+            self.outcome.pos = status.pos
         self.pool.note(self.host, None)
 
 

@@ -29,7 +29,7 @@
   }
 
   function row(r) {
-    return el("tr", { class: r.decision === "deny" ? "deny" : "" },
+    return el("tr", { class: r.event === "alert" ? "alert" : r.decision === "deny" ? "deny" : "" },
       el("td", { class: "num", text: r.seq }),
       el("td", { class: "nowrap", text: r.ts.replace("T", " ").slice(0, 23) }),
       el("td", {}, el("span", { class: "event ev-" + r.event, text: r.event })),

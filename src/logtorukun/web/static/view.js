@@ -29,6 +29,11 @@
   let frameRequested = false;
   let currentUrl = null;   // the API URL of the result on screen (for Download)
   let loadSeq = 0;
+  // "INO:OFF:TAG" just past the last line this page has (from a tail, then from each
+  // follow event): a follow starts there, so nothing written in between is lost.
+  let lastPos = null;
+  let heartbeat = 15;      // seconds, from the follow's `ready` event
+  let lastEventAt = 0;     // performance.now() of the last follow event (data or beat)
 
   // ------------------------------------------------------------------ state <-> URL
 
@@ -111,7 +116,7 @@
     const stick = atBottom();
     const m = matcher();
     const frag = document.createDocumentFragment();
-    for (const line of queue) frag.append(LogRender.row(line, m));
+    for (const line of queue) frag.append(typeof line === "string" ? LogRender.row(line, m) : gapRow(line.gap));
     queue = [];
     const empty = log.querySelector(".empty");
     if (empty) empty.remove();
@@ -126,6 +131,11 @@
     }
     if (stick) log.scrollTop = log.scrollHeight;
     status.textContent = statusFollow();
+  }
+
+  // A marker row: lines that could not be shown (rotated away, skipped, dropped).
+  function gapRow(text) {
+    return LTK.el("div", { class: "line gap", role: "note", text: "⚠ " + text });
   }
 
   let followCount = 0;
@@ -166,6 +176,7 @@
       const data = await LTK.api(url);
       if (seq !== loadSeq) return;
       currentUrl = url;
+      lastPos = data.pos || null;  // only a file's plain tail ends where a follow can go on
       log.classList.remove("trimmed");
       renderAll(data.lines);
       log.scrollTop = data.action === "grep" ? 0 : log.scrollHeight;
@@ -188,10 +199,35 @@
 
   // ------------------------------------------------------------------ follow
 
+  function setBadge(state) {
+    badge.dataset.state = state;
+    badge.classList.toggle("paused", state === "paused");
+    badge.classList.toggle("stalled", state === "stalled" || state === "reconnecting");
+    badge.textContent = { live: "LIVE", paused: "PAUSED", stalled: "STALLED", reconnecting: "RECONNECTING" }[state];
+  }
+
+  function receive(lines) {
+    followCount += lines.length;
+    if (paused) {
+      pending.push(...lines);
+      if (pending.length > MAX_ROWS) {
+        pendingDropped += pending.length - MAX_ROWS;
+        pending = pending.slice(-MAX_ROWS);
+      }
+      newLinesBtn.textContent = followCount - shownCount + " new lines — resume";
+      newLinesBtn.classList.remove("hidden");
+    } else {
+      shownCount = followCount;
+      appendLines(lines);
+    }
+  }
+
+  // Follow until stopped: reconnect with backoff (1 s doubling to 30 s) after a drop,
+  // each time from the last position received, so nothing is lost or shown twice.
   async function startFollow() {
     if (following || !caps.has("follow")) return;
-    const ctrl = new AbortController();
-    following = { abort: ctrl };
+    const me = { abort: null, stalled: false };
+    following = me;
     paused = false;
     pending = [];
     followCount = 0;
@@ -200,53 +236,100 @@
     pauseBtn.classList.remove("hidden");
     pauseBtn.textContent = "Pause";
     badge.classList.remove("hidden");
+    setBadge("live");
     remember();
-    const url = "/api/hosts/" + encodeURIComponent(host) + "/follow?" +
-      new URLSearchParams({ [srcParam]: sourceName });
+    const watchdog = setInterval(() => {
+      if (following !== me || !lastEventAt) return;
+      const silent = (performance.now() - lastEventAt) / 1000;
+      if (silent > Math.max(4 * heartbeat, 30) && me.abort) {
+        me.stalled = true;  // nothing at all for long: the connection is dead, start again
+        me.abort.abort();
+      } else if (silent > 2 * heartbeat && badge.dataset.state === "live") {
+        setBadge("stalled");
+        status.textContent = "Stalled: nothing from the worker for " + Math.round(silent) + " s.";
+      }
+    }, 250);
+    let delay = 1000;
+    try {
+      while (following === me) {
+        const out = await followOnce(me);
+        if (following !== me) break;
+        if (!out.retry) {
+          showNotice("Follow ended: " + out.reason, out.error ? "error" : "info");
+          stopFollow(null);
+          break;
+        }
+        if (out.connected) delay = 1000;
+        setBadge("reconnecting");
+        status.textContent = "Follow interrupted (" + out.reason + "); reconnecting in " +
+          delay / 1000 + " s…";
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 30000);
+      }
+    } finally {
+      clearInterval(watchdog);
+    }
+  }
+
+  async function followOnce(me) {
+    const ctrl = new AbortController();
+    me.abort = ctrl;
+    me.stalled = false;
+    lastEventAt = 0;
+    const q = new URLSearchParams({ [srcParam]: sourceName });
+    if (lastPos && kind === "file") q.set("from", lastPos);
+    const url = "/api/hosts/" + encodeURIComponent(host) + "/follow?" + q;
+    let connected = false;
     try {
       const resp = await fetch(url, { credentials: "same-origin", signal: ctrl.signal,
         headers: { "Accept": "text/event-stream" } });
-      if (!resp.ok) throw await LTK.errorFrom(resp);
-      status.textContent = statusFollow();
+      if (!resp.ok) {
+        const e = await LTK.errorFrom(resp);
+        // 5xx (worker unreachable or busy) and 429 (our old follow not yet counted out)
+        // pass; a refusal, a missing source or a bad position do not.
+        const retry = e.status >= 500 || e.status === 429;
+        return { retry, reason: e.reason || String(e.status), error: !retry, connected };
+      }
       for await (const ev of LTK.sse(resp)) {
-        if (ev.event === "lines") {
-          const data = JSON.parse(ev.data);
+        lastEventAt = performance.now();
+        if (following === me && badge.dataset.state !== "paused" && badge.dataset.state !== "live") {
+          setBadge(paused ? "paused" : "live");
+          status.textContent = statusFollow();
+        }
+        const data = JSON.parse(ev.data);
+        if (ev.event === "ready") {
+          connected = true;
+          heartbeat = data.heartbeat || heartbeat;
+          status.textContent = statusFollow();
+        } else if (ev.event === "lines") {
           const lines = clientFilter(data.lines);
           if (data.dropped) {
-            lines.unshift("… " + data.dropped + " lines skipped: this browser fell behind the log …");
+            lines.unshift({ gap: data.dropped + " lines skipped: this browser fell behind the log" });
           }
-          followCount += lines.length;
-          if (paused) {
-            pending.push(...lines);
-            if (pending.length > MAX_ROWS) {
-              pendingDropped += pending.length - MAX_ROWS;
-              pending = pending.slice(-MAX_ROWS);
-            }
-            newLinesBtn.textContent = followCount - shownCount + " new lines — resume";
-            newLinesBtn.classList.remove("hidden");
-          } else {
-            shownCount = followCount;
-            appendLines(lines);
-          }
+          if (data.pos) lastPos = data.pos;
+          receive(lines);
+        } else if (ev.event === "gap") {
+          if (data.pos) lastPos = data.pos;
+          receive([{ gap: data.reason }]);
         } else if (ev.event === "end") {
-          const data = JSON.parse(ev.data);
-          showNotice("Follow ended: " + data.reason, "info");
-          break;
+          return { retry: !!data.retry, reason: data.reason, connected };
         }
       }
+      return { retry: true, reason: "the connection closed", connected };
     } catch (e) {
-      if (e.name !== "AbortError") {
-        showNotice("Follow failed: " + (e.reason || e.message || String(e)), "error");
+      if (e.name === "AbortError") {
+        return { retry: me.stalled, reason: "no sign of life from the server", connected };
       }
+      return { retry: true, reason: e.reason || e.message || String(e), connected };
     }
-    if (following && following.abort === ctrl) stopFollow(null);
   }
   let shownCount = 0;
 
   function stopFollow(message) {
     if (!following) return;
-    following.abort.abort();
+    const was = following;
     following = null;
+    if (was.abort) was.abort.abort();
     if (paused) resume();
     followBtn.textContent = "Follow";
     followBtn.classList.remove("active");
@@ -262,20 +345,18 @@
     paused = true;
     shownCount = followCount;
     pauseBtn.textContent = "Resume";
-    badge.textContent = "PAUSED";
-    badge.classList.add("paused");
+    setBadge("paused");
   }
 
   function resume() {
     paused = false;
     pauseBtn.textContent = "Pause";
-    badge.textContent = "LIVE";
-    badge.classList.remove("paused");
+    if (following) setBadge("live");
     newLinesBtn.classList.add("hidden");
     const lines = pending;
     pending = [];
     if (pendingDropped) {
-      lines.unshift("… " + pendingDropped + " lines not kept while paused …");
+      lines.unshift({ gap: pendingDropped + " lines not kept while paused" });
       pendingDropped = 0;
     }
     shownCount = followCount;

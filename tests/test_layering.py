@@ -8,7 +8,8 @@ where", draws the same arrows):
 
 "gate (shared)" is the part of the gate the other side may use: the frame format
 (protocol.py), the request vocabulary (vocabulary.py) and the glob matcher (globs.py).
-No import cycle between modules anywhere.
+No import cycle between modules anywhere, and no module imports another's private
+(`_name`) names.
 """
 
 from __future__ import annotations
@@ -167,6 +168,23 @@ def test_layers_point_one_way() -> None:
     assert not problems, "\n".join(problems)
 
 
+def private_imports(base: Path = PKG) -> list[str]:
+    """`from .x import _name`: one module reaching for another's private name."""
+    bad = []
+    for path in sorted(base.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.level or ROOT in (node.module or "")):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        rel = path.relative_to(base)
+                        bad.append(f"{rel}:{node.lineno} imports {alias.name} of {node.module}")
+    return bad
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    assert private_imports() == []
+
+
 @pytest.mark.parametrize(
     ("files", "problem"),
     [
@@ -177,6 +195,7 @@ def test_layers_point_one_way() -> None:
         ({"client/__init__.py": "", "client/x.py": "from ..config import C"}, "shared modules"),
         ({"audit/__init__.py": "", "audit/x.py": "from ..web.auth import A"}, "only cli"),
         ({"ops/__init__.py": "", "ops/x.py": "from ..web.auth import A"}, "only cli"),
+        ({"ops/__init__.py": "", "ops/x.py": "from .y import _helper"}, "private"),
     ],
 )
 def test_the_checker_would_notice(tmp_path: Path, files: dict[str, str], problem: str) -> None:
@@ -185,5 +204,10 @@ def test_the_checker_would_notice(tmp_path: Path, files: dict[str, str], problem
         (base / name).parent.mkdir(parents=True, exist_ok=True)
         (base / name).write_text(text + "\n")
     g = graph(base)
-    found = [" ".join(c) for c in cycles(g)] if problem == "cycle" else violations(g)
+    if problem == "cycle":
+        found = [" ".join(c) for c in cycles(g)]
+    elif problem == "private":
+        found = [f"{p} (private)" for p in private_imports(base)]
+    else:
+        found = violations(g)
     assert found and (problem == "cycle" or any(problem in f for f in found)), found

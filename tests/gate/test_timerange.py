@@ -372,7 +372,7 @@ def test_range_matches_linear_model(
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(timerange, "_LINEAR", linear)  # force many bisection steps
-            mp.setattr(timerange, "_FIRST_BLOCK", block)
+            mp.setattr(timerange, "FIRST_BLOCK", block)
             mp.setattr(readers, "CHUNK", chunk)  # many blocks: the window spans them
             mp.setattr(readers, "_GZ_INPUT", chunk)
             try:

@@ -116,7 +116,7 @@ class BridgeStream(Stream):
         self.rid = rid
         self._ungranted = 0
 
-    def _consumed(self, n: int) -> None:
+    def on_consumed(self, n: int) -> None:
         if self.done:
             return
         self._ungranted += n
@@ -124,7 +124,7 @@ class BridgeStream(Stream):
             self.bridge._send(pack(CREDIT, self.rid, CREDIT_BODY.pack(self._ungranted)))
             self._ungranted = 0
 
-    def _cancel(self) -> None:
+    def on_cancel(self) -> None:
         # The id stays registered until the gate's END, so late DATA is dropped, not
         # mistaken for a new request's.
         self.bridge._send(pack(CANCEL, self.rid))
@@ -149,7 +149,7 @@ class _BridgeChannel(asyncssh.SSHClientSession[bytes]):
         self.bridge.exit_signal = signal
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.bridge._lost(exc)
+        self.bridge.lost(exc)
 
 
 class BridgeSession:
@@ -267,13 +267,13 @@ class BridgeSession:
             if ftype == DATA:
                 stream = streams.get(rid)
                 if stream is not None and payload:
-                    stream._push(payload)
+                    stream.deliver(payload)
             elif ftype == POS:
                 stream = streams.get(rid)
                 if stream is None:
                     continue
                 try:
-                    stream._push_position(_position(payload))
+                    stream.deliver_position(_position(payload))
                 except (ValueError, KeyError, TypeError) as exc:
                     self._fail(ProtocolError(self.host, f"bad POS frame: {exc}"))
                     return
@@ -284,9 +284,9 @@ class BridgeSession:
                 self.last_active = time.monotonic()
                 self._slots.release()
                 try:
-                    stream._finish(_status(payload))
+                    stream.finish(_status(payload))
                 except (ValueError, KeyError, TypeError) as exc:
-                    stream._finish(None, ProtocolError(self.host, f"bad END frame: {exc}"))
+                    stream.finish(None, ProtocolError(self.host, f"bad END frame: {exc}"))
             elif ftype == HELLO and not self._hello.done():
                 try:
                     self._on_hello(payload)
@@ -317,7 +317,7 @@ class BridgeSession:
         self.grant_step = max(1, self.window // 4)
         self._hello.set_result(None)
 
-    def _lost(self, exc: Exception | None) -> None:
+    def lost(self, exc: Exception | None) -> None:
         """The channel closed: every running request fails, the next call reopens."""
         if self._error is not None:
             return
@@ -352,7 +352,7 @@ class BridgeSession:
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             self._slots.release()
-            stream._finish(None, err)
+            stream.finish(None, err)
         chan = self._chan
         if chan is not None:
             with contextlib.suppress(Exception):

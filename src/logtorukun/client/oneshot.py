@@ -31,18 +31,18 @@ class OneShotStream(Stream):
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
 
-    def _consumed(self, n: int) -> None:
+    def on_consumed(self, n: int) -> None:
         if self._paused and self._buffered < WINDOW // 2 and self.chan is not None:
             self._paused = False
             self.chan.resume_reading()
 
-    def _cancel(self) -> None:
+    def on_cancel(self) -> None:
         if self.chan is not None:
             self.chan.close()  # sshd closes the gate's stdout: it stops at its next write
 
     def _data(self, data: bytes) -> None:
         self._nl += data.count(b"\n")
-        self._push(data)
+        self.deliver(data)
         if self._buffered > WINDOW and not self._paused and self.chan is not None:
             self._paused = True
             self.chan.pause_reading()
@@ -55,15 +55,15 @@ class OneShotStream(Stream):
     def _ended(self, exc: Exception | None) -> None:
         self._let_go()
         if exc is not None:
-            self._finish(None, ConnectionLost(self.host, f"connection lost: {exc}"))
+            self.finish(None, ConnectionLost(self.host, f"connection lost: {exc}"))
         elif self.exit_signal is not None:
-            self._finish(
+            self.finish(
                 None, ConnectionLost(self.host, f"the gate was killed by SIG{self.exit_signal}")
             )
         elif self.exit_status is None:
-            self._finish(None, ConnectionLost(self.host, "the channel closed without an exit"))
+            self.finish(None, ConnectionLost(self.host, "the channel closed without an exit"))
         else:
-            self._finish(
+            self.finish(
                 Status(
                     exit=self.exit_status,
                     reason=gate_reason(self.stderr),

@@ -287,7 +287,7 @@ class HostConnection:
         self._delay = 0.0
         bridge = self._bridge
         if bridge is not None and not bridge.closed:
-            bridge._lost(ConnectionResetError("the SSH connection dropped"))
+            bridge.lost(ConnectionResetError("the SSH connection dropped"))
 
     # ------------------------------------------------------------------ idle close
 

@@ -74,8 +74,10 @@ class Stream:
         self.position: Position | None = None  # the last position read past (positions=True)
 
     # ------------------------------------------------------------------ network side
+    # Called by the transport that owns this stream (bridge.py, oneshot.py).
 
-    def _push(self, data: bytes) -> None:
+    def deliver(self, data: bytes) -> None:
+        """A chunk of the request's output arrived."""
         if self._closed:
             return
         self._chunks.append(data)
@@ -84,13 +86,15 @@ class Stream:
         self.max_buffered = max(self.max_buffered, self._buffered)
         self._wake()
 
-    def _push_position(self, pos: Position) -> None:
+    def deliver_position(self, pos: Position) -> None:
+        """The gate's position after the data delivered so far (positions=True)."""
         if self._closed:
             return
         self._chunks.append(pos)
         self._wake()
 
-    def _finish(self, status: Status | None, error: ClientError | None = None) -> None:
+    def finish(self, status: Status | None, error: ClientError | None = None) -> None:
+        """The request ended: with the gate's status, or with `error` (first call wins)."""
         if self.status is not None or self._error is not None:
             return
         if status is not None and error is None and not status.ok:
@@ -116,10 +120,10 @@ class Stream:
 
     # ------------------------------------------------------------------ hooks
 
-    def _consumed(self, n: int) -> None:
+    def on_consumed(self, n: int) -> None:
         """The caller took `n` bytes: the transport may let more through."""
 
-    def _cancel(self) -> None:
+    def on_cancel(self) -> None:
         """The caller gave up before the end: tell the worker to stop."""
 
     # ------------------------------------------------------------------ caller side
@@ -141,7 +145,7 @@ class Stream:
                 if isinstance(data, Position):
                     return data
                 self._buffered -= len(data)
-                self._consumed(len(data))
+                self.on_consumed(len(data))
                 return data
             if self._error is not None:
                 self._closed = True
@@ -190,7 +194,7 @@ class Stream:
         self._chunks.clear()
         self._buffered = 0
         if not self.done:
-            self._cancel()
+            self.on_cancel()
         self._wake()
 
     async def __aenter__(self) -> Stream:

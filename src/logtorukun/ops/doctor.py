@@ -327,7 +327,7 @@ def check_host(host: HostConfig) -> list[Check]:
     return checks
 
 
-def _key_checks(host: HostConfig, add: _Add) -> bool:
+def _key_checks(host: HostConfig, add: CheckAdder) -> bool:
     key = host.key
     try:
         st = key.stat()
@@ -354,7 +354,7 @@ def _key_checks(host: HostConfig, add: _Add) -> bool:
     return os.access(key, os.R_OK)
 
 
-class _Add(Protocol):
+class CheckAdder(Protocol):
     """The signature of check_host's `add`."""
 
     def __call__(self, name: str, ok: bool | None, detail: str, fix: str = "") -> None: ...

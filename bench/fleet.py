@@ -41,7 +41,8 @@ from logtorukun.cli.logs import grep_hosts as run_grep
 from logtorukun.client import Client
 from logtorukun.client.reads import grep_command
 from logtorukun.config import FleetSettings, HostConfig
-from tests.support.sshd import USER, Worker, sample_app_log
+from logtorukun.ops.sample_logs import sample_app_log
+from tests.support.sshd import USER, Worker
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-fleet.md"
 PATTERN = "ERROR"

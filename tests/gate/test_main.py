@@ -17,7 +17,8 @@ import pytest
 
 from logtorukun.gate.errors import Exit
 from logtorukun.ops.bundle import build_gate_zipapp
-from tests.support.sshd import SYSTEM_PYTHON, Worker, write_sample_logs
+from logtorukun.ops.sample_logs import write_sample_logs
+from tests.support.sshd import SYSTEM_PYTHON, Worker
 
 
 def app_lines(w: Worker) -> list[bytes]:

@@ -27,9 +27,10 @@ from logtorukun.gate.grammar import parse
 from logtorukun.gate.output import Output
 from logtorukun.gate.policy import Policy, parse_policy
 from logtorukun.gate.runner import Context, Result, serve
+from logtorukun.ops.sample_logs import write_sample_logs
 from tests.conftest import MakeWorker
 from tests.support.fds import held_under
-from tests.support.sshd import USER, Worker, write_sample_logs
+from tests.support.sshd import USER, Worker
 
 MARKER = "RUNNER-SECRET-2b7e"
 BIG = 10**9

@@ -200,10 +200,13 @@ class _Path:
         self.watch: Watch | None = None
         self.passes = 0
 
-    def known(self, ident: Ident) -> bool:
+    def known(self, ident: Ident, at_path: bool = False) -> bool:
+        """Followed now, queued, or (for a file found under another name) done. A file
+        at the path is new even with the inode number of one done: rotation frees the
+        old file's inode, and the next new file often gets the same number."""
         return (
             ident == self.current.ident
-            or ident in self.done
+            or (not at_path and ident in self.done)
             or any(f.ident == ident for f in self.queue)
         )
 
@@ -213,7 +216,7 @@ class _Path:
             return
         try:
             st = os.fstat(fd)
-            if self.known((st.st_dev, st.st_ino)):
+            if self.known((st.st_dev, st.st_ino), at_path):
                 os.close(fd)
                 return
             c = self.current

@@ -393,10 +393,6 @@ def _q(value: object) -> str:
     return json.dumps(str(value))
 
 
-def _logged(path: Path, offset: int, text: str) -> bool:
-    return text in _tail(path, offset)
-
-
 def _tail(path: Path, offset: int) -> str:
     try:
         with open(path, "rb") as f:

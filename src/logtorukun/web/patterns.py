@@ -35,7 +35,7 @@ def check_common(pattern: str, regex: bool, kind: str = "file") -> None:
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise BadPattern(f"invalid pattern: {exc}") from None
+            raise BadPattern(f"invalid pattern: {exc} in {pattern!r}") from None
 
 
 async def check(pattern: str, regex: bool, kind: str = "file") -> None:
@@ -65,4 +65,6 @@ async def check(pattern: str, regex: bool, kind: str = "file") -> None:
     if proc.returncode == 2:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if "warning" not in ln]
         why = re.sub(r"^\S*grep: ", "", lines[-1] if lines else "does not compile")
-        raise BadPattern(f"invalid pattern: {why} (an extended regular expression, as grep -E)")
+        raise BadPattern(
+            f"invalid pattern: {why} in {pattern!r} (an extended regular expression, as grep -E)"
+        )

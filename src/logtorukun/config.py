@@ -21,6 +21,7 @@ from .gate.globs import GlobError, compile_glob
 
 if TYPE_CHECKING:
     from .config_siem import AlertSettings, ForwardConfig
+    from .config_ssh import SshSettings
 
 DEFAULT_CONFIG = "/etc/logtorukun/server.toml"
 CAPABILITIES = frozenset({"tail", "search", "follow", "download", "audit"})
@@ -70,6 +71,7 @@ class Config:
     # SIEM forwarders and alert rules (config_siem.py).
     forward: tuple[ForwardConfig, ...] = ()
     alerts: AlertSettings | None = None
+    ssh: SshSettings | None = None
 
     def host(self, name: str) -> HostConfig | None:
         for h in self.hosts:
@@ -104,7 +106,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     top = TableReader(path, text, "", data)
-    top.used.update({"server", "fleet", "host", "role", "forward", "alerts"})
+    top.used.update({"server", "fleet", "host", "role", "forward", "alerts", "ssh"})
     top.done()
 
     s = TableReader(path, text, "server", data.get("server", {}))
@@ -166,6 +168,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
                 labels=labels,
                 connect_timeout=h.get("connect_timeout", float, 10.0),
                 request_timeout=h.get("request_timeout", float, 60.0),
+                gate_command=h.get("gate_command", str),
             )
         )
         h.done()
@@ -200,6 +203,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         roles[name] = RoleConfig(name, role_hosts, sources, frozenset(caps))
         r.done()
     from .config_siem import parse_alerts, parse_forwards
+    from .config_ssh import parse_ssh
 
     forward = parse_forwards(top, data.get("forward", []), TableReader, server.database)
     alerts = (
@@ -215,6 +219,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         fleet=fleet,
         forward=forward,
         alerts=alerts,
+        ssh=parse_ssh(top, data["ssh"], TableReader) if "ssh" in data else None,
     )
 
 

@@ -9,6 +9,7 @@ the test rather than the machine.
 from __future__ import annotations
 
 import gzip
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,8 @@ class Hostile(Worker):
         (root / "long.log").write_bytes(b"B" * (24 * MIB) + b"\nlast line\n")
         for p in root.iterdir():
             p.chmod(0o644)
+        (root / "private.log").write_bytes(b"root only\n")  # 0600 root: not the gate user's
+        (root / "private.log").chmod(0o600)
 
     def hostile_policy(self, **limits: Any) -> str:
         values: dict[str, Any] = {"max_seconds": 3, "max_memory": MAX_MEMORY}
@@ -215,3 +218,31 @@ def test_slow_readers_take_slots(hw: Hostile) -> None:
         running += step
         peak = max(peak, running)
     assert len(starts) == 6 - len(busy) and peak <= 2, records
+
+
+# ---------------------------------------------------------------- audit records, sources
+
+
+def test_a_huge_refused_command_gets_a_bounded_record(hw: Hostile) -> None:
+    # 100 KB (an argument holds at most 128 KiB): control characters and backslashes,
+    # each 2 to 6 bytes once escaped in JSON
+    command = f"tail -n 5 {hw.root}/app.log " + "\x01\\" * 50_000
+    r = hw.run(command)
+    assert r.code == Exit.BAD_REQUEST, r
+    assert r.stderr == b"logtorukun-gate: command longer than 4096 bytes\n"
+    raw = hw.audit_path.read_bytes().splitlines()[-1]
+    assert len(raw) <= 4000, len(raw)
+    (deny,) = r.records
+    assert list(deny)[:4] == ["event", "decision", "exit", "reason"]
+    assert deny["decision"] == "deny" and deny["command_length"] == len(command)
+    assert command.startswith(deny["command"]) and len(deny["command"]) > 100
+
+
+def test_sources_lists_only_files_the_gate_user_can_read(hw: Hostile) -> None:
+    r = hw.run("sources")
+    assert r.code == Exit.OK, r
+    listed = {f["path"] for f in json.loads(r.stdout)["files"]}
+    assert f"{hw.root}/app.log" in listed and f"{hw.root}/bomb.log.gz" in listed
+    assert f"{hw.root}/private.log" not in listed
+    denied = hw.run(f"tail -n 1 {hw.root}/private.log")  # and indeed it cannot be read
+    assert denied.code != Exit.OK and denied.stdout == b""

@@ -645,14 +645,20 @@ def test_ssh_truncation_notice(worker: Worker) -> None:
     assert out.stdout == b"".join(want[:7])
 
 
-def test_ssh_client_that_stops_reading_does_not_keep_the_gate(make_worker: MakeWorker) -> None:
+BIG_CAPS = {"max_lines": 10**9, "max_bytes": 10**10}  # no cap can bind: cat goes by sendfile
+
+
+@pytest.mark.parametrize("caps", [{}, BIG_CAPS], ids=["counted", "sendfile"])
+def test_ssh_client_that_stops_reading_does_not_keep_the_gate(
+    make_worker: MakeWorker, caps: dict[str, int]
+) -> None:
     """A connected client that reads nothing: the gate's writes block, but its time limit
     still ends the request (and frees its slot) instead of waiting for the client forever."""
     w = make_worker(name="stall")
     big = w.root / "big.log"
     big.write_bytes((b"x" * 999 + b"\n") * 8000)  # 8 MB: more than ssh and pipes buffer
     big.chmod(0o644)
-    w.write_policy(w.default_policy(max_seconds=1, follow_max_seconds=2, max_concurrent=2))
+    w.write_policy(w.default_policy(max_seconds=1, follow_max_seconds=2, max_concurrent=2, **caps))
     stalled = [
         subprocess.Popen(
             w.ssh_argv(command),
@@ -673,3 +679,49 @@ def test_ssh_client_that_stops_reading_does_not_keep_the_gate(make_worker: MakeW
         for p in stalled:
             p.kill()
             p.communicate(timeout=10)
+
+
+def test_ssh_cat_by_sendfile_is_byte_exact_and_says_lines_were_not_counted(
+    make_worker: MakeWorker,
+) -> None:
+    w = make_worker(name="sendfile")
+    big = w.root / "big.log"
+    body = b"".join(b"%07d %s\n" % (i, b"y" * (i % 97)) for i in range(40_000)) + b"no newline"
+    big.write_bytes(body)
+    big.chmod(0o644)
+    with w.policy(w.default_policy(**BIG_CAPS)):
+        out = w.ssh(f"cat {big}")
+    assert out.returncode == 0 and out.stdout == body
+    end = [r for r in w.audit_records() if r["event"] == "end"][-1]
+    assert end["bytes"] == len(body) and end["lines_counted"] is False
+    # With the default caps the line cap can bind: every line is counted.
+    small = w.root / "small.log"
+    small.write_bytes(body[:50_000])
+    small.chmod(0o644)
+    out = w.ssh(f"cat {small}")
+    assert out.returncode == 0 and out.stdout == body[:50_000]
+    end = [r for r in w.audit_records() if r["event"] == "end"][-1]
+    assert end["lines"] == body[:50_000].count(b"\n") + 1 and "lines_counted" not in end
+
+
+@pytest.mark.parametrize(
+    ("caps", "want_lines", "which"),
+    [
+        ({"max_lines": 5, "max_bytes": 10**10}, 5, "max_lines"),  # the line cap binds
+        ({"max_lines": 10**9, "max_bytes": 2500}, 2, "max_bytes"),  # uncounted, byte cap
+    ],
+)
+def test_ssh_cat_caps_hold_on_the_fast_paths(
+    make_worker: MakeWorker, caps: dict[str, int], want_lines: int, which: str
+) -> None:
+    w = make_worker(name="fastcaps")
+    big = w.root / "big.log"
+    lines = [b"%04d" % i + b"z" * 995 + b"\n" for i in range(3000)]  # 1,000-byte lines
+    big.write_bytes(b"".join(lines))
+    big.chmod(0o644)
+    with w.policy(w.default_policy(**caps)):
+        for command in (f"cat {big}", f"grep z {big}"):
+            out = w.ssh(command)
+            assert out.returncode == Exit.LIMIT, out.stderr
+            assert out.stdout == b"".join(lines[:want_lines])
+            assert which.encode() in out.stderr

@@ -191,3 +191,17 @@ def test_a_log_swapped_for_a_symlink_is_left_alone_by_remove(
     assert f"note: {app} is not a regular file or directory now" in capsys.readouterr().out
     assert system.run([system.GETFACL, "-pn", str(target)]).stdout == target_acl
     assert not system.user_exists(USER)
+
+
+def test_an_audit_file_in_an_existing_directory_leaves_that_directory_alone(box: Box) -> None:
+    shared = box.root / "var/log"  # stands for /var/log: root's, used by everyone
+    shared.mkdir(parents=True, mode=0o755)
+    before = (shared.stat().st_mode, shared.stat().st_uid)
+    audit = shared / "gate.jsonl"
+    assert main(box.setup_argv("--audit-file", str(audit))) == 0
+    assert (shared.stat().st_mode, shared.stat().st_uid) == before
+    assert audit.stat().st_uid == pwd.getpwnam(USER).pw_uid
+    assert main(box.setup_argv("--audit-file", str(audit))) == 0  # converged
+    assert main(box.remove_argv()) == 0
+    assert (shared.stat().st_mode, shared.stat().st_uid) == before
+    assert audit.stat().st_uid == 0  # kept, handed to root

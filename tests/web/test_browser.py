@@ -54,7 +54,7 @@ def test_sign_in_browse_open_and_search(page: Page, live: LiveServer, web_worker
     expect(page.locator("#pattern")).to_be_focused()
     page.keyboard.type("order 80412")
     page.keyboard.press("Enter")
-    expect(page.locator("#status")).to_contain_text("1 matching lines")
+    expect(page.locator("#status")).to_contain_text("1 matching line ·")
     expect(page.locator("#log .line")).to_have_count(1)
     expect(page.locator("#log mark")).to_have_text("order 80412")
     # The address bar is a deep link to this result.
@@ -64,7 +64,7 @@ def test_sign_in_browse_open_and_search(page: Page, live: LiveServer, web_worker
 def test_follow_pause_and_resume(page: Page, live: LiveServer, web_worker: Worker) -> None:
     path = web_worker.root / "follow.log"
     sign_in(page, live, "olivia", f"/view?host=web1&path={path}")
-    expect(page.locator("#status")).to_contain_text("lines")
+    expect(page.locator("#status")).to_contain_text(" ms · audit #")
     page.locator("body").press("f")
     expect(page.locator("#live-badge")).to_be_visible()
     expect(page.locator("#status")).to_contain_text("Following")
@@ -76,7 +76,7 @@ def test_follow_pause_and_resume(page: Page, live: LiveServer, web_worker: Worke
     expect(page.locator("#live-badge")).to_have_text("PAUSED")
     hidden = f"while-paused-{time.time()}"
     _append(path, f"2024-12-17 14:01:01 INFO {hidden}\n")
-    expect(page.locator("#new-lines")).to_have_text("1 new lines — resume")
+    expect(page.locator("#new-lines")).to_have_text("1 new line — resume")
     expect(page.locator("#log .line", has_text=hidden)).to_have_count(0)
     page.click("#new-lines")
     expect(page.locator("#log .line", has_text=hidden)).to_have_count(1)

@@ -1,4 +1,4 @@
-"""The operator subcommands: `demo`, `worker setup|remove`, `doctor`.
+"""The operator subcommands: `demo`, `worker setup|remove`, `doctor`, `ca`.
 
 Registered from one module so `cli.COMMAND_MODULES` needs one line for all of ops;
 each command's module is imported only here, none of them at gate start-up.
@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
-_MODULES = ("logtorukun.ops.demo", "logtorukun.ops.worker", "logtorukun.ops.doctor")
+_MODULES = (
+    "logtorukun.ops.demo",
+    "logtorukun.ops.worker",
+    "logtorukun.ops.doctor",
+    "logtorukun.ops.ca",
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

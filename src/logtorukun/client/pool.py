@@ -33,7 +33,9 @@ from typing import Any
 
 import asyncssh
 
+from ..errors import UserError
 from .bridge import MAX_IN_FLIGHT, BridgeSession
+from .certs import CertPolicy, SignedKey
 from .errors import (
     AuthRefused,
     ClientError,
@@ -74,6 +76,10 @@ class PoolOptions:
     max_connecting: int = FleetSettings.max_connecting
     # Close a connection after this many seconds without a request; 0 keeps it.
     idle_timeout: float = FleetSettings.idle_timeout
+    # Per-person short-lived certificates (`[ssh] certificates`): connections are then
+    # keyed by (host, person), each signed for that person (client/certs.py).
+    certs: CertPolicy | None = None
+    max_user_connections: int = 256
 
     @classmethod
     def for_fleet(cls, fleet: FleetSettings, **overrides: Any) -> PoolOptions:
@@ -132,9 +138,14 @@ class HostConnection:
         host: HostConfig,
         options: PoolOptions,
         handshakes: Handshakes | None = None,
+        identity: str | None = None,
     ) -> None:
         self.host = host
         self.options = options
+        self.identity = identity  # the person this connection is for (certificates)
+        self.signed: SignedKey | None = None  # the certificate of the current connection
+        self.renewals = 0  # connections replaced before their certificate expired
+        self._retiring: set[asyncio.Task[None]] = set()
         self.fingerprint: str | None = None  # SHA256 of the host key last connected to
         self.connects = 0  # successful connects (a reconnect makes it 2)
         self.idle_closes = 0  # connections closed for being idle
@@ -165,6 +176,7 @@ class HostConnection:
 
     async def connection(self) -> asyncssh.SSHClientConnection:
         """The open connection, opening it if needed; raises the connect error."""
+        self._maybe_renew()
         conn = self._conn
         if conn is not None:
             return conn
@@ -201,11 +213,20 @@ class HostConnection:
                 f"known_hosts file {h.known_hosts} not found;"
                 f" run `logtorukun hosts trust {h.name}` to create it",
             )
-        try:
-            asyncssh.read_private_key(str(h.key))
-        except (OSError, asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
-            raise KeyFileError(h.name, f"cannot use client key {h.key}: {_why(exc)}") from None
         opts = self.options
+        client_keys: Any
+        if opts.certs is not None:
+            try:
+                signed = await asyncio.to_thread(opts.certs.sign_for, h, self.identity)
+            except UserError as exc:
+                raise KeyFileError(h.name, f"cannot sign a certificate: {exc}") from None
+            client_keys, self.signed = [(signed.key, signed.cert)], signed
+        else:
+            try:
+                asyncssh.read_private_key(str(h.key))
+            except (OSError, asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+                raise KeyFileError(h.name, f"cannot use client key {h.key}: {_why(exc)}") from None
+            client_keys = [str(h.key)]
         where = f"{h.user}@{h.address}:{h.port}"
         try:
             async with asyncio.timeout(h.connect_timeout):
@@ -213,7 +234,7 @@ class HostConnection:
                     h.address,
                     h.port,
                     username=h.user,
-                    client_keys=[str(h.key)],
+                    client_keys=client_keys,
                     known_hosts=str(h.known_hosts),  # never None: strict, always
                     config=None,
                     agent_path=None,
@@ -235,6 +256,15 @@ class HostConnection:
         except asyncssh.HostKeyNotVerifiable:
             raise self._host_key_error() from None
         except asyncssh.PermissionDenied:
+            if self.signed is not None:
+                s = self.signed
+                raise AuthRefused(
+                    h.name,
+                    f"{where} refused certificate serial {s.serial} (key id {s.key_id}):"
+                    " is the user CA in TrustedUserCAKeys, the principals line's command="
+                    " equal to gate_command, source_address right, the clock in sync, and"
+                    " the serial or user not revoked? sshd's log on the worker says which",
+                ) from None
             raise AuthRefused(
                 h.name,
                 f"authentication refused for {where} with key {h.key}"
@@ -330,8 +360,36 @@ class HostConnection:
 
     # ------------------------------------------------------------------ requests
 
+    def _maybe_renew(self) -> None:
+        """Near its certificate's end, set the connection aside for a fresh one.
+
+        Requests already running (a follow may run for hours) stay on the old connection:
+        sshd checks a certificate when it authenticates, not afterwards, so they are
+        not cut; the old connection closes once nothing runs on it any more."""
+        signed, conn = self.signed, self._conn
+        certs = self.options.certs
+        if signed is None or conn is None or certs is None:
+            return
+        if signed.expires_in() > certs.renew_before:
+            return
+        bridge, self._bridge, self._conn, self.signed = self._bridge, None, None, None
+        self.renewals += 1
+        task = asyncio.get_running_loop().create_task(self._retire(conn, bridge))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(
+        self, conn: asyncssh.SSHClientConnection, bridge: BridgeSession | None
+    ) -> None:
+        while bridge is not None and not bridge.closed and bridge.in_flight > 0:
+            await asyncio.sleep(1.0)
+        if bridge is not None:
+            bridge.close()
+        conn.close()
+
     async def bridge(self) -> BridgeSession:
         """The running bridge on this connection, starting one if needed."""
+        self._maybe_renew()
         b = self._bridge
         if b is not None and not b.closed:
             return b
@@ -393,6 +451,8 @@ class HostConnection:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        for task in list(self._retiring):
+            task.cancel()
         bridge, self._bridge = self._bridge, None
         if bridge is not None:
             bridge.close()
@@ -413,19 +473,42 @@ class Pool:
             fleet = FleetSettings() if isinstance(hosts, Sequence) else hosts.fleet
             options = PoolOptions.for_fleet(fleet)
         self.options = options
-        self._conns: dict[str, HostConnection] = {}
+        self._conns: dict[tuple[str, str | None], HostConnection] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self.handshakes = Handshakes(options.max_connecting)
 
-    def get(self, name: str) -> HostConnection:
-        """The (lazily connected) worker `name`; UnknownHost if it is not configured."""
-        hc = self._conns.get(name)
+    def get(self, name: str, identity: str | None = None) -> HostConnection:
+        """The (lazily connected) worker `name`, for `identity` when certificates are on;
+        UnknownHost if it is not configured."""
+        if self.options.certs is None:
+            identity = None
+        key = (name, identity)
+        hc = self._conns.pop(key, None)
         if hc is None:
             host = next((h for h in self.hosts if h.name == name), None)
             if host is None:
                 known = ", ".join(h.name for h in self.hosts) or "none configured"
                 raise UnknownHost("", f"unknown host {name!r} (configured: {known})")
-            hc = self._conns[name] = HostConnection(host, self.options, self.handshakes)
+            hc = HostConnection(host, self.options, self.handshakes, identity)
+            self._evict()
+        self._conns[key] = hc  # most recently used last
         return hc
+
+    def _evict(self) -> None:
+        """Per-person connections are bounded: close the least recently used idle ones."""
+        if self.options.certs is None:
+            return
+        people = sum(1 for _, who in self._conns if who is not None)
+        excess = people + 1 - self.options.max_user_connections
+        for key, hc in list(self._conns.items()):
+            if excess <= 0:
+                break
+            if key[1] is not None and not hc._busy():
+                del self._conns[key]
+                task = asyncio.get_running_loop().create_task(hc.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+                excess -= 1
 
     async def start(
         self,
@@ -436,7 +519,10 @@ class Pool:
         oneshot: bool = False,
         positions: bool = False,
     ) -> Stream:
-        return await self.get(host).start(command, via, oneshot=oneshot, positions=positions)
+        identity = via.get("user") if via else None
+        return await self.get(host, identity).start(
+            command, via, oneshot=oneshot, positions=positions
+        )
 
     @property
     def connected(self) -> int:

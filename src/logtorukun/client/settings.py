@@ -22,6 +22,9 @@ class HostConfig:
     labels: tuple[str, ...] = ()
     connect_timeout: float = 10.0
     request_timeout: float = 60.0
+    # With [ssh] certificates: the force-command in each certificate, byte for byte the
+    # command= of the worker's principals line (None: what `worker setup` installs).
+    gate_command: str | None = None
 
 
 @dataclass(frozen=True)

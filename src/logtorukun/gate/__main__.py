@@ -23,13 +23,17 @@ def _say(reason: str) -> None:
     os.write(2, f"logtorukun-gate: {reason}\n".encode("utf-8", "replace"))
 
 
-def _stdout_writer(seconds: float) -> Callable[[bytes], None]:
-    """Writes to stdout that give up at the request's time limit.
+def _stdout_writer(
+    seconds: float,
+) -> tuple[Callable[[bytes], None], Callable[[int, int, int], int]]:
+    """Writes to stdout that give up at the request's time limit, and the same for
+    sendfile (a file's bytes straight from the page cache to sshd's pipe).
 
     A client that stays connected but reads nothing would otherwise block a plain
     write() forever, holding the request's concurrency slot (and child) past every
     limit: stdout is made non-blocking and each wait for room is bounded.
     """
+    import errno
     import fcntl
     import time
 
@@ -41,21 +45,42 @@ def _stdout_writer(seconds: float) -> Callable[[bytes], None]:
     poller = select.poll()
     poller.register(1, select.POLLOUT)
 
+    def wait() -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LimitReached(
+                f"stopped after {seconds:g} s: the client is not reading (time limit in the policy)"
+            )
+        poller.poll(int(left * 1000) + 1)
+
     def write(data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:
                 view = view[os.write(1, view) :]
             except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise LimitReached(
-                        f"stopped after {seconds:g} s: the client is not reading "
-                        "(time limit in the policy)"
-                    ) from None
-                poller.poll(int(left * 1000) + 1)
+                wait()
 
-    return write
+    def sendfile(fd: int, offset: int, count: int) -> int:
+        sent = 0
+        while sent < count:
+            try:
+                n = os.sendfile(1, fd, offset + sent, min(count - sent, 1 << 30))
+            except BlockingIOError:
+                wait()
+                continue
+            except OSError as exc:
+                if sent == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    return -1  # stdout cannot take sendfile: the caller copies instead
+                raise
+            if n == 0:
+                break  # the file shrank under us
+            sent += n
+            if time.monotonic() >= deadline:
+                wait()  # raises: the time limit holds however fast the pipe drains
+        return sent
+
+    return write, sendfile
 
 
 def _stdout_gone(seconds: float, fd: int | None = None) -> bool:
@@ -117,8 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GateError:
         follow = False  # serve() refuses it
     lim = policy.limits
+    write, sendfile = _stdout_writer(lim.follow_max_seconds if follow else lim.max_seconds)
     out = Output(
-        _stdout_writer(lim.follow_max_seconds if follow else lim.max_seconds),
+        write,
+        sendfile=sendfile,
         max_lines=policy.limits.max_lines,
         max_bytes=policy.limits.max_bytes,
         waiter=_stdout_gone,

@@ -25,6 +25,63 @@ if TYPE_CHECKING:
 # authpriv (10) * 8 + info (6): readable by root only on a stock syslog setup.
 _PRI = 10 * 8 + 6
 
+# A record is at most this many bytes of JSON (a syslog datagram adds a ~50-byte
+# prefix and stays within 4 KiB). What a client sends cannot make it larger.
+MAX_RECORD = 4000
+_FIRST = ("event", "decision", "target", "exit", "reason")  # survive any cut of the rest
+_MAX_VIA = 512  # bytes of `via` (the web server's account of the user) kept
+_MAX_FIELD = 512  # bytes of any other client-influenced string kept when cutting
+
+
+def _json(record: dict[str, Any]) -> str:
+    line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
+    return line.replace("\x7f", "\\u007f")
+
+
+def bounded_line(record: dict[str, Any]) -> str:
+    """The record as one JSON line of at most MAX_RECORD bytes.
+
+    `event`, `decision`, `target`, `exit` and `reason` come first, so a syslog daemon
+    that truncates still keeps them. The command is cut at the grammar's maximum with
+    its original length in `command_length`; `via` is capped (kept as a cut JSON string
+    in `via_cut` when too big); other strings are cut if the line is still too long.
+    """
+    from .vocabulary import MAX_COMMAND
+
+    rec = {k: record[k] for k in _FIRST if k in record}
+    rec.update((k, v) for k, v in record.items() if k not in rec)
+    command = rec.get("command")
+    if isinstance(command, str) and len(command) > MAX_COMMAND:
+        rec["command"] = command[:MAX_COMMAND]
+        rec["command_length"] = len(command)
+    line = _json(rec)
+    if len(line) <= MAX_RECORD:
+        return line
+    if "via" in rec:
+        via = _json({"v": rec["via"]})[5:-1]
+        if len(via) > _MAX_VIA:
+            del rec["via"]
+            rec["via_cut"] = via[:_MAX_VIA]
+    for key, value in list(rec.items()):
+        if key != "command" and isinstance(value, str) and len(value) > _MAX_FIELD:
+            rec[key] = value[:_MAX_FIELD]
+            rec["cut"] = True
+    line = _json(rec)
+    if len(line) > MAX_RECORD and isinstance(rec.get("command"), str):
+        rec.setdefault("command_length", len(command or ""))
+        line = _json(rec)
+        text = rec["command"]
+        room = MAX_RECORD - (len(line) - len(_json({"c": text})) + 6)
+        lo, hi = 0, len(text)  # the longest prefix whose JSON (escapes and all) fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if len(_json({"c": text[:mid]})) - 6 <= room else (lo, mid - 1)
+        rec["command"] = text[:lo]
+        line = _json(rec)
+    if len(line) > MAX_RECORD:  # identity fields too big: keep only what identifies it
+        line = _json({k: rec[k] for k in (*_FIRST, "ts", "id", "cut") if k in rec})
+    return line
+
 
 def identity_from_env(env: dict[str, str]) -> dict[str, Any]:
     """Who connected: client address and the key or certificate sshd accepted."""
@@ -121,8 +178,7 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
-        line = line.replace("\x7f", "\\u007f")
+        line = bounded_line(record)
         with self._lock:
             try:
                 if self.settings.destination == "file":

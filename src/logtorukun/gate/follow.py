@@ -271,7 +271,7 @@ class _Path:
             return f"poll: {got}"
         self.watch = got
         self.watch_file(self.current.fd)
-        return "inotify" if self.watch is not None else self.current.out.notes["follow"]
+        return "inotify" if self.watch is not None else str(self.current.out.notes["follow"])
 
     def stop_watching(self, note: str) -> None:
         if self.watch is not None:

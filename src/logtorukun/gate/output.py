@@ -73,8 +73,11 @@ class Output:
         cancelled: threading.Event | None = None,
         waiter: Callable[[float, int | None], bool] | None = None,
         marker: Callable[[dict[str, object]], None] | None = None,
+        sendfile: Callable[[int, int, int], int] | None = None,
     ) -> None:
         self._sink = sink
+        # (fd, offset, count) -> bytes sent, or -1 if this output cannot take sendfile
+        self._sendfile = sendfile
         self.max_lines = max_lines
         self.max_bytes = max_bytes
         self.cancelled = cancelled if cancelled is not None else CancelFlag()
@@ -83,7 +86,7 @@ class Output:
         self.bytes = 0
         self.truncated = False
         # Facts a reader wants in the request's end record (e.g. how a follow waits).
-        self.notes: dict[str, str] = {}
+        self.notes: dict[str, object] = {}
         # (inode, offset) just past the last byte sent from a file: where a follow that
         # continues this output starts (`tail -F --from INO:OFF`). `marker` (a bridge
         # request that asked for positions) is told each new position, in order with data.
@@ -112,7 +115,7 @@ class Output:
         if not data:
             return
         self.check_time()
-        n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        n_lines = count_lines(data) + (0 if data.endswith(b"\n") else 1)
         if self.lines + n_lines <= self.max_lines and self.bytes + len(data) <= self.max_bytes:
             self._send(data, n_lines)
             return
@@ -137,6 +140,54 @@ class Output:
         limit = self.max_lines if which == "max_lines" else self.max_bytes
         unit = "lines" if which == "max_lines" else "bytes"
         raise LimitReached(f"output truncated at {limit} {unit} ({which} in the policy)")
+
+    def write_bulk(self, data: bytes) -> None:
+        """`write` for long streams (cat, grep output): lines are counted only while the
+        line cap could stop the stream before the byte cap does.
+
+        Every line has at least one byte, so once the lines still allowed are at least
+        the bytes still allowed, the byte cap always binds first and counting (the
+        costliest part of streaming) buys nothing; the end record then says
+        `"lines_counted": false` and `lines` counts only the lines counted before."""
+        room = self.max_bytes - self.bytes
+        if self.max_lines - self.lines < room:
+            self.write(data)
+            return
+        if self.cancelled.is_set():
+            raise Cancelled()
+        self.check_time()
+        self.notes["lines_counted"] = False
+        if len(data) <= room:
+            self._send(data, 0)
+            return
+        cut = data.rfind(b"\n", 0, room) + 1
+        if cut:
+            self._send(data[:cut], 0)
+        self.truncated = True
+        raise LimitReached(f"output truncated at {self.max_bytes} bytes (max_bytes in the policy)")
+
+    def send_file(self, fd: int, offset: int, count: int) -> bool:
+        """Send `count` bytes of `fd` from `offset` without copying them through Python
+        (sendfile to a one-shot's stdout), if the sink can and no cap can bind on them;
+        False (nothing sent) otherwise. The file may shrink meanwhile: fewer bytes go."""
+        if self._sendfile is None or count <= 0:
+            return False
+        if self.max_lines - self.lines < count or self.max_bytes - self.bytes < count:
+            return False
+        if self.cancelled.is_set():
+            raise Cancelled()
+        self.check_time()  # the sink's own deadline holds during the send
+        try:
+            sent = self._sendfile(fd, offset, count)
+        except (BrokenPipeError, ConnectionError) as exc:
+            self.cancelled.set()
+            raise Cancelled() from exc
+        if sent < 0:  # this output cannot take sendfile after all
+            self._sendfile = None
+            return False
+        self.notes["lines_counted"] = False
+        self.bytes += sent
+        return True
 
     def _send(self, data: bytes, n_lines: int) -> None:
         try:
@@ -190,6 +241,14 @@ class Output:
         if gone or self.cancelled.is_set():
             self.cancelled.set()
             raise Cancelled()
+
+
+def count_lines(data: bytes) -> int:
+    """Newlines in `data`. For large buffers `bytes.count` of one byte is a plain loop
+    (about 0.6 GB/s here); `replace` scans with memchr and is about 3x faster."""
+    if len(data) < 65536:
+        return data.count(b"\n")
+    return len(data) - len(data.replace(b"\n", b""))
 
 
 def deadline_after(seconds: float) -> float:

@@ -189,6 +189,8 @@ def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
     Memory is one read plus the unfinished line, and that line is never held past what
     the byte cap still allows: a line that could not be sent ends the request at once.
     """
+    if n is None and not gz:
+        _send_whole_lines(fd, out)
     # Large reads: in a bridge they become whole 64 KiB frames and few small remainders.
     plain = iter(lambda: os.read(fd, CHUNK), b"")
     chunks = gunzip_chunks(fd, tick=out.check_time) if gz else plain
@@ -204,11 +206,23 @@ def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
             if left <= 0:
                 return
         elif data:
-            out.write(data)
+            out.write_bulk(data)
         if held.size > out.max_bytes - out.bytes:
             raise limit_reached(out, "max_bytes")
     if held.size and (left is None or left > 0):
         out.write(held.take())
+
+
+def _send_whole_lines(fd: int, out: Output) -> None:
+    """`cat` of a plain file to a one-shot's stdout: the complete lines there are now go
+    by sendfile when no cap can bind on them (no copy through Python, no counting); the
+    fd's position is left after them for whatever follows."""
+    size = os.fstat(fd).st_size
+    look = min(size, 1 << 16)
+    nl = os.pread(fd, look, size - look).rfind(b"\n") if look else -1
+    before = out.bytes
+    if nl >= 0 and out.send_file(fd, 0, size - look + nl + 1):
+        os.lseek(fd, out.bytes - before, os.SEEK_SET)
 
 
 def first_lines(data: bytes, k: int) -> bytes:

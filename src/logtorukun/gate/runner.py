@@ -508,7 +508,7 @@ def run_child(
             cut = cut or len(data)
             rest = data[cut:]
             if keep_last is None:
-                out.write(data[:cut])
+                out.write_bulk(data[:cut])
                 continue
             for line in data[:cut].splitlines(keepends=True):
                 ring.append(line)
@@ -599,6 +599,19 @@ def sources_json(policy: Policy) -> bytes:
 
 
 _MAX_LISTED = 2000
+_LIST_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def _readable(name: str, dirfd: int) -> bool:
+    """Whether this user can open the (regular) file for reading: mode bits, ACLs and
+    security modules all decide, so the open itself is the test; O_NONBLOCK and
+    O_NOFOLLOW so a file swapped for a FIFO or a link meanwhile cannot hang or lead out."""
+    try:
+        fd = os.open(name, _LIST_OPEN, dir_fd=dirfd)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def _list_rule(rule: Any, files: list[dict[str, Any]]) -> None:
@@ -624,6 +637,8 @@ def _list_rule(rule: Any, files: list[dict[str, Any]]) -> None:
                 except OSError:
                     continue
                 if not st.S_ISREG(info.st_mode) or (info.st_nlink > 1 and not rule.allow_hardlinks):
+                    continue
+                if not _readable(fname, dirfd):
                     continue
                 files.append(
                     {

@@ -184,7 +184,7 @@ def plan_setup(spec: Spec) -> list[Change]:
     plan.dir(lay.home, 0o755)
     plan.dir(lay.state_dir, 0o700, owner=user)
     if spec.audit_file is not None:
-        plan.dir(spec.audit_file.parent, 0o750, owner=user)
+        _plan_audit(plan, spec.audit_file)
     plan.made_dirs(lay.zipapp, itself=False)
     plan.add(bytes_change(lay.zipapp, _zipapp_bytes(spec.python), 0o755))
     policy = policy_text(
@@ -221,6 +221,38 @@ def plan_setup(spec: Spec) -> list[Change]:
         Change(f"record {lay.manifest} (what remove undoes)", _final_write(lay, new))
     )
     return plan.changes
+
+
+def _plan_audit(plan: _Planner, audit: Path) -> None:
+    """The gate appends its audit to `audit`. A directory setup makes (the default one)
+    is the gate user's; an existing one (`--audit-file /var/log/gate.jsonl`) is never
+    chowned or chmodded: only the file itself is handed to the user."""
+    d, user = audit.parent, plan.lay.user
+    if d == plan.lay.audit_dir or str(d) in plan.old.dirs or not os.path.lexists(d):
+        plan.dir(d, 0o750, owner=user)
+        return
+    if not d.is_dir() or d.is_symlink():
+        raise UserError(f"--audit-file {audit}: {d} is not a directory")
+    try:
+        st: os.stat_result | None = audit.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise UserError(f"--audit-file {audit}: exists and is not a regular file")
+    uid = pwd.getpwnam(user).pw_uid if system.user_exists(user) else None
+    if st is not None and st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o640:
+        return
+
+    def apply() -> None:
+        pw = pwd.getpwnam(user)
+        fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
+        try:
+            os.fchown(fd, pw.pw_uid, pw.pw_gid)
+            os.fchmod(fd, 0o640)
+        finally:
+            os.close(fd)
+
+    plan.add(Change(f"audit file {audit} (owner {user}, mode 0640; {d} left as it is)", apply))
 
 
 def _plan_acls(plan: _Planner, spec: Spec) -> None:

@@ -26,7 +26,7 @@ from ..audit import parse_time
 from ..config import HostConfig
 from ..gate.globs import Glob, GlobError, check_user_glob
 from ..gate.vocabulary import MAX_PATH, MAX_PATTERN
-from . import patterns
+from . import patterns, times
 from .access import (
     DOWNLOAD,
     SEARCH,
@@ -317,6 +317,12 @@ async def tail(
         also=DOWNLOAD if download else None,
     )
     assert a.source is not None
+    try:  # 15m, 2h, today, yesterday: resolved here, in the form this source takes
+        since = times.for_source("since", since, a.source.kind) if since else None
+        until = times.for_source("until", until, a.source.kind) if until else None
+    except times.BadTime as exc:
+        end(server, a, {"status": 422, "error": str(exc)})
+        raise ApiError(422, str(exc)) from None
     verb = "range" if a.source.kind == "file" and (since or until) else "tail"
     spec = ReadSpec(
         verb, a.source, lines=lines, since=since or ("1970-01-01" if until else None), until=until

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..audit import AuditStore
 from ..config import Config
-from . import api, pages, sse
+from . import api, download, pages, sse
 from .auth import AuthStore
 from .context import ERROR_NAMES, HERE, ApiError, Ctx, Server, log
 from .security import (
@@ -96,7 +96,7 @@ def create_app(
         config=config,
         audit=audit,
         auth=auth,
-        workers=workers or Workers(config.hosts, fleet=config.fleet),
+        workers=workers or Workers(config.hosts, fleet=config.fleet, ssh=config.ssh),
         limiter=RateLimiter(settings.requests_per_minute),
         proxies=TrustedProxies(settings.trusted_proxies),
         failures=AddressFailures(settings.failures_per_minute),
@@ -151,6 +151,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(sse.router)
+    app.include_router(download.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

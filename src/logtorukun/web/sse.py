@@ -5,11 +5,12 @@ hundred `tail -F` sessions on the worker (its `max_concurrent` would refuse most
 them). The first viewer starts the upstream; the last one leaving stops it.
 
 Back-pressure without letting one slow browser stall the others: each viewer has a
-bounded backlog (`BACKLOG` lines). The SSE writer drains it in batches (at most one
-event per `BATCH_SECONDS`, so a log writing thousands of lines a second costs the
-browser a few DOM updates a second). A viewer whose backlog is full loses the oldest
-lines and is told how many (`dropped`), instead of the server buffering without
-bound. Every viewer has its own follow_start/follow_end audit records.
+bounded backlog (`BACKLOG` lines). A line reaching an idle viewer goes out at once (the
+next event-loop turn); while a viewer is busy, lines gather into one event at most every
+`BATCH_SECONDS`, and a slow browser (whose socket is full, so the send waits) gets
+everything that arrived meanwhile as one event. A viewer whose backlog is full loses
+the oldest lines and is told how many (`dropped`), instead of the server buffering
+without bound. Every viewer has its own follow_start/follow_end audit records.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ FromQ = Annotated[
 
 BACKLOG = 5000  # lines a viewer may be behind before the oldest are dropped
 REPLAY = 5000  # lines an upstream keeps, with positions, for viewers joining from one
-BATCH_SECONDS = 0.025
+BATCH_SECONDS = 0.005  # busy: at most one event per viewer this often (idle: at once)
 MAX_BATCH = 2000
 HEARTBEAT = 15.0
 MAX_LINE = 64 * 1024  # a longer "line" is cut: one write must not become one huge event
@@ -413,10 +414,12 @@ async def follow(
                     "pos": up.pos if start is None else from_,
                 },
             )
-            last_beat = time.monotonic()
+            last_beat = last_sent = time.monotonic()
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(viewer.wake.wait(), timeout=beat)
+                if not viewer.wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(beat):
+                            await viewer.wake.wait()
                 viewer.wake.clear()
                 backlog = viewer.backlog
                 if backlog and backlog[0][0] is None:
@@ -425,6 +428,11 @@ async def follow(
                     viewer.wake.set()
                     continue
                 if backlog or viewer.dropped:
+                    # Idle: out at once. Busy (an event went out less than BATCH_SECONDS
+                    # ago): wait out the gap, gathering what arrives meanwhile.
+                    gap_s = last_sent + BATCH_SECONDS - time.monotonic()
+                    if gap_s > 0:
+                        await asyncio.sleep(gap_s)
                     batch: list[str] = []
                     pos = None
                     while backlog and len(batch) < MAX_BATCH and backlog[0][0] is not None:
@@ -441,11 +449,12 @@ async def follow(
                     viewer.dropped = 0
                     viewer.lines += len(batch)
                     viewer.bytes += len(payload)
+                    # A slow browser makes this wait (the transport's flow control):
+                    # its lines gather in the backlog meanwhile and go out as one event.
                     yield payload
-                    last_beat = time.monotonic()
+                    last_beat = last_sent = time.monotonic()
                     if backlog:
                         viewer.wake.set()
-                    await asyncio.sleep(BATCH_SECONDS)
                     continue
                 if viewer.ended is not None:
                     state["reason"] = viewer.ended

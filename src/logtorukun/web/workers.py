@@ -34,6 +34,7 @@ from ..client.errors import (
 from ..client.stream import Position
 from ..client.stream import Stream as ClientStream
 from ..config import FleetSettings, HostConfig
+from ..config_ssh import SshSettings
 from ..gate.vocabulary import Exit
 from .access import Source
 
@@ -100,7 +101,7 @@ def _error(exc: ClientError) -> WorkerError:
 class ReadSpec:
     """One bounded read or a follow, in the web's terms; `command()` is the gate's."""
 
-    verb: str  # "tail" | "grep" | "range" | "follow"
+    verb: str  # "tail" | "grep" | "range" | "follow" | "cat"
     source: Source
     lines: int = 200
     pattern: str | None = None
@@ -139,6 +140,8 @@ class ReadSpec:
             )
         if self.verb == "follow":
             return commands.tail_command(s.name, 0, follow=True, start=self.start)
+        if self.verb == "cat":
+            return commands.head_command(s.name)
         if self.verb == "range":
             return commands.range_command(
                 s.name, self.since or "1970-01-01", self.until, max_lines=self.lines
@@ -171,9 +174,11 @@ class Outcome:
     lines: int = 0
     started: float = field(default_factory=time.monotonic)
     pos: tuple[int, int, int] | None = None  # a file tail: where a follow continues
+    cert_serial: int | None = None  # [ssh] certificates: joins the worker's audit record
 
     def as_audit(self) -> dict[str, Any]:
         return {
+            **({"cert_serial": self.cert_serial} if self.cert_serial is not None else {}),
             "exit": self.exit,
             "bytes": self.bytes,
             "lines": self.lines,
@@ -211,6 +216,8 @@ class WorkerStream:
             self._stream = await self.pool.client.stream(
                 self.host.name, command, via=self.via, positions=self.spec.positions
             )
+            signed = self.pool.client.pool.get(self.host.name, self.via.get("user")).signed
+            self.outcome.cert_serial = signed.serial if signed is not None else None
         except ClientError as exc:
             self.pool.note(self.host, exc)
             raise _error(exc) from None
@@ -221,12 +228,14 @@ class WorkerStream:
             with contextlib.suppress(Exception):
                 await self._stream.aclose()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for item in self.items():
+    async def chunks(self, *, count_lines: bool = True) -> AsyncIterator[bytes]:
+        """The data as it arrives; `count_lines=False` for whole-file downloads, where
+        counting would cost the event loop a scan of every byte."""
+        async for item in self.items(count_lines=count_lines):
             if isinstance(item, bytes):
                 yield item
 
-    async def items(self) -> AsyncIterator[bytes | Position]:
+    async def items(self, *, count_lines: bool = True) -> AsyncIterator[bytes | Position]:
         """Chunks and, for a file follow, the gate's positions, in order."""
         stream = self._stream
         assert stream is not None
@@ -236,7 +245,8 @@ class WorkerStream:
                     yield chunk
                     continue
                 self.outcome.bytes += len(chunk)
-                self.outcome.lines += chunk.count(b"\n")
+                if count_lines:
+                    self.outcome.lines += chunk.count(b"\n")
                 yield chunk
         except ClientError as exc:
             self.pool.note(self.host, exc)
@@ -262,10 +272,21 @@ class Workers:
         client: Client | None = None,
         *,
         fleet: FleetSettings | None = None,
+        ssh: SshSettings | None = None,
     ) -> None:
         fleet = fleet or FleetSettings()
         self.hosts = {h.name: h for h in hosts}
-        self.client = client or Client(hosts, options=PoolOptions.for_fleet(fleet))
+        if client is None:
+            extra: dict[str, Any] = {}
+            if ssh is not None and ssh.certificates:
+                from ..client.certs import CertPolicy
+
+                extra = {
+                    "certs": CertPolicy.from_settings(ssh),
+                    "max_user_connections": ssh.max_user_connections,
+                }
+            client = Client(hosts, options=PoolOptions.for_fleet(fleet, **extra))
+        self.client = client
         self.at_once = fleet.max_hosts_at_once  # hosts a cross-host search works on at once
         self.state: dict[str, HostState] = {h.name: HostState() for h in hosts}
 

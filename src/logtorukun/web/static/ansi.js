@@ -17,6 +17,37 @@ const LogRender = (() => {
   const TIMESTAMP = /^\[?(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?|[A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2})\]?/;
   const PALETTE = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
 
+  // Times: shown as written (UTC for a timestamp without a zone), or in this browser's
+  // time zone. The original stays in data-ts (and the title) to switch back.
+  const ISO = /^(\[?)(\d{4})-(\d{2})-(\d{2})([ T])(\d{2}):(\d{2}):(\d{2})(?:([.,])(\d+))?(Z|[+-]\d{2}:?\d{2})?(\]?)$/;
+  let localTime = false;
+  const pad = (n, w) => String(n).padStart(w || 2, "0");
+
+  function shownTime(ts) {
+    if (!localTime) return ts;
+    const m = ISO.exec(ts);
+    if (!m) return ts;
+    let ms = Date.UTC(+m[2], +m[3] - 1, +m[4], +m[6], +m[7], +m[8]);
+    if (m[11] && m[11] !== "Z") {
+      const sign = m[11][0] === "-" ? -1 : 1;
+      const z = m[11].slice(1).replace(":", "");
+      ms -= sign * (+z.slice(0, 2) * 60 + +z.slice(2)) * 60000;
+    }
+    const d = new Date(ms);
+    const off = -d.getTimezoneOffset();
+    const zone = (off >= 0 ? "+" : "-") + pad(Math.floor(Math.abs(off) / 60)) + ":" + pad(Math.abs(off) % 60);
+    return m[1] + d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + m[5] +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) +
+      (m[10] ? m[9] + m[10] : "") + zone + m[12];
+  }
+
+  function setLocalTime(on, root) {
+    localTime = !!on;
+    for (const span of (root || document).querySelectorAll(".ts[data-ts]")) {
+      span.textContent = shownTime(span.dataset.ts);
+    }
+  }
+
   function visibleControl(s) {
     return s.replace(CONTROL, (c) => String.fromCharCode(0x2400 + (c === "\x7f" ? 0x21 : c.charCodeAt(0))));
   }
@@ -113,7 +144,9 @@ const LogRender = (() => {
     if (ts) {
       const span = document.createElement("span");
       span.className = "ts";
-      appendText(span, ts[0], matcher);
+      span.dataset.ts = ts[0];
+      span.title = "as written: " + ts[0];
+      appendText(span, shownTime(ts[0]), matcher);
       div.append(span);
       rest = rest.slice(ts[0].length);
     }
@@ -151,5 +184,5 @@ const LogRender = (() => {
     }
   }
 
-  return { row, matcherFor, visibleControl };
+  return { row, matcherFor, visibleControl, setLocalTime, shownTime };
 })();

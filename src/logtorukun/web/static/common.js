@@ -66,6 +66,22 @@ const LTK = (() => {
     return Math.round(s / 86400) + "d ago";
   }
 
+  // "1 line", "2 lines"
+  function plural(n, word) {
+    return n + " " + word + (n === 1 ? "" : "s");
+  }
+
+  // Per-browser settings (localStorage): what a user set stays set on the next visit.
+  function setting(name, fallback) {
+    try {
+      const v = localStorage.getItem("ltk-" + name);
+      return v === null ? fallback : v;
+    } catch (e) { return fallback; }
+  }
+  function remember(name, value) {
+    try { localStorage.setItem("ltk-" + name, String(value)); } catch (e) { /* private mode */ }
+  }
+
   function typing(ev) {
     const t = ev.target;
     return t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName));
@@ -125,6 +141,7 @@ const LTK = (() => {
 
   return {
     ApiError, api, el, fmtBytes, fmtAge, typing, toggleTheme, lines, sse, errorFrom,
+    plural, setting, remember,
     csrf: csrfMeta ? csrfMeta.content : "",
   };
 })();

@@ -58,7 +58,7 @@
           g.querySelector(".dot").className = "dot up";
           const block = el("div", { class: "file" },
             el("a", { class: "file-name", href: viewHref(ev.host, ev.source, pattern), text: ev.source }),
-            el("span", { class: "muted small", text: " " + ev.lines.length + " lines" + (ev.truncated ? " (truncated)" : "") }));
+            el("span", { class: "muted small", text: " " + LTK.plural(ev.lines.length, "line") + (ev.truncated ? " (truncated)" : "") }));
           const box = el("div", { class: "log small-log" });
           for (const l of ev.lines) box.append(LogRender.row(l, matcher));
           if (!ev.lines.length) box.append(el("div", { class: "empty", text: "No match." }));
@@ -66,7 +66,7 @@
           block.append(box);
           g.append(block);
           hits += ev.lines.length;
-          g.querySelector(".count").textContent = " " + g.querySelectorAll(".small-log .line").length + " lines";
+          g.querySelector(".count").textContent = " " + LTK.plural(g.querySelectorAll(".small-log .line").length, "line");
         } else if (ev.type === "error" || ev.type === "note") {
           const g = groupFor(ev.host);
           if (ev.type === "error" && ev.status === 502) g.querySelector(".dot").className = "dot down";
@@ -74,9 +74,9 @@
             text: (ev.source ? ev.source + ": " : "") + ev.reason }));
         } else if (ev.type === "progress") {
           bar.style.width = Math.round((100 * ev.done) / ev.total) + "%";
-          label.textContent = ev.done + " / " + ev.total + " hosts · " + hits + " lines";
+          label.textContent = ev.done + " / " + ev.total + " hosts · " + LTK.plural(hits, "line");
         } else if (ev.type === "end") {
-          label.textContent = "Done: " + total + " hosts, " + ev.files + " files, " + ev.lines + " lines" +
+          label.textContent = "Done: " + LTK.plural(total, "host") + ", " + LTK.plural(ev.files, "file") + ", " + LTK.plural(ev.lines, "line") +
             (ev.errors ? ", " + ev.errors + " errors" : "");
         }
       }

@@ -18,8 +18,9 @@
   const inputs = {
     lines: $("lines"), since: $("since"), until: $("until"), pattern: $("pattern"),
     regex: $("regex"), icase: $("icase"), invert: $("invert"), mark: $("highlight-only"),
-    wrap: $("wrap"),
+    wrap: $("wrap"), localtime: $("localtime"),
   };
+  const jumpBtn = $("jump-latest");
 
   let following = null;   // { abort: AbortController }
   let paused = false;
@@ -37,12 +38,14 @@
 
   // ------------------------------------------------------------------ state <-> URL
 
+  // The URL wins; what it does not say comes from this browser's last settings.
   function readUrl() {
     const q = new URLSearchParams(location.search);
-    if (q.has("lines")) inputs.lines.value = q.get("lines");
+    inputs.lines.value = q.get("lines") || LTK.setting("lines", "200");
     for (const k of ["since", "until", "pattern"]) if (q.has(k)) inputs[k].value = q.get(k);
     for (const k of ["regex", "icase", "invert", "mark"]) inputs[k].checked = q.get(k) === "1";
-    inputs.wrap.checked = q.get("wrap") !== "0";
+    inputs.wrap.checked = (q.get("wrap") || LTK.setting("wrap", "1")) !== "0";
+    inputs.localtime.checked = LTK.setting("localtime", "0") === "1";
     return q.get("follow") === "1";
   }
 
@@ -131,6 +134,7 @@
     }
     if (stick) log.scrollTop = log.scrollHeight;
     status.textContent = statusFollow();
+    updateJump();
   }
 
   // A marker row: lines that could not be shown (rotated away, skipped, dropped).
@@ -140,7 +144,7 @@
 
   let followCount = 0;
   function statusFollow() {
-    return "Following " + host + ":" + sourceName + " — " + followCount + " new lines" +
+    return "Following " + host + ":" + sourceName + " — " + LTK.plural(followCount, "new line") +
       (log.classList.contains("trimmed") ? " (showing the last " + MAX_ROWS + ")" : "");
   }
 
@@ -181,8 +185,8 @@
       renderAll(data.lines);
       log.scrollTop = data.action === "grep" ? 0 : log.scrollHeight;
       const ms = Math.round(performance.now() - t0);
-      status.textContent = data.count + (data.action === "grep" ? " matching" : "") + " lines · " +
-        ms + " ms · audit #" + data.audit;
+      status.textContent = LTK.plural(data.count, data.action === "grep" ? "matching line" : "line") +
+        " · " + ms + " ms · audit #" + data.audit;
       if (data.truncated) showNotice("⚠ " + (data.note || "Output truncated."), "warn");
       if (inputs.pattern.value && !caps.has("search") && !inputs.mark.checked) {
         showNotice("You may not search this source: the pattern only highlights.", "info");
@@ -214,7 +218,7 @@
         pendingDropped += pending.length - MAX_ROWS;
         pending = pending.slice(-MAX_ROWS);
       }
-      newLinesBtn.textContent = followCount - shownCount + " new lines — resume";
+      newLinesBtn.textContent = LTK.plural(followCount - shownCount, "new line") + " — resume";
       newLinesBtn.classList.remove("hidden");
     } else {
       shownCount = followCount;
@@ -336,6 +340,7 @@
     pauseBtn.classList.add("hidden");
     badge.classList.add("hidden");
     newLinesBtn.classList.add("hidden");
+    jumpBtn.classList.add("hidden");
     if (message !== null && message !== "") status.textContent = message;
     remember();
   }
@@ -346,6 +351,7 @@
     shownCount = followCount;
     pauseBtn.textContent = "Resume";
     setBadge("paused");
+    updateJump();
   }
 
   function resume() {
@@ -364,13 +370,29 @@
     requestAnimationFrame(() => { log.scrollTop = log.scrollHeight; });
   }
 
+  // While following and scrolled up (not paused): a way back to the newest line.
+  function updateJump() {
+    jumpBtn.classList.toggle("hidden", !following || paused || atBottom());
+  }
+
   // ------------------------------------------------------------------ wiring
 
+  log.addEventListener("scroll", updateJump, { passive: true });
+  jumpBtn.addEventListener("click", () => { log.scrollTop = log.scrollHeight; updateJump(); });
+  inputs.lines.addEventListener("change", () => LTK.remember("lines", inputs.lines.value.trim() || "200"));
+  inputs.localtime.addEventListener("change", () => {
+    LTK.remember("localtime", inputs.localtime.checked ? "1" : "0");
+    LogRender.setLocalTime(inputs.localtime.checked, log);
+  });
   $("controls").addEventListener("submit", (ev) => { ev.preventDefault(); load(); });
   followBtn.addEventListener("click", () => (following ? stopFollow("Stopped.") : startFollow()));
   pauseBtn.addEventListener("click", () => (paused ? resume() : pause()));
   newLinesBtn.addEventListener("click", resume);
-  inputs.wrap.addEventListener("change", () => { log.classList.toggle("nowrap", !inputs.wrap.checked); remember(); });
+  inputs.wrap.addEventListener("change", () => {
+    log.classList.toggle("nowrap", !inputs.wrap.checked);
+    LTK.remember("wrap", inputs.wrap.checked ? "1" : "0");
+    remember();
+  });
   $("download").addEventListener("click", () => {
     if (!currentUrl) { showNotice("Load something first.", "info"); return; }
     const a = LTK.el("a", { href: currentUrl.replace("?", "?download=true&"), download: "" });
@@ -412,5 +434,13 @@
 
   const wantFollow = readUrl();
   log.classList.toggle("nowrap", !inputs.wrap.checked);
-  load().then(() => { if (wantFollow) startFollow(); });
+  LogRender.setLocalTime(inputs.localtime.checked, log);
+  load().then(() => {
+    if (wantFollow && !caps.has("follow")) {
+      showNotice("This link asks for a live follow, but you may not follow this source " +
+        "(no follow grant): showing the last lines instead.", "info");
+    } else if (wantFollow) {
+      startFollow();
+    }
+  });
 })();

@@ -1,0 +1,294 @@
+"""Follow latency: write() on the worker to the line at the reader, side by side in one run.
+
+    .venv/bin/python -m bench.follow [--viewers 200] [--slow-lines 100] [--fast-lines 3000]
+
+A separate writer process appends lines carrying their write time (`time.time()`) to a
+log on a real sshd worker, at 10/s and at 1,000/s. Readers, in turn:
+- local `tail -F -n 0` (coreutils, inotify): the anchor, no SSH at all;
+- the SSH client alone (`Client.follow` over the bridge), no web server;
+- the web server (`logtorukun serve`, its own process) with 1 viewer and with N SSE
+  viewers of the same file (one upstream follow on the worker).
+
+Each row: p50/p95 of (arrival - write time) over every line at every reader, lines
+delivered of lines expected, and the RSS of the web server. Prints a table and writes
+docs/benchmarks-follow.md. Needs root (it starts sshd).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from bench.web import cli, pct, rss_mib, start_server
+from logtorukun.client import Client
+from logtorukun.config import load_config
+from tests.support.sshd import Worker
+from tests.web.support import free_port, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "benchmarks-follow.md"
+MARK = " bench-t="
+
+# Paced by absolute deadlines (no drift), one write() per line, O_APPEND like a logger.
+WRITER = """
+import os, sys, time
+path, rate, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+t0 = time.monotonic()
+for i in range(n):
+    delay = t0 + i / rate - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    line = "2024-12-17 14:00:00 INFO  [bench] line %d%s%.6f\\n" % (i, MARK, time.time())
+    os.write(fd, line.encode())
+os.close(fd)
+""".replace("MARK", repr(MARK))
+
+
+def write_lines(path: Path, rate: float, n: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(rate), str(n)])
+
+
+def latency_of(text: str, now: float) -> float | None:
+    i = text.rfind(MARK)
+    return now - float(text[i + len(MARK) :]) if i >= 0 else None
+
+
+class Result:
+    def __init__(self, expected: int) -> None:
+        self.delays: list[float] = []
+        self.expected = expected
+
+    def row(self, name: str, rss: str = "") -> str:
+        d = self.delays or [float("nan")]
+        return (
+            f"| {name} | {statistics.median(d) * 1e3:.2f} | {pct(d, 95) * 1e3:.2f} "
+            f"| {len(self.delays):,} of {self.expected:,} | {rss} |"
+        )
+
+
+async def run_writer(path: Path, rate: float, n: int) -> None:
+    proc = write_lines(path, rate, n)
+    while proc.poll() is None:
+        await asyncio.sleep(0.05)
+
+
+async def until_all(
+    result: Result, writer: Awaitable[None], tasks: list[asyncio.Task[None]]
+) -> None:
+    await writer
+    # Everything was written; give the readers a bounded time to receive the rest.
+    await asyncio.wait(tasks, timeout=20)
+    for t in tasks:
+        t.cancel()
+
+
+async def bench_tail(path: Path, rate: float, n: int) -> Result:
+    res = Result(n)
+    proc = await asyncio.create_subprocess_exec(
+        "tail", "-F", "-n", "0", str(path), stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    async def read() -> None:
+        got = 0
+        while got < n:
+            line = await stdout.readline()
+            if not line:
+                return
+            d = latency_of(line.decode(), time.time())
+            if d is not None:
+                res.delays.append(d)
+                got += 1
+
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0.5)  # tail has set up its watch
+    await until_all(res, run_writer(path, rate, n), [task])
+    proc.kill()
+    await proc.wait()
+    return res
+
+
+async def bench_client(config: Path, path: Path, rate: float, n: int) -> Result:
+    res = Result(n)
+    async with Client(load_config(config)) as client:
+        stream = await client.follow("web1", str(path), lines=0)
+
+        async def read() -> None:
+            got = 0
+            async for line in stream.lines():
+                d = latency_of(line.decode(), time.time())
+                if d is not None:
+                    res.delays.append(d)
+                    got += 1
+                    if got >= n:
+                        return
+
+        task = asyncio.create_task(read())
+        await asyncio.sleep(0.5)
+        await until_all(res, run_writer(path, rate, n), [task])
+        await stream.aclose()
+    return res
+
+
+STAMP = re.compile(rb"bench-t=(\d+\.\d{6})")
+
+
+async def sse_viewer(
+    port: int, token: str, path: Path, n: int, res: Result, on_ready: Callable[[], None]
+) -> None:
+    """One SSE viewer on a raw socket: the stamps are found with one regex per read,
+    so 200 viewers in one Python process measure the server, not an HTTP library."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    query = urllib.parse.urlencode({"path": str(path)})
+    writer.write(
+        f"GET /api/hosts/web1/follow?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    )
+    await writer.drain()
+    got = 0
+    carry = b""
+    ready = False
+    try:
+        while got < n:
+            chunk = await reader.read(1 << 16)
+            if not chunk:
+                return
+            now = time.time()
+            data = carry + chunk
+            if not ready and b"event: ready" in data:
+                ready = True
+                on_ready()
+            cut = data.rfind(b"\n") + 1  # a stamp ends its line: only whole lines here
+            for m in STAMP.finditer(data, 0, cut):
+                res.delays.append(now - float(m.group(1)))
+                got += 1
+            carry = data[cut:]
+    finally:
+        writer.close()
+
+
+async def bench_web(
+    port: int, token: str, path: Path, viewers: int, rate: float, n: int, pid: int
+) -> tuple[Result, float]:
+    res = Result(n * viewers)
+    ready = asyncio.Event()
+    connected = 0
+
+    def on_ready() -> None:
+        nonlocal connected
+        connected += 1
+        if connected == viewers:
+            ready.set()
+
+    tasks = [
+        asyncio.create_task(sse_viewer(port, token, path, n, res, on_ready)) for _ in range(viewers)
+    ]
+    await asyncio.wait_for(ready.wait(), 120)
+    await asyncio.sleep(1.0)  # the upstream follow is running
+    await until_all(res, run_writer(path, rate, n), tasks)
+    return res, rss_mib(pid)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="bench.follow")
+    ap.add_argument("--viewers", type=int, default=200)
+    ap.add_argument("--slow-lines", type=int, default=100, help="lines at 10/s")
+    ap.add_argument("--fast-lines", type=int, default=3000, help="lines at 1,000/s")
+    args = ap.parse_args()
+    w = Worker(name="bench-follow")
+    tmp = Path(tempfile.mkdtemp(prefix="logtorukun-bench-follow-"))
+    proc = None
+    rows: list[str] = []
+    load = os.getloadavg()[0]
+    try:
+        w.start()
+        log = w.root / "follow.log"
+        log.write_text("")
+        log.chmod(0o644)
+        port = free_port()
+        config = write_config(
+            tmp, w, listen=f"127.0.0.1:{port}", max_follows_per_user=args.viewers + 10
+        )
+        cli(
+            config,
+            "user",
+            "add",
+            "bench",
+            "--role",
+            "ops",
+            "--password-stdin",
+            stdin="bench pw 1\n",
+        )
+        token = cli(config, "token", "create", "bench")
+        proc = start_server(config, port)
+        for rate, n in ((10.0, args.slow_lines), (1000.0, args.fast_lines)):
+            label = f"{rate:,.0f}/s"
+            runs: list[tuple[str, Callable[[], Coroutine[Any, Any, tuple[Result, str]]]]] = []
+
+            async def local(rate: float = rate, n: int = n) -> tuple[Result, str]:
+                return await bench_tail(log, rate, n), ""
+
+            async def client(rate: float = rate, n: int = n) -> tuple[Result, str]:
+                return await bench_client(config, log, rate, n), ""
+
+            def web(
+                v: int, rate: float = rate, n: int = n
+            ) -> Callable[[], Coroutine[Any, Any, tuple[Result, str]]]:
+                async def run() -> tuple[Result, str]:
+                    assert proc is not None
+                    r, rss = await bench_web(port, token, log, v, rate, n, proc.pid)
+                    return r, f"{rss:.0f} MiB"
+
+                return run
+
+            runs = [
+                (f"local `tail -F` (inotify, no SSH), {label}", local),
+                (f"SSH client alone (bridge), {label}", client),
+                (f"web server, 1 viewer, {label}", web(1)),
+                (f"web server, {args.viewers} viewers, {label}", web(args.viewers)),
+            ]
+            for name, fn in runs:
+                print(f"bench.follow: {name} ...", file=sys.stderr, flush=True)
+                res, rss = asyncio.run(fn())
+                rows.append(res.row(name, rss))
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        w.destroy()
+    head = (
+        f"Command: `.venv/bin/python -m bench.follow` ({os.cpu_count()} CPUs, shared: load "
+        f"average {load:.1f} at the start; worker sshd, web server and readers on loopback)\n\n"
+        "Delay from the writer's `write()` to the line at the reader; every line at every "
+        "reader counts.\n"
+    )
+    table = [
+        "| reader, append rate | p50 ms | p95 ms | lines delivered | web server RSS |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
+    text = head + "\n" + "\n".join(table) + "\n"
+    print(text)
+    OUT.write_text("# Follow latency\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

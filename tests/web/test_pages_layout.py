@@ -1,0 +1,93 @@
+"""Every page at phone width and through axe-core, in light and dark mode (Chromium).
+
+390 px is a current phone in portrait: no page may be wider than the screen (the page
+itself must not scroll sideways; a log line may scroll inside its own box). axe-core
+(pinned through axe-playwright-python, its bundled engine: nothing is fetched) must
+report no serious or critical violation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]
+from playwright.sync_api import Browser, Page, ViewportSize, expect
+
+from tests.support.sshd import Worker
+from tests.web.support import LiveServer, sign_in
+
+pytestmark = pytest.mark.browser
+
+PHONE: ViewportSize = {"width": 390, "height": 844}
+
+
+def pages(w: Worker) -> list[tuple[str, str, str]]:
+    """(user, path, something on the page once it is ready)."""
+    return [
+        ("", "/login", "h1"),
+        ("olivia", "/", ".host h2"),
+        ("olivia", f"/view?host=web1&path={w.app_log}", "#log .line"),
+        ("olivia", "/search", "#search-form"),
+        ("alice", "/audit", "table tbody tr"),
+        ("olivia", "/view?host=nope&path=/var/log/x.log", "h1"),
+    ]
+
+
+@pytest.fixture(params=["light", "dark"])
+def phone(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    ctx = browser.new_context(viewport=PHONE, color_scheme=request.param)
+    pg = ctx.new_page()
+    pg.set_default_timeout(15000)
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
+def open_page(page: Page, live: LiveServer, user: str, path: str, ready: str) -> None:
+    if user:
+        sign_in(page, live, user, path)
+    else:
+        page.goto(live.url + path)
+    expect(page.locator(ready).first).to_be_visible()
+
+
+def overflow(page: Page) -> int:
+    """How many CSS pixels the page is wider than the viewport."""
+    return int(
+        page.evaluate(
+            "() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
+            " - window.innerWidth"
+        )
+    )
+
+
+def test_no_page_is_wider_than_a_phone(phone: Page, live: LiveServer, web_worker: Worker) -> None:
+    wide = {}
+    for user, path, ready in pages(web_worker):
+        phone.context.clear_cookies()
+        open_page(phone, live, user, path, ready)
+        if (px := overflow(phone)) > 0:
+            wide[path] = px
+    assert wide == {}, wide
+
+
+def test_axe_finds_nothing_serious_on_any_page(
+    phone: Page, live: LiveServer, web_worker: Worker
+) -> None:
+    axe = Axe()
+    found = {}
+    for user, path, ready in pages(web_worker):
+        phone.context.clear_cookies()
+        open_page(phone, live, user, path, ready)
+        results = axe.run(phone)
+        bad = [
+            f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:6]} "
+            f"{v['nodes'][0].get('failureSummary', '')[:160]}"
+            for v in results.response["violations"]
+            if v["impact"] in ("serious", "critical")
+        ]
+        if bad:
+            found[path] = bad
+    assert found == {}, "\n".join(f"{k}: {x}" for k, v in found.items() for x in v)

@@ -118,7 +118,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, _, port = listen.rpartition(":")
     # No mkdir here: a wrong `database` path must stop the server (it cannot audit),
     # not quietly start a new, empty audit trail somewhere else.
-    app = create_app(config)
+    from ..ops.worker_spec import default_gate_command
+
+    app = create_app(config, gate_command_for=default_gate_command)
     forwarded = ",".join(config.server.trusted_proxies) or "127.0.0.1"
     uvicorn.run(
         app,

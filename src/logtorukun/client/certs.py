@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +31,6 @@ import asyncssh
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..config_ssh import SshSettings
     from .settings import HostConfig
 
 DEFAULT_VALIDITY = 300.0
@@ -179,15 +178,6 @@ class CertSigner:
             return asyncssh.read_certificate(str(pub.with_name("key-cert.pub")))
 
 
-def default_gate_command(user: str) -> str:
-    """The command= that `logtorukun worker setup` installs for this gate user."""
-    from ..ops.bundle import DEFAULT_PYTHON, gate_command
-    from ..ops.worker_spec import Layout
-
-    layout = Layout(Path("/"), user)
-    return gate_command(layout.zipapp, layout.policy, python=DEFAULT_PYTHON)
-
-
 @dataclass(frozen=True)
 class CertPolicy:
     """What the pool needs to sign for a (worker, person) connection."""
@@ -196,6 +186,9 @@ class CertPolicy:
     source_address: tuple[str, ...] = ()
     # The key id of connections made for the server itself (probes, no person).
     server_key_id: str = "logtorukun-web"
+    # The force-command for a host whose config names none: what `worker setup`
+    # installs for its user (given by the caller; the client knows no install layout).
+    default_command: Callable[[str], str] | None = None
 
     @property
     def renew_before(self) -> float:
@@ -206,13 +199,13 @@ class CertPolicy:
         return self.signer.sign(
             identity or self.server_key_id,
             host.user,
-            force_command=host.gate_command or default_gate_command(host.user),
+            force_command=self._command(host),
             source_address=self.source_address,
         )
 
-    @classmethod
-    def from_settings(cls, ssh: SshSettings) -> CertPolicy:
-        if ssh.ca_key is None:
-            raise CertError("[ssh] certificates = true needs ca_key")
-        signer = CertSigner(ssh.ca_key, agent=ssh.agent, validity=ssh.validity)
-        return cls(signer, ssh.source_address)
+    def _command(self, host: HostConfig) -> str:
+        if host.gate_command is not None:
+            return host.gate_command
+        if self.default_command is None:
+            raise CertError(f"{host.name}: set gate_command in its [[host]] (certificates)")
+        return self.default_command(host.user)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -86,9 +86,11 @@ def create_app(
     audit: AuditStore | None = None,
     auth: AuthStore | None = None,
     workers: Workers | None = None,
+    gate_command_for: Callable[[str], str] | None = None,
 ) -> FastAPI:
     """Build the app. Opening the audit store here means a server that cannot write its
-    audit trail does not start (fail closed from the first second)."""
+    audit trail does not start (fail closed from the first second). `gate_command_for`:
+    see `Workers` (certificates for hosts whose config names no gate_command)."""
     settings = config.server
     audit = audit or AuditStore.from_settings(settings)
     auth = auth or AuthStore(settings.database)
@@ -96,7 +98,13 @@ def create_app(
         config=config,
         audit=audit,
         auth=auth,
-        workers=workers or Workers(config.hosts, fleet=config.fleet, ssh=config.ssh),
+        workers=workers
+        or Workers(
+            config.hosts,
+            fleet=config.fleet,
+            ssh=config.ssh,
+            default_command=gate_command_for,
+        ),
         limiter=RateLimiter(settings.requests_per_minute),
         proxies=TrustedProxies(settings.trusted_proxies),
         failures=AddressFailures(settings.failures_per_minute),

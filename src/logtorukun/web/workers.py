@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,16 +273,23 @@ class Workers:
         *,
         fleet: FleetSettings | None = None,
         ssh: SshSettings | None = None,
+        default_command: Callable[[str], str] | None = None,
     ) -> None:
+        """`default_command(user)`: the gate command a certificate forces for a host whose
+        config names none (cli passes what `worker setup` installs)."""
         fleet = fleet or FleetSettings()
         self.hosts = {h.name: h for h in hosts}
         if client is None:
             extra: dict[str, Any] = {}
             if ssh is not None and ssh.certificates:
-                from ..client.certs import CertPolicy
+                from ..client.certs import CertError, CertPolicy, CertSigner
 
+                if ssh.ca_key is None:
+                    raise CertError("[ssh] certificates = true needs ca_key")
+                signer = CertSigner(ssh.ca_key, agent=ssh.agent, validity=ssh.validity)
+                policy = CertPolicy(signer, ssh.source_address, default_command=default_command)
                 extra = {
-                    "certs": CertPolicy.from_settings(ssh),
+                    "certs": policy,
                     "max_user_connections": ssh.max_user_connections,
                 }
             client = Client(hosts, options=PoolOptions.for_fleet(fleet, **extra))

@@ -63,6 +63,16 @@ def register(sub: Any) -> None:
     p = ucmds.add_parser("remove", help="remove a user, their sessions and tokens")
     p.add_argument("name")
     p.set_defaults(func=cmd_user_remove)
+    p = ucmds.add_parser("disable", help="stop a user's sign-ins, sessions and tokens")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_disable, disabled=True)
+    p = ucmds.add_parser("enable", help="undo `user disable`")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_disable, disabled=False)
+    p = ucmds.add_parser("roles", help="replace a user's roles")
+    p.add_argument("name")
+    p.add_argument("--role", action="append", required=True, metavar="ROLE")
+    p.set_defaults(func=cmd_user_roles)
 
     token = sub.add_parser("token", help="create, list or revoke API tokens")
     tcmds = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
@@ -136,12 +146,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
-    config = _config(args)
-    unknown = [r for r in args.role if r not in config.roles]
+def _check_roles(config: Config, roles: list[str]) -> None:
+    unknown = [r for r in roles if r not in config.roles]
     if unknown:
         known = ", ".join(sorted(config.roles)) or "none defined"
         raise AuthError(f"no role {unknown[0]!r} in {config.path} (roles: {known})")
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _check_roles(config, args.role)
     password = None if args.sso else _read_password(args)
     auth = _auth(config)
     user = auth.add_user(args.name, args.role, password)
@@ -171,6 +185,23 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 def cmd_user_remove(args: argparse.Namespace) -> int:
     _auth(_config(args)).remove_user(args.name)
     print(f"removed {args.name}; their sessions and tokens no longer work")
+    return 0
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    _auth(_config(args)).set_disabled(args.name, args.disabled)
+    if args.disabled:
+        print(f"disabled {args.name}; their sessions, tokens and live follows stop working")
+    else:
+        print(f"enabled {args.name}")
+    return 0
+
+
+def cmd_user_roles(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _check_roles(config, args.role)
+    user = _auth(config).set_roles(args.name, args.role)
+    print(f"{user.name} now has roles: {', '.join(user.roles)} (live follows re-checked)")
     return 0
 
 

@@ -2,27 +2,34 @@
 
 Everything docs/security.md asks a worker to have is written from flags, shown before it is
 done (`--dry-run`), done only where the machine differs (a second run changes
-nothing), and undone by `remove`:
+nothing), converged against the previous run (grants no longer asked for are revoked),
+and undone exactly by `remove`:
 
 - a dedicated system user with no password and `/bin/sh` (sshd runs the forced
-  command through the login shell; the command string holds only checked paths);
+  command through the login shell; the command string holds only checked paths); an
+  existing account only with `--adopt-user`, given back as it was by `remove`;
 - the gate zipapp and a policy file written from `--files/--unit/--container`;
 - the web server's key in a root-owned authorized_keys file, as
   `restrict,from="ADDR",command="<gate> --policy <file>" KEY`;
 - an sshd `Match User` drop-in: key only, no forwarding, no TTY, no ~/.ssh/rc, auth
-  info exposed to the gate, and `ForceCommand` as a second lock behind `command=`;
+  info exposed to the gate, `ForceCommand` as a second lock behind `command=`, and
+  bounds on dead, idle and crowded connections; then `sshd -t`, and sshd's effective
+  settings for the gate user (`sshd -T -C`) must be at least as strict, or setup names
+  the file that overrides the block and stops before installing the key;
 - read access to the log files through POSIX ACLs (the files' owner and mode stay as
-  they are), with a default ACL so files created by a rotation inherit it, and a
-  check of logrotate's `create` mode (a mode without group read masks the ACL);
+  they are), with an explicit default ACL so files created later are readable by the
+  gate and by no one else, and a check of logrotate's `create` mode;
+- journal access for `--unit` (group systemd-journal);
 - for containers, the exact-argv sudoers rule from docs/gate.md (never the docker group).
 
-sshd is validated with `sshd -t` before it is told to reload; a config it rejects is
-rolled back. `--root DIR` writes every file below DIR (tests point it at a throwaway
-sshd config directory), so the machine's own sshd is never touched.
+`--root DIR` writes every file below DIR (tests point it at a throwaway sshd config
+directory), so the machine's own sshd is never touched.
 
 This module is the command itself (checks, the dry-run report, applying with rollback,
-the CLI); the checked flags are in `worker_spec`, the plan in `worker_plan`, the probes
-in `worker_changes`, sshd in `worker_sshd` and the other files' text in `worker_render`.
+the CLI). The checked flags are in `worker_spec`, the plan in `worker_plan`, what it
+records for remove in `worker_manifest`, the probes in `worker_changes`, ACLs in
+`worker_acl`, the account and journal group in `worker_account`, sshd in `worker_sshd`
+and the other files' text in `worker_render`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -104,6 +105,25 @@ def strip(path: str, uid: int) -> bool:
 
 def _acl_lines(text: str) -> list[str]:
     return [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
+
+
+_ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+_ACL_USER = 0x02  # ACL_USER tag in the kernel's xattr format (version 2, 8-byte entries)
+
+
+def carries(path: str, uid: int) -> bool:
+    """Whether `path` (not followed) has an entry for `uid`: read from the xattrs, so a
+    walk over a big log tree spawns getfacl/setfacl only where there is work."""
+    for name in _ACL_XATTRS:
+        try:
+            blob = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+        for off in range(4, len(blob) - 7, 8):
+            tag, _perm, ident = struct.unpack_from("<HHI", blob, off)
+            if tag == _ACL_USER and ident == uid:
+                return True
+    return False
 
 
 def _named(entry: str) -> bool:

@@ -368,7 +368,7 @@ def _strip_below(root: str, m: Manifest, user: str) -> Change:
         if uid is None:
             return
         for path in worker_acl.walk(Path(root)):
-            if path not in m.acl:
+            if path not in m.acl and worker_acl.carries(path, uid):
                 with contextlib.suppress(UserError):  # vanished or swapped meanwhile
                     worker_acl.strip(path, uid)
 

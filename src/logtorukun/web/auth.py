@@ -156,6 +156,31 @@ class AuthStore:
         if cur.rowcount == 0:
             raise AuthError(f"no user {name!r}")
 
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        """A disabled user keeps their records but cannot sign in or use sessions or
+        tokens; open follows end at their next re-check."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE auth_users SET disabled = ? WHERE name = ?", (int(disabled), name)
+            )
+        if cur.rowcount == 0:
+            raise AuthError(f"no user {name!r}")
+
+    def set_roles(self, name: str, roles: list[str]) -> User:
+        """Replace the user's roles: effective on the next request (and follow re-check)."""
+        if not roles:
+            raise AuthError("give the user at least one --role")
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE auth_users SET roles = ? WHERE name = ?",
+                (json.dumps(sorted(set(roles))), name),
+            )
+        if cur.rowcount == 0:
+            raise AuthError(f"no user {name!r}")
+        user = self.get_user(name)
+        assert user is not None
+        return user
+
     def get_user(self, name: str) -> User | None:
         with self._lock:
             row = self._db.execute(
@@ -267,6 +292,30 @@ class AuthStore:
         if row[3] is None or row[5]:
             return None, tid, "token's user no longer exists"
         return _user(row[3:7]), tid, "token valid"
+
+    def token_state(self, tid: str) -> tuple[User | None, str]:
+        """(user, reason) for a token already verified once, by id: what a long-lived
+        stream re-checks (revoked, expired, user removed or disabled)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT t.expires, t.revoked, u.name, u.roles, u.disabled, "
+                "u.password_hash IS NOT NULL FROM auth_tokens t "
+                "LEFT JOIN auth_users u ON u.name = t.user WHERE t.id = ?",
+                (tid,),
+            ).fetchone()
+        if row is None:
+            return None, "token removed"
+        # The user first: removing a user also revokes their tokens, and "removed" is
+        # the reason that matters.
+        if row[2] is None:
+            return None, "token's user no longer exists"
+        if row[4]:
+            return None, "token's user is disabled"
+        if row[1]:
+            return None, "token revoked"
+        if row[0] is not None and row[0] < time.time():
+            return None, "token expired"
+        return _user(row[2:6]), "token valid"
 
     def touch_token(self, tid: str) -> None:
         with self._lock:

@@ -247,6 +247,7 @@ async def logout(request: Request, csrf: str = Form("", max_length=100)) -> Resp
     server.record(ctx, "logout", action="logout", decision="allow", reason="signed out")
     if ctx.session_id:
         server.auth.end_session(ctx.session_id)
+        server.hub.recheck.kick()  # the session's live follows end now, not in 5 s
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(
         server.cookie_name,

@@ -35,6 +35,7 @@ from .access import FOLLOW, Source
 from .api import ContainerQ, PathQ, UnitQ, worker_failed
 from .context import ApiError, Ctx, Server
 from .guard import begin, server_of
+from .recheck import Credential, Rechecker
 from .workers import ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -73,10 +74,13 @@ class Viewer:
         self.wake = asyncio.Event()
         self.ended: str | None = None  # reason, once the upstream has ended
         self.retry = True  # may the browser start again from its last position?
+        self.revoked: str | None = None  # the audit reason, once credentials failed
         self.lines = 0
         self.bytes = 0
 
     def push(self, entries: list[Entry]) -> None:
+        if self.revoked is not None:
+            return
         # The deque's maxlen drops the oldest lines: the newest are what a live view is for.
         over = len(self.backlog) + len(entries) - BACKLOG
         if over > 0:
@@ -88,6 +92,14 @@ class Viewer:
         self.ended = reason
         self.retry = retry
         self.wake.set()
+
+    def revoke(self, reason: str, shown: str) -> None:
+        """Credentials no longer valid (recheck.py): nothing more is sent, not even
+        lines already queued; the browser is told `shown` and must not retry."""
+        self.revoked = reason
+        self.backlog.clear()
+        self.dropped = 0
+        self.end(shown, retry=False)
 
 
 class Upstream:
@@ -263,6 +275,7 @@ class FollowHub:
         self.private: set[Upstream] = set()
         self.per_user: dict[str, int] = {}
         self.heartbeat = HEARTBEAT
+        self.recheck = Rechecker(server, server.config.server.follow_recheck_seconds)
 
     def follower_count(self) -> int:
         ups = [*self.upstreams.values(), *self.private]
@@ -305,6 +318,7 @@ class FollowHub:
         return up
 
     async def close(self) -> None:
+        await self.recheck.close()
         ups = [*self.upstreams.values(), *self.private]
         for up in ups:
             up.task.cancel()
@@ -376,6 +390,7 @@ async def follow(
     except BaseException:
         hub.per_user[user] -= 1
         raise
+    hub.recheck.add(viewer, Credential.of(ctx, a.host, a.source))
 
     state = {"reason": "viewer closed", "done": False}
 
@@ -385,6 +400,7 @@ async def follow(
         if state["done"]:
             return
         state["done"] = True
+        hub.recheck.remove(viewer)
         up.leave(viewer)
         hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
         server.metrics.sent("follow", viewer.bytes, viewer.lines)
@@ -421,6 +437,10 @@ async def follow(
                         async with asyncio.timeout(beat):
                             await viewer.wake.wait()
                 viewer.wake.clear()
+                if viewer.revoked is not None:
+                    state["reason"] = viewer.revoked
+                    yield _event("end", {"reason": viewer.ended, "retry": False})
+                    return
                 backlog = viewer.backlog
                 if backlog and backlog[0][0] is None:
                     _, pos, gap = backlog.popleft()

@@ -48,6 +48,63 @@ const LogRender = (() => {
     }
   }
 
+  // Level of a line, in the forms logs use: a JSON field (level, severity, lvl, log.level,
+  // levelname, PRIORITY; pino's numbers), logfmt `level=`, a syslog `<N>` prefix or a
+  // journal/syslog priority number, or a plain word (ERROR, WARN, ...). One of
+  // "error", "warn", "info", "debug", or "" when the line does not say.
+  const WORD_LEVEL = {
+    fatal: "error", panic: "error", crit: "error", critical: "error", emerg: "error",
+    emergency: "error", alert: "error", error: "error", err: "error", severe: "error",
+    warn: "warn", warning: "warn", notice: "info", info: "info", information: "info",
+    informational: "info", debug: "debug", trace: "debug", verbose: "debug", fine: "debug",
+  };
+  const PRIORITY_LEVEL = ["error", "error", "error", "error", "warn", "info", "info", "debug"];
+  const JSON_LEVEL_KEYS = ["level", "lvl", "severity", "levelname", "loglevel", "log.level", "PRIORITY", "priority", "@l"];
+  const LOGFMT_LEVEL = /(?:^|\s)(?:level|lvl|severity)=["']?([A-Za-z]+|[0-7])\b/;
+  const SYSLOG_PRI = /^<([0-9]{1,3})>/;
+
+  function levelFrom(value) {
+    if (typeof value === "number") {
+      if (value >= 10 && value <= 60) return value >= 50 ? "error" : value >= 40 ? "warn" : value >= 30 ? "info" : "debug";
+      return PRIORITY_LEVEL[value] || "";
+    }
+    if (typeof value !== "string") return "";
+    if (/^[0-7]$/.test(value)) return PRIORITY_LEVEL[+value];
+    return WORD_LEVEL[value.toLowerCase()] || "";
+  }
+
+  // The JSON object a line carries (after an optional timestamp prefix), or null.
+  function jsonOf(line) {
+    const start = line.indexOf("{");
+    if (start < 0 || start > 64 || line.length > 65536) return null;
+    const end = line.lastIndexOf("}");
+    if (end <= start) return null;
+    try {
+      const v = JSON.parse(line.slice(start, end + 1));
+      return v && typeof v === "object" && !Array.isArray(v) ? v : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function levelOf(line) {
+    const obj = line.indexOf("{") >= 0 ? jsonOf(line) : null;
+    if (obj) {
+      for (const k of JSON_LEVEL_KEYS) {
+        const v = k === "log.level" && obj.log ? obj.log.level : obj[k];
+        const lv = v === undefined ? "" : levelFrom(v);
+        if (lv) return lv;
+      }
+    }
+    const head = (line.length > 300 ? line.slice(0, 300) : line).replace(ESCAPES, "");
+    const pri = SYSLOG_PRI.exec(head);
+    if (pri) return PRIORITY_LEVEL[+pri[1] % 8];
+    const lf = LOGFMT_LEVEL.exec(head);
+    if (lf) { const lv = levelFrom(lf[1]); if (lv) return lv; }
+    const w = LEVEL.exec(head);
+    return w ? LEVEL_CLASS[w[1]] : "";
+  }
+
   function visibleControl(s) {
     return s.replace(CONTROL, (c) => String.fromCharCode(0x2400 + (c === "\x7f" ? 0x21 : c.charCodeAt(0))));
   }
@@ -135,10 +192,11 @@ const LogRender = (() => {
   function row(line, matcher) {
     const div = document.createElement("div");
     div.className = "line";
-    const head = line.length > 200 ? line.slice(0, 200) : line;
-    const lvl = LEVEL.exec(head.replace(ESCAPES, ""));
-    if (lvl) div.classList.add("lvl-" + LEVEL_CLASS[lvl[1]]);
-    else if (/^\s/.test(line)) div.classList.add("cont");
+    const lvl = levelOf(line);
+    if (lvl) {
+      div.classList.add("lvl-" + lvl);
+      div.dataset.lv = lvl;
+    } else if (/^\s/.test(line)) div.classList.add("cont");
     let rest = line;
     const ts = TIMESTAMP.exec(rest);
     if (ts) {
@@ -184,5 +242,5 @@ const LogRender = (() => {
     }
   }
 
-  return { row, matcherFor, visibleControl, setLocalTime, shownTime };
+  return { row, matcherFor, visibleControl, setLocalTime, shownTime, levelOf, jsonOf };
 })();

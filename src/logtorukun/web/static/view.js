@@ -21,6 +21,22 @@
     wrap: $("wrap"), localtime: $("localtime"),
   };
   const jumpBtn = $("jump-latest");
+  const LEVELS = ["error", "warn", "info", "debug"];
+  const levelBoxes = Object.fromEntries(LEVELS.map((l) => [l, $("lv-" + l)]));
+  let prevLevel = "";     // the level a line without its own takes (the line before's)
+
+  // One row: its level (or the previous line's), and its ▸ fields button if structured.
+  function makeRow(line, m) {
+    const r = LogRender.row(line, m);
+    if (r.dataset.lv) prevLevel = r.dataset.lv;
+    else if (prevLevel) r.dataset.lv = prevLevel;
+    LogFields.decorate(r, line);
+    return r;
+  }
+
+  function applyLevels() {
+    for (const l of LEVELS) log.classList.toggle("hide-" + l, !levelBoxes[l].checked);
+  }
 
   let following = null;   // { abort: AbortController }
   let paused = false;
@@ -46,6 +62,8 @@
     for (const k of ["regex", "icase", "invert", "mark"]) inputs[k].checked = q.get(k) === "1";
     inputs.wrap.checked = (q.get("wrap") || LTK.setting("wrap", "1")) !== "0";
     inputs.localtime.checked = LTK.setting("localtime", "0") === "1";
+    const levels = (q.get("levels") || LTK.setting("levels", LEVELS.join(","))).split(",");
+    for (const l of LEVELS) levelBoxes[l].checked = levels.includes(l);
     return q.get("follow") === "1";
   }
 
@@ -56,6 +74,8 @@
     for (const k of ["since", "until", "pattern"]) if (inputs[k].value.trim()) q.set(k, inputs[k].value.trim());
     for (const k of ["regex", "icase", "invert", "mark"]) if (inputs[k].checked) q.set(k, "1");
     if (!inputs.wrap.checked) q.set("wrap", "0");
+    const shownLevels = LEVELS.filter((l) => levelBoxes[l].checked);
+    if (shownLevels.length < LEVELS.length) q.set("levels", shownLevels.join(","));
     if (extra && extra.follow) q.set("follow", "1");
     return "/view?" + q.toString();
   }
@@ -88,7 +108,8 @@
     const m = matcher();
     const frag = document.createDocumentFragment();
     const shown = lines.length > MAX_RESULT_ROWS ? lines.slice(-MAX_RESULT_ROWS) : lines;
-    for (const line of shown) frag.append(LogRender.row(line, m));
+    prevLevel = "";
+    for (const line of shown) frag.append(makeRow(line, m));
     log.replaceChildren(frag);
     if (!shown.length) {
       log.append(LTK.el("div", { class: "empty", text: "No lines." }));
@@ -119,7 +140,7 @@
     const stick = atBottom();
     const m = matcher();
     const frag = document.createDocumentFragment();
-    for (const line of queue) frag.append(typeof line === "string" ? LogRender.row(line, m) : gapRow(line.gap));
+    for (const line of queue) frag.append(typeof line === "string" ? makeRow(line, m) : gapRow(line.gap));
     queue = [];
     const empty = log.querySelector(".empty");
     if (empty) empty.remove();
@@ -378,6 +399,21 @@
   // ------------------------------------------------------------------ wiring
 
   log.addEventListener("scroll", updateJump, { passive: true });
+  for (const l of LEVELS) {
+    levelBoxes[l].addEventListener("change", () => {
+      applyLevels();
+      LTK.remember("levels", LEVELS.filter((x) => levelBoxes[x].checked).join(","));
+      remember();
+    });
+  }
+  // A field value clicked in an expanded JSON/logfmt line: search for it.
+  document.addEventListener("ltk-filter", (ev) => {
+    inputs.pattern.value = ev.detail.value;
+    inputs.regex.checked = false;
+    inputs.invert.checked = false;
+    inputs.mark.checked = !caps.has("search");
+    load();
+  });
   jumpBtn.addEventListener("click", () => { log.scrollTop = log.scrollHeight; updateJump(); });
   inputs.lines.addEventListener("change", () => LTK.remember("lines", inputs.lines.value.trim() || "200"));
   inputs.localtime.addEventListener("change", () => {
@@ -435,6 +471,7 @@
   const wantFollow = readUrl();
   log.classList.toggle("nowrap", !inputs.wrap.checked);
   LogRender.setLocalTime(inputs.localtime.checked, log);
+  applyLevels();
   load().then(() => {
     if (wantFollow && !caps.has("follow")) {
       showNotice("This link asks for a live follow, but you may not follow this source " +

@@ -371,15 +371,4 @@ def _position(payload: bytes) -> Position:
 
 
 def _status(payload: bytes) -> Status:
-    body = json.loads(payload)
-    pos = body.get("pos")
-    return Status(
-        pos=(int(pos[0]), int(pos[1]), int(pos[2]))
-        if isinstance(pos, list) and len(pos) == 3
-        else None,
-        exit=int(body["exit"]),
-        reason=str(body.get("reason") or ""),
-        lines=int(body.get("lines", 0)),
-        bytes=int(body.get("bytes", 0)),
-        truncated=bool(body.get("truncated", False)),
-    )
+    return Status.from_json(payload)

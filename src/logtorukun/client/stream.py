@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..gate.vocabulary import Exit
+from ..gate.vocabulary import Status as Status  # re-exported: the client's API
 from .errors import ClientError, ConnectionLost, error_for_exit
 
 
@@ -33,23 +33,6 @@ class Position:
     def start(self) -> tuple[int, int, int]:
         """What `tail_command(..., start=)` takes."""
         return (self.ino, self.off, self.tag)
-
-
-@dataclass(frozen=True)
-class Status:
-    """How a request ended, as the gate reported it (bridge END or exit status + stderr)."""
-
-    exit: int
-    reason: str = ""
-    lines: int = 0
-    bytes: int = 0
-    truncated: bool = False
-    pos: tuple[int, int, int] | None = None  # a plain file's tail: where a follow continues
-
-    @property
-    def ok(self) -> bool:
-        """Data is complete or was cut at a limit (`truncated`): either way, show it."""
-        return self.exit in (Exit.OK, Exit.LIMIT)
 
 
 class Stream:

@@ -38,7 +38,7 @@ from .protocol import (
     pack,
 )
 from .runner import Context, Result, is_quick, serve
-from .vocabulary import Request
+from .vocabulary import Request, Status
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
@@ -122,16 +122,15 @@ class _ServedStream:
             view = view[n:]
 
     def end(self, result: Result, before: bytes = b"") -> None:
-        body = {
-            "exit": int(result.code),
-            "reason": result.reason,
-            "lines": result.lines,
-            "bytes": result.bytes,
-            "truncated": result.truncated,
-        }
-        if result.position is not None:
-            body["pos"] = list(result.position)
-        self.writer.send(END, self.rid, json.dumps(body).encode(), before)
+        status = Status(
+            exit=int(result.code),
+            reason=result.reason,
+            lines=result.lines,
+            bytes=result.bytes,
+            truncated=result.truncated,
+            pos=result.position,
+        )
+        self.writer.send(END, self.rid, status.to_json(), before)
 
 
 class BridgeServer:

@@ -10,6 +10,7 @@ nothing at start-up that the gate would not import anyway.
 
 from __future__ import annotations
 
+import builtins  # `bytes` is also a field of Status
 import re
 
 from .record import record
@@ -251,6 +252,61 @@ class Help:
 
 
 Request = Tail | Head | Grep | Range | Journal | Docker | SourcesRequest | BridgeRequest | Help
+
+
+# ---------------------------------------------------------------- how a request ended
+
+
+@record(frozen=True)
+class Status:
+    """How a request ended: the gate's exit code and reason, what it sent, whether a
+    limit cut it, and for a file's tail where a follow would continue (inode, offset,
+    tag). The body of a bridge END frame, the client's `Stream.status`, and what the web
+    server answers and audits."""
+
+    exit: int
+    reason: str = ""
+    lines: int = 0
+    bytes: int = 0
+    truncated: bool = False
+    pos: tuple[int, int, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Data is complete or was cut at a limit (`truncated`): either way, show it."""
+        return self.exit in (Exit.OK, Exit.LIMIT)
+
+    def to_json(self) -> builtins.bytes:
+        import json
+
+        body: dict[str, object] = {
+            "exit": self.exit,
+            "reason": self.reason,
+            "lines": self.lines,
+            "bytes": self.bytes,
+            "truncated": self.truncated,
+        }
+        if self.pos is not None:
+            body["pos"] = list(self.pos)
+        return json.dumps(body).encode()
+
+    @classmethod
+    def from_json(cls, payload: builtins.bytes) -> Status:
+        """The END frame's body; ValueError/KeyError/TypeError if it is not one."""
+        import json
+
+        body = json.loads(payload)
+        pos = body.get("pos")
+        return cls(
+            exit=int(body["exit"]),
+            reason=str(body.get("reason") or ""),
+            lines=int(body.get("lines", 0)),
+            bytes=int(body.get("bytes", 0)),
+            truncated=bool(body.get("truncated", False)),
+            pos=(int(pos[0]), int(pos[1]), int(pos[2]))
+            if isinstance(pos, list) and len(pos) == 3
+            else None,
+        )
 
 
 # ---------------------------------------------------------------- request -> command line

@@ -35,7 +35,7 @@ from ..client.stream import Position
 from ..client.stream import Stream as ClientStream
 from ..config import FleetSettings, HostConfig
 from ..config_ssh import SshSettings
-from ..gate.vocabulary import Exit
+from ..gate.vocabulary import Exit, Status
 from .access import Source
 
 
@@ -165,16 +165,34 @@ def _pcre_escape(text: str) -> str:
 
 @dataclass(slots=True)
 class Outcome:
-    """How a worker request ended: what the gate said, and what came through."""
+    """How a worker request ended: the gate's own `Status` (its END, as the client got
+    it), or the failure that came instead; and what came through this server."""
 
-    exit: int | None = None
-    reason: str = ""
-    truncated: bool = False
+    status: Status | None = None
+    failed_exit: int | None = None  # a refusal raised before any END: the gate's exit
+    failure: str = ""  # ... and its reason, or why the connection failed
     bytes: int = 0
     lines: int = 0
     started: float = field(default_factory=time.monotonic)
-    pos: tuple[int, int, int] | None = None  # a file tail: where a follow continues
     cert_serial: int | None = None  # [ssh] certificates: joins the worker's audit record
+
+    @property
+    def exit(self) -> int | None:
+        return self.status.exit if self.status is not None else self.failed_exit
+
+    @property
+    def reason(self) -> str:
+        return self.status.reason if self.status is not None else self.failure
+
+    @property
+    def truncated(self) -> bool:
+        s = self.status
+        return s is not None and (s.truncated or s.exit != Exit.OK)
+
+    @property
+    def pos(self) -> tuple[int, int, int] | None:
+        """A file tail: where a follow continues."""
+        return self.status.pos if self.status is not None else None
 
     def as_audit(self) -> dict[str, Any]:
         return {
@@ -251,15 +269,10 @@ class WorkerStream:
         except ClientError as exc:
             self.pool.note(self.host, exc)
             if isinstance(exc, GateExitError):
-                self.outcome.exit = exc.gate_exit
-            self.outcome.reason = exc.reason if isinstance(exc, GateExitError) else exc.message
+                self.outcome.failed_exit = exc.gate_exit
+            self.outcome.failure = exc.reason if isinstance(exc, GateExitError) else exc.message
             raise _error(exc) from None
-        status = stream.status
-        if status is not None:
-            self.outcome.exit = status.exit
-            self.outcome.reason = status.reason
-            self.outcome.truncated = status.truncated or status.exit != 0
-            self.outcome.pos = status.pos
+        self.outcome.status = stream.status
         self.pool.note(self.host, None)
 
 

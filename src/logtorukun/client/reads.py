@@ -224,6 +224,54 @@ def docker_command(
     return command_for(Docker(name, n, bool(timestamps), since, until, bool(follow)))
 
 
+def line_for(request: Request) -> str:
+    """The gate's command line for a typed request (gate/vocabulary.py), through the
+    same checks as the builders above; InvalidArgument names what is wrong."""
+    r = request
+    if isinstance(r, Tail):
+        start: tuple[int, int] | tuple[int, int, int] | None = None
+        if r.start is not None:
+            ino, off, tag = r.start
+            start = (ino, off) if tag is None else (ino, off, tag)
+        return tail_command(r.path, r.lines, follow=r.follow, start=start)
+    if isinstance(r, Head):
+        return head_command(r.path, r.lines)
+    if isinstance(r, Grep) and not (r.line_numbers or r.word):
+        return grep_command(
+            r.path,
+            r.pattern,
+            regex=r.regex,
+            ignore_case=r.ignore_case,
+            invert=r.invert,
+            count=r.count,
+            max_count=r.max_count,
+            last=r.tail,
+        )
+    if isinstance(r, Range):
+        return range_command(r.path, r.since, r.until, max_lines=r.max_lines)
+    if isinstance(r, Journal):
+        return journal_command(
+            r.unit,
+            lines=r.lines,
+            since=r.since,
+            until=r.until,
+            grep=r.grep,
+            priority=r.priority,
+            output=r.output,
+            follow=r.follow,
+        )
+    if isinstance(r, Docker):
+        return docker_command(
+            r.container,
+            tail=r.tail,
+            timestamps=r.timestamps,
+            since=r.since,
+            until=r.until,
+            follow=r.follow,
+        )
+    return command_for(r)  # sources, help, and grep's -n/-w: words the gate checks
+
+
 def check_via(via: dict[str, Any] | None) -> dict[str, Any] | None:
     """`via` must be a small JSON object: it lands in the worker's audit record."""
     if via is None:
@@ -332,6 +380,17 @@ class Client:
         return await self.pool.start(
             host, command, check_via(via), oneshot=self.oneshot, positions=positions
         )
+
+    async def start(
+        self,
+        host: str,
+        request: Request,
+        *,
+        via: dict[str, Any] | None = None,
+        positions: bool = False,
+    ) -> Stream:
+        """Start a typed request (gate/vocabulary.py): the web server's way in."""
+        return await self.stream(host, line_for(request), via=via, positions=positions)
 
     async def run(
         self,

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..client import Client, ClientError, PoolOptions
-from ..client import reads as commands
 from ..client.errors import (
     AuthRefused,
     GateExitError,
@@ -35,7 +34,7 @@ from ..client.stream import Position
 from ..client.stream import Stream as ClientStream
 from ..config import FleetSettings, HostConfig
 from ..config_ssh import SshSettings
-from ..gate.vocabulary import Exit, Status
+from ..gate.vocabulary import Docker, Exit, Grep, Head, Journal, Range, Request, Status, Tail
 from .access import Source
 
 
@@ -99,7 +98,7 @@ def _error(exc: ClientError) -> WorkerError:
 
 @dataclass(frozen=True, slots=True)
 class ReadSpec:
-    """One bounded read or a follow, in the web's terms; `command()` is the gate's."""
+    """One bounded read or a follow, in the web's terms; `request()` is the gate's."""
 
     verb: str  # "tail" | "grep" | "range" | "follow" | "cat"
     source: Source
@@ -118,36 +117,33 @@ class ReadSpec:
         """A file follow: ask the gate for positions (resume points and heartbeats)."""
         return self.verb == "follow" and self.source.kind == "file"
 
-    def command(self) -> str:
-        """Built by the client's quoting builders; raises InvalidArgument on bad values."""
+    def request(self) -> Request:
+        """The gate request this read is (gate/vocabulary.py); the client checks its
+        values (InvalidArgument) and writes the command line."""
         s = self.source
         if s.kind == "unit":
             if self.verb == "follow":
-                return commands.journal_command(s.name, lines=0, follow=True)
+                return Journal(s.name, lines=0, follow=True)
             grep = None
             if self.verb == "grep" and self.pattern is not None:
                 grep = self.pattern if self.regex else _pcre_escape(self.pattern)
                 grep = f"(?i){grep}" if self.ignore_case else grep
             n = self.max if self.verb == "grep" and self.max else self.lines
-            return commands.journal_command(
-                s.name, lines=n, since=self.since, until=self.until, grep=grep
-            )
+            return Journal(s.name, lines=n, since=self.since, until=self.until, grep=grep)
         if s.kind == "container":
             if self.verb == "follow":
-                return commands.docker_command(s.name, tail=0, timestamps=True, follow=True)
-            return commands.docker_command(
+                return Docker(s.name, tail=0, timestamps=True, follow=True)
+            return Docker(
                 s.name, tail=self.lines, timestamps=True, since=self.since, until=self.until
             )
         if self.verb == "follow":
-            return commands.tail_command(s.name, 0, follow=True, start=self.start)
+            return Tail(s.name, 0, follow=True, start=self.start)
         if self.verb == "cat":
-            return commands.head_command(s.name)
+            return Head(s.name, None)
         if self.verb == "range":
-            return commands.range_command(
-                s.name, self.since or "1970-01-01", self.until, max_lines=self.lines
-            )
+            return Range(s.name, self.since or "1970-01-01", self.until, max_lines=self.lines)
         if self.verb == "grep":
-            return commands.grep_command(
+            return Grep(
                 s.name,
                 self.pattern or "",
                 regex=self.regex,
@@ -155,7 +151,7 @@ class ReadSpec:
                 invert=self.invert,
                 max_count=self.max,
             )
-        return commands.tail_command(s.name, self.lines)
+        return Tail(s.name, self.lines)
 
 
 def _pcre_escape(text: str) -> str:
@@ -230,9 +226,8 @@ class WorkerStream:
 
     async def __aenter__(self) -> WorkerStream:
         try:
-            command = self.spec.command()
-            self._stream = await self.pool.client.stream(
-                self.host.name, command, via=self.via, positions=self.spec.positions
+            self._stream = await self.pool.client.start(
+                self.host.name, self.spec.request(), via=self.via, positions=self.spec.positions
             )
             signed = self.pool.client.pool.get(self.host.name, self.via.get("user")).signed
             self.outcome.cert_serial = signed.serial if signed is not None else None

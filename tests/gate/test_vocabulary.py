@@ -10,14 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logtorukun.client.reads import (
-    docker_command,
-    grep_command,
-    head_command,
-    journal_command,
-    range_command,
-    tail_command,
-)
+from logtorukun.client.reads import line_for
 from logtorukun.gate import grammar
 from logtorukun.gate.errors import GateError
 from logtorukun.gate.vocabulary import (
@@ -130,54 +123,11 @@ def test_every_request_survives_its_command_line(request: Request) -> None:
 @settings(max_examples=300, deadline=None)
 @given(requests)
 def test_the_clients_builders_write_the_same_lines(request: Request) -> None:
-    """The client builds with its own checks, through the same `command_words`."""
-    r = request
-    if isinstance(r, Tail):
-        start: tuple[int, int] | tuple[int, int, int] | None = None
-        if r.start is not None:
-            start = (r.start[0], r.start[1])
-        if r.start is not None and r.start[2] is not None:
-            start = (r.start[0], r.start[1], r.start[2])
-        line = tail_command(r.path, r.lines, follow=r.follow, start=start)
-    elif isinstance(r, Head):
-        line = head_command(r.path, r.lines)
-    elif isinstance(r, Grep) and not (r.line_numbers or r.word):
-        line = grep_command(
-            r.path,
-            r.pattern,
-            regex=r.regex,
-            ignore_case=r.ignore_case,
-            invert=r.invert,
-            count=r.count,
-            max_count=r.max_count,
-            last=r.tail,
-        )
-    elif isinstance(r, Range):
-        line = range_command(r.path, r.since, r.until, max_lines=r.max_lines)
-    elif isinstance(r, Journal) and (r.priority is None or "." not in r.priority):
-        line = journal_command(
-            r.unit,
-            lines=r.lines,
-            since=r.since,
-            until=r.until,
-            grep=r.grep,
-            priority=r.priority,
-            output=r.output,
-            follow=r.follow,
-        )
-    elif isinstance(r, Docker):
-        line = docker_command(
-            r.container,
-            tail=r.tail,
-            timestamps=r.timestamps,
-            since=r.since,
-            until=r.until,
-            follow=r.follow,
-        )
-    else:
-        return  # the client has no builder for it (sources, bridge, help: plain words)
-    assert line == command_line(r)
-    assert parsed(line) == r
+    """The client builds with its own checks (`line_for` calls tail_command, grep_command
+    and the others), through the same `command_words`."""
+    line = line_for(request)
+    assert line == command_line(request)
+    assert parsed(line) == request
 
 
 def test_hostile_values_stay_values() -> None:

@@ -33,6 +33,7 @@ from .vocabulary import (
     Request,
     SourcesRequest,
     Tail,
+    grep_options,
 )
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
@@ -379,20 +380,9 @@ def _allowed_unit(unit: str, policy: Policy) -> bool:
 
 
 def grep_argv(req: Grep, policy: Policy) -> list[str]:
-    argv = [policy.programs.grep, "-a", "--color=never", "-E" if req.regex else "-F"]
-    for on, flag in (
-        (req.ignore_case, "-i"),
-        (req.invert, "-v"),
-        (req.count, "-c"),
-        (req.line_numbers, "-n"),
-        (req.word, "-w"),
-    ):
-        if on:
-            argv.append(flag)
-    if req.max_count is not None:
-        argv += ["-m", str(req.max_count)]
-    # -e: the pattern is a pattern even when it starts with '-'. No file operand: stdin.
-    return [*argv, "-e", req.pattern]
+    # The options as the request spelled them (vocabulary.grep_options, ending `-e
+    # PATTERN`); no file operand: grep reads the file from stdin.
+    return [policy.programs.grep, "-a", "--color=never", *grep_options(req)]
 
 
 def journal_argv(req: Journal, policy: Policy) -> list[str]:

@@ -330,19 +330,7 @@ def command_words(req: Request) -> tuple[list[str], int | None]:
             return ["cat", req.path], None
         return ["head", "-n", str(req.lines), req.path], None
     if isinstance(req, Grep):
-        words = ["grep", "-E" if req.regex else "-F"]
-        for on, flag in (
-            (req.ignore_case, "-i"),
-            (req.invert, "-v"),
-            (req.count, "-c"),
-            (req.line_numbers, "-n"),
-            (req.word, "-w"),
-        ):
-            if on:
-                words.append(flag)
-        if req.max_count is not None:
-            words += ["-m", str(req.max_count)]
-        return [*words, "-e", req.pattern, req.path], req.tail
+        return ["grep", *grep_options(req), req.path], req.tail
     if isinstance(req, Range):
         words = ["range", f"--since={req.since}"]
         if req.until is not None:
@@ -380,6 +368,24 @@ def command_words(req: Request) -> tuple[list[str], int | None]:
     if isinstance(req, BridgeRequest):
         return ["bridge"], None
     return ["help"], None
+
+
+def grep_options(req: Grep) -> list[str]:
+    """grep's options for `req`, ending `-e PATTERN` (a pattern, even one starting with
+    '-'): the same in the command line a client sends and in the argv the gate runs."""
+    words = ["-E" if req.regex else "-F"]
+    for on, flag in (
+        (req.ignore_case, "-i"),
+        (req.invert, "-v"),
+        (req.count, "-c"),
+        (req.line_numbers, "-n"),
+        (req.word, "-w"),
+    ):
+        if on:
+            words.append(flag)
+    if req.max_count is not None:
+        words += ["-m", str(req.max_count)]
+    return [*words, "-e", req.pattern]
 
 
 def join_words(words: list[str], pipe_tail: int | None = None) -> str:

@@ -40,6 +40,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -94,6 +95,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("logtorukun.audit")
+RECOVERY = (
+    "put the audit database back at this path (or remount its file system read-write); "
+    "the server re-opens it by itself"
+)
 
 _INHERITED = ("user", "roles", "client", "user_agent", "action", "host", "source")
 
@@ -136,10 +141,22 @@ class AuditStore:
         self._closed = False
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._durable = durable
+        # Which file we opened, and why it is unusable now (None while it is fine).
+        self._identity: tuple[int, int] | None = None
+        self.broken: str | None = None
+        self._next_recovery = 0.0
+        self._refused_reason = ""
+        self._last: AuditRef | None = None  # the last record this store wrote or saw
         if readonly:
             self._reader = self._connect_readonly()
         else:
             self._writer = self._open_writer(durable)
+            self._identity = self._file_identity()
+            row = self._writer.execute(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            self._last = AuditRef(row[0], row[1]) if row else None
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, **kwargs: Any) -> AuditStore:
@@ -237,6 +254,118 @@ class AuditStore:
     def _check_open(self) -> None:
         if self._closed:
             raise AuditError(f"{self.path}: the audit store is closed")
+        if self.broken is not None:
+            raise AuditWriteError(self.broken)
+
+    # -- the file being taken away ----------------------------------------------------
+    #
+    # SQLite keeps writing to the inode it opened: deleted, the records vanish when the
+    # server exits; renamed or replaced, they go where nobody looks. So before every
+    # write (and on every `check()`, which /healthz calls) the path is looked at again:
+    # gone, another inode, or a read-only file system means the store is "broken" and
+    # every write and read is refused until a usable audit database is at the path
+    # again (moved back, restored, the file system remounted read-write): the next
+    # write or check re-opens it. A new, empty database is never created here: that
+    # would start a fresh trail behind the auditors' backs (a restart creates one).
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _file_problem(self) -> str | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "the audit database was deleted or renamed"
+        except OSError as exc:
+            return f"the audit database cannot be looked at ({exc.strerror})"
+        if self._identity is not None and (st.st_dev, st.st_ino) != self._identity:
+            return "the audit database was replaced by another file"
+        try:
+            if os.statvfs(self.path).f_flag & os.ST_RDONLY:
+                return "the audit database is on a read-only file system"
+        except OSError as exc:
+            return f"the audit database's file system cannot be checked ({exc.strerror})"
+        return None
+
+    def _break(self, problem: str) -> None:
+        """Fail closed: drop the connections; reads and writes refused until recovery."""
+        if self.broken is None:
+            log.error("%s: %s; refusing every read and write until it is back", self.path, problem)
+        self.broken = f"{self.path}: {problem}; {RECOVERY}"
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._writer = self._reader = None
+
+    def _recover(self) -> None:
+        """Re-open the path if a usable audit database is there again (at most 5 times a
+        second: a refused request stays cheap)."""
+        now = time.monotonic()
+        if now < self._next_recovery:
+            return
+        self._next_recovery = now + 0.2
+        if not self.path.is_file() or self._file_problem_new() is not None:
+            return
+        try:
+            conn = self._open_writer(self._durable)
+        except AuditWriteError:
+            return
+        last = self._last
+        row = None
+        if last is not None:
+            row = conn.execute("SELECT hash FROM audit_log WHERE seq = ?", (last.seq,)).fetchone()
+        if last is None or row is None or row[0] != last.hash:
+            # Not the trail that was taken away (an empty file, an older copy, another
+            # chain): stay closed. A restart accepts it, and `audit verify
+            # --checkpoints` then shows what is missing.
+            conn.close()
+            if self._refused_reason != "other":
+                self._refused_reason = "other"
+                log.error(
+                    "%s: the database there does not hold this server's last record "
+                    "(seq %s); not using it",
+                    self.path,
+                    last.seq if last else "?",
+                )
+            return
+        self._writer = conn
+        self._identity = self._file_identity()
+        log.warning("%s: the audit database is back; serving again", self.path)
+        self.broken = None
+        self._refused_reason = ""
+
+    def _file_problem_new(self) -> str | None:
+        try:
+            if os.statvfs(self.path).f_flag & os.ST_RDONLY:
+                return "read-only"
+        except OSError:
+            return "unreadable"
+        return None
+
+    def check(self) -> None:
+        """Raise AuditWriteError if the store cannot be used now (after trying to recover)."""
+        if self.readonly:
+            return
+        with self._lock, self._read_lock:
+            self._check_locked()
+
+    def _check_locked(self) -> None:
+        if self._closed:
+            raise AuditWriteError(f"{self.path}: cannot write the audit trail: store closed")
+        if self.broken is not None:
+            self._recover()
+        if self.broken is None:
+            problem = self._file_problem()
+            if problem is not None:
+                self._break(problem)
+        if self.broken is not None:
+            self.write_failures += 1
+            raise AuditWriteError(self.broken)
 
     # -- writing --------------------------------------------------------------------
 
@@ -261,6 +390,9 @@ class AuditStore:
 
     def _write(self, values: dict[str, Any], inherit_from: int | None) -> AuditRef:
         with self._lock:
+            if not self.readonly and not self._closed:
+                with self._read_lock:
+                    self._check_locked()
             conn = self._writer
             if conn is None or self._closed:
                 self.write_failures += 1
@@ -273,12 +405,17 @@ class AuditStore:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
-                raise AuditWriteError(explain(self.path, exc)) from None
+                why = explain(self.path, exc)
+                if any(w in str(exc).lower() for w in ("readonly", "full", "disk i/o")):
+                    with self._read_lock:
+                        self._break(why.split(": ", 1)[-1])
+                raise AuditWriteError(why) from None
             except BaseException:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
+            self._last = AuditRef(record.seq, record.hash)
             # After the commit and still under the lock, so sinks see seq order.
             self._emit(record)
         return AuditRef(record.seq, record.hash)

@@ -154,7 +154,8 @@ def setup(spec: Spec, *, dry_run: bool, reload: bool, say: Callable[[str], None]
     command = gate_command(lay.zipapp, lay.policy, python=spec.python)
 
     def verify() -> None:
-        verify_effective(lay, lay.user, command, lay.authorized_keys, spec.sources)
+        ca = lay if spec.trust_ca else None
+        verify_effective(lay, lay.user, command, lay.authorized_keys, spec.sources, ca)
 
     changes = plan_setup(spec)
     block_current = not any(str(lay.sshd_dropin) in c.what for c in changes)
@@ -255,7 +256,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         audit = default_audit_file(layout)
     spec = Spec(
         layout=layout,
-        keys=list(dict.fromkeys(read_key(k) for k in args.key)),
+        keys=list(dict.fromkeys(read_key(k) for k in args.key or [])),
         sources=parse_from(args.from_),
         files=parse_files(args.files),
         units=list(dict.fromkeys(args.unit)),
@@ -263,7 +264,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
         python=args.python,
         audit_file=audit,
         adopt_user=args.adopt_user,
+        trust_ca=read_key(args.trust_ca, "--trust-ca") if args.trust_ca else None,
     )
+    if not spec.keys and spec.trust_ca is None:
+        raise UserError(
+            "give --key PUBKEY_FILE (the web server's key) or --trust-ca CA.pub (its user CA)"
+        )
     try:
         gate_command(layout.zipapp, layout.policy, python=spec.python)
     except ValueError as exc:
@@ -309,10 +315,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common(s)
     s.add_argument(
         "--key",
-        required=True,
         action="append",
         metavar="PUBKEY_FILE",
         help="the web server's public key (*.pub); twice while rotating keys",
+    )
+    s.add_argument(
+        "--trust-ca",
+        metavar="CA.pub",
+        help="accept certificates of this user CA (logtorukun ca show) instead of, or beside,"
+        " --key",
     )
     s.add_argument(
         "--from",

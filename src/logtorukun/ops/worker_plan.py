@@ -33,7 +33,7 @@ from .worker_changes import Change, bytes_change, dir_change, file_change
 from .worker_manifest import AclRecord, Manifest, load, load_path
 from .worker_render import logrotate_text, policy_text, sudoers_text
 from .worker_spec import FilesRule, Layout, Spec
-from .worker_sshd import key_line, match_block
+from .worker_sshd import key_line, match_block, principal_line
 
 
 def _matching_files(rule: FilesRule) -> list[Path]:
@@ -195,7 +195,10 @@ def plan_setup(spec: Spec) -> list[Change]:
     plan.dir(lay.keys_dir, 0o755)
     # The sshd block before the key: setup checks sshd's effective settings right after
     # writing it, and a key is only installed behind a block that holds.
-    plan.file(lay.sshd_dropin, match_block(user, lay.authorized_keys, command), 0o644)
+    ca = lay if spec.trust_ca else None
+    plan.file(lay.sshd_dropin, match_block(user, lay.authorized_keys, command, ca=ca), 0o644)
+    if spec.trust_ca:
+        _plan_ca(plan, spec, command)
     plan.file(
         lay.authorized_keys,
         "".join(key_line(k, command, spec.sources) + "\n" for k in spec.keys),
@@ -221,6 +224,30 @@ def plan_setup(spec: Spec) -> list[Change]:
         Change(f"record {lay.manifest} (what remove undoes)", _final_write(lay, new))
     )
     return plan.changes
+
+
+def _plan_ca(plan: _Planner, spec: Spec, command: str) -> None:
+    """`--trust-ca`: the CA key, the principals line, and a KRL that setup creates empty
+    once and then leaves to the operator (`logtorukun ca revoke` + copying it here)."""
+    lay = spec.layout
+    assert spec.trust_ca is not None
+    plan.file(lay.user_ca, spec.trust_ca + "\n", 0o644)
+    plan.dir(lay.principals.parent, 0o755)
+    plan.file(lay.principals, principal_line(lay.user, command, spec.sources) + "\n", 0o644)
+    plan.made_dirs(lay.krl, itself=False)
+    plan.new.files.append(str(lay.krl))
+    if not lay.krl.exists():
+        plan.add(bytes_change(lay.krl, _empty_krl(), 0o644))
+
+
+@functools.cache
+def _empty_krl() -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="logtorukun-krl-") as d:
+        path = Path(d) / "empty.krl"
+        system.run([system.SSH_KEYGEN, "-q", "-k", "-f", str(path)])
+        return path.read_bytes()
 
 
 def _plan_audit(plan: _Planner, audit: Path) -> None:

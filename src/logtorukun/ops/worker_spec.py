@@ -57,6 +57,21 @@ class Layout:
         return self.p("/usr/local/lib/logtorukun/gate.pyz")
 
     @property
+    def user_ca(self) -> Path:
+        """`--trust-ca`: the user CA's public key (TrustedUserCAKeys)."""
+        return self.etc / f"user_ca-{self.user}.pub"
+
+    @property
+    def principals(self) -> Path:
+        """`--trust-ca`: the principals line, restricted like a key line."""
+        return self.etc / "principals" / self.user
+
+    @property
+    def krl(self) -> Path:
+        """`--trust-ca`: the revocation list; replaced by the operator (docs/operations.md)."""
+        return self.etc / "revoked.krl"
+
+    @property
     def keys_dir(self) -> Path:
         return self.etc / "authorized_keys"
 
@@ -117,6 +132,7 @@ class Spec:
     python: str = DEFAULT_PYTHON
     audit_file: Path | None = None  # None: syslog
     adopt_user: bool = False  # take over an existing account (remove gives it back)
+    trust_ca: str | None = None  # `--trust-ca`: the user CA's public key line
 
 
 def parse_files(values: Sequence[str]) -> list[FilesRule]:
@@ -141,25 +157,25 @@ def parse_files(values: Sequence[str]) -> list[FilesRule]:
     return [FilesRule(r, tuple(p)) for r, p in by_root.items()]
 
 
-def read_key(path: str) -> str:
+def read_key(path: str, flag: str = "--key") -> str:
     """The one public key in `path`, as `TYPE BASE64 [COMMENT]`, checked."""
     try:
         text = Path(path).read_text(encoding="ascii")
     except FileNotFoundError:
         raise UserError(
-            f"--key {path}: no such file (the web server's public key, *.pub)"
+            f"{flag} {path}: no such file (the web server's public key, *.pub)"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--key {path}: cannot read it ({exc})") from None
+        raise UserError(f"{flag} {path}: cannot read it ({exc})") from None
     if "PRIVATE KEY" in text:
-        raise UserError(f"--key {path}: this is a private key; pass the .pub file")
+        raise UserError(f"{flag} {path}: this is a private key; pass the .pub file")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if len(lines) != 1:
-        raise UserError(f"--key {path}: expected exactly one public key line, found {len(lines)}")
+        raise UserError(f"{flag} {path}: expected exactly one public key line, found {len(lines)}")
     parts = lines[0].split()
     if len(parts) < 2 or parts[0] not in _KEY_TYPES or not _B64.fullmatch(parts[1]):
         raise UserError(
-            f"--key {path}: not an OpenSSH public key line (TYPE BASE64 [COMMENT]) without"
+            f"{flag} {path}: not an OpenSSH public key line (TYPE BASE64 [COMMENT]) without"
             " options; pass the .pub file of the web server's key"
         )
     comment = " ".join(parts[2:])

@@ -53,8 +53,30 @@ def sshd_version() -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
+def principal_line(user: str, command: str, sources: Sequence[str] | None) -> str:
+    """`--trust-ca`: the AuthorizedPrincipalsFile line, with a key line's restrictions.
+
+    A certificate's force-command must equal this command= byte for byte, or sshd
+    refuses it (the web server's `gate_command`, docs/configuration.md)."""
+    return key_line(user, command, sources)
+
+
+def ca_lines(layout: Layout) -> str:
+    return (
+        "    # certificates of the user CA, for the principal named in the principals file\n"
+        f"    TrustedUserCAKeys {layout.user_ca}\n"
+        f"    AuthorizedPrincipalsFile {layout.principals.parent}/%u\n"
+        f"    RevokedKeys {layout.krl}\n"
+    )
+
+
 def match_block(
-    user: str, keys_file: Path, command: str, *, unused_timeout: bool | None = None
+    user: str,
+    keys_file: Path,
+    command: str,
+    *,
+    unused_timeout: bool | None = None,
+    ca: Layout | None = None,
 ) -> str:
     """The sshd drop-in for the gate user; each line is there for a reason (docs/security.md).
 
@@ -68,6 +90,7 @@ def match_block(
         if unused_timeout
         else "    # UnusedConnectionTimeout: not before OpenSSH 9.2 (the installed sshd is older)\n"
     )
+    cert_lines = ca_lines(ca) if ca is not None else ""
     return f"""\
 # written by `logtorukun worker setup`; `logtorukun worker remove` deletes it
 Match User {user}
@@ -83,7 +106,7 @@ Match User {user}
     PermitUserRC no
     # the gate reads SSH_USER_AUTH to record which key (or certificate) connected
     ExposeAuthInfo yes
-    # a second lock: even a key added without command= runs only the gate
+{cert_lines}    # a second lock: even a key added without command= runs only the gate
     ForceCommand {command}
     # bounds on dead, idle and crowded connections
     ClientAliveInterval {CLIENT_ALIVE_INTERVAL}
@@ -171,7 +194,7 @@ def check_addresses(sources: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*found, OTHER_ADDRESS]))
 
 
-def required_settings(command: str, keys_file: Path) -> dict[str, str]:
+def required_settings(command: str, keys_file: Path, ca: Layout | None = None) -> dict[str, str]:
     """What sshd -T must say for the gate user; numbers are upper bounds."""
     want = {
         "forcecommand": command,
@@ -189,6 +212,10 @@ def required_settings(command: str, keys_file: Path) -> dict[str, str]:
     }
     if sshd_version() >= UNUSED_SINCE:
         want["unusedconnectiontimeout"] = str(UNUSED_CONNECTION_TIMEOUT)
+    if ca is not None:
+        want["trustedusercakeys"] = str(ca.user_ca)
+        want["authorizedprincipalsfile"] = f"{ca.principals.parent}/%u"
+        want["revokedkeys"] = str(ca.krl)
     return want
 
 
@@ -205,12 +232,17 @@ def _weaker(key: str, have: str | None, want: str) -> bool:
 
 
 def verify_effective(
-    layout: Layout, user: str, command: str, keys_file: Path, sources: Sequence[str]
+    layout: Layout,
+    user: str,
+    command: str,
+    keys_file: Path,
+    sources: Sequence[str],
+    ca: Layout | None = None,
 ) -> None:
     """Fail, naming the file to change, if sshd's own view of the gate user (from the web
     server's address and from another) is weaker than the block setup writes: sshd keeps
     the first value it reads, so an earlier drop-in or Match wins over ours."""
-    want = required_settings(command, keys_file)
+    want = required_settings(command, keys_file, ca)
     for addr in check_addresses(sources):
         eff = sshd_effective(layout, user, addr)
         weak = [k for k, v in want.items() if _weaker(k, eff.get(k), v)]
@@ -242,6 +274,9 @@ _CASE = {
     "clientalivecountmax": "ClientAliveCountMax",
     "maxsessions": "MaxSessions",
     "unusedconnectiontimeout": "UnusedConnectionTimeout",
+    "trustedusercakeys": "TrustedUserCAKeys",
+    "authorizedprincipalsfile": "AuthorizedPrincipalsFile",
+    "revokedkeys": "RevokedKeys",
 }
 # Older spellings sshd still accepts for the same setting.
 _ALIASES = {"kbdinteractiveauthentication": ("challengeresponseauthentication",)}

@@ -98,20 +98,45 @@ class AuthStore:
         if not self.path.exists():
             with contextlib.suppress(OSError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        self._ident: tuple[int, int] | None = None
+        self._db: sqlite3.Connection | None = None
+        with self._lock:
+            self._conn()
+
+    def _conn(self) -> sqlite3.Connection:
+        """The connection, re-opened if the file at the path is another one now (moved
+        back or restored after being taken away: see audit/store.py). Under the lock."""
         try:
-            self._db = sqlite3.connect(
+            st = os.stat(self.path)
+            ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            ident = None
+        if self._db is not None and ident == self._ident:
+            return self._db
+        if self._db is not None:  # let go of the old file (and its WAL) at once
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        if ident is None:
+            raise AuthError(f"{self.path}: the user database is not there (moved or deleted)")
+        try:
+            db = sqlite3.connect(
                 self.path, timeout=5.0, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
-                self._db.execute(statement)
+                db.execute(statement)
         except sqlite3.Error as exc:
             raise AuthError(f"{self.path}: cannot open the user database ({exc})") from None
+        self._db, self._ident = db, ident
+        return db
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     # -- users ------------------------------------------------------------------------
 
@@ -125,7 +150,7 @@ class AuthStore:
         digest = self.hasher.hash(password) if password is not None else None
         with self._lock:
             try:
-                self._db.execute(
+                self._conn().execute(
                     "INSERT INTO auth_users (name, password_hash, roles, created) VALUES (?,?,?,?)",
                     (name, digest, json.dumps(sorted(set(roles))), time.time()),
                 )
@@ -138,21 +163,21 @@ class AuthStore:
             raise AuthError("a password needs at least 8 characters")
         digest = self.hasher.hash(password)
         with self._lock:
-            cur = self._db.execute(
+            cur = self._conn().execute(
                 "UPDATE auth_users SET password_hash = ? WHERE name = ?", (digest, name)
             )
             if cur.rowcount == 0:
                 raise AuthError(f"no user {name!r}")
-            self._db.execute("DELETE FROM auth_sessions WHERE user = ?", (name,))
+            self._conn().execute("DELETE FROM auth_sessions WHERE user = ?", (name,))
 
     def remove_user(self, name: str) -> None:
         """Removes the user, their sessions and tokens: effective on the next request."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            cur = self._db.execute("DELETE FROM auth_users WHERE name = ?", (name,))
-            self._db.execute("DELETE FROM auth_sessions WHERE user = ?", (name,))
-            self._db.execute("UPDATE auth_tokens SET revoked = 1 WHERE user = ?", (name,))
-            self._db.execute("COMMIT")
+            self._conn().execute("BEGIN IMMEDIATE")
+            cur = self._conn().execute("DELETE FROM auth_users WHERE name = ?", (name,))
+            self._conn().execute("DELETE FROM auth_sessions WHERE user = ?", (name,))
+            self._conn().execute("UPDATE auth_tokens SET revoked = 1 WHERE user = ?", (name,))
+            self._conn().execute("COMMIT")
         if cur.rowcount == 0:
             raise AuthError(f"no user {name!r}")
 
@@ -160,7 +185,7 @@ class AuthStore:
         """A disabled user keeps their records but cannot sign in or use sessions or
         tokens; open follows end at their next re-check."""
         with self._lock:
-            cur = self._db.execute(
+            cur = self._conn().execute(
                 "UPDATE auth_users SET disabled = ? WHERE name = ?", (int(disabled), name)
             )
         if cur.rowcount == 0:
@@ -171,7 +196,7 @@ class AuthStore:
         if not roles:
             raise AuthError("give the user at least one --role")
         with self._lock:
-            cur = self._db.execute(
+            cur = self._conn().execute(
                 "UPDATE auth_users SET roles = ? WHERE name = ?",
                 (json.dumps(sorted(set(roles))), name),
             )
@@ -183,29 +208,41 @@ class AuthStore:
 
     def get_user(self, name: str) -> User | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT name, roles, disabled, password_hash IS NOT NULL FROM auth_users "
-                "WHERE name = ?",
-                (name,),
-            ).fetchone()
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT name, roles, disabled, password_hash IS NOT NULL FROM auth_users "
+                    "WHERE name = ?",
+                    (name,),
+                )
+                .fetchone()
+            )
         return _user(row) if row else None
 
     def users(self) -> list[User]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT name, roles, disabled, password_hash IS NOT NULL FROM auth_users "
-                "ORDER BY name"
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT name, roles, disabled, password_hash IS NOT NULL FROM auth_users "
+                    "ORDER BY name"
+                )
+                .fetchall()
+            )
         return [_user(r) for r in rows]
 
     def check_password(self, name: str, password: str) -> User | None:
         """The user if the password is right; the same work is done when it is not."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT name, roles, disabled, password_hash IS NOT NULL, password_hash "
-                "FROM auth_users WHERE name = ?",
-                (name,),
-            ).fetchone()
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT name, roles, disabled, password_hash IS NOT NULL, password_hash "
+                    "FROM auth_users WHERE name = ?",
+                    (name,),
+                )
+                .fetchone()
+            )
         digest = row[4] if row and row[4] else self._dummy
         try:
             self.hasher.verify(digest, password)
@@ -226,32 +263,36 @@ class AuthStore:
         csrf = secrets.token_urlsafe(32)
         now = time.time()
         with self._lock:
-            self._db.execute(
+            self._conn().execute(
                 "INSERT INTO auth_sessions (id_hash, user, csrf, created, expires, via) "
                 "VALUES (?,?,?,?,?,?)",
                 (_sha(sid), user, csrf, now, now + hours * 3600, via),
             )
             # Housekeeping, cheap with the primary key: expired sessions go.
-            self._db.execute("DELETE FROM auth_sessions WHERE expires < ?", (now,))
+            self._conn().execute("DELETE FROM auth_sessions WHERE expires < ?", (now,))
         return sid, csrf
 
     def session(self, sid: str) -> Session | None:
         if not sid or len(sid) > 100:
             return None
         with self._lock:
-            row = self._db.execute(
-                "SELECT u.name, u.roles, u.disabled, u.password_hash IS NOT NULL, s.csrf, "
-                "s.expires, s.via FROM auth_sessions s JOIN auth_users u ON u.name = s.user "
-                "WHERE s.id_hash = ?",
-                (_sha(sid),),
-            ).fetchone()
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT u.name, u.roles, u.disabled, u.password_hash IS NOT NULL, s.csrf, "
+                    "s.expires, s.via FROM auth_sessions s JOIN auth_users u ON u.name = s.user "
+                    "WHERE s.id_hash = ?",
+                    (_sha(sid),),
+                )
+                .fetchone()
+            )
         if row is None or row[5] < time.time() or row[2]:
             return None
         return Session(_user(row[:4]), row[4], row[5], row[6])
 
     def end_session(self, sid: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM auth_sessions WHERE id_hash = ?", (_sha(sid),))
+            self._conn().execute("DELETE FROM auth_sessions WHERE id_hash = ?", (_sha(sid),))
 
     # -- tokens -----------------------------------------------------------------------
 
@@ -264,7 +305,7 @@ class AuthStore:
         now = time.time()
         expires = now + expires_in if expires_in else None
         with self._lock:
-            self._db.execute(
+            self._conn().execute(
                 "INSERT INTO auth_tokens (id, user, hash, created, expires) VALUES (?,?,?,?,?)",
                 (tid, user, _sha(token), now, expires),
             )
@@ -277,12 +318,16 @@ class AuthStore:
             return None, None, "malformed token"
         tid = m.group(1)
         with self._lock:
-            row = self._db.execute(
-                "SELECT t.hash, t.expires, t.revoked, u.name, u.roles, u.disabled, "
-                "u.password_hash IS NOT NULL FROM auth_tokens t "
-                "LEFT JOIN auth_users u ON u.name = t.user WHERE t.id = ?",
-                (tid,),
-            ).fetchone()
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT t.hash, t.expires, t.revoked, u.name, u.roles, u.disabled, "
+                    "u.password_hash IS NOT NULL FROM auth_tokens t "
+                    "LEFT JOIN auth_users u ON u.name = t.user WHERE t.id = ?",
+                    (tid,),
+                )
+                .fetchone()
+            )
         if row is None or not secrets.compare_digest(row[0], _sha(token)):
             return None, tid, "unknown token"
         if row[2]:
@@ -297,12 +342,16 @@ class AuthStore:
         """(user, reason) for a token already verified once, by id: what a long-lived
         stream re-checks (revoked, expired, user removed or disabled)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT t.expires, t.revoked, u.name, u.roles, u.disabled, "
-                "u.password_hash IS NOT NULL FROM auth_tokens t "
-                "LEFT JOIN auth_users u ON u.name = t.user WHERE t.id = ?",
-                (tid,),
-            ).fetchone()
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT t.expires, t.revoked, u.name, u.roles, u.disabled, "
+                    "u.password_hash IS NOT NULL FROM auth_tokens t "
+                    "LEFT JOIN auth_users u ON u.name = t.user WHERE t.id = ?",
+                    (tid,),
+                )
+                .fetchone()
+            )
         if row is None:
             return None, "token removed"
         # The user first: removing a user also revokes their tokens, and "removed" is
@@ -319,7 +368,7 @@ class AuthStore:
 
     def touch_token(self, tid: str) -> None:
         with self._lock:
-            self._db.execute(
+            self._conn().execute(
                 "UPDATE auth_tokens SET last_used = ? WHERE id = ?", (time.time(), tid)
             )
 
@@ -328,7 +377,7 @@ class AuthStore:
             m = _TOKEN.fullmatch(tid)
             tid = m.group(1) if m else tid
         with self._lock:
-            cur = self._db.execute("UPDATE auth_tokens SET revoked = 1 WHERE id = ?", (tid,))
+            cur = self._conn().execute("UPDATE auth_tokens SET revoked = 1 WHERE id = ?", (tid,))
         if cur.rowcount == 0:
             raise AuthError(f"no token {tid!r} (give the id shown by `token list`)")
 
@@ -339,7 +388,7 @@ class AuthStore:
             sql += " WHERE user = ?"
             args = (user,)
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY created", args).fetchall()
+            rows = self._conn().execute(sql + " ORDER BY created", args).fetchall()
         return [TokenInfo(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
 

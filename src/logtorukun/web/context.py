@@ -23,7 +23,7 @@ from starlette.requests import Request
 from ..audit import AuditRef, AuditStore, AuditWriteError
 from ..config import Config
 from .access import Access
-from .auth import AuthStore, User
+from .auth import AuthError, AuthStore, User
 from .metrics import Metrics
 from .security import (
     AddressFailures,
@@ -127,7 +127,17 @@ class Server:
         cached = getattr(request.state, "ctx", None)
         if isinstance(cached, Ctx):
             return cached
-        ctx = self._authenticate(request)
+        try:
+            ctx = self._authenticate(request)
+        except AuthError as exc:  # the user database is gone (see audit/store.py)
+            log.error("authentication impossible: %s", exc)
+            ctx = Ctx(
+                None,
+                "none",
+                self.proxies.client_address(request),
+                request.headers.get("user-agent", "")[:512],
+                auth_problem="sign-in is unavailable right now; try again later",
+            )
         if ctx.user is not None:
             ctx.access = Access(self.config, ctx.user.roles)
         request.state.ctx = ctx

@@ -364,10 +364,11 @@ async def healthz(request: Request) -> Response:
     """200 when the audit trail is writable-looking and readable; 503 otherwise."""
     server = _server(request)
     try:
+        server.audit.check()  # deleted, renamed, replaced, read-only: 503 (and recovery)
         head = server.audit.head()
     except Exception as exc:  # the cause (a path) is for the server log, not the client
-        log.error("/healthz: audit store unreadable: %s", exc)
-        return PlainTextResponse("audit store unreadable\n", status_code=503)
+        log.error("/healthz: audit store unusable: %s", exc)
+        return PlainTextResponse("audit store unavailable\n", status_code=503)
     if server.audit.write_failures and server.metrics.audit_failures:
         status = "degraded: audit writes have failed since start"
     else:

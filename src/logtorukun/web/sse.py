@@ -7,7 +7,8 @@ them). The first viewer starts the upstream; the last one leaving stops it.
 Back-pressure without letting one slow browser stall the others: each viewer has a
 bounded backlog (`BACKLOG` lines). A line reaching an idle viewer goes out at once (the
 next event-loop turn); while a viewer is busy, lines gather into one event at most every
-`BATCH_SECONDS`, and a slow browser (whose socket is full, so the send waits) gets
+`BATCH_SECONDS` (longer with many viewers: `EVENTS_PER_SECOND` for all viewers of one
+source together), and a slow browser (whose socket is full, so the send waits) gets
 everything that arrived meanwhile as one event. A viewer whose backlog is full loses
 the oldest lines and is told how many (`dropped`), instead of the server buffering
 without bound. Every viewer has its own follow_start/follow_end audit records.
@@ -52,6 +53,10 @@ FromQ = Annotated[
 BACKLOG = 5000  # lines a viewer may be behind before the oldest are dropped
 REPLAY = 5000  # lines an upstream keeps, with positions, for viewers joining from one
 BATCH_SECONDS = 0.005  # busy: at most one event per viewer this often (idle: at once)
+# ... and, with many viewers of one source, at most this many events a second for all of
+# them together (200 viewers: one event each per 25 ms): past that the server would
+# spend its time on per-event overhead and every viewer would fall behind.
+EVENTS_PER_SECOND = 8000
 MAX_BATCH = 2000
 HEARTBEAT = 15.0
 MAX_LINE = 64 * 1024  # a longer "line" is cut: one write must not become one huge event
@@ -450,7 +455,8 @@ async def follow(
                 if backlog or viewer.dropped:
                     # Idle: out at once. Busy (an event went out less than BATCH_SECONDS
                     # ago): wait out the gap, gathering what arrives meanwhile.
-                    gap_s = last_sent + BATCH_SECONDS - time.monotonic()
+                    spacing = max(BATCH_SECONDS, len(up.viewers) / EVENTS_PER_SECOND)
+                    gap_s = last_sent + spacing - time.monotonic()
                     if gap_s > 0:
                         await asyncio.sleep(gap_s)
                     batch: list[str] = []

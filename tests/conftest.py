@@ -6,16 +6,21 @@
   the policy only inside `with worker.policy(text):`.
 - `make_worker(**kwargs)`: a fresh worker (see `Worker` for the arguments), started
   unless `start=False`; stopped and removed at teardown.
+- `pg_server`: one real PostgreSQL for the session (tests/support/postgres.py);
+  `pg_url`: a fresh, upgraded database on it, as the server's role sees it;
+  `database`: parametrised over both backends, a SQLite path or a PostgreSQL URL.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
+from tests.support.postgres import APP, OWNER, Postgres
 from tests.support.sshd import Worker
 
 
@@ -102,3 +107,57 @@ def make_worker() -> Iterator[MakeWorker]:
     finally:
         for w in made:
             w.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Postgres]:
+    pg = Postgres()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def own_pg() -> Iterator[Postgres]:
+    """A PostgreSQL of this test's own, to stop and start."""
+    pg = Postgres()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.destroy()
+
+
+_databases = itertools.count(1)
+
+
+def new_pg_database(pg: Postgres) -> str:
+    """A fresh database with the schema applied by its owner; the server role's URL."""
+    from logtorukun.cli.database import upgrade
+
+    name = f"t{next(_databases)}"
+    pg.create_database(name)
+    upgrade(pg.dsn(OWNER, name), APP)
+    return pg.dsn(APP, name)
+
+
+@pytest.fixture
+def pg_url(pg_server: Postgres) -> Iterator[str]:
+    from logtorukun.db.postgres import close_pool
+
+    url = new_pg_database(pg_server)
+    try:
+        yield url
+    finally:
+        close_pool(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | Path]:
+    """Where the server keeps its state, on each backend: behaviour must match."""
+    if request.param == "sqlite":
+        yield tmp_path / "logtorukun.db"
+    else:
+        yield request.getfixturevalue("pg_url")

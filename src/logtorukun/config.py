@@ -59,6 +59,13 @@ class ServerSettings:
     follow_recheck_seconds: float = 5.0
     # A checkpoint (seq and hash of the head) goes to the audit sinks every N records.
     checkpoint_every: int = 1000
+    # `database = "postgresql://..."`: the URL (and `database` is unused).
+    database_url: str | None = None
+
+    @property
+    def store(self) -> str | Path:
+        """What the audit and auth stores open: the PostgreSQL URL or the SQLite file."""
+        return self.database_url or self.database
 
 
 @dataclass(frozen=True)
@@ -118,9 +125,12 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     listen = s.get("listen", str, "127.0.0.1:8080")
     if not re.fullmatch(r"(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}", listen):
         s.fail("listen", f"{listen!r} is not HOST:PORT")
+    database = s.get("database", str, "/var/lib/logtorukun/logtorukun.db")
+    url = database if database.startswith(("postgresql://", "postgres://")) else None
     server = ServerSettings(
         listen=listen,
-        database=resolve_path(path, s.get("database", str, "/var/lib/logtorukun/logtorukun.db")),
+        database=resolve_path(path, "logtorukun.db" if url else database),
+        database_url=url,
         trusted_proxies=proxies,
         proxy_user_header=header,
         secure_cookies=s.get("secure_cookies", bool, True),

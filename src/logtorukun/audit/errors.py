@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..db.postgres import PgError
 from ..errors import UserError
 
 
@@ -22,6 +23,8 @@ class AuditWriteError(AuditError):
 def explain(path: Path, exc: BaseException, doing: str = "write the audit trail") -> str:
     """One line: what failed, with the fix. Requests stay refused until it is fixed."""
     text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, PgError):  # names the database (without its password) already
+        return f"cannot {doing}: {text}; requests are refused until it answers again"
     low = text.lower()
     if isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror

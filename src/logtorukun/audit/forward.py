@@ -125,9 +125,9 @@ class Forwarder:
     """One destination. Also an audit sink: `emit` only wakes the thread."""
 
     def __init__(
-        self, database: Path, cfg: ForwardConfig, transport: Transport | None = None
+        self, database: Path | str, cfg: ForwardConfig, transport: Transport | None = None
     ) -> None:
-        self.database = Path(database)
+        self.database = database if isinstance(database, str) else Path(database)  # or a URL
         self.cfg = cfg
         self.name = f"forward:{cfg.name}"
         self.transport = transport or transport_for(cfg)
@@ -348,5 +348,7 @@ def gauges(metrics: Any, forwarders: list[Forwarder], store: AuditStore) -> None
     )
 
 
-def forwarders_from_config(database: Path, forwards: tuple[ForwardConfig, ...]) -> list[Forwarder]:
+def forwarders_from_config(
+    database: Path | str, forwards: tuple[ForwardConfig, ...]
+) -> list[Forwarder]:
     return [Forwarder(database, cfg) for cfg in forwards]

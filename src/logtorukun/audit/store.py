@@ -30,6 +30,10 @@ looks exactly like truncation. `AuditStore(path, durable=True)` (synchronous=FUL
 fsync per append, milliseconds) is there for sites that need it.
 
 A JSON-lines record (export or sink) can be checked without this code: see `records.py`.
+
+PostgreSQL: given a `postgresql://` URL instead of a path, the same code runs over
+`db/postgres.py` (same SQL, appends serialised by an advisory lock across instances, the
+append-only guard in triggers and in the grants of the server's role).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO, Unpack
 
+from ..db.postgres import PG_SCHEMA, Database, is_url
 from .errors import AuditError, AuditWriteError, explain
 from .export import ExportFormat, export_records
 from .normalise import EVENTS, MAX_TEXT, normalise
@@ -127,6 +132,9 @@ class AuditStore:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.pg = Database.get(str(path)) if is_url(path) else None
+        if self.pg is not None:
+            self.path = Path(self.pg.name)  # for messages only
         self.readonly = readonly
         self.sinks = list(sinks)
         self.busy_timeout = busy_timeout
@@ -163,11 +171,13 @@ class AuditStore:
         """The server's store with the SIEM sinks its config asks for."""
         from .sinks import sinks_from_settings
 
-        return cls(settings.database, sinks=sinks_from_settings(settings), **kwargs)
+        return cls(settings.store, sinks=sinks_from_settings(settings), **kwargs)
 
     # -- opening --------------------------------------------------------------------
 
     def _open_writer(self, durable: bool) -> sqlite3.Connection:
+        if self.pg is not None:
+            return self._open_pg()
         path = self.path
         if not path.exists():
             # Create it private: the same file holds password hashes and sessions.
@@ -207,8 +217,34 @@ class AuditStore:
             raise AuditWriteError(explain(path, exc, "open the audit database")) from None
         return conn
 
+    def _open_pg(self) -> sqlite3.Connection:
+        """Fail at startup, not on the first request, when the database is not ready."""
+        assert self.pg is not None
+        conn = self.pg.connect()
+        try:
+            row = conn.execute("SELECT value FROM audit_meta WHERE key = 'pg_schema'").fetchone()
+            for warning in missing_triggers(conn):
+                log.warning("%s: %s (run `logtorukun db upgrade`)", self.path, warning)
+        except sqlite3.Error as exc:
+            if "does not exist" in str(exc):
+                raise AuditWriteError(
+                    f"{self.path}: no logtorukun tables there: run `logtorukun db upgrade`"
+                ) from None
+            raise AuditWriteError(f"{exc}; is the database reachable?") from None
+        if row is None or row[0] != PG_SCHEMA:
+            raise AuditWriteError(
+                f"{self.path}: database schema {row[0] if row else 'missing'}, this server"
+                f" needs {PG_SCHEMA}: run `logtorukun db upgrade`"
+            )
+        return conn
+
     def _connect_readonly(self) -> sqlite3.Connection:
         """For auditors and the CLI: never creates the file or the schema."""
+        if self.pg is not None:
+            try:
+                return self._open_pg()
+            except AuditWriteError as exc:
+                raise AuditError(str(exc)) from None
         path = self.path
         if not path.is_file():
             raise AuditError(
@@ -233,6 +269,8 @@ class AuditStore:
     def _connection_for_scan(self) -> sqlite3.Connection:
         """A private read connection, so a long verify/export never holds up appends."""
         self._check_open()
+        if self.pg is not None:
+            return self.pg.connect()
         try:
             conn = sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?mode=ro",
@@ -276,6 +314,8 @@ class AuditStore:
         return (st.st_dev, st.st_ino)
 
     def _file_problem(self) -> str | None:
+        if self.pg is not None:  # no file: PostgreSQL answers, or the request fails
+            return None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:

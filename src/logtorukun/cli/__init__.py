@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "logtorukun.cli.serve",
     "logtorukun.cli.logs",
     "logtorukun.cli.audit_trail",
+    "logtorukun.cli.database",
     "logtorukun.cli.operator",
 )
 

@@ -70,7 +70,7 @@ def _positive(text: str) -> int:
 
 @contextmanager
 def _store(args: argparse.Namespace) -> Iterator[AuditStore]:
-    store = AuditStore(load_config(args.config).server.database, readonly=True)
+    store = AuditStore(load_config(args.config).server.store, readonly=True)
     try:
         yield store
     finally:

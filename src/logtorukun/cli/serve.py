@@ -98,12 +98,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _auth(config: Config) -> AuthStore:
-    if not config.server.database.parent.is_dir():
+    if not config.server.database_url and not config.server.database.parent.is_dir():
         raise AuthError(
             f"{config.server.database.parent}: no such directory (create it, "
             "owned by the server's user, mode 0700; see docs/web.md)"
         )
-    return AuthStore(config.server.database)
+    return AuthStore(config.server.store)
 
 
 def _read_password(args: argparse.Namespace) -> str:

@@ -376,12 +376,12 @@ def check_server(config: Config) -> list[Check]:
         add("audit store", False, f"cannot load the audit module: {exc}")
         return checks
     try:
-        if not db.parent.is_dir():
+        if not config.server.database_url and not db.parent.is_dir():
             raise UserError(f"{db.parent} does not exist")
-        store = AuditStore(db)
+        store = AuditStore(config.server.store)
         try:
             report = store.verify()
-            writable = os.access(db, os.W_OK)
+            writable = bool(config.server.database_url) or os.access(db, os.W_OK)
         finally:
             store.close()
         add(
@@ -432,7 +432,7 @@ def _forward_checks(config: Config, add: Callable[[str, bool, str, str], None]) 
     from ..audit.store import AuditStore
 
     try:
-        with AuditStore(config.server.database, readonly=True) as store:
+        with AuditStore(config.server.store, readonly=True) as store:
             head = store.head()
     except UserError as exc:
         add("audit forwarding", False, str(exc), "")

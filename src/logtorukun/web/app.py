@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -93,7 +94,7 @@ def create_app(
     see `Workers` (certificates for hosts whose config names no gate_command)."""
     settings = config.server
     audit = audit or AuditStore.from_settings(settings)
-    auth = auth or AuthStore(settings.database)
+    auth = auth or AuthStore(settings.store)
     server = Server(
         config=config,
         audit=audit,
@@ -114,7 +115,7 @@ def create_app(
     if config.forward:
         from ..audit.forward import forwarders_from_config, gauges
 
-        server.forwarders = forwarders_from_config(settings.database, config.forward)
+        server.forwarders = forwarders_from_config(settings.store, config.forward)
         audit.sinks.extend(server.forwarders)  # emit() only wakes the forwarder's thread
         gauges(server.metrics, server.forwarders, audit)
     if config.alerts is not None and config.alerts.rules:
@@ -164,6 +165,14 @@ def create_app(
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
         return error_response(request, server, exc.status, exc.error, exc.reason)
+
+    @app.exception_handler(sqlite3.Error)
+    async def database_error(request: Request, exc: sqlite3.Error) -> Response:
+        # Users, sessions and tokens unreadable (PostgreSQL down, SQLite file broken):
+        # nobody can be identified, so nothing is served (fail closed), until it is back.
+        server.metrics.audit_failures += 1
+        reason = f"the user database cannot be read, so nothing is served: {exc}"
+        return error_response(request, server, 503, ERROR_NAMES.get(503, "error"), reason)
 
     @app.exception_handler(RequestValidationError)
     async def bad_params(request: Request, exc: RequestValidationError) -> Response:

@@ -23,6 +23,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from ..db.postgres import Database, is_url
 from ..errors import UserError
 
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -95,17 +96,23 @@ class AuthStore:
         # real check, so response time does not tell which user names exist.
         self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
         self._lock = threading.Lock()
+        self._url = str(path) if is_url(path) else None
+        self._ident: tuple[int, int] | None = None
+        self._db: sqlite3.Connection | None = None
+        if self._url is not None:  # PostgreSQL: same SQL, tables from `logtorukun db upgrade`
+            self._db = Database.get(self._url).connect()
+            return
         if not self.path.exists():
             with contextlib.suppress(OSError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        self._ident: tuple[int, int] | None = None
-        self._db: sqlite3.Connection | None = None
         with self._lock:
             self._conn()
 
     def _conn(self) -> sqlite3.Connection:
         """The connection, re-opened if the file at the path is another one now (moved
         back or restored after being taken away: see audit/store.py). Under the lock."""
+        if self._url is not None and self._db is not None:
+            return self._db  # PostgreSQL: no file to watch
         try:
             st = os.stat(self.path)
             ident: tuple[int, int] | None = (st.st_dev, st.st_ino)

@@ -407,7 +407,6 @@ async def follow(
         state["done"] = True
         hub.recheck.remove(viewer)
         up.leave(viewer)
-        hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
         server.metrics.sent("follow", viewer.bytes, viewer.lines)
         with contextlib.suppress(ApiError):
             server.finish(
@@ -421,6 +420,8 @@ async def follow(
                     "duration_ms": round((time.monotonic() - a.started) * 1000, 3),
                 },
             )
+        # After the end record: whoever sees the slot free also finds the record.
+        hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
 
     async def events() -> AsyncIterator[bytes]:
         try:

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config
-from ..errors import UserError
 from ..db.postgres import Database, is_url, redact
+from ..errors import UserError
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(__file__).parent.parent / "db" / "migrations"
 APP_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT, INSERT ON audit_log TO {role}",

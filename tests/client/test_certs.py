@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from logtorukun.cli import main
 from logtorukun.client import Client, PoolOptions
 from logtorukun.client.certs import CertPolicy, CertSigner, SignedKey
 from logtorukun.client.errors import AuthRefused, HostKeyUnknown, Unreachable
@@ -276,3 +277,64 @@ async def test_host_certificate_via_cert_authority(ca: Path, tmp_path: Path) -> 
     finally:
         signed_worker.destroy()
         plain_worker.destroy()
+
+
+# ------------------------------------------------------------------- the CLI
+
+
+def cli_config(tmp_path: Path, worker: Worker, ca: Path, certificates: bool = True) -> Path:
+    gate_cmd = worker.gate_command().replace("\\", "\\\\").replace('"', '\\"')
+    text = (
+        f'[[host]]\nname = "w"\naddress = "{HOST}"\nport = {worker.port}\nuser = "{USER}"\n'
+        f'key = "{worker.client_key}"\nknown_hosts = "{worker.known_hosts}"\n'
+        f'gate_command = "{gate_cmd}"\n'
+    )
+    if certificates:
+        text += f'[ssh]\ncertificates = true\nca_key = "{ca / "user_ca"}"\n'
+        text += f'source_address = ["{HOST}"]\n'
+    path = tmp_path / "server.toml"
+    path.write_text(text)
+    return path
+
+
+def test_cli_reads_with_the_persons_certificate(
+    cert_worker: Worker, ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = cli_config(tmp_path, cert_worker, ca)
+    before = len(cert_worker.audit_records())
+    code = main(
+        ["--config", str(cfg), "tail", "w", str(cert_worker.app_log), "-n", "1", "--as", "kim"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip() == cert_worker.app_log.read_text().splitlines()[-1]
+    ids = {r.get("cert_key_id") for r in cert_worker.audit_records()[before:]}
+    assert "kim" in ids
+
+
+def test_cli_as_without_certificates_is_one_clear_line(
+    cert_worker: Worker, ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = cli_config(tmp_path, cert_worker, ca, certificates=False)
+    code = main(["--config", str(cfg), "tail", "w", str(cert_worker.app_log), "--as", "kim"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--as kim: needs [ssh] certificates = true" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------- doctor
+
+
+def test_doctor_checks_the_certificate_and_names_gate_command(
+    cert_worker: Worker, ca: Path
+) -> None:
+    from logtorukun.config_ssh import SshSettings
+    from logtorukun.ops.doctor_certs import check_certificates
+
+    ssh = SshSettings(certificates=True, ca_key=ca / "user_ca", source_address=(HOST,))
+    good = host_for(cert_worker, gate_command=cert_worker.gate_command())
+    (check,) = check_certificates(good, ssh)
+    assert check.status == "pass" and "accepted" in check.detail
+    bad = host_for(cert_worker, gate_command=cert_worker.gate_command() + " --x")
+    (check,) = check_certificates(bad, ssh)
+    assert check.status == "fail" and "refused" in check.detail
+    assert "must equal gate_command" in check.fix and "--x" in check.fix

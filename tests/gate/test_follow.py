@@ -771,3 +771,26 @@ def test_an_idle_follow_still_marks_its_position(
     assert marks[-1] == mark_of(p, p.stat().st_size)
     stepper.finish()
     assert isinstance(f.join(), Cancelled)
+
+
+def test_a_reused_inode_is_a_new_file(tmp_path: Path) -> None:
+    """A file left behind is remembered by inode *and* first bytes: once it is deleted
+    its inode number may be given to the next new file, which must still be read."""
+    cur_p, old, new = tmp_path / "app.log", tmp_path / "old.log", tmp_path / "new.log"
+    cur_p.write_bytes(b"")
+    old.write_bytes(numbered(0, 10))
+    new.write_bytes(numbered(50, 51))
+    out, _ = make_out()
+    cur = os.open(cur_p, os.O_RDONLY)
+    track = follow_mod._Path(follow_mod._Follower(cur, out, 1e18, "x"), lambda: None, None, "")
+    fds = [os.open(old, os.O_RDONLY), os.open(new, os.O_RDONLY)]
+    try:
+        st = os.fstat(fds[0])
+        ident = (st.st_dev, st.st_ino)
+        track.done.append((ident, numbered(0, 10)[:64]))
+        assert track.known(ident, fds[0])  # the same file again (found under a new name)
+        assert not track.known(ident, fds[1])  # that number, other bytes: a new file
+    finally:
+        for fd in fds:
+            os.close(fd)
+        track.close()

@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import subprocess
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from logtorukun.gate import follow as follow_mod
 from logtorukun.gate import runner, slots
 from logtorukun.gate.audit import AuditLog
 from logtorukun.gate.errors import Exit
@@ -725,3 +727,46 @@ def test_ssh_cat_caps_hold_on_the_fast_paths(
             assert out.returncode == Exit.LIMIT, out.stderr
             assert out.stdout == b"".join(lines[:want_lines])
             assert which.encode() in out.stderr
+
+
+def test_follow_rename_chase_reads_only_what_the_policy_admits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify's rename events lead the follow to a file's new name; that name goes
+    through the policy and the safe open like any request. Here the file that briefly
+    held the path is renamed to a name the policy does not admit: it is not read."""
+    monkeypatch.setattr(follow_mod, "SWITCH_QUIET", 0.0)  # the test steps, time does not pass
+    e = Env(tmp_path)
+    app = e.root / "app.log"
+    app.write_bytes(b"")
+    policy = e.policy()
+    sink: list[bytes] = []
+    asleep, go = threading.Semaphore(0), threading.Semaphore(0)
+    stop = False
+
+    def waiter(seconds: float, fd: int | None = None) -> bool:
+        asleep.release()
+        go.acquire()
+        return stop
+
+    out = Output(sink.append, max_lines=10**6, max_bytes=10**9, waiter=waiter)
+    ctx = Context(policy, AuditLog(policy.audit), {"client": "192.0.2.7"})
+    results: list[Result] = []
+    t = threading.Thread(target=lambda: results.append(serve(f"tail -F -n 0 {app}", ctx, out)))
+    t.start()
+    assert asleep.acquire(timeout=10)
+    os.rename(app, e.root / "app.log.3")
+    app.write_bytes(b"B: held the path briefly\n")
+    os.rename(app, e.root / "b.txt")  # not admitted: *.log, *.log.[0-9], *.log.*.gz
+    app.write_bytes(b"C: the new file\n")
+    for _ in range(4):
+        go.release()
+        assert asleep.acquire(timeout=10)
+    stop = True
+    go.release()
+    t.join(10)
+    ctx.audit.close()
+    assert b"".join(sink) == b"C: the new file\n"
+    assert results and results[0].code == Exit.OK
+    end = [r for r in e.records() if r["event"] == "end"][-1]
+    assert end["follow"] == "inotify"

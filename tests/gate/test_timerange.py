@@ -434,3 +434,33 @@ def test_range_unsorted_is_sane(
     if got:
         assert got.endswith(b"\n")
         assert (b"\n" + data).find(b"\n" + got) >= 0
+
+
+def test_a_range_without_until_reports_where_a_follow_continues(tmp_path: Path) -> None:
+    import zlib
+
+    from logtorukun.gate.output import Output
+    from logtorukun.gate.timerange import parse_time_arg, read_range
+
+    p = tmp_path / "app.log"
+    p.write_bytes(b"2024-12-17 14:00:00 INFO a\n2024-12-17 15:00:00 INFO b\n")
+    for until, max_lines, want in (
+        (None, None, True),
+        (None, 1, False),  # stopped at -m: the window goes on past what was sent
+        ("2024-12-17 15", None, False),  # a window with an end: nothing to continue
+    ):
+        out = Output(lambda b: None, max_lines=100, max_bytes=10**6)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            read_range(
+                fd,
+                parse_time_arg("2024-12-17 14"),
+                None if until is None else parse_time_arg(until),
+                out,
+                max_lines=max_lines,
+            )
+        finally:
+            os.close(fd)
+        data = p.read_bytes()
+        expected = (p.stat().st_ino, len(data), zlib.crc32(data[-64:]))
+        assert (out.position == expected) is want, (until, max_lines, out.position)

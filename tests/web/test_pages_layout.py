@@ -28,6 +28,7 @@ def pages(w: Worker) -> list[tuple[str, str, str]]:
         ("", "/login", "h1"),
         ("olivia", "/", ".host h2"),
         ("olivia", f"/view?host=web1&path={w.app_log}", "#log .line"),
+        ("olivia", f"/view?host=web1&path={w.app_log}&follow=1", "#live-badge"),
         ("olivia", "/search", "#search-form"),
         ("alice", "/audit", "table tbody tr"),
         ("olivia", "/view?host=nope&path=/var/log/x.log", "h1"),

@@ -5,6 +5,7 @@ and /healthz says 503 on both; put back, both serve again without a restart."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import sqlite3
@@ -113,3 +114,36 @@ def test_the_store_taken_away_fails_closed_and_recovers(web_worker: Worker, tmp_
     assert "is back; serving again" in log
     r = cli("audit", "verify", config=srv.config_path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_serving_store_checkpoints_to_its_sinks(web_worker: Worker, tmp_path: Path) -> None:
+    copy = tmp_path / "siem.jsonl"
+    with (
+        served(
+            tmp_path, web_worker, {"olivia": ["ops"]}, audit_jsonl=str(copy), checkpoint_every=10
+        ) as srv,
+        srv.client("olivia") as c,
+    ):
+        for _ in range(8):  # two records each
+            assert c.get(
+                "/api/hosts/web1/tail", params={"path": str(web_worker.app_log)}
+            ).is_success
+    # Stopped (SIGTERM): a last checkpoint was sent at shutdown.
+    reasons = [
+        json.loads(x)["checkpoint"]["reason"]
+        for x in copy.read_text().splitlines()
+        if x.startswith('{"checkpoint"')
+    ]
+    assert reasons[0] == "every 10 records" and reasons[-1] == "shutdown"
+    r = cli("audit", "verify", "--checkpoints", str(copy), config=srv.config_path)
+    assert r.returncode == 0, r.stdout
+    db = sqlite3.connect(tmp_path / "logtorukun.db")
+    head = db.execute("SELECT max(seq) FROM audit_log").fetchone()[0]
+    db.execute("DROP TRIGGER audit_log_no_delete")
+    db.execute("DELETE FROM audit_log WHERE seq > ?", (head - 3,))
+    db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'audit_log'", (head - 3,))
+    db.commit()
+    db.close()
+    r = cli("audit", "verify", "--checkpoints", str(copy), config=srv.config_path)
+    assert r.returncode == 1
+    assert f"a checkpoint names seq {head} but the store ends at seq {head - 3}" in r.stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from logtorukun.web.times import BadTime, for_source
+from logtorukun.times import BadTime, for_source
 from tests.support.sshd import Worker
 from tests.web.support import LiveServer
 

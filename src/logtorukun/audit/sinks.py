@@ -10,8 +10,11 @@ effort; a SIEM that must not miss records should follow the store by seq
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import syslog
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,7 +25,44 @@ if TYPE_CHECKING:
     from ..config import ServerSettings
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The head of the chain at one moment: seq and hash of the last record.
+
+    The store sends one to every sink that has a `checkpoint(cp)` method, every
+    `[server] checkpoint_every` records (default 1000) and when the server stops.
+    Kept outside the server, they let `logtorukun audit verify --checkpoints FILE` tell
+    a truncated or rewritten store from a good one without a head kept by hand."""
+
+    seq: int
+    hash: str
+    ts: str
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "checkpoint": {
+                    "seq": self.seq,
+                    "hash": self.hash,
+                    "ts": self.ts,
+                    "reason": self.reason,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                }
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+
 class AuditSink(Protocol):
+    """What the store calls after each commit, under its write lock (so in seq order).
+
+    `emit(record)` for every record; optionally `checkpoint(cp: Checkpoint)` (looked up
+    with getattr, so a sink without it is fine). Both raise on failure; the store counts
+    and logs it and the request goes on. Keep them fast: they run on the write path."""
+
     name: str
 
     def emit(self, record: AuditRecord) -> None:
@@ -76,6 +116,10 @@ class JsonlSink:
         if written != len(data):
             raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
 
+    def checkpoint(self, cp: Checkpoint) -> None:
+        data = (cp.to_json() + "\n").encode("utf-8")
+        os.write(self._current_fd(), data)
+
     def close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
@@ -100,6 +144,9 @@ class SyslogSink:
     def emit(self, record: AuditRecord) -> None:
         level = syslog.LOG_NOTICE if record.decision == "deny" else syslog.LOG_INFO
         syslog.syslog(self.facility | level, "audit " + record.to_json())
+
+    def checkpoint(self, cp: Checkpoint) -> None:
+        syslog.syslog(self.facility | syslog.LOG_NOTICE, "audit-checkpoint " + cp.to_json())
 
     def close(self) -> None:
         pass

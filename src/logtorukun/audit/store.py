@@ -67,6 +67,7 @@ from .records import (
     record_hash,
 )
 from .schema import INSERT, SCHEMA, SCHEMA_VERSION, SELECT, missing_triggers, row_to_record
+from .sinks import Checkpoint
 from .times import TimeArg, format_ts, parse_time
 from .verify import VerifyProblem, VerifyReport, verify_chain
 
@@ -130,8 +131,10 @@ class AuditStore:
         durable: bool = False,
         busy_timeout: float = 5.0,
         clock: Callable[[], datetime] | None = None,
+        checkpoint_every: int = 1000,
     ) -> None:
         self.path = Path(path)
+        self.checkpoint_every = checkpoint_every
         self.pg = Database.get(str(path)) if is_url(path) else None
         if self.pg is not None:
             self.path = Path(self.pg.name)  # for messages only
@@ -171,7 +174,12 @@ class AuditStore:
         """The server's store with the SIEM sinks its config asks for."""
         from .sinks import sinks_from_settings
 
-        return cls(settings.store, sinks=sinks_from_settings(settings), **kwargs)
+        return cls(
+            settings.store,
+            sinks=sinks_from_settings(settings),
+            checkpoint_every=settings.checkpoint_every,
+            **kwargs,
+        )
 
     # -- opening --------------------------------------------------------------------
 
@@ -458,6 +466,8 @@ class AuditStore:
             self._last = AuditRef(record.seq, record.hash)
             # After the commit and still under the lock, so sinks see seq order.
             self._emit(record)
+            if record.seq % self.checkpoint_every == 0:
+                self._checkpoint(self._last, f"every {self.checkpoint_every} records")
         return AuditRef(record.seq, record.hash)
 
     def _insert(
@@ -657,12 +667,43 @@ class AuditStore:
     # -- verifying ------------------------------------------------------------------
 
     def verify(
-        self, expect_head: AuditRef | None = None, *, max_problems: int = 100
+        self,
+        expect_head: AuditRef | None = None,
+        *,
+        max_problems: int = 100,
+        checkpoints: Sequence[AuditRef] = (),
     ) -> VerifyReport:
         """Walk the whole chain from one snapshot; see the module docstring for what it proves."""
         return verify_chain(
-            self._connection_for_scan, self.path, expect_head, max_problems=max_problems
+            self._connection_for_scan,
+            self.path,
+            expect_head,
+            max_problems=max_problems,
+            checkpoints=checkpoints,
         )
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def write_checkpoint(self, reason: str = "shutdown") -> AuditRef | None:
+        """Send the head (seq and hash) to every sink now; the server does it every
+        `checkpoint_every` records and when it stops. Returns the head sent."""
+        with self._lock:
+            head = self._last
+            if head is not None:
+                self._checkpoint(head, reason)
+        return head
+
+    def _checkpoint(self, head: AuditRef, reason: str) -> None:
+        point = Checkpoint(head.seq, head.hash, format_ts(self._clock()), reason)
+        for sink in self.sinks:
+            send = getattr(sink, "checkpoint", None)
+            if send is None:
+                continue
+            try:
+                send(point)
+            except Exception as exc:
+                self.sink_failures += 1
+                log.warning("audit sink %s: checkpoint at seq %d failed: %s", sink, head.seq, exc)
 
     # -- lifecycle --------------------------------------------------------------------
 

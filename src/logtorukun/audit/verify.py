@@ -8,9 +8,10 @@ a careless truncation, `sqlite_sequence`'s memory of the highest seq ever writte
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,10 +24,12 @@ from .schema import SELECT, missing_triggers, row_content
 @dataclass(frozen=True, slots=True)
 class VerifyProblem:
     seq: int
-    kind: Literal["edited", "deleted", "reordered", "broken_chain"]
+    kind: Literal["edited", "deleted", "reordered", "broken_chain", "guard_missing"]
     detail: str
 
     def __str__(self) -> str:
+        if self.kind == "guard_missing":
+            return f"guard missing: {self.detail}"
         return f"seq {self.seq}: {self.kind}: {self.detail}"
 
 
@@ -41,18 +44,28 @@ class VerifyReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    # Checkpoints (from the sinks) the store was compared with.
+    checkpoints: int = 0
+
     @property
     def ok(self) -> bool:
         return self.problem_count == 0
 
     @property
     def first_bad(self) -> int | None:
-        return self.problems[0].seq if self.problems else None
+        """The first bad record (a missing guard is not a record: seq 0 if it is all)."""
+        seqs = [p.seq for p in self.problems if p.kind != "guard_missing"]
+        return seqs[0] if seqs else (0 if self.problems else None)
 
     def summary(self) -> str:
         head = f"head {self.head.seq} {self.head.hash}" if self.head else "head none"
         if self.ok:
             return f"audit chain OK: {self.records} records, {head}"
+        if self.first_bad == 0:
+            return (
+                f"audit store UNGUARDED: {self.problem_count} problem(s) in {self.records} "
+                f"records, {head}"
+            )
         return (
             f"audit chain BROKEN: first bad seq {self.first_bad}; "
             f"{self.problem_count} problem(s) in {self.records} records, {head}"
@@ -65,8 +78,14 @@ def verify_chain(
     expect_head: AuditRef | None = None,
     *,
     max_problems: int = 100,
+    checkpoints: Sequence[AuditRef] = (),
 ) -> VerifyReport:
-    """Walk the whole chain from one snapshot, read through a connection from `connect`."""
+    """Walk the whole chain from one snapshot, read through a connection from `connect`.
+
+    A missing append-only trigger is a problem (exit 1), not a warning: without it the
+    store no longer refuses an UPDATE or DELETE. Each of `checkpoints` (seq and hash the
+    server sent to its sinks) must be in the store with the same hash: a seq past the
+    end is truncation, another hash is a rewrite."""
     started = time.perf_counter()
     report = VerifyReport()
     # Bounded memory even when every record of a big store was rewritten.
@@ -80,7 +99,10 @@ def verify_chain(
     conn = connect()
     try:
         conn.execute("BEGIN")
-        report.warnings.extend(missing_triggers(conn))
+        for missing in missing_triggers(conn):
+            add(VerifyProblem(0, "guard_missing", missing))
+        anchors = {c.seq: c.hash for c in checkpoints}
+        report.checkpoints = len(anchors)
         cursor = conn.execute(SELECT + " ORDER BY seq")
         expected_seq, expected_prev = 1, GENESIS_HASH
         prev_flagged = False
@@ -111,6 +133,16 @@ def verify_chain(
                         add(_unlinked_problem(seq))
                 if expect_head is not None and seq == expect_head.seq:
                     anchor_hash = stored
+                want = anchors.pop(seq, None)
+                if want is not None and want != stored:
+                    add(
+                        VerifyProblem(
+                            seq,
+                            "edited",
+                            f"hash {stored[:16]}... differs from checkpoint {want[:16]}... "
+                            "(rewritten after the checkpoint was sent)",
+                        )
+                    )
                 expected_seq, expected_prev, prev_flagged = seq + 1, stored, flagged
                 last = (seq, stored)
         for problem in _classify_mismatches(mismatched):
@@ -131,6 +163,16 @@ def verify_chain(
                 "deleted",
                 f"the store once held seq {high_water} but now ends at seq {last_seq} "
                 "(records removed from the end)",
+            )
+        )
+    beyond = sorted(seq for seq in anchors if seq > last_seq)
+    if beyond:
+        add(
+            VerifyProblem(
+                last_seq + 1,
+                "deleted",
+                f"a checkpoint names seq {beyond[-1]} but the store ends at seq {last_seq} "
+                "(the last records were removed)",
             )
         )
     if expect_head is not None:
@@ -160,6 +202,30 @@ def verify_chain(
 
 _KEEP_PROBLEMS = 1000
 _EDITED = "its contents no longer match its hash"
+
+
+def parse_checkpoints(lines: Iterable[str]) -> list[AuditRef]:
+    """Checkpoints out of a sink's copy: JSON lines or syslog lines carrying
+    `{"checkpoint": {"seq": N, "hash": H, ...}}`; full records (with seq and hash) in a
+    JSON-lines copy count as checkpoints too. Other lines are skipped."""
+    out: list[AuditRef] = []
+    for line in lines:
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            doc = json.loads(line[start:])
+        except ValueError:
+            continue
+        if not isinstance(doc, dict):
+            continue
+        point = doc.get("checkpoint", doc)
+        if not isinstance(point, dict):
+            continue
+        seq, digest = point.get("seq"), point.get("hash")
+        if isinstance(seq, int) and seq > 0 and isinstance(digest, str) and len(digest) == 64:
+            out.append(AuditRef(seq, digest))
+    return out
 
 
 def _gap_problem(expected: int, found: int) -> VerifyProblem:

@@ -8,9 +8,12 @@ function gets the parsed args and returns an exit code. Errors the user can fix 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
 from ..errors import UserError
@@ -25,8 +28,21 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean" for a mistyped subcommand (`logtorukun tial`)."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2))
+            near = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (commands: {', '.join(choices)})"
+            message = f"unknown command {m.group(1)!r}{hint}"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="logtorukun",
         description="Read worker logs over SSH: web server, client and operator tools.",
     )

@@ -19,6 +19,7 @@ from ..audit.store import AuditStore
 from ..audit.times import parse_time
 from ..config import load_config
 from ..errors import UserError
+from ..audit.verify import parse_checkpoints
 
 
 def register(sub: Any) -> None:
@@ -41,6 +42,12 @@ def register(sub: Any) -> None:
         "--expect-head",
         metavar="SEQ:HASH",
         help="an anchor from `logtorukun audit head` or the SIEM copy; the store must contain it",
+    )
+    p.add_argument(
+        "--checkpoints",
+        metavar="FILE",
+        help="the JSON-lines or syslog copy holding the server's checkpoints (seq and hash "
+        "every checkpoint_every records and at shutdown): the store must hold each one",
     )
     p.set_defaults(func=cmd_verify)
 
@@ -84,14 +91,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
             anchor = AuditRef.parse(args.expect_head)
         except ValueError as exc:
             raise UserError(f"--expect-head: {exc}") from None
+    points: list[AuditRef] = []
+    if args.checkpoints:
+        try:
+            with open(args.checkpoints, encoding="utf-8", errors="replace") as f:
+                points = parse_checkpoints(f)
+        except OSError as exc:
+            raise UserError(f"--checkpoints: {args.checkpoints}: {exc.strerror}") from None
+        if not points:
+            raise UserError(
+                f"--checkpoints: {args.checkpoints} holds no checkpoint or record "
+                "(give the [server] audit_jsonl file, or the syslog file with audit lines)"
+            )
     with _store(args) as store:
-        report = store.verify(expect_head=anchor)
+        report = store.verify(expect_head=anchor, checkpoints=points)
     for warning in report.warnings:
         print(f"warning: {warning}")
     for problem in report.problems:
         print(problem)
     if report.problem_count > len(report.problems):
         print(f"... and {report.problem_count - len(report.problems)} more")
+    if points:
+        print(f"checked against {report.checkpoints} checkpoint(s) from {args.checkpoints}")
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -1,4 +1,5 @@
-"""CLI over the client API: `sources`, `tail`, `grep`, `follow`, `hosts check|trust`.
+"""CLI over the client API: `sources`, `tail`, `grep`, `follow`, `journal`, `docker`,
+`hosts check|trust`.
 
 The same calls the web server makes, so an operator can check a worker from a shell with
 the server's own config and key. Log text is neutralised before it reaches the terminal
@@ -18,9 +19,19 @@ from typing import Any, TextIO
 
 import asyncssh
 
+from .. import times
+from ..client.certs import cli_identity
 from ..client.errors import ClientError, HostKeyChanged, LimitHit, RequestTimeout
 from ..client.hosts import host_by_name, select_hosts
-from ..client.reads import Client, Reply, grep_command
+from ..client.reads import (
+    Client,
+    Reply,
+    docker_command,
+    grep_command,
+    journal_command,
+    range_command,
+    tail_command,
+)
 from ..client.stream import Status
 from ..client.terminal import neutralise
 from ..config import Config, HostConfig, load_config
@@ -39,6 +50,7 @@ def register(sub: Any) -> None:
     p.add_argument("host", metavar="HOST")
     p.add_argument("path", metavar="PATH")
     p.add_argument("-n", "--lines", type=int, default=200, metavar="N")
+    _time_options(p)
     _output_options(p)
     _common(p)
     p.set_defaults(func=_cmd_tail)
@@ -60,6 +72,7 @@ def register(sub: Any) -> None:
     p.add_argument("-c", "--count", action="store_true")
     p.add_argument("-m", "--max-count", type=int, metavar="N")
     p.add_argument("--last", type=int, metavar="N", help="only the last N matches")
+    _time_options(p)
     _output_options(p)
     _common(p)
     p.set_defaults(func=_cmd_grep)
@@ -68,9 +81,46 @@ def register(sub: Any) -> None:
     p.add_argument("host", metavar="HOST")
     p.add_argument("path", metavar="PATH")
     p.add_argument("-n", "--lines", type=int, default=10, metavar="N")
+    p.add_argument(
+        "--since",
+        metavar="TIME",
+        help="first the lines since TIME (15m, 2h, today, 2024-12-17 14:00), then follow"
+        " from exactly where they end",
+    )
     _output_options(p)
     _common(p)
     p.set_defaults(func=_cmd_follow)
+
+    p = sub.add_parser(
+        "journal",
+        help="a systemd unit's journal on a worker (journalctl -u)",
+        description="The last lines of UNIT's journal, a time window, a search (-g, a"
+        " PCRE as journalctl takes it), a minimum priority, or a follow (-f).",
+    )
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("unit", metavar="UNIT")
+    p.add_argument("-n", "--lines", type=int, default=200, metavar="N")
+    p.add_argument("-g", "--grep", metavar="PATTERN", help="only entries matching (PCRE)")
+    p.add_argument("-p", "--priority", metavar="PRIO", help="err, warning, 3, ...")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
+    _time_options(p)
+    _output_options(p)
+    _common(p)
+    p.set_defaults(func=_cmd_journal)
+
+    p = sub.add_parser(
+        "docker",
+        help="a container's logs on a worker (docker logs, through sudo on the worker)",
+    )
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("-n", "--tail", type=int, default=200, metavar="N")
+    p.add_argument("-t", "--timestamps", action="store_true")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    _time_options(p)
+    _output_options(p)
+    _common(p)
+    p.set_defaults(func=_cmd_docker)
 
     hosts = sub.add_parser("hosts", help="check the configured workers, trust a host key")
     hcmd = hosts.add_subparsers(dest="hosts_command", metavar="ACTION", required=True)
@@ -100,6 +150,31 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one SSH channel and gate process per request instead of the bridge",
     )
+    p.add_argument(
+        "--as",
+        dest="as_user",
+        metavar="USER",
+        help="with [ssh] certificates: sign this read's certificate for USER "
+        "(default: your login name); needs the user CA key",
+    )
+
+
+def _time_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--since", metavar="TIME", help="15m, 2h, 7d, today, yesterday or 2024-12-17 14:00 (UTC)"
+    )
+    p.add_argument("--until", metavar="TIME", help="as --since; the window ends before it")
+
+
+def _when(args: argparse.Namespace, kind: str) -> tuple[str | None, str | None]:
+    """--since/--until in the form the source kind takes (relative forms resolved now)."""
+    try:
+        since = times.for_source("--since", args.since, kind) if args.since else None
+        raw_until = getattr(args, "until", None)  # follow has only --since
+        until = times.for_source("--until", raw_until, kind) if raw_until else None
+    except times.BadTime as exc:
+        raise UserError(str(exc)) from None
+    return since, until
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -167,9 +242,18 @@ def _limit_note(host: str, status: Status) -> None:
     _note(f"{host}: output truncated: {status.reason or 'a gate limit was hit'}")
 
 
-def _run(config_arg: str | None, body: Callable[[Config], Coroutine[Any, Any, int]]) -> int:
-    config = load_config(config_arg)
+def _run(args: argparse.Namespace, body: Callable[[Config], Coroutine[Any, Any, int]]) -> int:
+    config = load_config(args.config)
+    as_user = getattr(args, "as_user", None)
+    if config.ssh is not None and config.ssh.certificates:
+        args.identity = cli_identity(as_user)
+    elif as_user:
+        raise UserError(f"--as {as_user}: needs [ssh] certificates = true in {config.path}")
     return asyncio.run(body(config))
+
+
+def _client(config: Config, args: argparse.Namespace) -> Client:
+    return Client(config, oneshot=args.oneshot, identity=getattr(args, "identity", None))
 
 
 # ---------------------------------------------------------------------- commands
@@ -178,7 +262,7 @@ def _run(config_arg: str | None, body: Callable[[Config], Coroutine[Any, Any, in
 def _cmd_sources(args: argparse.Namespace) -> int:
     async def body(config: Config) -> int:
         host = host_by_name(config, args.host).name
-        async with Client(config, oneshot=args.oneshot) as client:
+        async with _client(config, args) as client:
             if args.json:
                 reply = await client.run(host, "sources")
                 sys.stdout.write(neutralise(reply.data))
@@ -193,19 +277,26 @@ def _cmd_sources(args: argparse.Namespace) -> int:
         print(neutralise("\n".join(out)))
         return 0
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     printer = Printer(args)
 
+    since, until = _when(args, "file")
+
     async def body(config: Config) -> int:
         host = host_by_name(config, args.host).name
-        async with Client(config, oneshot=args.oneshot) as client:
-            reply = await client.tail(host, args.path, args.lines)
+        async with _client(config, args) as client:
+            if since or until:  # the gate's range: the first N lines of the window
+                reply = await client.range(
+                    host, args.path, since or "1970-01-01", until, max_lines=args.lines
+                )
+            else:
+                reply = await client.tail(host, args.path, args.lines)
         return _finish_single(reply, printer)
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 def _finish_single(reply: Reply, printer: Printer) -> int:
@@ -219,10 +310,20 @@ def _finish_single(reply: Reply, printer: Printer) -> int:
 def _cmd_follow(args: argparse.Namespace) -> int:
     printer = Printer(args)
 
+    since = _when(args, "file")[0] if args.since else None
+
     async def body(config: Config) -> int:
         host = host_by_name(config, args.host).name
-        async with Client(config, oneshot=args.oneshot) as client:
-            stream = await client.follow(host, args.path, lines=args.lines)
+        async with _client(config, args) as client:
+            if since is None:
+                stream = await client.follow(host, args.path, lines=args.lines)
+            else:
+                window = await client.run(host, range_command(args.path, since))
+                printer.write(window.data)
+                if window.status.pos is None:  # the window was cut at a limit
+                    raise LimitHit(host, EXIT_LIMIT, window.status.reason or "range cut")
+                command = tail_command(args.path, 0, follow=True, start=window.status.pos)
+                stream = await client.stream(host, command)
             async with stream:
                 async for line in stream.lines():  # whole lines: no UTF-8 or escape split
                     printer.write(line)
@@ -230,7 +331,76 @@ def _cmd_follow(args: argparse.Namespace) -> int:
                 _limit_note(host, stream.status)
         return 0
 
-    return _run(args.config, body)
+    return _run(args, body)
+
+
+def _grep_window(window: Reply, pattern: str, args: argparse.Namespace) -> Reply:
+    """grep's options applied here to a time window the gate's `range` sent (Python's
+    regex for -E; the window is capped by the gate's max_lines, as any read is)."""
+    import re
+
+    flags = re.IGNORECASE if args.ignore_case else 0
+    try:
+        rx = re.compile(pattern.encode() if args.regex else re.escape(pattern.encode()), flags)
+    except re.error as exc:
+        raise UserError(f"grep: bad regular expression {pattern!r}: {exc}") from None
+    lines = [
+        ln for ln in window.data.splitlines(keepends=True) if bool(rx.search(ln)) != args.invert
+    ]
+    if args.max_count is not None:
+        lines = lines[: args.max_count]
+    if args.last is not None:
+        lines = lines[-args.last :] if args.last else []
+    data = f"{len(lines)}\n".encode() if args.count else b"".join(lines)
+    return Reply(window.host, window.command, data, window.status)
+
+
+def _cmd_journal(args: argparse.Namespace) -> int:
+    since, until = _when(args, "unit")
+    lines = 0 if args.follow and not args.lines else args.lines
+    command = journal_command(
+        args.unit,
+        lines=lines,
+        since=since,
+        until=until,
+        grep=args.grep,
+        priority=args.priority,
+        follow=args.follow,
+    )
+    return _run_command(args, command, follow=args.follow)
+
+
+def _cmd_docker(args: argparse.Namespace) -> int:
+    since, until = _when(args, "container")
+    command = docker_command(
+        args.container,
+        tail=args.tail,
+        timestamps=args.timestamps,
+        since=since,
+        until=until,
+        follow=args.follow,
+    )
+    return _run_command(args, command, follow=args.follow)
+
+
+def _run_command(args: argparse.Namespace, command: str, *, follow: bool) -> int:
+    """One gate command on one host: its output as it comes (a follow until Ctrl-C)."""
+    printer = Printer(args)
+
+    async def body(config: Config) -> int:
+        host = host_by_name(config, args.host).name
+        async with _client(config, args) as client:
+            if not follow:
+                return _finish_single(await client.run(host, command), printer)
+            stream = await client.stream(host, command)
+            async with stream:
+                async for line in stream.lines():
+                    printer.write(line)
+            if stream.status is not None and stream.status.truncated:
+                _limit_note(host, stream.status)
+        return 0
+
+    return _run(args, body)
 
 
 def _cmd_grep(args: argparse.Namespace) -> int:
@@ -256,20 +426,33 @@ def _cmd_grep(args: argparse.Namespace) -> int:
         last=args.last,
     )
     printer = Printer(args)
+    since, until = _when(args, "file")
+    if (since or until) and host_arg is None:
+        raise UserError("grep --since/--until reads one host's file: give HOST, not --hosts")
 
     async def body(config: Config) -> int:
         if host_arg is not None:
             host = host_by_name(config, host_arg).name
-            async with Client(config, oneshot=args.oneshot) as client:
-                reply = await client.run(host, command)
-            return _finish_single(reply, printer)
+            async with _client(config, args) as client:
+                if since or until:
+                    window = await client.range(host, path, since or "1970-01-01", until)
+                    reply = _grep_window(window, pattern, args)
+                else:
+                    reply = await client.run(host, command)
+            code = _finish_single(reply, printer)
+            if args.count:
+                return 1 if reply.data.strip() in (b"", b"0") else code
+            if not reply.data:
+                _note("no matches")  # and exit 1, as grep does
+                return 1
+            return code
         hosts = select_hosts(config, args.hosts)
-        async with Client(config, oneshot=args.oneshot) as client:
+        async with _client(config, args) as client:
             return await grep_hosts(
                 client, hosts, command, printer, at_once=config.fleet.max_hosts_at_once
             )
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 async def grep_hosts(
@@ -393,7 +576,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(neutralise("  ".join([*cells, r[-1]]).rstrip()))
         return 1 if any(r[-1] != "ok" for r in rows) else 0
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 async def check_host(client: Client, h: HostConfig) -> tuple[str, str, str, str, str, str]:
@@ -420,7 +603,7 @@ def _cmd_trust(args: argparse.Namespace) -> int:
         h = host_by_name(config, args.host)
         return await trust_host(h, yes=args.yes, fingerprint=args.fingerprint)
 
-    return _run(args.config, body)
+    return _run(args, body)
 
 
 async def trust_host(h: HostConfig, *, yes: bool = False, fingerprint: str | None = None) -> int:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import asyncssh
 
@@ -32,6 +32,22 @@ from ..errors import UserError
 
 if TYPE_CHECKING:
     from .settings import HostConfig
+
+class CertSettings(Protocol):
+    """What signing needs of the config's [ssh] table (config_ssh.SshSettings is one)."""
+
+    @property
+    def ca_key(self) -> Path | None: ...
+
+    @property
+    def agent(self) -> bool: ...
+
+    @property
+    def validity(self) -> float: ...
+
+    @property
+    def source_address(self) -> tuple[str, ...]: ...
+
 
 DEFAULT_VALIDITY = 300.0
 BACKDATE = 60.0  # seconds: a worker whose clock is a little behind still accepts it
@@ -209,3 +225,30 @@ class CertPolicy:
         if self.default_command is None:
             raise CertError(f"{host.name}: set gate_command in its [[host]] (certificates)")
         return self.default_command(host.user)
+
+    @classmethod
+    def from_settings(
+        cls,
+        ssh: CertSettings,
+        server_key_id: str | None = None,
+        default_command: Callable[[str], str] | None = None,
+    ) -> CertPolicy:
+        """`server_key_id`: the key id of connections made for no one in particular (the
+        web server's probes; for the CLI, the person running it). `default_command`:
+        see the field."""
+        if ssh.ca_key is None:
+            raise CertError("[ssh] certificates = true needs ca_key")
+        signer = CertSigner(ssh.ca_key, agent=ssh.agent, validity=ssh.validity)
+        if server_key_id is None:
+            return cls(signer, ssh.source_address, default_command=default_command)
+        return cls(signer, ssh.source_address, server_key_id, default_command)
+
+
+def cli_identity(explicit: str | None) -> str:
+    """Who a terminal read is for: `--as USER`, else the login behind sudo, else ours."""
+    import getpass
+
+    name = explicit or os.environ.get("SUDO_USER") or getpass.getuser()
+    if not name or any(c.isspace() or c in "\0," for c in name) or len(name) > 64:
+        raise CertError(f"--as {name!r}: give a user name (letters, digits, . _ -)")
+    return name

@@ -6,6 +6,7 @@ One place decides this so the CLI's `--hosts` and the web server's host pickers 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Iterable, Sequence
 
@@ -18,8 +19,16 @@ def host_by_name(hosts: Sequence[HostConfig] | Fleet, name: str) -> HostConfig:
     for h in _hosts(hosts):
         if h.name == name:
             return h
-    known = ", ".join(h.name for h in _hosts(hosts)) or "none configured"
-    raise UnknownHost("", f"unknown host {name!r} (configured: {known})")
+    raise UnknownHost("", f"unknown host {name!r}{_hint(name, hosts)}")
+
+
+def _hint(name: str, hosts: Sequence[HostConfig] | Fleet) -> str:
+    """`; did you mean 'web1'?` for a near miss, else the configured names."""
+    names = [h.name for h in _hosts(hosts)]
+    near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {near[0]!r}? (configured: {', '.join(names)})"
+    return f" (configured: {', '.join(names) or 'none configured'})"
 
 
 def matches(host: HostConfig, pattern: str) -> bool:
@@ -40,8 +49,7 @@ def select_hosts(hosts: Sequence[HostConfig] | Fleet, patterns: Iterable[str]) -
     all_hosts = _hosts(hosts)
     for p in pats:
         if not any(matches(h, p) for h in all_hosts):
-            known = ", ".join(h.name for h in all_hosts) or "none configured"
-            raise UnknownHost("", f"no host matches {p!r} (configured: {known})")
+            raise UnknownHost("", f"no host matches {p!r}{_hint(p, all_hosts)}")
     return [h for h in all_hosts if any(matches(h, p) for p in pats)]
 
 

@@ -466,12 +466,23 @@ class Pool:
     """Connections to the configured workers; `async with Pool(config) as pool:`."""
 
     def __init__(
-        self, hosts: Fleet | Sequence[HostConfig], options: PoolOptions | None = None
+        self,
+        hosts: Fleet | Sequence[HostConfig],
+        options: PoolOptions | None = None,
+        *,
+        identity: str | None = None,
     ) -> None:
         self.hosts = list(hosts if isinstance(hosts, Sequence) else hosts.hosts)
         if options is None:
             fleet = FleetSettings() if isinstance(hosts, Sequence) else hosts.fleet
-            options = PoolOptions.for_fleet(fleet)
+            extra: dict[str, Any] = {}
+            # A loaded config may say [ssh] certificates (duck-typed: the client does not
+            # know the config's schema).
+            ssh = None if isinstance(hosts, Sequence) else getattr(hosts, "ssh", None)
+            if ssh is not None and ssh.certificates:
+                # A terminal read: every connection is signed for the person running it.
+                extra["certs"] = CertPolicy.from_settings(ssh, identity)
+            options = PoolOptions.for_fleet(fleet, **extra)
         self.options = options
         self._conns: dict[tuple[str, str | None], HostConnection] = {}
         self._closing: set[asyncio.Task[None]] = set()

@@ -352,8 +352,11 @@ class Client:
         *,
         oneshot: bool = False,
         options: PoolOptions | None = None,
+        identity: str | None = None,
     ) -> None:
-        self.pool = Pool(hosts, options)
+        """`identity`: with `[ssh] certificates` in `hosts` (a Config) and no `options`,
+        the key id of every connection's certificate (the CLI's `--as`)."""
+        self.pool = Pool(hosts, options, identity=identity)
         self.oneshot = oneshot
 
     async def __aenter__(self) -> Client:

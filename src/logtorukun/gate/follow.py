@@ -28,6 +28,7 @@ BACKSTOP = 1.0  # with inotify: the path is still re-checked this often
 SWITCH_QUIET = 0.1  # a renamed-away file must be quiet this long before we move on
 SWITCH_GRACE = 5.0  # ... or we move on after this, even if it keeps growing
 _DONE_KEPT = 64  # identities of files already followed to their end
+_HEAD = 64  # first bytes kept of a file left behind, to tell it from a new one
 _LAST = 32  # bytes before the read offset that must not change (else: truncated)
 MARK_EVERY = POS_EVERY  # an idle follow re-sends its position this often: a heartbeat
 
@@ -193,22 +194,26 @@ class _Path:
     ) -> None:
         self.current = current
         self.queue: deque[_Follower] = deque()  # oldest first; the file at the path last
-        self.done: deque[Ident] = deque(maxlen=_DONE_KEPT)
+        # Files already followed to their end, with their first bytes: once closed, an
+        # inode number can be given to a new file (a rotation deletes the oldest copy and
+        # creates the next file at once), so the number alone does not name a file.
+        self.done: deque[tuple[Ident, bytes]] = deque(maxlen=_DONE_KEPT)
         self.reopen = reopen
         self.sibling = sibling
         self.base = base
         self.watch: Watch | None = None
         self.passes = 0
 
-    def known(self, ident: Ident, at_path: bool = False) -> bool:
-        """Followed now, queued, or (for a file found under another name) done. A file
-        at the path is new even with the inode number of one done: rotation frees the
-        old file's inode, and the next new file often gets the same number."""
-        return (
-            ident == self.current.ident
-            or (not at_path and ident in self.done)
-            or any(f.ident == ident for f in self.queue)
-        )
+    def known(self, ident: Ident, fd: int) -> bool:
+        if ident == self.current.ident or any(f.ident == ident for f in self.queue):
+            return True
+        head = b""
+        for done, was in self.done:
+            if done == ident:
+                head = head or os.pread(fd, _HEAD, 0)
+                if head == was:
+                    return True
+        return False
 
     def _adopt(self, fd: int | None, at_path: bool) -> None:
         """Queue the file open on `fd` if it is new to us; otherwise close it."""
@@ -216,7 +221,7 @@ class _Path:
             return
         try:
             st = os.fstat(fd)
-            if self.known((st.st_dev, st.st_ino), at_path):
+            if self.known((st.st_dev, st.st_ino), fd):
                 os.close(fd)
                 return
             c = self.current
@@ -249,7 +254,7 @@ class _Path:
         """Leave the current file for the next one in the queue."""
         old = self.current
         old.flush()
-        self.done.append(old.ident)
+        self.done.append((old.ident, os.pread(old.fd, _HEAD, 0)))
         self.current = self.queue.popleft()
         if self.watch is not None:
             self.watch.remove_file(old.fd)

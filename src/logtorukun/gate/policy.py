@@ -34,6 +34,9 @@ class Limits:
     # journalctl, sudo/docker. A child that needs more fails, and the request ends at
     # the limit (exit 5) instead of the worker swapping.
     max_memory: int = 512 << 20
+    # Bytes of answers a bridge session holds for a client that has not read them,
+    # across all its streams; past it, streams wait (paused) instead of buffering.
+    session_buffer: int = 32 << 20
 
 
 @record(frozen=True)
@@ -191,6 +194,7 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
         ),
         max_concurrent=_take(lim, "max_concurrent", int, d.max_concurrent, "limits", path),
         max_memory=_take(lim, "max_memory", int, d.max_memory, "limits", path),
+        session_buffer=_take(lim, "session_buffer", int, d.session_buffer, "limits", path),
         state_dir=_take(lim, "state_dir", str, "", "limits", path),
     )
     _no_extra(lim, set(Limits.__annotations__), "limits", path)
@@ -201,6 +205,7 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
         "follow_max_seconds",
         "max_concurrent",
         "max_memory",
+        "session_buffer",
     ):
         value = getattr(limits, name)
         # TOML has nan and inf: a deadline of now + nan never comes, int(inf) raises.

@@ -105,15 +105,7 @@ def serve(
     bridge, to choose a thread or not): the request, or the refusal to audit.
     """
     t0 = time.monotonic()
-    base: dict[str, Any] = {
-        "ts": now_iso(),
-        "id": os.urandom(8).hex(),
-        "mode": ctx.mode,
-        **ctx.identity,
-        "command": command,
-    }
-    if via:
-        base["via"] = via
+    base = _base(command, ctx, via)
     try:
         request = grammar.parse(command) if parsed is None else parsed
         if isinstance(request, GateError):
@@ -178,6 +170,25 @@ def serve(
     return result
 
 
+def _base(command: str, ctx: Context, via: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "ts": now_iso(),
+        "id": os.urandom(8).hex(),
+        "mode": ctx.mode,
+        **ctx.identity,
+        "command": command,
+    }
+    if via:
+        base["via"] = via
+    return base
+
+
+def deny(command: str, ctx: Context, code: int, reason: str, *, via: Any = None) -> Result:
+    """Audit a request refused before it could be served (a malformed bridge frame, a
+    session over its limits): the same `deny` record a refused command gets."""
+    return _refuse(ctx, _base(command, ctx, via), GateError(code, reason))
+
+
 def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
     record = {
         **base,
@@ -224,7 +235,9 @@ def authorize(req: Request, policy: Policy) -> Plan:
         secs = lim.follow_max_seconds if req.follow else lim.max_seconds
         return Plan(
             req,
-            lambda out: run_child(argv, None, out, seconds=secs, limits=policy, merge_stderr=True),
+            lambda out: run_child(
+                argv, None, out, seconds=secs, limits=policy, merge_stderr=True, go_runtime=True
+            ),
             target=f"container:{req.container}",
         )
 
@@ -432,6 +445,7 @@ def run_child(
     merge_stderr: bool = False,
     keep_last: int | None = None,
     gunzip: bool = False,
+    go_runtime: bool = False,
 ) -> None:
     """Stream a child's stdout as whole lines; kill it at the wall or CPU limit or on cancel."""
     import subprocess
@@ -440,7 +454,7 @@ def run_child(
     deadline = time.monotonic() + seconds
     cpu = max(1, int(limits.limits.max_seconds))
     mem = limits.limits.max_memory
-    limit_child = _child_limits(cpu, mem)
+    limit_child = _child_limits(cpu, mem, go=go_runtime)
     procs: list[subprocess.Popen[bytes]] = []
     errfile = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
     try:
@@ -554,16 +568,21 @@ def run_child(
 _OUT_OF_MEMORY = ("memory exhausted", "cannot allocate memory", "out of memory")
 
 
-def _child_limits(cpu: int, mem: int) -> Callable[[], None]:
-    """The pre-exec step of every child: CPU and address-space limits set in the child
-    itself before exec, so no byte of it runs unlimited (prlimit after the spawn would
-    leave a window). It calls only setrlimit: safe between fork and exec even with the
-    bridge's threads."""
+def _child_limits(cpu: int, mem: int, *, go: bool = False) -> Callable[[], None]:
+    """The pre-exec step of every child: CPU and memory limits set in the child itself
+    before exec, so no byte of it runs unlimited (prlimit after the spawn would leave a
+    window). It calls only setrlimit: safe between fork and exec even with the bridge's
+    threads. Memory is RLIMIT_AS (address space), except for a Go program (docker): the
+    Go runtime reserves far more address space than it uses and cannot start under a
+    512 MiB RLIMIT_AS, so it gets RLIMIT_DATA (the heap and other private writable
+    memory, where growth happens) of the same size."""
     import resource
+
+    which = resource.RLIMIT_DATA if go else resource.RLIMIT_AS
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(which, (mem, mem))
 
     return limit
 

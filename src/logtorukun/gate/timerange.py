@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 
 from .errors import Exit, GateError
 from .output import Output
-from .readers import LINE_CAP, emit_span, gunzip_chunks
+from .readers import LINE_CAP, emit_span, gunzip_chunks, tag_at
 
 __all__ = ["DETECT_BYTES", "TimeKey", "parse_time_arg", "read_range"]
 
@@ -292,8 +292,11 @@ def read_range(
     if gz:
         _range_gz(fd, since, until, out, max_lines)
         return
-    size = os.fstat(fd).st_size
+    st = os.fstat(fd)
+    size = st.st_size
     if size == 0:
+        if until is None:
+            out.position = (st.st_ino, 0, 0)
         return
 
     def pread(length: int, offset: int) -> bytes:
@@ -303,8 +306,12 @@ def read_range(
     fmt = _detect(pread(min(size, DETECT_BYTES), 0))
     start = _search(pread, size, fmt, fmt.target(since), 0)
     end = size if until is None else _search(pread, size, fmt, fmt.target(until), start)
+    sent = 0
     if end > start and (max_lines is None or max_lines > 0):
-        emit_span(fd, start, end, out, max_lines)
+        sent = emit_span(fd, start, end, out, max_lines)
+    if until is None and (max_lines is None or sent < max_lines):
+        # "since T" read to the end: a follow can go on from exactly here.
+        out.position = (st.st_ino, end, tag_at(fd, end))
 
 
 def _range_gz(

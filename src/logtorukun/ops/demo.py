@@ -60,6 +60,17 @@ def write_demo_logs(root: Path, now: datetime) -> None:
         p.chmod(0o644)
 
 
+def cli_command() -> str:
+    """How to run this very `logtorukun` from a shell where its venv is not activated:
+    the script next to this interpreter (absolute), else `python -m logtorukun`."""
+    import shlex
+
+    script = Path(sys.executable).parent / "logtorukun"
+    if script.is_file() and os.access(script, os.X_OK):
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m logtorukun"
+
+
 class LogWriter(threading.Thread):
     """Appends a line every second or so and rotates app.log every `rotate_every` s,
     the way logrotate would (app.log.1 -> app.log.2.gz, app.log -> app.log.1)."""
@@ -342,7 +353,7 @@ capabilities = ["tail", "search"]
         say(f"  {ssh} 'grep -c ERROR {app}'")
         say(f"  {ssh} 'cat /etc/passwd'            # refused: not in the policy")
         say(f"  {ssh} 'tail {app}; id'      # refused: no shell behind the gate")
-        say(f"  logtorukun --config {self.config} tail demo {app}")
+        say(f"  {cli_command()} --config {self.config} tail demo {app}")
         say(f"  curl -H 'Authorization: Bearer {creds['token']}' \\")
         say(f"       '{web}/api/hosts/demo/tail?path={app}&lines=5'")
         say()

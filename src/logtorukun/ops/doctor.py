@@ -475,6 +475,10 @@ def run_doctor(config: Config, hosts: Sequence[str] = ()) -> list[Check]:
     checks: list[Check] = []
     for h in selected:
         checks += check_host(h)
+        if config.ssh is not None and config.ssh.certificates:
+            from .doctor_certs import check_certificates
+
+            checks += check_certificates(h, config.ssh)
     checks += check_server(config)
     return checks
 

@@ -22,11 +22,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..audit import parse_time
+from .. import times
+from ..audit import AuditRef, parse_time
 from ..config import HostConfig
 from ..gate.globs import Glob, GlobError, check_user_glob
 from ..gate.vocabulary import MAX_PATH, MAX_PATTERN
-from . import patterns, times
+from . import patterns
 from .access import (
     DOWNLOAD,
     SEARCH,

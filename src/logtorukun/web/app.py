@@ -138,6 +138,9 @@ def create_app(
         finally:
             summaries.cancel()
             server.write_failure_summaries(everything=True)
+            # The head, to the sinks: a later truncation shows against it.
+            with contextlib.suppress(Exception):
+                server.audit.write_checkpoint("shutdown")
             await server.hub.close()
             await server.workers.close()
             if server.alerts is not None:

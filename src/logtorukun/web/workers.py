@@ -290,12 +290,9 @@ class Workers:
         if client is None:
             extra: dict[str, Any] = {}
             if ssh is not None and ssh.certificates:
-                from ..client.certs import CertError, CertPolicy, CertSigner
+                from ..client.certs import CertPolicy
 
-                if ssh.ca_key is None:
-                    raise CertError("[ssh] certificates = true needs ca_key")
-                signer = CertSigner(ssh.ca_key, agent=ssh.agent, validity=ssh.validity)
-                policy = CertPolicy(signer, ssh.source_address, default_command=default_command)
+                policy = CertPolicy.from_settings(ssh, default_command=default_command)
                 extra = {
                     "certs": policy,
                     "max_user_connections": ssh.max_user_connections,

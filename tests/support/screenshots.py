@@ -1,0 +1,86 @@
+"""Screenshots of the log viewer for docs/web.md, light and dark, from a real system.
+
+    .venv/bin/python -m tests.support.screenshots [OUT_DIR]   (default: docs/img)
+
+Starts a throwaway worker (real sshd + gate) and the web server on loopback, signs in
+with headless Chromium, opens the viewer on a log with levels, a JSON line expanded and
+a live follow, and writes viewer-light.png and viewer-dark.png (960x540, small enough to
+commit). Needs what the tests need (./dev setup), run as root like the test suite.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+from tests.support.sshd import Worker
+from tests.web.conftest import CHROMIUM_ARGS
+from tests.web.support import running, sign_in, write_config
+
+LINES = [
+    "2024-12-17 14:03:11 INFO  [http] GET /api/orders 200 12ms",
+    "2024-12-17 14:03:12 WARN  [pool] connection pool at 85% (17/20)",
+    '{"ts":"2024-12-17T14:03:12Z","level":"info","msg":"order placed","order":80412,"user":"ann"}',
+    "2024-12-17 14:03:13 ERROR [payments] charge failed for order 80412",
+    "    at com.example.pay.Client.charge(Client.java:88)",
+    "    at com.example.pay.Service.place(Service.java:41)",
+    "ts=2024-12-17T14:03:14Z level=debug msg=retrying attempt=2 order=80412",
+    "2024-12-17 14:03:15 INFO  [payments] retry succeeded for order 80412",
+    "2024-12-17 14:03:16 INFO  [http] GET /api/orders/80412 200 8ms",
+]
+
+
+def shoot(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    worker = Worker(name="shots")
+    written: list[Path] = []
+    try:
+        worker.start()
+        log = worker.root / "orders.log"
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            running(write_config(Path(tmp), worker)) as live,
+            sync_playwright() as p,
+        ):
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                for scheme in ("light", "dark"):
+                    log.write_text("".join(line + "\n" for line in LINES))
+                    log.chmod(0o644)
+                    ctx = browser.new_context(
+                        viewport={"width": 960, "height": 540}, color_scheme=scheme
+                    )
+                    page = ctx.new_page()
+                    sign_in(page, live, "olivia", f"/view?host=web1&path={log}")
+                    expect(page.locator("#log .line").last).to_have_text(LINES[-1])
+                    page.locator("#log .line", has_text="order placed").locator(
+                        "button.expand"
+                    ).click()
+                    page.click("#follow")
+                    expect(page.locator("#live-badge")).to_have_text("LIVE")
+                    with open(log, "a") as f:
+                        f.write("2024-12-17 14:03:17 INFO  [http] GET /healthz 200 1ms\n")
+                    expect(page.locator("#log .line").last).to_contain_text("/healthz")
+                    target = out_dir / f"viewer-{scheme}.png"
+                    page.screenshot(path=str(target))
+                    written.append(target)
+                    ctx.close()
+            finally:
+                browser.close()
+    finally:
+        worker.destroy()
+    return written
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0]) if argv else Path("docs/img")
+    for path in shoot(out):
+        print(f"{path} ({path.stat().st_size // 1024} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -17,9 +17,9 @@ from typing import Any, TextIO
 from ..audit.records import AuditRecord, AuditRef
 from ..audit.store import AuditStore
 from ..audit.times import parse_time
+from ..audit.verify import parse_checkpoints
 from ..config import load_config
 from ..errors import UserError
-from ..audit.verify import parse_checkpoints
 
 
 def register(sub: Any) -> None:

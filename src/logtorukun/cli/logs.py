@@ -321,7 +321,7 @@ def _cmd_follow(args: argparse.Namespace) -> int:
                 window = await client.run(host, range_command(args.path, since))
                 printer.write(window.data)
                 if window.status.pos is None:  # the window was cut at a limit
-                    raise LimitHit(host, EXIT_LIMIT, window.status.reason or "range cut")
+                    raise LimitHit(host, Exit.LIMIT, window.status.reason or "range cut")
                 command = tail_command(args.path, 0, follow=True, start=window.status.pos)
                 stream = await client.stream(host, command)
             async with stream:

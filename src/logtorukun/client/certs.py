@@ -33,6 +33,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from .settings import HostConfig
 
+
 class CertSettings(Protocol):
     """What signing needs of the config's [ssh] table (config_ssh.SshSettings is one)."""
 

@@ -41,8 +41,8 @@ from .protocol import (
     PROTOCOL_VERSION,
     REQUEST,
     WINDOW,
-    FrameReader,
     FrameError,
+    FrameReader,
     pack,
 )
 from .runner import Context, Result, deny, is_quick, serve
@@ -364,7 +364,11 @@ class BridgeServer:
         )
 
     def _threaded(
-        self, stream: _ServedStream, command: str, via: dict[str, Any] | None, positions: bool = False
+        self,
+        stream: _ServedStream,
+        command: str,
+        via: dict[str, Any] | None,
+        positions: bool = False,
     ) -> None:
         try:
             self._serve(stream, command, via, positions)

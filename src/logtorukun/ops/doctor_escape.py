@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 from . import system
 
 if TYPE_CHECKING:
-    from .doctor import CheckAdder, Worker
+    from .doctor import CheckAdder
+    from .doctor_probe import Worker
 
 ESCAPE_CHECKS = (
     "PTY refused",

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .. import times
-from ..audit import AuditRef, parse_time
+from ..audit import parse_time
 from ..config import HostConfig
 from ..gate.globs import Glob, GlobError, check_user_glob
 from ..gate.vocabulary import MAX_PATH, MAX_PATTERN

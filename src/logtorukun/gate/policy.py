@@ -53,6 +53,10 @@ class Programs:
     grep: str = "/usr/bin/grep"
     gzip: str = "/usr/bin/gzip"
     journalctl: str = "/usr/bin/journalctl"
+    # Fixed arguments put right after journalctl, from `journalctl = [PROGRAM, ARGS...]`:
+    # e.g. "--directory=/var/log/journal/remote" for a journal written by
+    # systemd-journal-remote. Never from the client.
+    journalctl_args: tuple[str, ...] = ()
     # Never the docker group (it is root): sudo with an exact sudoers rule, see docs/gate.md.
     docker: tuple[str, ...] = ("/usr/bin/sudo", "-n", "/usr/bin/docker")
 
@@ -231,10 +235,24 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
     prog = _table(data, "programs", path)
     dp = Programs()
     docker = _take(prog, "docker", list, list(dp.docker), "programs", path)
+    journal = prog.get("journalctl", dp.journalctl)
+    journal = [journal] if isinstance(journal, str) else journal
+    if (
+        not isinstance(journal, list)
+        or not journal
+        or not all(isinstance(a, str) and a for a in journal)
+        or not all(a.startswith("-") for a in journal[1:])
+    ):
+        raise _bad(
+            path,
+            "programs.journalctl must be a path, or [PATH, fixed options...] "
+            '(e.g. ["/usr/bin/journalctl", "--directory=/var/log/journal/remote"])',
+        )
     programs = Programs(
         grep=_take(prog, "grep", str, dp.grep, "programs", path),
         gzip=_take(prog, "gzip", str, dp.gzip, "programs", path),
-        journalctl=_take(prog, "journalctl", str, dp.journalctl, "programs", path),
+        journalctl=journal[0],
+        journalctl_args=tuple(journal[1:]),
         docker=tuple(docker),
     )
     _no_extra(prog, {"grep", "gzip", "journalctl", "docker"}, "programs", path)

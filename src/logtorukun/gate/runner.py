@@ -399,7 +399,9 @@ def grep_argv(req: Grep, policy: Policy) -> list[str]:
 
 
 def journal_argv(req: Journal, policy: Policy) -> list[str]:
-    argv = [policy.programs.journalctl, "--no-pager", "--quiet", "-o", req.output, "-u", req.unit]
+    prog = policy.programs
+    argv = [prog.journalctl, *prog.journalctl_args, "--no-pager", "--quiet", "-o", req.output]
+    argv += ["-u", req.unit]
     if req.lines is not None:
         argv += ["-n", str(min(req.lines, policy.limits.max_lines))]
     if req.since:

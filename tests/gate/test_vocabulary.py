@@ -73,7 +73,8 @@ def tails(draw: st.DrawFn) -> Tail:
     big = st.integers(min_value=0, max_value=10**19)
     tag = st.none() | st.integers(min_value=0, max_value=2**32 - 1)
     start = draw(st.none() | st.tuples(big, big, tag)) if follow else None
-    return Tail(draw(paths), draw(counts), follow, start)
+    before = None if follow else draw(st.none() | st.tuples(big, big))
+    return Tail(draw(paths), draw(counts), follow, start, before)
 
 
 requests: st.SearchStrategy[Request] = st.one_of(

@@ -120,9 +120,11 @@ def tail_command(
     *,
     follow: bool = False,
     start: tuple[int, int] | tuple[int, int, int] | None = None,
+    before: tuple[int, int] | None = None,
 ) -> str:
     """`start` (inode, offset[, tag]): a follow that continues where an earlier read
-    ended (`Status.pos`, `Position.start`)."""
+    ended (`Status.pos`, `Position.start`). `before` (inode, offset): a page of history,
+    the `lines` lines that end there."""
     n = _count("lines", lines)
     at: tuple[int, int, int | None] | None = None
     if start is not None:
@@ -136,7 +138,12 @@ def tail_command(
         ):
             raise InvalidArgument("", f"start must be (inode, offset[, tag]), not {start!r}")
         at = (start[0], start[1], start[2] if len(start) == 3 else None)
-    return command_for(Tail(_path(path), n, bool(follow), at))
+    if before is not None and (
+        follow or not all(type(x) is int and 0 <= x < 10**20 for x in before)
+    ):
+        raise InvalidArgument("", f"before must be (inode, offset) of a read, not {before!r}")
+    back = None if before is None else (before[0], before[1])
+    return command_for(Tail(_path(path), n, bool(follow), at, back))
 
 
 def head_command(path: str, lines: int | None = None) -> str:
@@ -233,7 +240,7 @@ def line_for(request: Request) -> str:
         if r.start is not None:
             ino, off, tag = r.start
             start = (ino, off) if tag is None else (ino, off, tag)
-        return tail_command(r.path, r.lines, follow=r.follow, start=start)
+        return tail_command(r.path, r.lines, follow=r.follow, start=start, before=r.before)
     if isinstance(r, Head):
         return head_command(r.path, r.lines)
     if isinstance(r, Grep) and not (r.line_numbers or r.word):

@@ -182,6 +182,8 @@ class Tail:
     # `--from INO:OFF[:TAG]`: follow from that inode and offset; TAG (readers.tag_at)
     # proves the file there is still the one that position was taken in.
     start: tuple[int, int, int | None] | None = None
+    # `--before INO:OFF`: the N lines that end at OFF of that file (paging back in history)
+    before: tuple[int, int] | None = None
 
 
 @record(frozen=True)
@@ -324,6 +326,8 @@ def command_words(req: Request) -> tuple[list[str], int | None]:
         if req.start is not None:
             ino, off, tag = req.start
             words += ["--from", f"{ino}:{off}" if tag is None else f"{ino}:{off}:{tag}"]
+        if req.before is not None:
+            words += ["--before", f"{req.before[0]}:{req.before[1]}"]
         return [*words, req.path], None
     if isinstance(req, Head):
         if req.lines is None:

@@ -82,7 +82,7 @@ async def off_loop(size: int, fn: Callable[..., _T], *args: Any) -> _T:
     return fn(*args)
 
 
-def _json_bytes(payload: dict[str, Any]) -> bytes:
+def json_bytes(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode()
 
 
@@ -158,7 +158,9 @@ async def _result(
     if outcome.pos is not None:
         # Where a follow continues without losing a line: /follow?from=INO:OFF:TAG
         payload["pos"] = ":".join(map(str, outcome.pos))
-    body = await off_loop(len(data), _json_bytes, payload)
+        if not cut:  # the lines are the file's bytes just before pos: where history goes on
+            payload["start"] = f"{outcome.pos[0]}:{outcome.pos[1] - len(data)}"
+    body = await off_loop(len(data), json_bytes, payload)
     end(
         server,
         a,

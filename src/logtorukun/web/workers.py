@@ -111,6 +111,7 @@ class ReadSpec:
     since: str | None = None
     until: str | None = None
     start: tuple[int, int, int] | None = None  # a file follow continuing at (ino, off, tag)
+    before: tuple[int, int] | None = None  # a page of history ending at (ino, off)
 
     @property
     def positions(self) -> bool:
@@ -151,7 +152,7 @@ class ReadSpec:
                 invert=self.invert,
                 max_count=self.max,
             )
-        return Tail(s.name, self.lines)
+        return Tail(s.name, self.lines, before=self.before)
 
 
 def _pcre_escape(text: str) -> str:

@@ -97,9 +97,11 @@ def tail_command(
     *,
     follow: bool = False,
     start: tuple[int, int] | tuple[int, int, int] | None = None,
+    before: tuple[int, int] | None = None,
 ) -> str:
     """`start` (inode, offset[, tag]): a follow that continues where an earlier read
-    ended (`Status.pos`, `Position.start`)."""
+    ended (`Status.pos`, `Position.start`). `before` (inode, offset): a page of history,
+    the `lines` lines that end there."""
     argv = ["tail", "-F"] if follow else ["tail"]
     argv += ["-n", _count("lines", lines)]
     if start is not None:
@@ -113,6 +115,10 @@ def tail_command(
         ):
             raise InvalidArgument("", f"start must be (inode, offset[, tag]), not {start!r}")
         argv += ["--from", ":".join(map(str, start))]
+    if before is not None:
+        if follow or not all(type(x) is int and 0 <= x < 10**20 for x in before):
+            raise InvalidArgument("", f"before must be (inode, offset) of a read, not {before!r}")
+        argv += ["--before", f"{before[0]}:{before[1]}"]
     return quote_command([*argv, _path(path)])
 
 

@@ -53,6 +53,8 @@ class Tail:
     # `--from INO:OFF[:TAG]`: follow from that inode and offset; TAG (readers.tag_at)
     # proves the file there is still the one that position was taken in.
     start: tuple[int, int, int | None] | None = None
+    # `--before INO:OFF`: the N lines that end at OFF of that file (paging back in history)
+    before: tuple[int, int] | None = None
 
 
 @record(frozen=True)
@@ -125,7 +127,8 @@ class Help:
 Request = Tail | Head | Grep | Range | Journal | Docker | Sources | Bridge | Help
 
 USAGE = """\
-tail -n N PATH | tail -f|-F [-n N] [--from INO:OFF[:TAG]] PATH | head -n N PATH | cat PATH
+tail -n N [--before INO:OFF] PATH | head -n N PATH | cat PATH
+tail -f|-F [-n N] [--from INO:OFF[:TAG]] PATH
 grep [-F|-E] [-i] [-v] [-c] [-n] [-w] [-m N] [-e] PATTERN PATH [| tail -n N]
 range --since TIME [--until TIME] [-m N] PATH
 journalctl -u UNIT [-n N] [--since S] [--until U] [-g PATTERN] [-p PRIO] [-o FORMAT] [-f]
@@ -415,10 +418,11 @@ def _tail(args: list[str]) -> Tail:
         "tail",
         args,
         {"-f": "f", "-F": "f", "--follow": "f", "--retry": "f"},
-        {"-n": "n", "--lines": "n", "--from": "from"},
+        {"-n": "n", "--lines": "n", "--from": "from", "--before": "before"},
     )
     lines, follow, saw_n = 10, False, False
     start: tuple[int, int, int | None] | None = None
+    before: tuple[int, int] | None = None
     for name, val in opts:
         if name == "n":
             lines, saw_n = number("tail", "-n", val), True
@@ -428,13 +432,20 @@ def _tail(args: list[str]) -> Tail:
                 raise bad(f"tail: --from takes INODE:OFFSET[:TAG] (whole numbers), not {val!r}")
             tag = None if m.group(3) is None else int(m.group(3))
             start = (int(m.group(1)), int(m.group(2)), tag)
+        elif name == "before":
+            m = re.fullmatch(r"([0-9]{1,20}):([0-9]{1,20})", val)
+            if m is None:
+                raise bad(f"tail: --before takes INODE:OFFSET (whole numbers), not {val!r}")
+            before = (int(m.group(1)), int(m.group(2)))
         else:
             follow = True
     if not follow and not saw_n:
         raise bad("tail: say how many lines with -n N (or follow with -f)")
     if start is not None and not follow:
         raise bad("tail: --from only goes with -f (follow from a position)")
-    return Tail(check_path("tail", _one("tail", pos, "PATH")), lines, follow, start)
+    if before is not None and (follow or not saw_n):
+        raise bad("tail: --before goes with -n N, not with -f (a page of history)")
+    return Tail(check_path("tail", _one("tail", pos, "PATH")), lines, follow, start, before)
 
 
 def _head(args: list[str], verb: str) -> Head:

@@ -277,6 +277,26 @@ def tail(fd: int, n: int, out: Output, *, gz: bool = False) -> None:
     raise GateError(Exit.FAILED, "the file kept shrinking while it was being read")
 
 
+def tail_before(fd: int, off: int, n: int, out: Output, *, gz: bool = False) -> None:
+    """The last `n` lines that end at `off` (a line start: where the page after them
+    begins), for paging back through a file; offsets of a .gz are in its decompressed
+    data. Sends `[start, off)` exactly, so the caller knows the page starts at
+    `off - bytes sent`."""
+    if n <= 0:
+        return
+    if gz:
+        _tail_gz(fd, n, out, stop=off)
+        return
+    st = os.fstat(fd)
+    if off > st.st_size:
+        raise GateError(Exit.BAD_REQUEST, f"--before {off} is past the end ({st.st_size} bytes)")
+    try:
+        _tail_plain(fd, off, n, out)
+    except _Shrunk:
+        raise GateError(Exit.FAILED, "the file was truncated while it was being read") from None
+    out.position = (st.st_ino, off, tag_at(fd, off))
+
+
 def gunzip_chunks(
     fd: int, chunk: int = 0, tick: Callable[[], None] | None = None
 ) -> Iterator[bytes]:
@@ -333,12 +353,34 @@ def gunzip_chunks(
         raise GateError(Exit.FAILED, reason) from None
 
 
-def _tail_gz(fd: int, n: int, out: Output) -> None:
+def _upto(pieces: Iterator[bytes], stop: int, seen: list[int]) -> Iterator[bytes]:
+    """The decompressed stream up to offset `stop`; `seen[0]` counts what went by."""
+    for piece in pieces:
+        if seen[0] + len(piece) >= stop:
+            piece = piece[: stop - seen[0]]
+            seen[0] += len(piece)
+            yield piece
+            return
+        seen[0] += len(piece)
+        yield piece
+
+
+def _tail_gz(fd: int, n: int, out: Output, stop: int | None = None) -> None:
+    """`stop`: only the decompressed bytes before that offset (a page of history)."""
+    seen = [0]
+    source = _upto(gunzip_chunks(fd, tick=out.check_time), 1 << 62 if stop is None else stop, seen)
+    try:
+        _tail_gz_lines(source, n, out)
+    finally:
+        out.position = (os.fstat(fd).st_ino, seen[0], 0)  # offsets in the decompressed data
+
+
+def _tail_gz_lines(source: Iterator[bytes], n: int, out: Output) -> None:
     room_lines = out.max_lines - out.lines
     budget = out.max_bytes - out.bytes
     n_eff = min(n, room_lines)
     if n_eff <= 0 or budget <= 0:
-        for piece in gunzip_chunks(fd, tick=out.check_time):
+        for piece in source:
             if piece:
                 raise limit_reached(out, "max_lines" if n_eff <= 0 else "max_bytes")
         return
@@ -350,7 +392,7 @@ def _tail_gz(fd: int, n: int, out: Output) -> None:
     dropped = 0  # lines seen that are no longer held
     held = LineBuffer()  # the partial last line
     overlong = False  # the current partial line is already longer than the budget
-    for piece in gunzip_chunks(fd, tick=out.check_time):
+    for piece in source:
         cut = piece.rfind(b"\n") + 1
         if cut == 0:
             if not overlong:

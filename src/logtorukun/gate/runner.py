@@ -278,8 +278,25 @@ def authorize(req: Request, policy: Policy) -> Plan:
 
             plan.run = run_follow
         else:
+            if req.before is not None:
+                ino = req.before[0]
+                if os.fstat(fd).st_ino != ino:  # rotated since: find it under its new name
+                    old = None if gz else find_rotated(policy, req.path, ino)
+                    if old is None:
+                        plan.close()
+                        raise GateError(
+                            Exit.NOT_FOUND,
+                            f"{req.path}: the file being paged (inode {ino}) was rotated away;"
+                            " start again from the newest lines",
+                        )
+                    plan.close()
+                    fd = old
+                    plan.fds = [fd]
 
             def run_tail(out: Output) -> None:
+                if req.before is not None:
+                    readers.tail_before(fd, req.before[1], n, out, gz=gz)
+                    return
                 readers.tail(fd, n, out, gz=gz)
                 if n < req.lines and out.lines >= n:  # the file really had more lines
                     raise LimitReached(f"asked for {req.lines} lines; max_lines is {n}")

@@ -269,6 +269,8 @@ async def _result(
     if outcome.pos is not None:
         # Where a follow continues without losing a line: /follow?from=INO:OFF:TAG
         payload["pos"] = ":".join(map(str, outcome.pos))
+        if not cut:  # the lines are the file's bytes just before pos: where history goes on
+            payload["start"] = f"{outcome.pos[0]}:{outcome.pos[1] - len(data)}"
     body = await off_loop(len(data), _json_bytes, payload)
     _end(
         server,

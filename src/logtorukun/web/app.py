@@ -369,7 +369,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Opening the audit store here means a server that cannot write its
     audit trail does not start (fail closed from the first second)."""
-    from . import api, download, pages, sse
+    from . import api, download, history, pages, sse
 
     settings = config.server
     audit = audit or AuditStore.from_settings(settings)
@@ -437,6 +437,7 @@ def create_app(
     app.include_router(pages.router)
     app.include_router(sse.router)
     app.include_router(download.router)
+    app.include_router(history.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

@@ -102,6 +102,7 @@ class ReadSpec:
     since: str | None = None
     until: str | None = None
     start: tuple[int, int, int] | None = None  # a file follow continuing at (ino, off, tag)
+    before: tuple[int, int] | None = None  # a page of history ending at (ino, off)
 
     @property
     def positions(self) -> bool:
@@ -145,7 +146,7 @@ class ReadSpec:
                 invert=self.invert,
                 max_count=self.max,
             )
-        return commands.tail_command(s.name, self.lines)
+        return commands.tail_command(s.name, self.lines, before=self.before)
 
 
 def _pcre_escape(text: str) -> str:

@@ -106,7 +106,7 @@ def ssh_all(w: Worker, commands: list[str]) -> list[subprocess.CompletedProcess[
 
 # (command, exit code, part of the reason); {root} {log} {secret} {dir} are filled in
 CORPUS: list[tuple[str, int, str]] = [
-    # the brief's own example, alone and inside a path
+    # the original article's own example (docs/security.md), alone and inside a path
     ("'; cat /etc/passwd; echo '", 2, "unknown command"),
     ("tail -n 5 {log}'; cat /etc/passwd; echo '", 2, "path must be absolute and plain ASCII"),
     ("tail -n 5 '{log}; cat {secret}'", 2, "path must be absolute and plain ASCII"),
@@ -377,15 +377,16 @@ def test_symlink_swapped_in_a_loop_during_1000_requests(aw: Attacked, tmp_path: 
         frames: list[tuple[int, int, bytes]] = []
 
         def until_end(rid: int) -> tuple[bytes, dict[str, Any]]:
+            # requests run concurrently: frames of other ids may come first; keep them
             data = b""
             while True:
-                while not frames:
+                mine = next((i for i, f in enumerate(frames) if f[1] == rid), None)
+                if mine is None:
                     chunk = os.read(proc.stdout.fileno(), 1 << 16)  # type: ignore[union-attr]
                     assert chunk, "the bridge session ended early"
-                    frames.extend(reader.feed(chunk))
-                ftype, frid, payload = frames.pop(0)
-                if frid != rid:
-                    continue  # HELLO
+                    frames.extend(f for f in reader.feed(chunk) if f[1] != 0)  # not HELLO
+                    continue
+                ftype, _frid, payload = frames.pop(mine)
                 if ftype == END:
                     return data, json.loads(payload)
                 data += payload

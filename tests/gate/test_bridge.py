@@ -358,25 +358,41 @@ def test_malformed_requests_end_that_request_only(bw: Worker, session: BridgeCli
 
 
 @pytest.mark.parametrize(
-    ("raw", "reason"),
+    ("raw", "rid", "reason"),
     [
-        (pack(99, 1, b"x"), b"unexpected frame type 99"),
-        (pack(HELLO, 0, b"{}"), b"unexpected frame type 16"),
-        (pack(CREDIT, 1, b"\x00\x01"), b"unexpected frame type 3"),  # wrong CREDIT size
-        (HEADER.pack(MAX_FRAME + 1, REQUEST, 1), b"is over the 1048576 limit"),
-        (HEADER.pack(0xFFFFFFFF, REQUEST, 1), b"is over the 1048576 limit"),
+        (pack(99, 1, b"x"), 1, "malformed type 99 frame"),
+        (pack(HELLO, 0, b"{}"), 0, "malformed HELLO frame"),
+        (pack(CREDIT, 1, b"\x00\x01"), 1, "malformed CREDIT frame"),  # wrong CREDIT size
+        (pack(CANCEL, 1, b"x"), 1, "malformed CANCEL frame"),
+        (HEADER.pack(MAX_FRAME + 1, REQUEST, 1) + b"x" * (MAX_FRAME + 1), 1, "is over 1048576"),
     ],
+    ids=["unknown-type", "hello", "credit-size", "cancel-payload", "oversize"],
 )
-def test_broken_framing_ends_the_session(bw: Worker, raw: bytes, reason: bytes) -> None:
+def test_broken_framing_is_refused_and_the_session_goes_on(
+    bw: Worker, raw: bytes, rid: int, reason: str
+) -> None:
     s = BridgeClient(bw.ssh_argv("bridge"))
     s.request(1, f"tail -n 1 {bw.app_log}")
     _data, end = s.result(1)
     assert end["exit"] == 0
+    before = len(bw.audit_records())
     s.send_raw(raw)
-    code, err = s.close()
-    assert code == Exit.BAD_REQUEST
-    assert err.startswith(b"logtorukun-gate: bridge protocol error: ") and reason in err
-    assert err.count(b"\n") == 1
+    data, end = s.result(rid)
+    assert data == b"" and end["exit"] == Exit.BAD_REQUEST and reason in end["reason"], end
+    # the session goes on
+    data, end = s.call(2, f"tail -n 1 {bw.app_log}")
+    assert end["exit"] == 0 and data == app_lines(bw)[-1]
+    assert s.close() == (0, b"")
+    denied = [r for r in bw.audit_records()[before:] if r.get("decision") == "deny"]
+    assert len(denied) == 1 and reason in denied[0]["reason"], denied
+
+
+def test_a_frame_declaring_4_gib_is_refused_without_holding_it(bw: Worker) -> None:
+    s = BridgeClient(bw.ssh_argv("bridge"))
+    s.send_raw(HEADER.pack(0xFFFFFFFF, REQUEST, 5) + b"x" * 100_000)
+    _data, end = s.result(5)
+    assert end["exit"] == Exit.BAD_REQUEST and "4294967295 bytes is over" in end["reason"]
+    assert s.close() == (0, b"")  # its payload is skipped as it comes, never buffered
 
 
 def test_a_request_id_still_in_use_ends_the_session(bw: Worker) -> None:

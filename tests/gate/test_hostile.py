@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from logtorukun.gate.errors import Exit
+from logtorukun.gate.protocol import CANCEL, CREDIT, HEADER, MAX_REQUEST, REQUEST
+from tests.gate.test_bridge import BridgeClient
 from tests.support.peak import PeakRss
 from tests.support.sshd import Worker
 
@@ -43,6 +45,10 @@ class Hostile(Worker):
         (root / "long.log").write_bytes(b"B" * (24 * MIB) + b"\nlast line\n")
         for p in root.iterdir():
             p.chmod(0o644)
+        (root / "wide.log").write_bytes(
+            b"".join(b"%05d %s\n" % (i, b"w" * 893) for i in range(10000))
+        )
+        (root / "wide.log").chmod(0o644)
         (root / "private.log").write_bytes(b"root only\n")  # 0600 root: not the gate user's
         (root / "private.log").chmod(0o600)
 
@@ -246,3 +252,115 @@ def test_sources_lists_only_files_the_gate_user_can_read(hw: Hostile) -> None:
     assert f"{hw.root}/private.log" not in listed
     denied = hw.run(f"tail -n 1 {hw.root}/private.log")  # and indeed it cannot be read
     assert denied.code != Exit.OK and denied.stdout == b""
+
+
+# ---------------------------------------------------------------- bridge sessions
+
+
+def test_unread_answers_are_paused_not_buffered(hw: Hostile) -> None:
+    """150 `tail -n 10000` of a 9 MB file on one session, none of them read past the
+    first window: the gate holds the session's buffer cap, not 150 x 9 MB. Each END
+    reports the bytes really delivered; a normal request afterwards works."""
+    with hw.policy(hw.hostile_policy(max_seconds=3)):
+        assert hw.pid is not None
+        with PeakRss(hw.pid) as peak:
+            s = BridgeClient(hw.ssh_argv("bridge"))
+            for rid in range(1, 151):
+                s.request(rid, f"tail -n 10000 {hw.root}/wide.log")
+            results = [s.result(rid, timeout=60) for rid in range(1, 151)]
+        data, end = s.call(999, f"tail -n 2 {hw.root}/app.log")
+        code, err = s.close()
+    assert end["exit"] == 0 and data == b"".join(
+        (hw.root / "app.log").read_bytes().splitlines(True)[-2:]
+    )
+    assert (code, err) == (0, b"")
+    for data, end in results:
+        assert end["bytes"] == len(data), end  # what END claims is what arrived
+        assert end["exit"] in (Exit.OK, Exit.LIMIT), end
+    assert sum(e["exit"] == Exit.LIMIT for _, e in results) > 100  # most were left unread
+    assert peak.bytes < 300 * MIB, f"{peak.mib:.0f} MiB"  # was 2.9 GB
+
+
+def test_help_and_cancel_are_answered_while_a_slow_read_runs(hw: Hostile) -> None:
+    with hw.policy(hw.hostile_policy(max_seconds=20)):
+        s = BridgeClient(hw.ssh_argv("bridge"))
+        s.request(1, f"tail -n 5 {hw.root}/slow.log.gz")  # seconds of inflating
+        s.request(2, f"grep -c nothing {hw.root}/slow.log.gz")
+        waits = []
+        for rid in range(10, 15):
+            t0 = time.monotonic()
+            _data, end = s.call(rid, "help")
+            waits.append(time.monotonic() - t0)
+            assert end["exit"] == 0
+        t0 = time.monotonic()
+        s.send(CANCEL, 1)
+        _data, end1 = s.result(1)
+        cancel_wait = time.monotonic() - t0
+        s.send(CANCEL, 2)
+        _data, end2 = s.result(2)
+        assert s.close() == (0, b"")
+    assert end1["reason"] == "client went away" and end2["reason"] == "client went away"
+    # a blocked frame thread would wait seconds here (the reads take 8 s); allow for load
+    assert max(waits) < 1.0 and cancel_wait < 1.0, (waits, cancel_wait)
+
+
+MALFORMED = [
+    b"not json",
+    b"[1, 2]",
+    b'"a string"',
+    b"{}",
+    b'{"command": 5}',
+    b'{"command": "help", "via": "me"}',
+    b'{"command": "help", "positions": "yes"}',
+    b"[" * 15000,
+    b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    b'{"command": "' + b"x" * MAX_REQUEST + b'"}',
+    b"\xff\xfe",
+]
+
+
+def test_malformed_requests_are_refused_audited_and_quiet(hw: Hostile) -> None:
+    """Every malformed REQUEST or frame gets an END refusal and a deny record; the
+    session goes on and nothing (no traceback) reaches stderr."""
+    before = len(hw.audit_records())
+    s = BridgeClient(hw.ssh_argv("bridge"))
+    for rid, payload in enumerate(MALFORMED, 1):
+        s.send(REQUEST, rid, payload)
+        data, end = s.result(rid)
+        assert data == b"" and end["exit"] == Exit.BAD_REQUEST, (payload[:40], end)
+        assert end["reason"].startswith("malformed request: "), end
+    s.send(77, 100, b"x")  # unknown frame type
+    assert s.result(100)[1]["exit"] == Exit.BAD_REQUEST
+    s.send(CREDIT, 101, b"\x00")  # CREDIT of the wrong size for an id not in use
+    assert s.result(101)[1]["exit"] == Exit.BAD_REQUEST
+    s.send_raw(HEADER.pack(3 << 20, REQUEST, 102) + b"y" * (3 << 20))  # over MAX_FRAME
+    assert "is over" in s.result(102)[1]["reason"]
+    data, end = s.call(200, f"tail -n 1 {hw.root}/app.log")
+    assert end["exit"] == 0 and data.endswith(b"\n")
+    assert s.close() == (0, b"")
+    denied = [r for r in hw.audit_records()[before:] if r.get("decision") == "deny"]
+    assert len(denied) == len(MALFORMED) + 3, denied
+    assert all(r["exit"] == Exit.BAD_REQUEST for r in denied)
+    raw = hw.audit_path.read_bytes().splitlines()[before:]
+    assert max(len(line) for line in raw) <= 4000
+
+
+def test_too_many_streams_is_refused_and_audited(hw: Hostile) -> None:
+    with hw.policy(hw.hostile_policy(max_seconds=20)):
+        before = len(hw.audit_records())
+        s = BridgeClient(hw.ssh_argv("bridge"))
+        for rid in range(1, 1025):  # each waits for credit that never comes
+            s.request(rid, f"tail -n 10000 {hw.root}/wide.log")
+        s.request(5000, f"tail -n 1 {hw.root}/secret-name.log")
+        _data, end = s.result(5000)
+        assert end["exit"] == Exit.BUSY and "too many streams (at most 1024)" in end["reason"]
+        for rid in range(1, 1025):
+            s.send(CANCEL, rid)
+        for rid in range(1, 1025):
+            s.result(rid, timeout=60)
+        _data, end = s.call(5001, f"tail -n 1 {hw.root}/app.log")
+        assert end["exit"] == 0
+        assert s.close() == (0, b"")
+        records = hw.audit_records()[before:]
+    (busy,) = [r for r in records if r.get("exit") == Exit.BUSY]
+    assert busy["decision"] == "deny" and "secret-name.log" in busy["command"]

@@ -16,7 +16,7 @@ from logtorukun.gate.errors import Exit, GateError
 from logtorukun.gate.globs import compile_glob
 from logtorukun.gate.policy import Limits, load_policy, parse_policy, policy_path
 
-# The example of DESIGN.md "Contract", verbatim.
+# The example policy of docs/gate.md, verbatim.
 DESIGN_EXAMPLE = """\
 [limits]        # all optional, sane defaults
 max_lines = 10000
@@ -129,6 +129,9 @@ def test_unreadable_for_the_gate_user(tmp_path: Path) -> None:
         ("[limits]\nmax_memory = '512M'\n", "limits.max_memory must be int"),
         ("[limits]\nmax_memory = 0\n", "limits.max_memory must be positive"),
         ("[limits]\nmax_memory = 512\n", "limits.max_memory is in bytes and must be at least"),
+        ("[programs]\njournalctl = []\n", "programs.journalctl must be a path, or [PATH"),
+        ("[programs]\njournalctl = ['/bin/j', 'x']\n", "programs.journalctl must be a path"),
+        ("[programs]\njournalctl = ['/bin/j', 5]\n", "programs.journalctl must be a path"),
         ("[limits]\nmax_seconds = nan\n", "limits.max_seconds must be"),
         ("[limits]\nmax_seconds = inf\n", "limits.max_seconds must be"),
         ("[limits]\nfollow_max_seconds = inf\n", "limits.follow_max_seconds must be"),
@@ -331,3 +334,11 @@ def test_a_corrupt_cache_is_ignored(tmp_path: Path) -> None:
         cache.write_bytes(junk)
         cache.chmod(0o600)
         assert load_policy(path).limits.max_lines == 7
+
+
+def test_journalctl_with_fixed_arguments(tmp_path: Path) -> None:
+    text = '[programs]\njournalctl = ["/usr/bin/journalctl", "--directory=/var/log/jr"]\n'
+    p = load_policy(write(tmp_path, text))
+    assert p.programs.journalctl == "/usr/bin/journalctl"
+    assert p.programs.journalctl_args == ("--directory=/var/log/jr",)
+    assert load_policy(write(tmp_path, "")).programs.journalctl_args == ()

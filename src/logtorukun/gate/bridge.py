@@ -2,13 +2,19 @@
 
 Started as the forced command with `SSH_ORIGINAL_COMMAND=bridge`. Each REQUEST frame goes
 through `runner.serve`, exactly like a one-shot command (same parser, policy, limits and
-audit records). Quick bounded reads (tail -n, range, sources) run inline on the reading
-thread — handing them to a thread would cost more than the read; follows, greps and
-child processes run on their own threads. Per-request credit keeps memory bounded.
+audit records). The thread that reads frames only parses them: every request runs on its
+own thread, so a slow read never delays another stream's CREDIT or CANCEL or a `help`.
+
+Memory is bounded per session: a stream sends at most its credit window and then waits
+(paused, until its time limit) for the client to read; the bytes held for a client that
+does not read are capped across all streams (`session_buffer`); at most `MAX_RUNNING`
+requests of a session run at once. A malformed frame or REQUEST ends that request with an
+END refusal and a `deny` audit record; the session and its other streams go on.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -25,25 +31,51 @@ from .protocol import (
     CREDIT_BODY,
     DATA,
     END,
+    FRAME_NAMES,
     HEADER,
     HELLO,
     MAX_DATA,
+    MAX_FRAME,
     MAX_REQUEST,
     POS,
     PROTOCOL_VERSION,
     REQUEST,
     WINDOW,
+    FrameError,
     FrameReader,
-    ProtocolError,
     pack,
 )
-from .runner import Context, Result, is_quick, serve
+from .runner import Context, Result, deny, is_quick, serve
+from .vocabulary import Request, Status
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
     from typing import Any
 
 MAX_STREAMS = 1024
+MAX_RUNNING = 64  # requests of one session running at once; the others wait their turn
+_STACK = 2 << 20  # per request thread: the gate recurses little; 8 MiB x 1024 would not fit
+
+
+class _Budget:
+    """Bytes of answers produced but not yet written, across one session's streams."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.held = 0
+        self.cond = threading.Condition()
+
+    def take(self, n: int, stream: _ServedStream) -> None:
+        """Reserve `n` bytes, waiting (paused) while the session holds its cap."""
+        with self.cond:
+            while self.held and self.held + n > self.cap:
+                stream.wait_or_stop(self.cond, "for the client to read earlier answers")
+            self.held += n
+
+    def give(self, n: int) -> None:
+        with self.cond:
+            self.held -= n
+            self.cond.notify_all()
 
 
 class _Writer:
@@ -76,7 +108,7 @@ class _Writer:
                 raise BrokenPipeError() from None
 
 
-class _Stream:
+class _ServedStream:
     """One request's credit window and cancellation flag."""
 
     def __init__(self, rid: int, writer: _Writer) -> None:
@@ -90,6 +122,8 @@ class _Stream:
         # never reads must not keep a concurrency slot (and a child) past max_seconds.
         self.deadline: float | None = None
         self.limit = 0.0
+        self.sent = 0  # bytes of DATA actually written: what END reports
+        self.budget: _Budget | None = None
 
     def add_credit(self, n: int) -> None:
         with self.cond:
@@ -100,46 +134,59 @@ class _Stream:
         self.cancelled.set()
         with self.cond:
             self.cond.notify_all()
+        if self.budget is not None:
+            with self.budget.cond:
+                self.budget.cond.notify_all()
 
-    def send_data(self, data: bytes) -> None:
+    def wait_or_stop(self, cond: threading.Condition, what: str) -> None:
+        """One wait on `cond` (held by the caller), bounded by the request's deadline;
+        raises at the deadline or once the request is cancelled."""
+        if self.cancelled.is_set():
+            raise BrokenPipeError()
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise LimitReached(
+                f"stopped after {self.limit:g} s waiting {what} (time limit in the policy)"
+            )
+        cond.wait(left if left is None else min(left, 1.0))
+
+    def send_data(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         while view:
             with self.cond:
-                while self.credit <= 0 and not self.cancelled.is_set():
-                    left = None if self.deadline is None else self.deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise LimitReached(
-                            f"stopped after {self.limit:g} s waiting for the client to read "
-                            "(time limit in the policy)"
-                        )
-                    self.cond.wait(left)
+                while self.credit <= 0:
+                    self.wait_or_stop(self.cond, "for the client to read")
                 if self.cancelled.is_set():
                     raise BrokenPipeError()
                 n = min(self.credit, MAX_DATA, len(view))
                 self.credit -= n
             self.writer.send(DATA, self.rid, view[:n])
+            self.sent += n
             view = view[n:]
 
     def end(self, result: Result, before: bytes = b"") -> None:
-        body = {
-            "exit": int(result.code),
-            "reason": result.reason,
-            "lines": result.lines,
-            "bytes": result.bytes,
-            "truncated": result.truncated,
-        }
-        if result.position is not None:
-            body["pos"] = list(result.position)
-        self.writer.send(END, self.rid, json.dumps(body).encode(), before)
+        status = Status(
+            exit=int(result.code),
+            reason=result.reason,
+            lines=result.lines,
+            bytes=self.sent,
+            truncated=result.truncated,
+            pos=result.position,
+        )
+        self.writer.send(END, self.rid, status.to_json(), before)
 
 
-class Bridge:
+class BridgeServer:
     def __init__(self, ctx: Context, infd: int = 0, outfd: int = 1) -> None:
         self.ctx = ctx
         self.infd = infd
         self.writer = _Writer(outfd)
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, _ServedStream] = {}
         self.lock = threading.Lock()
+        self.budget = _Budget(ctx.policy.limits.session_buffer)
+        # Requests waiting for one of the MAX_RUNNING worker threads, oldest first.
+        self.queue: collections.deque[tuple[_ServedStream, str, Any, bool]] = collections.deque()
+        self.workers = 0
 
     def run(self) -> int:
         ctx = self.ctx
@@ -163,17 +210,23 @@ class Bridge:
                 "max_concurrent": lim.max_concurrent,
             },
         }
+        with contextlib.suppress(ValueError):
+            threading.stack_size(_STACK)
         t0 = time.monotonic()
         requests = 0
         code = 0
         try:
             self.writer.send(HELLO, 0, json.dumps(hello).encode())
-            reader = FrameReader()
+            reader = FrameReader(skip_oversize=True)
             while True:
                 chunk = os.read(self.infd, 1 << 18)
                 if not chunk:
                     break
-                for ftype, rid, payload in reader.feed(chunk):
+                frames = reader.feed(chunk)
+                for ftype, rid, length in reader.oversize:
+                    self._bad_frame(ftype, rid, f"frame of {length} bytes is over {MAX_FRAME}")
+                reader.oversize.clear()
+                for ftype, rid, payload in frames:
                     if ftype == REQUEST:
                         requests += 1
                         self._request(rid, payload)
@@ -181,13 +234,15 @@ class Bridge:
                         stream = self.streams.get(rid)
                         if stream is not None:
                             stream.add_credit(CREDIT_BODY.unpack(payload)[0])
-                    elif ftype == CANCEL:
+                    elif ftype == CANCEL and not payload:
                         stream = self.streams.get(rid)
                         if stream is not None:
                             stream.cancel()
                     else:
-                        raise ProtocolError(f"unexpected frame type {ftype}")
-        except ProtocolError as exc:
+                        self._bad_frame(
+                            ftype, rid, f"malformed {FRAME_NAMES.get(ftype, f'type {ftype}')} frame"
+                        )
+        except FrameError as exc:
             _stderr(f"bridge protocol error: {exc}")
             code = int(Exit.BAD_REQUEST)
         except (BrokenPipeError, ConnectionError):
@@ -195,8 +250,13 @@ class Bridge:
         finally:
             with self.lock:
                 streams = list(self.streams.values())
+                waiting = list(self.queue)
+                self.queue.clear()
             for stream in streams:
                 stream.cancel()
+            for _stream, command, via, _positions in waiting:  # never started: say so
+                reason = "the session ended before this request started"
+                deny(command, ctx, Exit.BUSY, reason, via=via)
             for stream in streams:
                 if stream.thread is not None:
                     stream.thread.join(timeout=5)
@@ -215,23 +275,43 @@ class Bridge:
                 _stderr(exc.reason)
         return code
 
+    def _bad_frame(self, ftype: int, rid: int, reason: str) -> None:
+        """A frame the gate cannot use: audited as a denied request. If its id names a
+        running stream, that stream is cancelled (its own END follows); otherwise the
+        id gets an END refusal."""
+        name = FRAME_NAMES.get(ftype, f"type {ftype}")
+        result = deny(f"<{name} frame>", self.ctx, Exit.BAD_REQUEST, reason)
+        stream = self.streams.get(rid)
+        if stream is not None:
+            stream.cancel()
+            return
+        with contextlib.suppress(BrokenPipeError):
+            _ServedStream(rid, self.writer).end(result)
+
     def _request(self, rid: int, payload: bytes) -> None:
-        stream = _Stream(rid, self.writer)
+        stream = _ServedStream(rid, self.writer)
+        stream.budget = self.budget
         with self.lock:
             if rid in self.streams:
                 # An END on this id would end the client's running request: the
                 # client has lost track of its ids, so the session cannot go on.
-                raise ProtocolError(f"request id {rid} is already in use")
+                deny("<REQUEST frame>", self.ctx, Exit.BAD_REQUEST, f"request id {rid} reused")
+                raise FrameError(f"request id {rid} is already in use")
             busy = len(self.streams) >= MAX_STREAMS
             if not busy:
                 self.streams[rid] = stream
         if busy:
-            stream.end(Result(Exit.BUSY, f"too many streams (at most {MAX_STREAMS})"))
+            reason = f"too many streams (at most {MAX_STREAMS})"
+            result = deny(_command_of(payload), self.ctx, Exit.BUSY, reason)
+            with contextlib.suppress(BrokenPipeError):
+                stream.end(result)
             return
         try:
             if len(payload) > MAX_REQUEST:
                 raise ValueError(f"request of {len(payload)} bytes is over {MAX_REQUEST}")
             body = json.loads(payload)
+            if not isinstance(body, dict):
+                raise ValueError("a request is a JSON object")
             command = body["command"]
             via = body.get("via")
             positions = body.get("positions", False)
@@ -239,23 +319,34 @@ class Bridge:
                 raise ValueError("command must be a string, via an object")
             if not isinstance(positions, bool):
                 raise ValueError("positions must be true or false")
-        except (ValueError, KeyError, TypeError) as exc:
-            self._finish(stream, Result(Exit.BAD_REQUEST, f"malformed request: {exc}"))
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            if isinstance(exc, KeyError):
+                what = f"missing {exc}"
+            reason = f"malformed request: {what}"
+            self._finish(stream, deny(_command_of(payload), self.ctx, Exit.BAD_REQUEST, reason))
             return
-        try:
-            quick = is_quick(grammar.parse(command))
-        except GateError:
-            quick = True  # refused by serve() below, inline, with its audit record
-        if quick:
-            self._inline(stream, command, via)
-        else:
-            t = threading.Thread(
-                target=self._threaded, args=(stream, command, via, positions), daemon=True
-            )
-            stream.thread = t
-            t.start()
+        with self.lock:
+            self.queue.append((stream, command, via, positions))
+            if self.workers >= MAX_RUNNING:
+                return  # a worker takes it when one of the running requests ends
+            self.workers += 1
+        t = threading.Thread(target=self._work, daemon=True)
+        stream.thread = t
+        t.start()
 
-    def _output(self, sink: Any, stream: _Stream, positions: bool = False) -> Output:
+    def _work(self) -> None:
+        """A worker thread: serves queued requests until there are none left."""
+        while True:
+            with self.lock:
+                if not self.queue:
+                    self.workers -= 1
+                    return
+                stream, command, via, positions = self.queue.popleft()
+                stream.thread = threading.current_thread()
+            self._threaded(stream, command, via, positions)
+
+    def _output(self, sink: Any, stream: _ServedStream, positions: bool = False) -> Output:
         lim = self.ctx.policy.limits
         marker = None
         if positions:
@@ -272,48 +363,99 @@ class Bridge:
             marker=marker,
         )
 
-    def _inline(self, stream: _Stream, command: str, via: dict[str, Any] | None) -> None:
-        buf = bytearray()
-        result = serve(command, self.ctx, self._output(buf.extend, stream), via=via)
-        if len(buf) <= stream.credit:
-            # DATA and END in one write: one syscall and one SSH packet for a quick answer.
-            data = b"".join(
-                pack(DATA, stream.rid, bytes(buf[i : i + MAX_DATA]))
-                for i in range(0, len(buf), MAX_DATA)
-            )
-            stream.credit -= len(buf)
-            self._finish(stream, result, data)
-            return
-
-        def drain() -> None:
-            try:
-                stream.send_data(bytes(buf))
-            except BrokenPipeError:
-                result.reason = result.reason or "cancelled"
-            self._finish(stream, result)
-
-        stream.thread = threading.Thread(target=drain, daemon=True)
-        stream.thread.start()
-
     def _threaded(
-        self, stream: _Stream, command: str, via: dict[str, Any] | None, positions: bool = False
+        self,
+        stream: _ServedStream,
+        command: str,
+        via: dict[str, Any] | None,
+        positions: bool = False,
+    ) -> None:
+        try:
+            self._serve(stream, command, via, positions)
+        except Exception as exc:  # a bug must not print a traceback or hang the client
+            reason = f"internal error ({type(exc).__name__}); the request was not completed"
+            with contextlib.suppress(Exception):
+                self._finish(stream, deny(command, self.ctx, Exit.FAILED, reason, via=via))
+
+    def _serve(
+        self, stream: _ServedStream, command: str, via: dict[str, Any] | None, positions: bool
     ) -> None:
         lim = self.ctx.policy.limits
+        # Parsed once, here: serve() gets the request (or the refusal to audit) as it is.
+        parsed: Request | GateError
+        request: Request | None
         try:
-            follow = bool(getattr(grammar.parse(command), "follow", False))
-        except GateError:
-            follow = False
+            request = parsed = grammar.parse(command)
+        except GateError as exc:
+            request, parsed = None, exc
+        follow = bool(getattr(request, "follow", False))
         stream.limit = lim.follow_max_seconds if follow else lim.max_seconds
         stream.deadline = time.monotonic() + stream.limit
-        out = self._output(stream.send_data, stream, positions)
-        result = serve(command, self.ctx, out, via=via)
-        self._finish(stream, result)
+        # Quick answers are gathered and sent with their END in one write (while they fit
+        # the credit window); the rest is streamed as it comes.
+        quick = request is None or (is_quick(request) and not positions)
+        sink = _Sink(stream, self.budget, gather=quick)
+        out = self._output(sink.write, stream, positions)
+        result = serve(command, self.ctx, out, via=via, parsed=parsed)
+        self._finish(stream, result, sink.take_gathered())
 
-    def _finish(self, stream: _Stream, result: Result, data: bytes = b"") -> None:
+    def _finish(self, stream: _ServedStream, result: Result, data: bytes = b"") -> None:
         with self.lock:
             self.streams.pop(stream.rid, None)
         with contextlib.suppress(BrokenPipeError):
             stream.end(result, data)
+        if data:
+            self.budget.give(len(data))
+
+
+class _Sink:
+    """Where a bridge request's bytes go: reserved in the session budget, then either
+    gathered (a quick answer, while it fits the stream's credit) or sent as DATA."""
+
+    def __init__(self, stream: _ServedStream, budget: _Budget, *, gather: bool) -> None:
+        self.stream = stream
+        self.budget = budget
+        self.gathered: bytearray | None = bytearray() if gather else None
+
+    def write(self, data: bytes) -> None:
+        stream = self.stream
+        self.budget.take(len(data), stream)
+        got = self.gathered
+        if got is not None and len(got) + len(data) <= stream.credit:
+            got += data
+            return
+        try:
+            if got is not None:
+                self.gathered = None  # too big for one write: stream from here on
+                try:
+                    stream.send_data(got)
+                finally:
+                    self.budget.give(len(got))
+            stream.send_data(data)
+        finally:
+            self.budget.give(len(data))
+
+    def take_gathered(self) -> bytes:
+        """The gathered answer as whole DATA frames (still held in the budget: the
+        caller gives it back once written), charged to the stream's credit."""
+        got, self.gathered = self.gathered, None
+        if not got:
+            return b""
+        stream = self.stream
+        stream.credit -= len(got)
+        stream.sent += len(got)
+        frames = b"".join(
+            pack(DATA, stream.rid, bytes(got[i : i + MAX_DATA]))
+            for i in range(0, len(got), MAX_DATA)
+        )
+        self.budget.give(len(got) - len(frames))  # the budget now holds the frames
+        return frames
+
+
+def _command_of(payload: bytes) -> str:
+    """What to record as the command of a malformed REQUEST: its text, cut (the audit
+    record bounds it anyway), never anything parsed from it."""
+    return payload[:MAX_REQUEST].decode("utf-8", "replace")
 
 
 def _stderr(reason: str) -> None:

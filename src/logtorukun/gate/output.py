@@ -103,7 +103,10 @@ class Output:
 
     def check_time(self) -> None:
         """Every reader calls this (directly, or through `write`) between reads, so no
-        input, however long or slow to decode, keeps a request past its limit."""
+        input, however long or slow to decode, keeps a request past its limit, or past
+        its cancellation."""
+        if self.cancelled.is_set():
+            raise Cancelled()
         if time.monotonic() >= self.deadline:
             self.truncated = True
             raise LimitReached(self.deadline_reason)

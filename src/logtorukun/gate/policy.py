@@ -12,17 +12,13 @@ import re
 from .errors import Exit, GateError
 from .globs import Glob, GlobError, compile_glob
 from .record import field, record
+from .vocabulary import CONTAINER_NAME, UNIT_NAME
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_POLICY = "/etc/logtorukun/policy.toml"
-
-# Unit and container names as the gate accepts them: no spaces, no '=', no '+',
-# never starting with '-', so they can only ever be a name, not a match or an option.
-UNIT_NAME = r"[A-Za-z0-9_][A-Za-z0-9@_.:-]{0,254}"
-CONTAINER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 
 
 @record(frozen=True)
@@ -38,6 +34,9 @@ class Limits:
     # journalctl, sudo/docker. A child that needs more fails, and the request ends at
     # the limit (exit 5) instead of the worker swapping.
     max_memory: int = 512 << 20
+    # Bytes of answers a bridge session holds for a client that has not read them,
+    # across all its streams; past it, streams wait (paused) instead of buffering.
+    session_buffer: int = 32 << 20
 
 
 @record(frozen=True)
@@ -54,6 +53,10 @@ class Programs:
     grep: str = "/usr/bin/grep"
     gzip: str = "/usr/bin/gzip"
     journalctl: str = "/usr/bin/journalctl"
+    # Fixed arguments put right after journalctl, from `journalctl = [PROGRAM, ARGS...]`:
+    # e.g. "--directory=/var/log/journal/remote" for a journal written by
+    # systemd-journal-remote. Never from the client.
+    journalctl_args: tuple[str, ...] = ()
     # Never the docker group (it is root): sudo with an exact sudoers rule, see docs/gate.md.
     docker: tuple[str, ...] = ("/usr/bin/sudo", "-n", "/usr/bin/docker")
 
@@ -121,7 +124,7 @@ def _parsed_toml(path: str, raw: bytes) -> dict[str, Any]:
     import marshal
     import zlib
 
-    from .slots import default_state_dir, private_dir
+    from .statedir import default_state_dir, private_dir
 
     key = (path, len(raw), zlib.crc32(raw))
     cache = os.path.join(default_state_dir(), "policy.cache")
@@ -195,6 +198,7 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
         ),
         max_concurrent=_take(lim, "max_concurrent", int, d.max_concurrent, "limits", path),
         max_memory=_take(lim, "max_memory", int, d.max_memory, "limits", path),
+        session_buffer=_take(lim, "session_buffer", int, d.session_buffer, "limits", path),
         state_dir=_take(lim, "state_dir", str, "", "limits", path),
     )
     _no_extra(lim, set(Limits.__annotations__), "limits", path)
@@ -205,6 +209,7 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
         "follow_max_seconds",
         "max_concurrent",
         "max_memory",
+        "session_buffer",
     ):
         value = getattr(limits, name)
         # TOML has nan and inf: a deadline of now + nan never comes, int(inf) raises.
@@ -230,10 +235,24 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
     prog = _table(data, "programs", path)
     dp = Programs()
     docker = _take(prog, "docker", list, list(dp.docker), "programs", path)
+    journal = prog.get("journalctl", dp.journalctl)
+    journal = [journal] if isinstance(journal, str) else journal
+    if (
+        not isinstance(journal, list)
+        or not journal
+        or not all(isinstance(a, str) and a for a in journal)
+        or not all(a.startswith("-") for a in journal[1:])
+    ):
+        raise _bad(
+            path,
+            "programs.journalctl must be a path, or [PATH, fixed options...] "
+            '(e.g. ["/usr/bin/journalctl", "--directory=/var/log/journal/remote"])',
+        )
     programs = Programs(
         grep=_take(prog, "grep", str, dp.grep, "programs", path),
         gzip=_take(prog, "gzip", str, dp.gzip, "programs", path),
-        journalctl=_take(prog, "journalctl", str, dp.journalctl, "programs", path),
+        journalctl=journal[0],
+        journalctl_args=tuple(journal[1:]),
         docker=tuple(docker),
     )
     _no_extra(prog, {"grep", "gzip", "journalctl", "docker"}, "programs", path)

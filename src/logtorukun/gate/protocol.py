@@ -46,7 +46,7 @@ WINDOW = 1 << 20  # initial per-request credit, in bytes
 POS_EVERY = 1.0  # an idle follow with positions sends a POS at least this often (seconds)
 
 
-class ProtocolError(Exception):
+class FrameError(Exception):
     """The peer broke the framing; the session cannot continue."""
 
 
@@ -57,11 +57,21 @@ def pack(ftype: int, rid: int, payload: bytes = b"") -> bytes:
 class FrameReader:
     """Incremental parser: feed bytes as they arrive, get whole frames back."""
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, *, skip_oversize: bool = False) -> None:
         self._buf = bytearray()
         self._max = max_frame
+        # skip_oversize: a frame over max_frame is not an error that ends the session:
+        # its payload is discarded as it arrives (never held) and (type, id, length)
+        # is added to `oversize` for the caller to refuse.
+        self._skip_oversize = skip_oversize
+        self._skip = 0
+        self.oversize: list[tuple[int, int, int]] = []
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
         buf = self._buf
         buf += data
         frames: list[tuple[int, int, bytes]] = []
@@ -69,8 +79,17 @@ class FrameReader:
         hsize = HEADER.size
         while len(buf) - pos >= hsize:
             length, ftype, rid = HEADER.unpack_from(buf, pos)
+            if length > self._max and self._skip_oversize:
+                self.oversize.append((ftype, rid, length))
+                pos += hsize
+                dropped = min(length, len(buf) - pos)
+                pos += dropped
+                self._skip = length - dropped
+                if self._skip:
+                    break
+                continue
             if length > self._max:
-                raise ProtocolError(f"frame of {length} bytes is over the {self._max} limit")
+                raise FrameError(f"frame of {length} bytes is over the {self._max} limit")
             end = pos + hsize + length
             if len(buf) < end:
                 break

@@ -18,11 +18,23 @@ from collections.abc import Callable
 from . import GATE_VERSION, grammar, slots
 from .audit import AuditLog, now_iso
 from .errors import Cancelled, Exit, GateError
-from .grammar import Bridge, Docker, Grep, Head, Help, Journal, Range, Request, Sources, Tail
 from .output import LimitReached, Output
 from .paths import open_under
 from .policy import Policy
 from .record import field, record
+from .vocabulary import (
+    BridgeRequest,
+    Docker,
+    Grep,
+    Head,
+    Help,
+    Journal,
+    Range,
+    Request,
+    SourcesRequest,
+    Tail,
+    grep_options,
+)
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
@@ -73,7 +85,7 @@ class Plan:
 def is_quick(request: Request) -> bool:
     """Served inline by a bridge: bounded, in-process, no waiting, a few reads at most.
     Exactly the requests that take no concurrency slot."""
-    return isinstance(request, Sources | Help) or (
+    return isinstance(request, SourcesRequest | Help) or (
         isinstance(request, Tail) and not request.follow and not request.path.endswith(".gz")
     )
 
@@ -85,20 +97,20 @@ def serve(
     *,
     via: dict[str, Any] | None = None,
     plan_hook: Callable[[Plan], None] | None = None,
+    parsed: Request | GateError | None = None,
 ) -> Result:
-    """Run `command`; every outcome, including refusals, is audited. Never raises GateError."""
+    """Run `command`; every outcome, including refusals, is audited. Never raises GateError.
+
+    `parsed`: what `grammar.parse(command)` gave a caller that parsed it already (the
+    bridge, to choose a thread or not): the request, or the refusal to audit.
+    """
     t0 = time.monotonic()
-    base: dict[str, Any] = {
-        "ts": now_iso(),
-        "id": os.urandom(8).hex(),
-        "mode": ctx.mode,
-        **ctx.identity,
-        "command": command,
-    }
-    if via:
-        base["via"] = via
+    base = _base(command, ctx, via)
     try:
-        plan = authorize(grammar.parse(command), ctx.policy)
+        request = grammar.parse(command) if parsed is None else parsed
+        if isinstance(request, GateError):
+            raise request
+        plan = authorize(request, ctx.policy)
     except GateError as exc:
         return _refuse(ctx, base, exc)
     slot = None
@@ -158,6 +170,25 @@ def serve(
     return result
 
 
+def _base(command: str, ctx: Context, via: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "ts": now_iso(),
+        "id": os.urandom(8).hex(),
+        "mode": ctx.mode,
+        **ctx.identity,
+        "command": command,
+    }
+    if via:
+        base["via"] = via
+    return base
+
+
+def deny(command: str, ctx: Context, code: int, reason: str, *, via: Any = None) -> Result:
+    """Audit a request refused before it could be served (a malformed bridge frame, a
+    session over its limits): the same `deny` record a refused command gets."""
+    return _refuse(ctx, _base(command, ctx, via), GateError(code, reason))
+
+
 def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
     record = {
         **base,
@@ -179,12 +210,12 @@ def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
 def authorize(req: Request, policy: Policy) -> Plan:
     """Check `req` against the policy and open what it reads; refusals raise GateError."""
     lim = policy.limits
-    if isinstance(req, Bridge):
+    if isinstance(req, BridgeRequest):
         raise GateError(Exit.BAD_REQUEST, "bridge cannot be nested inside a request")
     if isinstance(req, Help):
         text = grammar.USAGE.encode()
         return Plan(req, lambda out: out.write(text), needs_slot=False)
-    if isinstance(req, Sources):
+    if isinstance(req, SourcesRequest):
         return Plan(req, lambda out: out.write(sources_json(policy)), needs_slot=False)
     if isinstance(req, Journal):
         if not _allowed_unit(req.unit, policy):
@@ -204,7 +235,9 @@ def authorize(req: Request, policy: Policy) -> Plan:
         secs = lim.follow_max_seconds if req.follow else lim.max_seconds
         return Plan(
             req,
-            lambda out: run_child(argv, None, out, seconds=secs, limits=policy, merge_stderr=True),
+            lambda out: run_child(
+                argv, None, out, seconds=secs, limits=policy, merge_stderr=True, go_runtime=True
+            ),
             target=f"container:{req.container}",
         )
 
@@ -265,8 +298,25 @@ def authorize(req: Request, policy: Policy) -> Plan:
 
             plan.run = run_follow
         else:
+            if req.before is not None:
+                ino = req.before[0]
+                if os.fstat(fd).st_ino != ino:  # rotated since: find it under its new name
+                    old = None if gz else find_rotated(policy, req.path, ino)
+                    if old is None:
+                        plan.close()
+                        raise GateError(
+                            Exit.NOT_FOUND,
+                            f"{req.path}: the file being paged (inode {ino}) was rotated away;"
+                            " start again from the newest lines",
+                        )
+                    plan.close()
+                    fd = old
+                    plan.fds = [fd]
 
             def run_tail(out: Output) -> None:
+                if req.before is not None:
+                    readers.tail_before(fd, req.before[1], n, out, gz=gz)
+                    return
                 readers.tail(fd, n, out, gz=gz)
                 if n < req.lines and out.lines >= n:  # the file really had more lines
                     raise LimitReached(f"asked for {req.lines} lines; max_lines is {n}")
@@ -284,16 +334,34 @@ def authorize(req: Request, policy: Policy) -> Plan:
         plan.run = lambda out: read_range(fd, since, until, out, max_lines=req.max_lines, gz=gz)
     else:
         argv = grep_argv(req, policy)
-        plan.run = lambda out: run_child(
-            argv,
-            fd,
-            out,
-            seconds=lim.max_seconds,
-            limits=policy,
-            keep_last=req.tail,
-            gunzip=gz,
-        )
+
+        def run_grep(out: Output) -> None:
+            try:
+                run_child(
+                    argv,
+                    fd,
+                    out,
+                    seconds=lim.max_seconds,
+                    limits=policy,
+                    keep_last=req.tail,
+                    gunzip=gz,
+                )
+            except GateError as exc:
+                raise _bad_pattern(req, argv[0], exc) from None
+
+        plan.run = run_grep
     return plan
+
+
+def _bad_pattern(req: Grep, program: str, exc: GateError) -> GateError:
+    """grep reads our pipe and gets options we built, so when it fails (exit 2) on an
+    extended regex, the pattern is what is wrong: a bad request naming it, not a failure
+    of the worker."""
+    failed = f"{os.path.basename(program)} failed: "
+    if not (req.regex and exc.code == Exit.FAILED and exc.reason.startswith(failed)):
+        return exc
+    why = exc.reason[len(failed) :].removeprefix("grep: ")
+    return GateError(Exit.BAD_REQUEST, f"grep: the pattern {req.pattern!r} is not valid: {why}")
 
 
 def _follow_reason(seconds: float) -> str:
@@ -342,24 +410,15 @@ def _allowed_unit(unit: str, policy: Policy) -> bool:
 
 
 def grep_argv(req: Grep, policy: Policy) -> list[str]:
-    argv = [policy.programs.grep, "-a", "--color=never", "-E" if req.regex else "-F"]
-    for on, flag in (
-        (req.ignore_case, "-i"),
-        (req.invert, "-v"),
-        (req.count, "-c"),
-        (req.line_numbers, "-n"),
-        (req.word, "-w"),
-    ):
-        if on:
-            argv.append(flag)
-    if req.max_count is not None:
-        argv += ["-m", str(req.max_count)]
-    # -e: the pattern is a pattern even when it starts with '-'. No file operand: stdin.
-    return [*argv, "-e", req.pattern]
+    # The options as the request spelled them (vocabulary.grep_options, ending `-e
+    # PATTERN`); no file operand: grep reads the file from stdin.
+    return [policy.programs.grep, "-a", "--color=never", *grep_options(req)]
 
 
 def journal_argv(req: Journal, policy: Policy) -> list[str]:
-    argv = [policy.programs.journalctl, "--no-pager", "--quiet", "-o", req.output, "-u", req.unit]
+    prog = policy.programs
+    argv = [prog.journalctl, *prog.journalctl_args, "--no-pager", "--quiet", "-o", req.output]
+    argv += ["-u", req.unit]
     if req.lines is not None:
         argv += ["-n", str(min(req.lines, policy.limits.max_lines))]
     if req.since:
@@ -405,6 +464,7 @@ def run_child(
     merge_stderr: bool = False,
     keep_last: int | None = None,
     gunzip: bool = False,
+    go_runtime: bool = False,
 ) -> None:
     """Stream a child's stdout as whole lines; kill it at the wall or CPU limit or on cancel."""
     import subprocess
@@ -413,7 +473,7 @@ def run_child(
     deadline = time.monotonic() + seconds
     cpu = max(1, int(limits.limits.max_seconds))
     mem = limits.limits.max_memory
-    limit_child = _child_limits(cpu, mem)
+    limit_child = _child_limits(cpu, mem, go=go_runtime)
     procs: list[subprocess.Popen[bytes]] = []
     errfile = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
     try:
@@ -527,16 +587,21 @@ def run_child(
 _OUT_OF_MEMORY = ("memory exhausted", "cannot allocate memory", "out of memory")
 
 
-def _child_limits(cpu: int, mem: int) -> Callable[[], None]:
-    """The pre-exec step of every child: CPU and address-space limits set in the child
-    itself before exec, so no byte of it runs unlimited (prlimit after the spawn would
-    leave a window). It calls only setrlimit: safe between fork and exec even with the
-    bridge's threads."""
+def _child_limits(cpu: int, mem: int, *, go: bool = False) -> Callable[[], None]:
+    """The pre-exec step of every child: CPU and memory limits set in the child itself
+    before exec, so no byte of it runs unlimited (prlimit after the spawn would leave a
+    window). It calls only setrlimit: safe between fork and exec even with the bridge's
+    threads. Memory is RLIMIT_AS (address space), except for a Go program (docker): the
+    Go runtime reserves far more address space than it uses and cannot start under a
+    512 MiB RLIMIT_AS, so it gets RLIMIT_DATA (the heap and other private writable
+    memory, where growth happens) of the same size."""
     import resource
+
+    which = resource.RLIMIT_DATA if go else resource.RLIMIT_AS
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(which, (mem, mem))
 
     return limit
 

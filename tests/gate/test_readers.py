@@ -231,7 +231,7 @@ def test_tail_matches_model(
     p = tmp_path / ("app.log.gz" if gz else "app.log")
     p.write_bytes(gzip.compress(data) if gz else data)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(readers, "_FIRST_BLOCK", block)  # many block boundaries
+        mp.setattr(readers, "FIRST_BLOCK", block)  # many block boundaries
         mp.setattr(readers, "_MAX_BLOCK", block * 2)
         mp.setattr(readers, "CHUNK", chunk)  # many forward writes and gzip pieces
         mp.setattr(readers, "_GZ_INPUT", max(1, chunk // 2))
@@ -342,3 +342,45 @@ def test_tail_reports_where_it_ended(tmp_path: Path) -> None:
         tail(fd, 3, out)
     tag = zlib.crc32(p.read_bytes()[-64:])
     assert out.position == (p.stat().st_ino, p.stat().st_size, tag)
+
+
+# ---------------------------------------------------------------- pages of history
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_tail_before_pages_back_to_the_start(tmp_path: Path, gz: bool) -> None:
+    """Page after page, each ending where the one after it starts: the whole file,
+    in order, nothing twice."""
+    data = b"".join(b"2024-12-17 14:00:00 INFO line %05d\n" % i for i in range(1000))
+    p = tmp_path / ("app.log.2.gz" if gz else "app.log")
+    p.write_bytes(gzip.compress(data) if gz else data)
+    pages: list[bytes] = []
+    off = len(data)
+    with opened(p) as fd:
+        while off > 0:
+            out, sink = make_out()
+            readers.tail_before(fd, off, 300, out, gz=gz)
+            page = b"".join(sink)
+            assert page and data[off - len(page) : off] == page
+            pages.append(page)
+            off -= len(page)
+    assert b"".join(reversed(pages)) == data and len(pages) == 4
+
+
+def test_tail_before_past_the_end_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "app.log"
+    p.write_bytes(b"a\nb\n")
+    out, _ = make_out()
+    with opened(p) as fd, pytest.raises(GateError, match="past the end"):
+        readers.tail_before(fd, 99, 5, out)
+
+
+def test_a_gz_tail_reports_its_decompressed_size(tmp_path: Path) -> None:
+    data = b"".join(b"line %d\n" % i for i in range(100))
+    p = tmp_path / "app.log.1.gz"
+    p.write_bytes(gzip.compress(data))
+    out, sink = make_out()
+    with opened(p) as fd:
+        tail(fd, 10, out, gz=True)
+    assert out.position is not None and out.position[1] == len(data)
+    assert b"".join(sink) == data[-len(b"".join(sink)) :]

@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from logtorukun.audit.store import AuditStore
+from logtorukun.ops.system import die_with_parent
 from logtorukun.web.auth import AuthStore
-from tests.support.sshd import Worker, _die_with_parent
+from tests.support.sshd import Worker
 from tests.web.support import FAST_HASHER, PASSWORD, USERS, free_port, login, write_config
 from tests.web.test_access_matrix import CAPS, HOSTS, expected, refusal, request
 
@@ -65,7 +66,7 @@ def serve(directory: Path, worker: Worker, database: str) -> Instance:
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -22,7 +22,7 @@ from .output import LimitReached, Output
 
 CHUNK = 1 << 20  # forward reads and writes: large, so throughput is not per-line
 LINE_CAP = 1 << 20  # a partial line held longer than this goes out in pieces
-_FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical logs
+FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical logs
 _MAX_BLOCK = 1 << 20
 _GZ_INPUT = 1 << 18
 
@@ -92,14 +92,14 @@ class LineBuffer:
         return data
 
 
-class _Shrunk(Exception):
+class Shrunk(Exception):
     """The file got shorter under a read (copytruncate); the caller starts over."""
 
 
 def _pread_exact(fd: int, length: int, offset: int) -> bytes:
     data = os.pread(fd, length, offset)
     if len(data) != length:
-        raise _Shrunk()
+        raise Shrunk()
     return data
 
 
@@ -119,7 +119,7 @@ def _tail_start(
     pos = end
     found = 0  # separators found: the last `found` lines start at `earliest`
     earliest = end
-    block = _FIRST_BLOCK
+    block = FIRST_BLOCK
     first = True
     while pos > floor:
         lo = max(floor, pos - block)
@@ -158,7 +158,7 @@ def emit_span(fd: int, start: int, end: int, out: Output, max_lines: int | None 
     pos = start
     held = LineBuffer()
     # With a line limit, start small and grow: `-m 200` should not read a whole MiB.
-    size = CHUNK if max_lines is None else min(_FIRST_BLOCK * 4, CHUNK)
+    size = CHUNK if max_lines is None else min(FIRST_BLOCK * 4, CHUNK)
     while pos < end:
         out.check_time()
         want = min(size, end - pos)
@@ -236,7 +236,7 @@ def first_lines(data: bytes, k: int) -> bytes:
     return data[:pos]
 
 
-def _tail_plain(fd: int, end: int, n: int, out: Output) -> None:
+def tail_plain(fd: int, end: int, n: int, out: Output) -> None:
     """The last `n` lines of `[0, end)`: the newest lines that fit the caps, then the cap
     is reported if that was fewer than the file has."""
     room_lines = out.max_lines - out.lines
@@ -268,13 +268,33 @@ def tail(fd: int, n: int, out: Output, *, gz: bool = False) -> None:
         end = st.st_size
         try:
             try:
-                _tail_plain(fd, end, n, out)
+                tail_plain(fd, end, n, out)
             finally:
                 out.position = (st.st_ino, end, tag_at(fd, end))  # a follow continues here
-        except _Shrunk:
+        except Shrunk:
             continue  # copytruncate while we were scanning: look again at the new size
         return
     raise GateError(Exit.FAILED, "the file kept shrinking while it was being read")
+
+
+def tail_before(fd: int, off: int, n: int, out: Output, *, gz: bool = False) -> None:
+    """The last `n` lines that end at `off` (a line start: where the page after them
+    begins), for paging back through a file; offsets of a .gz are in its decompressed
+    data. Sends `[start, off)` exactly, so the caller knows the page starts at
+    `off - bytes sent`."""
+    if n <= 0:
+        return
+    if gz:
+        _tail_gz(fd, n, out, stop=off)
+        return
+    st = os.fstat(fd)
+    if off > st.st_size:
+        raise GateError(Exit.BAD_REQUEST, f"--before {off} is past the end ({st.st_size} bytes)")
+    try:
+        tail_plain(fd, off, n, out)
+    except Shrunk:
+        raise GateError(Exit.FAILED, "the file was truncated while it was being read") from None
+    out.position = (st.st_ino, off, tag_at(fd, off))
 
 
 def gunzip_chunks(
@@ -333,12 +353,34 @@ def gunzip_chunks(
         raise GateError(Exit.FAILED, reason) from None
 
 
-def _tail_gz(fd: int, n: int, out: Output) -> None:
+def _upto(pieces: Iterator[bytes], stop: int, seen: list[int]) -> Iterator[bytes]:
+    """The decompressed stream up to offset `stop`; `seen[0]` counts what went by."""
+    for piece in pieces:
+        if seen[0] + len(piece) >= stop:
+            piece = piece[: stop - seen[0]]
+            seen[0] += len(piece)
+            yield piece
+            return
+        seen[0] += len(piece)
+        yield piece
+
+
+def _tail_gz(fd: int, n: int, out: Output, stop: int | None = None) -> None:
+    """`stop`: only the decompressed bytes before that offset (a page of history)."""
+    seen = [0]
+    source = _upto(gunzip_chunks(fd, tick=out.check_time), 1 << 62 if stop is None else stop, seen)
+    try:
+        _tail_gz_lines(source, n, out)
+    finally:
+        out.position = (os.fstat(fd).st_ino, seen[0], 0)  # offsets in the decompressed data
+
+
+def _tail_gz_lines(source: Iterator[bytes], n: int, out: Output) -> None:
     room_lines = out.max_lines - out.lines
     budget = out.max_bytes - out.bytes
     n_eff = min(n, room_lines)
     if n_eff <= 0 or budget <= 0:
-        for piece in gunzip_chunks(fd, tick=out.check_time):
+        for piece in source:
             if piece:
                 raise limit_reached(out, "max_lines" if n_eff <= 0 else "max_bytes")
         return
@@ -350,7 +392,7 @@ def _tail_gz(fd: int, n: int, out: Output) -> None:
     dropped = 0  # lines seen that are no longer held
     held = LineBuffer()  # the partial last line
     overlong = False  # the current partial line is already longer than the budget
-    for piece in gunzip_chunks(fd, tick=out.check_time):
+    for piece in source:
         cut = piece.rfind(b"\n") + 1
         if cut == 0:
             if not overlong:

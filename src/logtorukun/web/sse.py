@@ -33,8 +33,9 @@ from ..client.stream import Position
 from ..config import HostConfig
 from ..gate.protocol import POS_EVERY
 from .access import FOLLOW, Source
-from .api import ContainerQ, PathQ, UnitQ, _begin, server_of, worker_failed
-from .app import ApiError, Ctx, Server
+from .api import ContainerQ, PathQ, UnitQ, worker_failed
+from .context import ApiError, Ctx, Server
+from .guard import begin, server_of
 from .recheck import Credential, Rechecker
 from .workers import ReadSpec, WorkerError
 
@@ -356,7 +357,7 @@ async def follow(
     to lose nothing in between; after a drop, pass the last `pos` received."""
     server = server_of(request)
     hub: FollowHub = server.hub
-    a = _begin(
+    a = begin(
         server,
         request,
         action="follow",

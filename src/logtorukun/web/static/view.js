@@ -24,6 +24,9 @@
   const LEVELS = ["error", "warn", "info", "debug"];
   const levelBoxes = Object.fromEntries(LEVELS.map((l) => [l, $("lv-" + l)]));
   let prevLevel = "";     // the level a line without its own takes (the line before's)
+  // Paging back: the file the top row came from and where its page starts (the next
+  // page's `before`); null when there is nothing (more) to page back through.
+  const hist = { path: null, start: null, loading: false, bottomTrimmed: false, quiet: false };
 
   // One row: its level (or the previous line's), and its ▸ fields button if structured.
   function makeRow(line, m) {
@@ -202,6 +205,9 @@
       if (seq !== loadSeq) return;
       currentUrl = url;
       lastPos = data.pos || null;  // only a file's plain tail ends where a follow can go on
+      hist.path = kind === "file" && data.start ? sourceName : null;
+      hist.start = hist.path ? data.start : null;
+      hist.bottomTrimmed = false;
       log.classList.remove("trimmed");
       renderAll(data.lines);
       log.scrollTop = data.action === "grep" ? 0 : log.scrollHeight;
@@ -392,13 +398,72 @@
   }
 
   // While following and scrolled up (not paused): a way back to the newest line.
+  // After paging back far enough that the newest rows were dropped: a way to reload them.
   function updateJump() {
+    if (hist.bottomTrimmed) {
+      jumpBtn.textContent = "↓ Back to the latest lines";
+      jumpBtn.classList.remove("hidden");
+      return;
+    }
+    jumpBtn.textContent = "↓ Jump to latest";
     jumpBtn.classList.toggle("hidden", !following || paused || atBottom());
+  }
+
+  // ------------------------------------------------------------------ history
+
+  // At the top of the view: the page before it, from the same file or the next older
+  // rotated one (the server finds it). The DOM stays bounded: rows beyond MAX_ROWS go
+  // from the bottom (and "Back to the latest lines" reloads them).
+  async function pageBack() {
+    if (hist.loading || !hist.start || log.scrollTop > 40) return;
+    hist.loading = true;
+    const q = new URLSearchParams({ path: hist.path, before: hist.start, lines: inputs.lines.value || "200" });
+    try {
+      const data = await LTK.api("/api/hosts/" + encodeURIComponent(host) + "/history?" + q);
+      if (!data.path) {
+        hist.start = null;
+        prependRows([{ gap: "the beginning: no older file of this log" }]);
+        return;
+      }
+      const items = clientFilter(data.lines);
+      if (data.path !== hist.path) items.push({ gap: "above: " + data.path + " (older) · below: " + hist.path });
+      hist.path = data.path;
+      hist.start = data.start;
+      prependRows(items);
+    } catch (e) {
+      hist.start = null;
+      showNotice("Paging back stopped: " + (e.reason || String(e)), "warn");
+    } finally {
+      hist.loading = false;
+    }
+  }
+
+  function prependRows(items) {
+    const m = matcher();
+    const frag = document.createDocumentFragment();
+    prevLevel = "";
+    for (const line of items) frag.append(typeof line === "string" ? makeRow(line, m) : gapRow(line.gap));
+    const empty = log.querySelector(".empty");
+    if (empty) empty.remove();
+    const before = log.scrollHeight;
+    log.prepend(frag);
+    log.scrollTop += log.scrollHeight - before;
+    let extra = log.childElementCount - MAX_ROWS;
+    if (extra > 0) {
+      if (following) stopFollow("Stopped following: the newest lines were let go to page back.");
+      while (extra-- > 0) log.lastElementChild.remove();
+      hist.bottomTrimmed = true;
+    }
+    updateJump();
   }
 
   // ------------------------------------------------------------------ wiring
 
-  log.addEventListener("scroll", updateJump, { passive: true });
+  log.addEventListener("scroll", () => {
+    updateJump();
+    if (hist.quiet) { hist.quiet = false; return; }  // `g`: the top of what is loaded
+    if (log.scrollTop < 40) pageBack();
+  }, { passive: true });
   for (const l of LEVELS) {
     levelBoxes[l].addEventListener("change", () => {
       applyLevels();
@@ -414,7 +479,11 @@
     inputs.mark.checked = !caps.has("search");
     load();
   });
-  jumpBtn.addEventListener("click", () => { log.scrollTop = log.scrollHeight; updateJump(); });
+  jumpBtn.addEventListener("click", () => {
+    if (hist.bottomTrimmed) { load(); return; }
+    log.scrollTop = log.scrollHeight;
+    updateJump();
+  });
   inputs.lines.addEventListener("change", () => LTK.remember("lines", inputs.lines.value.trim() || "200"));
   inputs.localtime.addEventListener("change", () => {
     LTK.remember("localtime", inputs.localtime.checked ? "1" : "0");
@@ -462,7 +531,7 @@
     }
     if (ev.key === "/") { ev.preventDefault(); inputs.pattern.focus(); inputs.pattern.select(); }
     else if (ev.key === "f") { ev.preventDefault(); following ? stopFollow("Stopped.") : startFollow(); }
-    else if (ev.key === "g") { log.scrollTop = 0; }
+    else if (ev.key === "g") { hist.quiet = log.scrollTop !== 0; log.scrollTop = 0; }
     else if (ev.key === "G") { log.scrollTop = log.scrollHeight; }
     else if (ev.key === " " && following) { ev.preventDefault(); paused ? resume() : pause(); }
     else if (ev.key === "w") { inputs.wrap.checked = !inputs.wrap.checked; inputs.wrap.dispatchEvent(new Event("change")); }

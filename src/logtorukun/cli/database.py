@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config
+from ..db.postgres import Database, is_url, redact
 from ..errors import UserError
-from .postgres import Database, is_url, redact
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(__file__).parent.parent / "db" / "migrations"
 APP_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT, INSERT ON audit_log TO {role}",

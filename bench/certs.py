@@ -27,9 +27,10 @@ from pathlib import Path
 
 from logtorukun.client import Client, PoolOptions
 from logtorukun.client.certs import CertPolicy, CertSigner
+from logtorukun.ops.local_worker import HOST
 from tests.client.helpers import host_for
 from tests.support.certs import make_ca, principals_line
-from tests.support.sshd import HOST, USER, Worker
+from tests.support.sshd import USER, Worker
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-certs.md"
 SIGNS, AGENT_SIGNS, CONNECTS, TAILS, ROUNDS = 300, 30, 20, 400, 3

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.client [--stream-mib 256] [--quick]
 
-1. the brief's approach: a fresh `ssh` process (and connection) per request;
+1. the original article's approach (docs/security.md): a fresh `ssh` process (and
+   connection) per request;
 2. OpenSSH ControlMaster: a fresh `ssh` process per request over one master connection;
 3. one-shot gate over a pooled asyncssh connection: one channel + gate process per request;
 4. the bridge: one channel and one gate process for everything, requests multiplexed.
@@ -195,7 +196,7 @@ async def run(args: argparse.Namespace) -> str:
             one: Call = lambda: _data(oneshot.run("w", tail))  # noqa: E731
             br: Call = lambda: _data(bridge.run("w", tail))  # noqa: E731
             methods = [
-                ("fresh `ssh` per request (the brief)", fresh, 10 if q else 30, 50, 500),
+                ("fresh `ssh` per request (the original article)", fresh, 10 if q else 30, 50, 500),
                 ("ControlMaster `ssh` per request", cm, 30 if q else 100, 50, 500),
                 ("one-shot gate, pooled asyncssh", one, 50 if q else 200, 500, 500),
                 ("bridge (one gate session)", br, 500 if q else 3000, 5000, 20000),

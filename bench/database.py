@@ -17,6 +17,7 @@ Prints a table and writes docs/benchmarks-database.md. Needs root (sshd, Postgre
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -140,7 +141,8 @@ def run(args: argparse.Namespace) -> str:
     out = [
         f"One run of `python -m bench.database`: {args.appends} appends per row,"
         f" {len(times['sqlite'])} HTTP requests per backend; PostgreSQL 15 on loopback"
-        " (fsync off), SQLite WAL synchronous=NORMAL.",
+        f" (fsync off), SQLite WAL synchronous=NORMAL; load average {os.getloadavg()[0]:.1f}"
+        " at the end (a shared machine: compare the columns, not runs).",
         "",
         "| measure | SQLite | PostgreSQL | PostgreSQL / SQLite |",
         "|---|---:|---:|---:|",

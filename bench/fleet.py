@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.fleet [--sizes 1,8,32,128] [--warm-runs 7] [--cold-runs 3]
 
 Each worker is its own OpenSSH sshd on loopback with the gate as forced command and the
-sample app.log (~800 lines). The run is `grep --hosts` (`client.commands.grep_hosts`,
+sample app.log (~800 lines). The run is `grep --hosts` (`cli.logs.grep_hosts`,
 the CLI's own function, lines prefixed and neutralised for a terminal) for `ERROR`
 (~65 lines per host), in this process, with the `[fleet]` defaults (max_connecting 32,
 max_hosts_at_once 64):
@@ -36,12 +36,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from logtorukun.cli.logs import Printer
+from logtorukun.cli.logs import grep_hosts as run_grep
 from logtorukun.client import Client
-from logtorukun.client.api import grep_command
-from logtorukun.client.commands import Printer
-from logtorukun.client.commands import grep_hosts as run_grep
+from logtorukun.client.reads import grep_command
 from logtorukun.config import FleetSettings, HostConfig
-from tests.support.sshd import USER, Worker, sample_app_log
+from logtorukun.ops.sample_logs import sample_app_log
+from tests.support.sshd import USER, Worker
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-fleet.md"
 PATTERN = "ERROR"

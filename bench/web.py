@@ -5,8 +5,9 @@
 Rows:
 - `GET /api/hosts/web1/tail?lines=200` p50/p95, one client in sequence and 8 at once;
   each request writes its audit start and end records (SQLite WAL) and goes through the
-  bridge session to the gate. Next to it, the brief's way: a fresh `ssh` process per
-  `tail -n 200` (no web server, no audit), and local `tail -n 200`.
+  bridge session to the gate. Next to it, the original article's way (docs/security.md):
+  a fresh `ssh` process per `tail -n 200` (no web server, no audit), and local
+  `tail -n 200`.
 - N concurrent followers of one file: how many upstream follows the worker sees, the
   delay from a line's write() to its arrival at every follower (p50/p95), and the
   server's RSS with all of them connected.
@@ -284,7 +285,7 @@ def main() -> int:
             assert r.returncode == 0
         rows.append(
             (
-                "brief's way: fresh `ssh` per tail -n 200 (no web, no audit)",
+                "the original article's way: fresh `ssh` per tail -n 200 (no web, no audit)",
                 f"p50 {ms(statistics.median(fresh))}",
                 f"p95 {ms(pct(fresh, 95))}",
             )

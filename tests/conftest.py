@@ -135,7 +135,7 @@ _databases = itertools.count(1)
 
 def new_pg_database(pg: Postgres) -> str:
     """A fresh database with the schema applied by its owner; the server role's URL."""
-    from logtorukun.db.commands import upgrade
+    from logtorukun.cli.database import upgrade
 
     name = f"t{next(_databases)}"
     pg.create_database(name)

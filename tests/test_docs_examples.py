@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from logtorukun.config import parse_config
-from logtorukun.gate import grammar
+from logtorukun.gate import grammar, vocabulary
 from logtorukun.gate.policy import parse_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_gate_doc_has_examples() -> None:
 @pytest.mark.parametrize("command", gate_commands())
 def test_gate_doc_commands_parse(command: str) -> None:
     request = grammar.parse(command)
-    assert not isinstance(request, grammar.Help)
+    assert not isinstance(request, vocabulary.Help)
 
 
 def test_gate_doc_usage_lists_every_verb() -> None:

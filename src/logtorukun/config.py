@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from .client.settings import FleetSettings as FleetSettings  # [fleet], for the client
+from .client.settings import HostConfig as HostConfig  # [[host]], for the client
+from .config_reader import REQUIRED, TableReader, resolve_path
+from .config_reader import ConfigError as ConfigError  # what callers catch
 from .gate.globs import GlobError, compile_glob
 
 if TYPE_CHECKING:
@@ -23,26 +26,6 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "/etc/logtorukun/server.toml"
 CAPABILITIES = frozenset({"tail", "search", "follow", "download", "audit"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-class ConfigError(UserError):
-    """The config file is missing or wrong."""
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    name: str
-    address: str
-    key: Path
-    known_hosts: Path
-    port: int = 22
-    user: str = "logtorukun"
-    labels: tuple[str, ...] = ()
-    connect_timeout: float = 10.0
-    request_timeout: float = 60.0
-    # With [ssh] certificates: the force-command in each certificate, byte for byte the
-    # command= of the worker's principals line (None: what `worker setup` installs).
-    gate_command: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,19 +66,6 @@ class ServerSettings:
     def store(self) -> str | Path:
         """What the audit and auth stores open: the PostgreSQL URL or the SQLite file."""
         return self.database_url or self.database
-
-
-@dataclass(frozen=True)
-class FleetSettings:
-    """`[fleet]`: how a big fleet is reached without flooding the web server or holding
-    hundreds of idle SSH connections. Used by the client pool, the CLI and the web server."""
-
-    # SSH handshakes (key exchange + authentication) in progress at once, all hosts.
-    max_connecting: int = 32
-    # Hosts a cross-host search (`grep --hosts`, the web's search) works on at once.
-    max_hosts_at_once: int = 64
-    # A connection with no request for this many seconds is closed (0: kept for ever).
-    idle_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -141,73 +111,12 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
     return parse_config(data, path, text)
 
 
-class _Reader:
-    """Pulls typed keys out of one TOML table and rejects the ones nobody asked for."""
-
-    def __init__(self, path: Path, text: str, table: str, data: Any, index: int = 0) -> None:
-        self.path, self.text, self.table, self.index = path, text, table, index
-        if not isinstance(data, dict):
-            self.fail("", f"[{table}] must be a table")
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def where(self, key: str) -> str:
-        header = re.escape(self.table)
-        starts = [m.end() for m in re.finditer(rf"(?m)^\s*\[\[?{header}\]\]?", self.text)]
-        start = starts[self.index] if self.index < len(starts) else 0
-        line = self.text.count("\n", 0, start) + 1 if starts else 1
-        if key:
-            m = re.compile(rf"(?m)^\s*{re.escape(key)}\s*=").search(self.text, start)
-            if m:
-                line = self.text.count("\n", 0, m.start()) + 1
-        return f"{self.path}:{line}"
-
-    def fail(self, key: str, message: str) -> None:
-        label = f"[{self.table}] {key}: " if key else ""
-        raise ConfigError(f"{self.where(key)}: {label}{message}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if default is _REQUIRED:
-                import difflib
-
-                near = difflib.get_close_matches(key, [str(k) for k in self.data], n=1)
-                if near:
-                    self.fail(near[0], f"unknown key; did you mean {key!r}?")
-                self.fail(key, "is required")
-            return default
-        value = self.data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            self.fail(key, f"must be {names}, not {type(value).__name__}")
-        return value
-
-    def strings(self, key: str, default: Any = None) -> tuple[str, ...]:
-        value = self.get(key, list, default)
-        if value is None:
-            return ()
-        if not all(isinstance(v, str) and v for v in value):
-            self.fail(key, "must be a list of non-empty strings")
-        return tuple(value)
-
-    def done(self) -> None:
-        extra = sorted(set(self.data) - self.used)
-        if extra:
-            self.fail(extra[0], "unknown key (check the spelling; see docs/configuration.md)")
-
-
-_REQUIRED: Any = object()
-
-
 def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
-    top = _Reader(path, text, "", data)
+    top = TableReader(path, text, "", data)
     top.used.update({"server", "fleet", "host", "role", "forward", "alerts", "ssh"})
     top.done()
 
-    s = _Reader(path, text, "server", data.get("server", {}))
+    s = TableReader(path, text, "server", data.get("server", {}))
     audit_jsonl = s.get("audit_jsonl", str)
     proxies = s.strings("trusted_proxies")
     header = s.get("proxy_user_header", str)
@@ -220,12 +129,12 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     url = database if database.startswith(("postgresql://", "postgres://")) else None
     server = ServerSettings(
         listen=listen,
-        database=_resolve(path, "logtorukun.db" if url else database),
+        database=resolve_path(path, "logtorukun.db" if url else database),
         database_url=url,
         trusted_proxies=proxies,
         proxy_user_header=header,
         secure_cookies=s.get("secure_cookies", bool, True),
-        audit_jsonl=_resolve(path, audit_jsonl) if audit_jsonl else None,
+        audit_jsonl=resolve_path(path, audit_jsonl) if audit_jsonl else None,
         audit_syslog=s.get("audit_syslog", bool, False),
         session_hours=s.get("session_hours", float, 12.0),
         max_follows_per_user=s.get("max_follows_per_user", int, 4),
@@ -238,15 +147,15 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         if getattr(server, key) <= 0:
             s.fail(key, "must be positive")
     s.done()
-    fleet = _fleet(_Reader(path, text, "fleet", data.get("fleet", {})))
+    fleet = _fleet(TableReader(path, text, "fleet", data.get("fleet", {})))
 
     hosts: list[HostConfig] = []
     raw_hosts = data.get("host", [])
     if not isinstance(raw_hosts, list):
         top.fail("host", "write hosts as [[host]] tables")
     for i, raw in enumerate(raw_hosts):
-        h = _Reader(path, text, "host", raw, i)
-        name = h.get("name", str, _REQUIRED)
+        h = TableReader(path, text, "host", raw, i)
+        name = h.get("name", str, REQUIRED)
         if not _NAME.fullmatch(name):
             h.fail("name", f"{name!r}: use letters, digits, '.', '_' or '-'")
         if any(x.name == name for x in hosts):
@@ -261,11 +170,11 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         hosts.append(
             HostConfig(
                 name=name,
-                address=h.get("address", str, _REQUIRED),
+                address=h.get("address", str, REQUIRED),
                 port=port,
                 user=h.get("user", str, "logtorukun"),
-                key=_resolve(path, h.get("key", str, _REQUIRED)),
-                known_hosts=_resolve(path, h.get("known_hosts", str, _REQUIRED)),
+                key=resolve_path(path, h.get("key", str, REQUIRED)),
+                known_hosts=resolve_path(path, h.get("known_hosts", str, REQUIRED)),
                 labels=labels,
                 connect_timeout=h.get("connect_timeout", float, 10.0),
                 request_timeout=h.get("request_timeout", float, 60.0),
@@ -279,8 +188,8 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     if not isinstance(raw_roles, list):
         top.fail("role", "write roles as [[role]] tables")
     for i, raw in enumerate(raw_roles):
-        r = _Reader(path, text, "role", raw, i)
-        name = r.get("name", str, _REQUIRED)
+        r = TableReader(path, text, "role", raw, i)
+        name = r.get("name", str, REQUIRED)
         if name in roles:
             r.fail("name", f"role {name!r} is defined twice")
         caps = r.strings("capabilities")
@@ -306,9 +215,11 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     from .config_siem import parse_alerts, parse_forwards
     from .config_ssh import parse_ssh
 
-    forward = parse_forwards(top, data.get("forward", []), _Reader, server.database)
+    forward = parse_forwards(top, data.get("forward", []), TableReader, server.database)
     alerts = (
-        parse_alerts(top, data["alerts"], _Reader, server.database) if "alerts" in data else None
+        parse_alerts(top, data["alerts"], TableReader, server.database)
+        if "alerts" in data
+        else None
     )
     return Config(
         path=path,
@@ -318,11 +229,11 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         fleet=fleet,
         forward=forward,
         alerts=alerts,
-        ssh=parse_ssh(top, data["ssh"], _Reader) if "ssh" in data else None,
+        ssh=parse_ssh(top, data["ssh"], TableReader) if "ssh" in data else None,
     )
 
 
-def _fleet(f: _Reader) -> FleetSettings:
+def _fleet(f: TableReader) -> FleetSettings:
     d = FleetSettings()
     fleet = FleetSettings(
         max_connecting=f.get("max_connecting", int, d.max_connecting),
@@ -336,9 +247,3 @@ def _fleet(f: _Reader) -> FleetSettings:
         f.fail("idle_timeout", f"{fleet.idle_timeout:g} is out of range (0 to 86400 seconds)")
     f.done()
     return fleet
-
-
-def _resolve(config_file: Path, value: str) -> Path:
-    """Relative paths in the config are relative to the config file, not the cwd."""
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (config_file.parent / p).resolve()

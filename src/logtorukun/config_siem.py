@@ -7,11 +7,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:
-    from .config import _Reader
+from .config_reader import REQUIRED, TableReader, resolve_path
 
 FORWARD_SCHEMES = ("syslog+tcp", "syslog+tls", "https", "http")
 ALERT_KINDS = ("bytes", "hosts", "refusals", "outside_hours", "first_read")
@@ -67,9 +66,8 @@ class AlertSettings:
 
 
 def parse_forwards(
-    top: _Reader, raw: Any, reader: type[_Reader], database: Path
+    top: TableReader, raw: Any, reader: type[TableReader], database: Path
 ) -> tuple[ForwardConfig, ...]:
-    from .config import _resolve
 
     if not isinstance(raw, list):
         top.fail("forward", "write forwarders as [[forward]] tables")
@@ -81,7 +79,7 @@ def parse_forwards(
             f.fail("name", f"{name!r}: use letters, digits, '.', '_' or '-'")
         if any(x.name == name for x in out):
             f.fail("name", f"forwarder {name!r} is defined twice (give each a name)")
-        url = f.get("url", str, _required())
+        url = f.get("url", str, REQUIRED)
         _check_url(f, url)
         state = f.get("state", str)
 
@@ -98,7 +96,7 @@ def parse_forwards(
             ForwardConfig(
                 name=name,
                 url=url,
-                state=_resolve(top.path, state)
+                state=resolve_path(top.path, state)
                 if state
                 else database.parent / f"forward-{name}.json",
                 ca_file=_path(f, "ca_file"),
@@ -116,7 +114,7 @@ def parse_forwards(
     return tuple(out)
 
 
-def _check_url(f: _Reader, url: str) -> None:
+def _check_url(f: TableReader, url: str) -> None:
     from .audit.transports import is_loopback
 
     parts = urlsplit(url)
@@ -138,7 +136,9 @@ def _check_url(f: _Reader, url: str) -> None:
         f.fail("url", f"{url!r}: plain http only to a collector on this host; use https")
 
 
-def parse_alerts(top: _Reader, raw: Any, reader: type[_Reader], database: Path) -> AlertSettings:
+def parse_alerts(
+    top: TableReader, raw: Any, reader: type[TableReader], database: Path
+) -> AlertSettings:
 
     a = reader(top.path, top.text, "alerts", raw)
     webhook = a.get("webhook", str)
@@ -173,13 +173,13 @@ def parse_alerts(top: _Reader, raw: Any, reader: type[_Reader], database: Path) 
     )
 
 
-def _rule(r: _Reader, before: list[AlertRule]) -> AlertRule:
-    name = r.get("name", str, _required())
+def _rule(r: TableReader, before: list[AlertRule]) -> AlertRule:
+    name = r.get("name", str, REQUIRED)
     if not _NAME.fullmatch(name):
         r.fail("name", f"{name!r}: use letters, digits, '.', '_' or '-'")
     if any(x.name == name for x in before):
         r.fail("name", f"alert rule {name!r} is defined twice")
-    kind = r.get("kind", str, _required())
+    kind = r.get("kind", str, REQUIRED)
     if kind not in ALERT_KINDS:
         r.fail("kind", f"{kind!r}: use one of {', '.join(ALERT_KINDS)}")
     over = r.get("over", int, 0)
@@ -228,15 +228,8 @@ def _rule(r: _Reader, before: list[AlertRule]) -> AlertRule:
     )
 
 
-def _path(r: _Reader, key: str) -> Path | None:
+def _path(r: TableReader, key: str) -> Path | None:
     """An optional file name, relative to the config file."""
-    from .config import _resolve
 
     value = r.get(key, str)
-    return _resolve(r.path, value) if value else None
-
-
-def _required() -> Any:
-    from .config import _REQUIRED
-
-    return _REQUIRED
+    return resolve_path(r.path, value) if value else None

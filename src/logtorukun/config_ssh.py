@@ -7,10 +7,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .config import _Reader
+from .config_reader import TableReader, resolve_path
 
 
 @dataclass(frozen=True)
@@ -27,8 +26,7 @@ class SshSettings:
     max_user_connections: int = 256
 
 
-def parse_ssh(top: _Reader, raw: Any, reader: type[_Reader]) -> SshSettings:
-    from .config import _resolve
+def parse_ssh(top: TableReader, raw: Any, reader: type[TableReader]) -> SshSettings:
 
     s = reader(top.path, top.text, "ssh", raw)
     certificates = s.get("certificates", bool, False)
@@ -57,7 +55,7 @@ def parse_ssh(top: _Reader, raw: Any, reader: type[_Reader]) -> SshSettings:
     s.done()
     return SshSettings(
         certificates=certificates,
-        ca_key=_resolve(top.path, ca) if ca else None,
+        ca_key=resolve_path(top.path, ca) if ca else None,
         agent=agent,
         validity=validity,
         source_address=sources,

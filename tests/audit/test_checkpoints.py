@@ -21,7 +21,7 @@ from .test_store import fill, tamper
 
 @pytest.fixture(autouse=True)
 def only_audit_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("logtorukun.audit.commands",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("logtorukun.cli.audit_trail",))
     monkeypatch.delenv("LOGTORUKUN_CONFIG", raising=False)
 
 

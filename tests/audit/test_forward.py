@@ -171,6 +171,37 @@ def test_a_batch_the_collector_never_read_is_sent_again(
         store.close()
 
 
+def test_chain_checkpoints_follow_the_records_they_cover(
+    tmp_path: Path, collector: Collector
+) -> None:
+    db = tmp_path / "audit.db"
+    store = AuditStore(db, checkpoint_every=10)
+    fwd = Forwarder(db, forward_cfg(tmp_path, collector.url, batch=7))
+    store.sinks.append(fwd)
+    try:
+        for i in range(25):
+            store.append("login", user=f"u{i}")
+        fwd.start()
+        collector.wait_for_seq(25)
+        deadline = time.monotonic() + 30
+        while len(collector.checkpoints()) < 2:
+            assert time.monotonic() < deadline, collector.lines()
+            time.sleep(0.01)
+        heads = {r["seq"]: r["hash"] for r in collector.records()}
+        cps = collector.checkpoints()
+        assert [c["seq"] for c in cps] == [10, 20]
+        assert all(c["hash"] == heads[c["seq"]] for c in cps)
+        order = [
+            ("cp", r["checkpoint"]["seq"]) if "checkpoint" in r else ("rec", r["seq"])
+            for r in collector.lines()
+        ]
+        for cp in (10, 20):  # each checkpoint comes after the record it names
+            assert order.index(("rec", cp)) < order.index(("cp", cp))
+    finally:
+        fwd.stop()
+        store.close()
+
+
 def test_tls(tmp_path: Path) -> None:
     c = Collector(tmp_path / "rsyslog", tls=True)
     c.start()

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from logtorukun.client import Client, GateError
+from logtorukun.client import Client, GateExitError
 from tests.client.helpers import FAST, host_for
 from tests.support.sshd import Worker
 
@@ -116,7 +116,7 @@ async def test_attack_refused_through_bridge_and_oneshot(
         try:
             reply = await client.run("w", command, timeout=10)
             outcomes.append((reply.status.exit, reply.status.reason, reply.data))
-        except GateError as exc:
+        except GateExitError as exc:
             outcomes.append((exc.gate_exit, exc.reason, b""))
     (code, reason, data), oneshot = outcomes
     assert code in (2, 3, 4), (command, code, reason)
@@ -125,7 +125,7 @@ async def test_attack_refused_through_bridge_and_oneshot(
 
 
 async def test_no_bridge_inside_the_bridge(pair: tuple[Client, Client]) -> None:
-    with pytest.raises(GateError, match="bridge cannot be nested") as exc:
+    with pytest.raises(GateExitError, match="bridge cannot be nested") as exc:
         await pair[0].run("w", "bridge")
     assert exc.value.gate_exit == 2
 
@@ -136,7 +136,7 @@ async def test_control_bytes_only_the_bridge_can_carry(
 ) -> None:
     """SSH exec cannot carry a NUL; the bridge's JSON can, and the gate refuses it."""
     bridge, _ = pair
-    with pytest.raises(GateError) as exc:
+    with pytest.raises(GateExitError) as exc:
         await bridge.run("w", f"tail -n 5 {traps.root}/app.log{ch}{traps.secret_path}")
     assert exc.value.gate_exit == 2 and "control character" in exc.value.reason
 
@@ -169,7 +169,7 @@ async def test_symlink_swapped_in_a_loop_during_1000_bridge_requests(traps: Work
                     return_exceptions=True,
                 )
                 for res in batch:
-                    if isinstance(res, GateError):
+                    if isinstance(res, GateExitError):
                         outcomes[res.gate_exit] = outcomes.get(res.gate_exit, 0) + 1
                         assert traps.secret_marker not in str(res)
                     else:

@@ -15,13 +15,13 @@ from logtorukun.client import (
     Busy,
     Client,
     ConnectionLost,
-    GateError,
+    GateExitError,
     GateRefused,
     PoolOptions,
     Position,
     ProtocolError,
 )
-from logtorukun.client.api import tail_command
+from logtorukun.client.reads import tail_command
 from logtorukun.gate.protocol import MAX_DATA, WINDOW
 from tests.client.helpers import FAST, eventually, gate_pids, host_for, records
 from tests.conftest import MakeWorker
@@ -236,7 +236,7 @@ async def test_bridge_and_oneshot_share_one_code_path(
                 try:
                     reply = await c.run("w", command)
                     outcome: tuple[Any, ...] = (reply.status.exit, reply.status.reason, reply.data)
-                except GateError as exc:
+                except GateExitError as exc:
                     outcome = (exc.gate_exit, exc.reason, b"")
                 # The gate writes its records before it answers: they are all there now.
                 assert len(worker.audit_records()) > before

@@ -16,15 +16,16 @@ import pytest
 
 from logtorukun.cli import main
 from logtorukun.client import Client, PoolOptions
-from logtorukun.client.api import tail_command
 from logtorukun.client.certs import CertPolicy, CertSigner, SignedKey
 from logtorukun.client.errors import AuthRefused, HostKeyUnknown, Unreachable
+from logtorukun.client.reads import tail_command
 from logtorukun.client.stream import Stream
 from logtorukun.ops.ca import init_ca, public_key, revoke, sign_host
+from logtorukun.ops.local_worker import HOST
 from tests.client.helpers import host_for
 from tests.support.certs import cert_worker as make_cert_worker
 from tests.support.certs import make_ca
-from tests.support.sshd import HOST, USER, Worker
+from tests.support.sshd import USER, Worker
 
 pytestmark = pytest.mark.slow
 

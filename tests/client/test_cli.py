@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from logtorukun.cli import main
+from logtorukun.cli.logs import Printer, grep_hosts
 from logtorukun.client import Client
-from logtorukun.client.api import grep_command
-from logtorukun.client.commands import Printer, grep_hosts
+from logtorukun.client.reads import grep_command
 from logtorukun.config import HostConfig
 from tests.client.helpers import FAST, host_for, write_config
 from tests.conftest import MakeWorker

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from logtorukun.cli.logs import Printer, grep_hosts
 from logtorukun.client import Client
-from logtorukun.client.api import grep_command, tail_command
-from logtorukun.client.commands import Printer, grep_hosts
+from logtorukun.client.reads import grep_command, tail_command
 from logtorukun.config import FleetSettings, load_config
 from tests.client.helpers import FAST, eventually, gate_pids, host_for, write_config
 from tests.conftest import MakeWorker

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logtorukun.gate import grammar
+from logtorukun.gate import grammar, vocabulary
 from logtorukun.gate.errors import GateError
 
 PLAIN = "abcxyzABCXYZ0189 ./_:=,@+%-"
@@ -48,13 +48,14 @@ def test_fast_path_is_only_for_plain_text() -> None:
         assert not grammar._PLAIN.fullmatch(f"tail -n 5 /x{ch}"), repr(ch)
 
 
-def test_parse_cache_returns_equal_requests_and_never_caches_refusals() -> None:
+def test_parsing_is_pure_and_requests_are_frozen() -> None:
+    """(There is no parse cache any more: the bridge parses each request once,
+    tests/gate/test_runner.py::test_a_bridge_request_is_parsed_once.)"""
     command = "tail -n 7 /var/log/cache-test.log"
     first = grammar.parse(command)
-    assert grammar.parse(command) is first and first == grammar._parse(command)
+    assert grammar.parse(command) == first
     with pytest.raises(GateError):
         grammar.parse("tail -n 7 /var/log/../x.log")
-    assert "tail -n 7 /var/log/../x.log" not in grammar._PARSED
-    assert isinstance(first, grammar.Tail)
+    assert isinstance(first, vocabulary.Tail)
     with pytest.raises(AttributeError):
-        first.lines = 8  # type: ignore[misc]  # frozen: a cached request cannot change
+        first.lines = 8  # type: ignore[misc]  # frozen: a request cannot change

@@ -23,10 +23,10 @@ from logtorukun.client import (
 )
 from logtorukun.client.errors import KeyFileError
 from logtorukun.config import HostConfig
-from logtorukun.ops.system import descendants
+from logtorukun.ops.system import descendants, keygen
 from tests.client.helpers import FAST, eventually, host_for, records
 from tests.conftest import MakeWorker
-from tests.support.sshd import SSH_KEYGEN, Worker, keygen
+from tests.support.sshd import SSH_KEYGEN, Worker
 
 
 def _accepted(w: Worker) -> int:

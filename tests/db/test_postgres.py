@@ -11,7 +11,7 @@ import pytest
 from logtorukun.audit.errors import AuditError, AuditWriteError
 from logtorukun.audit.store import AuditStore
 from logtorukun.cli import main
-from logtorukun.db.commands import migrate_from_sqlite, upgrade
+from logtorukun.cli.database import migrate_from_sqlite, upgrade
 from logtorukun.db.postgres import APPEND_LOCK, close_pool
 from logtorukun.web.auth import AuthStore
 from tests.conftest import new_pg_database

@@ -106,7 +106,7 @@ def ssh_all(w: Worker, commands: list[str]) -> list[subprocess.CompletedProcess[
 
 # (command, exit code, part of the reason); {root} {log} {secret} {dir} are filled in
 CORPUS: list[tuple[str, int, str]] = [
-    # the brief's own example, alone and inside a path
+    # the original article's own example (docs/security.md), alone and inside a path
     ("'; cat /etc/passwd; echo '", 2, "unknown command"),
     ("tail -n 5 {log}'; cat /etc/passwd; echo '", 2, "path must be absolute and plain ASCII"),
     ("tail -n 5 '{log}; cat {secret}'", 2, "path must be absolute and plain ASCII"),

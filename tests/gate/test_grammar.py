@@ -11,9 +11,9 @@ import re
 
 import pytest
 
-from logtorukun.gate import grammar
+from logtorukun.gate import grammar, vocabulary
 from logtorukun.gate.errors import Exit, GateError
-from logtorukun.gate.grammar import Docker, Grep, Head, Help, Journal, Sources, Tail
+from logtorukun.gate.vocabulary import Docker, Grep, Head, Help, Journal, SourcesRequest, Tail
 
 LOG = "/var/log/worker/app.log"
 
@@ -28,7 +28,7 @@ def refused(command: str, match: str) -> GateError:
     return exc
 
 
-# ---------------------------------------------------------------- the brief's commands
+# ---------------------------------------------------------------- docs/gate.md's command lines
 
 
 def test_brief_commands_parse_as_written() -> None:
@@ -70,11 +70,11 @@ def test_brief_commands_parse_as_written() -> None:
         ),
         ("docker logs --tail 20 -t worker-container", Docker("worker-container", 20, True)),
         ("docker logs --tail all worker-container", Docker("worker-container")),
-        ("sources", Sources()),
+        ("sources", SourcesRequest()),
         ("  help  ", Help()),
     ],
 )
-def test_accepted_forms(command: str, expected: grammar.Request) -> None:
+def test_accepted_forms(command: str, expected: vocabulary.Request) -> None:
     assert grammar.parse(command) == expected
 
 
@@ -304,12 +304,14 @@ def test_encoded_traversal_is_just_a_file_name(path: str) -> None:
 
 
 def test_path_and_command_length_caps() -> None:
-    long_path = "/var/log/worker/" + "a" * grammar.MAX_PATH + ".log"
+    long_path = "/var/log/worker/" + "a" * vocabulary.MAX_PATH + ".log"
     refused(f"tail -n 1 {long_path}", r"path longer than 1024")
     base = f"tail -n 1 {LOG}"
-    assert grammar.parse(base + " " * (grammar.MAX_COMMAND - len(base))) == Tail(LOG, 1)
-    refused(base + " " * (grammar.MAX_COMMAND + 1 - len(base)), r"command longer than 4096 bytes")
-    refused(f"grep {'x' * (grammar.MAX_PATTERN + 1)} {LOG}", r"pattern longer than 1024")
+    assert grammar.parse(base + " " * (vocabulary.MAX_COMMAND - len(base))) == Tail(LOG, 1)
+    refused(
+        base + " " * (vocabulary.MAX_COMMAND + 1 - len(base)), r"command longer than 4096 bytes"
+    )
+    refused(f"grep {'x' * (vocabulary.MAX_PATTERN + 1)} {LOG}", r"pattern longer than 1024")
     # the cap is in bytes, not characters: 1366 three-byte characters are 4098 bytes
     refused("\u3042" * 1366, r"command longer than 4096 bytes")
     refused("x" * 100_000, r"command longer than 4096 bytes")
@@ -370,7 +372,7 @@ def test_bounded_repetition_is_accepted() -> None:
     ],
 )
 def test_repetition_cost(pattern: str, cost: tuple[int, int]) -> None:
-    assert grammar.repetition_cost(pattern) == cost
+    assert vocabulary.repetition_cost(pattern) == cost
 
 
 @pytest.mark.parametrize(

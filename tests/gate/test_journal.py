@@ -107,13 +107,17 @@ def test_follow_sees_new_entries(jw: Worker) -> None:
     s.request(1, f"journalctl -u {UNIT} -f -n 1 -o cat")
     first = s.data_until(1, len(f"message 38 of {UNIT}\n"))
     assert first == f"message 38 of {UNIT}\n".encode()
-    write_journal(jw.dir / "journal", "live.journal", entries(100, 3, text="live"))
-    want = "".join(f"live {i} of {UNIT}\n" for i in (100, 101, 102)).encode()
-    assert s.data_until(1, len(want)) == want
-    s.send(2, 1)  # CANCEL
-    _data, end = s.result(1)
-    assert end["reason"] == "client went away"
-    assert s.close() == (0, b"")
+    live = jw.dir / "journal" / "live.journal"
+    try:
+        write_journal(live.parent, live.name, entries(100, 3, text="live"))
+        want = "".join(f"live {i} of {UNIT}\n" for i in (100, 101, 102)).encode()
+        assert s.data_until(1, len(want)) == want
+        s.send(2, 1)  # CANCEL
+        _data, end = s.result(1)
+        assert end["reason"] == "client went away"
+        assert s.close() == (0, b"")
+    finally:
+        live.unlink(missing_ok=True)  # the module's other tests read the journal as made
 
 
 @pytest.mark.parametrize(

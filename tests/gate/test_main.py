@@ -17,7 +17,8 @@ import pytest
 
 from logtorukun.gate.errors import Exit
 from logtorukun.ops.bundle import build_gate_zipapp
-from tests.support.sshd import SYSTEM_PYTHON, Worker, write_sample_logs
+from logtorukun.ops.sample_logs import write_sample_logs
+from tests.support.sshd import SYSTEM_PYTHON, Worker
 
 
 def app_lines(w: Worker) -> list[bytes]:
@@ -29,7 +30,7 @@ def no_secret(w: Worker, out: subprocess.CompletedProcess[bytes]) -> None:
     assert w.secret_marker.encode() not in out.stderr
 
 
-# ---------------------------------------------------------------- the brief, over ssh
+# ------------------------------------------------- docs/gate.md's command lines, over ssh
 
 
 def test_brief_tail_n_200(worker: Worker) -> None:

@@ -253,7 +253,9 @@ def test_swapped_in_a_tight_loop_never_escapes(tree: Tree, tmp_path: Path, kind:
         stop.touch()
         out, _ = swapper.communicate(timeout=20)
     assert swapper.returncode == 0
-    assert int(out) > 10, "the swapper hardly ran"
+    # How many swaps depends on the CPU the swapper got; that both states were hit
+    # (below) is what shows the race was real.
+    assert int(out) > 0, "the swapper never swapped"
     # both states were hit: the race was real, and the file was still readable at times
     assert both_seen(outcomes), outcomes
     assert set(outcomes) <= {"opened", f"refused {Exit.REFUSED}", f"refused {Exit.NOT_FOUND}"}

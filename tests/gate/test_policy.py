@@ -16,7 +16,7 @@ from logtorukun.gate.errors import Exit, GateError
 from logtorukun.gate.globs import compile_glob
 from logtorukun.gate.policy import Limits, load_policy, parse_policy, policy_path
 
-# The example of DESIGN.md "Contract", verbatim.
+# The example policy of docs/gate.md, verbatim.
 DESIGN_EXAMPLE = """\
 [limits]        # all optional, sane defaults
 max_lines = 10000

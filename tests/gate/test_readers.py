@@ -231,7 +231,7 @@ def test_tail_matches_model(
     p = tmp_path / ("app.log.gz" if gz else "app.log")
     p.write_bytes(gzip.compress(data) if gz else data)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(readers, "_FIRST_BLOCK", block)  # many block boundaries
+        mp.setattr(readers, "FIRST_BLOCK", block)  # many block boundaries
         mp.setattr(readers, "_MAX_BLOCK", block * 2)
         mp.setattr(readers, "CHUNK", chunk)  # many forward writes and gzip pieces
         mp.setattr(readers, "_GZ_INPUT", max(1, chunk // 2))

@@ -29,9 +29,10 @@ from logtorukun.gate.grammar import parse
 from logtorukun.gate.output import Output
 from logtorukun.gate.policy import Policy, parse_policy
 from logtorukun.gate.runner import Context, Result, serve
+from logtorukun.ops.sample_logs import write_sample_logs
 from tests.conftest import MakeWorker
 from tests.support.fds import held_under
-from tests.support.sshd import USER, Worker, write_sample_logs
+from tests.support.sshd import USER, Worker
 
 MARKER = "RUNNER-SECRET-2b7e"
 BIG = 10**9
@@ -138,7 +139,7 @@ def deny(env: Env, command: str, code: int, match: str, policy: Policy | None = 
     return result.reason
 
 
-# ---------------------------------------------------------------- the brief's commands
+# ---------------------------------------------------------------- docs/gate.md's command lines
 
 
 def test_tail_n_200(env: Env) -> None:
@@ -161,6 +162,71 @@ def test_grep_pipe_tail(env: Env) -> None:
     assert result.code == Exit.OK and data == b"".join(matching)
     result, data, _ = env.run(f"grep 'ERROR' {env.app_log} | tail -n 20")
     assert result.code == Exit.OK and data == b"".join(matching[-20:])
+
+
+def test_a_pattern_grep_cannot_compile_is_a_bad_request_naming_it(env: Env) -> None:
+    result, data, recs = env.run(f"grep -E 'a(b' {env.app_log}")
+    assert (result.code, data) == (Exit.BAD_REQUEST, b"")
+    assert result.reason.startswith("grep: the pattern 'a(b' is not valid: ")
+    assert "\n" not in result.reason
+    assert recs[-1]["event"] == "end" and recs[-1]["exit"] == Exit.BAD_REQUEST
+
+
+def test_a_bridge_request_is_parsed_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bridge parses each request once to choose inline or a thread, and hands the
+    result (request or refusal) to serve(): no second parse, no cache to pay for one."""
+    from logtorukun.gate import grammar
+    from logtorukun.gate.bridge import BridgeServer
+    from logtorukun.gate.protocol import END, REQUEST, FrameReader, pack
+
+    parsed: list[str] = []
+    real = grammar.parse
+
+    def counting(command: str) -> Any:
+        parsed.append(command)
+        return real(command)
+
+    monkeypatch.setattr(grammar, "parse", counting)
+    commands = [
+        f"tail -n 2 {env.app_log}",  # inline
+        f"grep -c ERROR {env.app_log}",  # a thread
+        "tail -n 2 /etc/passwd",  # refused
+        "help",
+    ]
+    inr, inw = os.pipe()
+    outr, outw = os.pipe()
+    frames = b"".join(
+        pack(REQUEST, rid, json.dumps({"command": c}).encode()) for rid, c in enumerate(commands, 1)
+    )
+    os.write(inw, frames)
+    policy = env.policy()
+    ctx = Context(policy, AuditLog(policy.audit), {"client": "192.0.2.7"})
+    try:
+        ends: dict[int, dict[str, Any]] = {}
+        reader = FrameReader()
+
+        def read_until_all_ended() -> None:
+            while len(ends) < len(commands):
+                for ftype, rid, payload in reader.feed(os.read(outr, 1 << 16)):
+                    if ftype == END:
+                        ends[rid] = json.loads(payload)
+
+        import threading
+
+        watcher = threading.Thread(target=read_until_all_ended)
+        watcher.start()
+        server = threading.Thread(target=BridgeServer(ctx, inr, outw).run)
+        server.start()
+        watcher.join(30)
+        assert not watcher.is_alive(), ends
+        os.close(inw)  # EOF: the session ends
+        server.join(30)
+    finally:
+        ctx.audit.close()
+        for fd in (inr, outr, outw):
+            os.close(fd)
+    assert sorted(parsed) == sorted(commands)  # each exactly once
+    assert [ends[i]["exit"] for i in (1, 2, 3, 4)] == [0, 0, Exit.REFUSED, 0]
 
 
 def test_grep_an_hour(env: Env) -> None:

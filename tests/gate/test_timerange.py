@@ -173,7 +173,7 @@ def lines(data: bytes, a: int, b: int | None = None) -> bytes:
 @pytest.mark.parametrize("data", [ISO, SPACE, SYSLOG], ids=["iso", "space", "syslog"])
 def test_range_hour_14(tmp_path: Path, data: bytes, gz: bool) -> None:
     p = write(tmp_path / "app.log", data, gz)
-    # The brief's `grep '2024-12-17 14:'`, continuation lines included.
+    # docs/gate.md's `grep '2024-12-17 14:'`, continuation lines included.
     assert run_range(p, "2024-12-17 14", "2024-12-17 15", gz=gz) == lines(data, 1, 6)
 
 
@@ -372,7 +372,7 @@ def test_range_matches_linear_model(
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(timerange, "_LINEAR", linear)  # force many bisection steps
-            mp.setattr(timerange, "_FIRST_BLOCK", block)
+            mp.setattr(timerange, "FIRST_BLOCK", block)
             mp.setattr(readers, "CHUNK", chunk)  # many blocks: the window spans them
             mp.setattr(readers, "_GZ_INPUT", chunk)
             try:

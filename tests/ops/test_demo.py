@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from logtorukun.ops.demo import READY
-from logtorukun.ops.system import alive, descendants
-from tests.support.sshd import ensure_prerequisites, free_port, kill_tree
+from logtorukun.ops.system import alive, descendants, free_port, kill_tree
+from tests.support.sshd import ensure_prerequisites
 
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO |WARN |ERROR|DEBUG) \[")
 START = 60.0  # bounded: argon2 hashing + uvicorn start on two shared cores

@@ -16,8 +16,9 @@ import pytest
 from logtorukun.cli import main
 from logtorukun.ops import doctor
 from logtorukun.ops.doctor_escape import ESCAPE_CHECKS
+from logtorukun.ops.system import free_port
 from tests.conftest import MakeWorker
-from tests.support.sshd import Worker, free_port
+from tests.support.sshd import Worker
 
 HOST_CHECKS = {
     "port reachable",

@@ -16,11 +16,11 @@ import pytest
 
 from logtorukun.cli import main
 from logtorukun.ops import system
+from logtorukun.ops.system import free_port, keygen
 from logtorukun.ops.worker import Layout, sshd_effective
 from tests.ops.worker_box import SECRET, USER, Box
 from tests.ops.worker_box import acl as _acl
 from tests.ops.worker_box import tree as _tree
-from tests.support.sshd import free_port, keygen
 
 
 def test_dry_run_changes_nothing_and_lists_every_change(

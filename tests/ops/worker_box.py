@@ -20,7 +20,8 @@ import pytest
 
 from logtorukun.cli import main
 from logtorukun.ops import system
-from tests.support.sshd import ensure_prerequisites, free_port, keygen, kill_tree
+from logtorukun.ops.system import free_port, keygen, kill_tree
+from tests.support.sshd import ensure_prerequisites
 
 # One user per test process: two test runs at once (CI and a developer) must not share it.
 USER = f"logtorukun-ws{os.getpid() % 1_000_000}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from logtorukun.ops.ca import init_ca, revoke
-from tests.support.sshd import HOST, USER, Worker
+from logtorukun.ops.local_worker import HOST
+from tests.support.sshd import USER, Worker
 
 
 def make_ca(directory: Path) -> Path:

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support.sshd import _die_with_parent, _in_main_thread, _run, free_port
+from logtorukun.ops.system import die_with_parent, free_port, run
 
 PG_USER = "logtorukun-pg"
 START_TIMEOUT = 30.0
@@ -50,7 +50,7 @@ def ensure_pg_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(PG_USER)
     except KeyError:
-        _run(["/usr/sbin/useradd", "-r", "-M", "-s", "/usr/sbin/nologin", PG_USER], ok=(0, 9))
+        run(["/usr/sbin/useradd", "-r", "-M", "-s", "/usr/sbin/nologin", PG_USER], ok=(0, 9))
         return pwd.getpwnam(PG_USER)
 
 
@@ -99,13 +99,13 @@ class Postgres:
         if not self.port:
             self.port = free_port()
         uid, gid = self.pw.pw_uid, self.pw.pw_gid
-        main_thread = _in_main_thread()
+        main_thread = threading.current_thread() is threading.main_thread()
 
         def child() -> None:
             os.setgid(gid)
             os.setuid(uid)
             if main_thread:
-                _die_with_parent()
+                die_with_parent()
 
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(

@@ -168,12 +168,19 @@ class Collector:
                 total += int(fields[4].split(":")[1], 16)
         return total
 
-    def records(self) -> list[dict[str, Any]]:
+    def lines(self) -> list[dict[str, Any]]:
+        """Every JSON line received: audit records and chain checkpoints, in order."""
         try:
             text = self.out.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r for r in self.lines() if "checkpoint" not in r]
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return [r["checkpoint"] for r in self.lines() if "checkpoint" in r]
 
     def seqs(self) -> list[int]:
         return [int(r["seq"]) for r in self.records()]

@@ -54,6 +54,9 @@ def test_grep_fixed_string_regex_and_invert(live: LiveServer, web_worker: Worker
     assert len(r.json()["lines"]) == 1
     r = c.get("/api/hosts/web1/grep", params={"path": path, "pattern": "-e", "max": 3})
     assert r.status_code == 200  # a pattern starting with '-' is data
+    # A regex grep cannot compile is the caller's mistake: 422 naming it, not a 502.
+    r = c.get("/api/hosts/web1/grep", params={"path": path, "pattern": "a(b", "regex": "true"})
+    assert r.status_code == 422 and "'a(b'" in r.json()["reason"], r.text
     r = c.get(
         "/api/hosts/web1/grep",
         params={"path": path, "pattern": "INFO", "invert": "true", "max": 10000},

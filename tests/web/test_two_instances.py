@@ -4,6 +4,7 @@ that was answered."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,8 +19,9 @@ import httpx
 import pytest
 
 from logtorukun.audit.store import AuditStore
+from logtorukun.ops.system import die_with_parent
 from logtorukun.web.auth import AuthStore
-from tests.support.sshd import Worker, _die_with_parent
+from tests.support.sshd import Worker
 from tests.web.support import FAST_HASHER, PASSWORD, USERS, free_port, login, write_config
 from tests.web.test_access_matrix import CAPS, HOSTS, expected, refusal, request
 
@@ -56,16 +58,18 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def serve(directory: Path, worker: Worker, database: str) -> Instance:
+def serve(directory: Path, worker: Worker, database: str, **settings: object) -> Instance:
     directory.mkdir()
     port = free_port()
-    config = write_config(directory, worker, database=database, listen=f"127.0.0.1:{port}")
+    config = write_config(
+        directory, worker, database=database, listen=f"127.0.0.1:{port}", **settings
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "logtorukun", "--config", str(config), "serve"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -82,15 +86,17 @@ def serve(directory: Path, worker: Worker, database: str) -> Instance:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def pair(tmp_path: Path, web_worker: Worker, pg_url: str) -> Iterator[tuple[Instance, Instance]]:
+@contextlib.contextmanager
+def two(
+    tmp_path: Path, worker: Worker, pg_url: str, **settings: object
+) -> Iterator[tuple[Instance, Instance]]:
     auth = AuthStore(pg_url, hasher=FAST_HASHER)
-    for name, roles in USERS.items():
+    for name, roles in {**USERS, "oscar": ["ops"]}.items():  # oscar: a second ops user
         auth.add_user(name, roles, PASSWORD)
     auth.close()
-    a = serve(tmp_path / "a", web_worker, pg_url)
+    a = serve(tmp_path / "a", worker, pg_url, **settings)
     try:
-        b = serve(tmp_path / "b", web_worker, pg_url)
+        b = serve(tmp_path / "b", worker, pg_url, **settings)
     except BaseException:
         a.stop()
         raise
@@ -99,6 +105,12 @@ def pair(tmp_path: Path, web_worker: Worker, pg_url: str) -> Iterator[tuple[Inst
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, web_worker: Worker, pg_url: str) -> Iterator[tuple[Instance, Instance]]:
+    with two(tmp_path, web_worker, pg_url) as instances:
+        yield instances
 
 
 def test_access_matrix_and_audit_through_either_instance(
@@ -244,3 +256,62 @@ def test_kill_9_mid_burst_keeps_the_chain_and_every_answer_recorded(
     assert not missing, f"{len(missing)} answered requests have no audit record"
     done = cli(b.config, "audit", "verify")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rate_limit_throttle_and_follow_cap_count_across_instances(
+    tmp_path: Path, web_worker: Worker, pg_url: str
+) -> None:
+    # 1 request a minute after a burst of 10; one follow per user
+    with two(tmp_path, web_worker, pg_url, requests_per_minute=1, max_follows_per_user=1) as (a, b):
+        token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
+        auth = {"authorization": f"Bearer {token}"}
+        with a.client(headers=auth) as ca, b.client(headers=auth) as cb:
+            codes = [(ca, cb)[i % 2].get("/api/me").status_code for i in range(20)]
+        assert codes.count(200) == 10 and codes.count(429) == 10  # 20 with one bucket each
+
+        with a.client() as ca, b.client() as cb:
+            for i in range(5):  # failed sign-ins for one (user, address), on both
+                assert login((ca, cb)[i % 2], "rita", "wrong password").status_code == 401
+            r = login(cb, "rita")  # the right password, but the pair is throttled
+            assert r.status_code == 429 and "Too many failed sign-ins" in r.text
+
+        params = {"path": str(web_worker.root / "follow.log")}
+        with a.client() as ca, b.client() as cb:
+            login(ca, "oscar")  # a user of its own: olivia's budget is spent above
+            cb.cookies = ca.cookies
+            with ca.stream("GET", "/api/hosts/web1/follow", params=params) as first:
+                assert first.status_code == 200
+                second = cb.get("/api/hosts/web1/follow", params=params)
+                assert second.status_code == 429 and "at most 1 live follows" in second.text
+            deadline = time.monotonic() + 30  # A frees the slot when it sees the close
+            while True:
+                with cb.stream("GET", "/api/hosts/web1/follow", params=params) as again:
+                    if again.status_code == 200 or time.monotonic() > deadline:
+                        break
+                time.sleep(0.1)
+            assert again.status_code == 200
+
+
+def test_a_token_revoked_on_one_instance_ends_its_follow_on_the_other(
+    tmp_path: Path, web_worker: Worker, pg_url: str
+) -> None:
+    with two(tmp_path, web_worker, pg_url, follow_recheck_seconds=0.5) as (a, b):
+        token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
+        params = {"path": str(web_worker.root / "follow.log")}
+        with (
+            a.client(headers={"authorization": f"Bearer {token}"}) as ca,
+            ca.stream("GET", "/api/hosts/web1/follow", params=params) as r,
+        ):
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            assert next(lines) == "retry: 3000" and next(lines) == "event: ready"
+            assert cli(b.config, "token", "revoke", token).returncode == 0
+            deadline = time.monotonic() + 60  # heartbeats keep the loop moving
+            events = []
+            for line in lines:  # until A ends the follow
+                events.append(line)
+                if events[-2:-1] == ["event: end"] or time.monotonic() > deadline:
+                    break
+        ends = [i for i, e in enumerate(events) if e == "event: end"]
+        assert ends, events
+        assert "revoked" in events[ends[0] + 1]

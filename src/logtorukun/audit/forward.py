@@ -18,6 +18,7 @@ server processes with the same state file do not both send: one holds an flock o
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
@@ -33,6 +34,7 @@ from typing import Any
 from ..config_siem import ForwardConfig
 from .errors import AuditError
 from .records import AuditRecord
+from .sinks import Checkpoint
 from .store import AuditStore
 from .transports import DeliveryError, HttpsTransport, SyslogTransport, Transport
 
@@ -137,6 +139,10 @@ class Forwarder:
         self.failing = False
         self.active = False  # holds the lock: this process is the one sending
         self._head_seen = 0
+        # Chain checkpoints the store handed us, sent right after the records they
+        # cover. In memory only: each record already carries its seq and hash, so a
+        # checkpoint lost with a restart costs the SIEM a marker, not a fact.
+        self._checkpoints: collections.deque[Checkpoint] = collections.deque(maxlen=100)
         self._reader: AuditStore | None = None
         self._lock_fd: int | None = None
         self._wake = threading.Event()
@@ -147,6 +153,10 @@ class Forwarder:
 
     def emit(self, record: AuditRecord) -> None:
         self._head_seen = record.seq
+        self._wake.set()
+
+    def checkpoint(self, cp: Checkpoint) -> None:
+        self._checkpoints.append(cp)
         self._wake.set()
 
     def close(self) -> None:
@@ -204,6 +214,12 @@ class Forwarder:
             self._reader = AuditStore(self.database, readonly=True)
         pos = self.position
         records = self._reader.query(after_seq=pos.seq, order="asc", limit=self.cfg.batch)
+        upto = records[-1].seq if records else pos.seq
+        points = [c for c in list(self._checkpoints) if c.seq <= upto]
+        if not records and points:  # e.g. the stop checkpoint, all records already out
+            self.transport.deliver((), points)
+            self._drop_checkpoints(points)
+            return 0
         if not records:
             head = self._reader.head()
             if head is not None and head.seq < pos.seq:
@@ -223,7 +239,8 @@ class Forwarder:
                 pos.seq,
                 pos.hash[:12],
             )
-        self.transport.deliver(records)
+        self.transport.deliver(records, points)
+        self._drop_checkpoints(points)
         last = records[-1]
         was_failing = self.failing
         self.position = Position(
@@ -235,6 +252,11 @@ class Forwarder:
         if was_failing:
             log.warning("%s: delivering again from seq %d", self.name, first.seq)
         return len(records)
+
+    def _drop_checkpoints(self, sent: list[Checkpoint]) -> None:
+        for cp in sent:
+            with contextlib.suppress(ValueError):
+                self._checkpoints.remove(cp)
 
     def _take_lock(self) -> bool:
         if self._lock_fd is not None:

@@ -28,10 +28,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from .records import AuditRecord
+
+if TYPE_CHECKING:
+    from .sinks import Checkpoint
 
 # RFC 5612's documentation enterprise number: receivers match the SD-ID by its name.
 SD_ID = "logtorukun@32473"
@@ -46,8 +49,11 @@ class DeliveryError(Exception):
 class Transport(Protocol):
     description: str
 
-    def deliver(self, records: Sequence[AuditRecord]) -> None:
-        """Return only once the collector has the whole batch; raise DeliveryError if not."""
+    def deliver(
+        self, records: Sequence[AuditRecord], checkpoints: Sequence[Checkpoint] = ()
+    ) -> None:
+        """Return only once the collector has the whole batch (records, then the chain
+        checkpoints they complete); raise DeliveryError if not."""
 
 
 def syslog_frame(record: AuditRecord, hostname: str, app: str = "logtorukun") -> bytes:
@@ -57,6 +63,15 @@ def syslog_frame(record: AuditRecord, hostname: str, app: str = "logtorukun") ->
     sd = f'[{SD_ID} seq="{record.seq}" hash="{record.hash}"]'
     msg = f"<{_AUTHPRIV * 8 + severity}>1 {ts} {hostname} {app} - {record.event} {sd} "
     data = msg.encode("ascii") + record.to_json().encode("utf-8")
+    return str(len(data)).encode("ascii") + b" " + data
+
+
+def checkpoint_frame(cp: Checkpoint, hostname: str, app: str = "logtorukun") -> bytes:
+    """A chain checkpoint (sinks.Checkpoint) as RFC 5424, MSGID `checkpoint`."""
+    ts = cp.ts.replace("+00:00", "Z")
+    sd = f'[{SD_ID} seq="{cp.seq}" hash="{cp.hash}"]'
+    msg = f"<{_AUTHPRIV * 8 + _NOTICE}>1 {ts} {hostname} {app} - checkpoint {sd} "
+    data = msg.encode("ascii") + cp.to_json().encode("utf-8")
     return str(len(data)).encode("ascii") + b" " + data
 
 
@@ -98,8 +113,11 @@ class SyslogTransport:
                 ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
             self._ssl = ctx
 
-    def deliver(self, records: Sequence[AuditRecord]) -> None:
+    def deliver(
+        self, records: Sequence[AuditRecord], checkpoints: Sequence[Checkpoint] = ()
+    ) -> None:
         payload = b"".join(syslog_frame(r, self.hostname) for r in records)
+        payload += b"".join(checkpoint_frame(c, self.hostname) for c in checkpoints)
         deadline = time.monotonic() + self.timeout
         try:
             raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
@@ -119,7 +137,8 @@ class SyslogTransport:
             self._await_acked(sock, deadline)
         except (OSError, ssl.SSLError) as exc:
             raise DeliveryError(
-                f"{self.description}: batch of {len(records)} not confirmed: {_why(exc)}"
+                f"{self.description}: batch of {len(records) + len(checkpoints)}"
+                f" not confirmed: {_why(exc)}"
             ) from None
         finally:
             sock.close()
@@ -181,11 +200,15 @@ class HttpsTransport:
                 ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
             self._ssl = ctx
 
-    def deliver(self, records: Sequence[AuditRecord]) -> None:
-        body = "".join(r.to_json() + "\n" for r in records).encode("utf-8")
+    def deliver(
+        self, records: Sequence[AuditRecord], checkpoints: Sequence[Checkpoint] = ()
+    ) -> None:
+        lines = [r.to_json() for r in records] + [c.to_json() for c in checkpoints]
+        body = "".join(line + "\n" for line in lines).encode("utf-8")
+        seqs = [r.seq for r in records] or [c.seq for c in checkpoints]
         headers = {
             "Content-Type": "application/x-ndjson",
-            "X-Logtorukun-Seq": f"{records[0].seq}-{records[-1].seq}",
+            "X-Logtorukun-Seq": f"{seqs[0]}-{seqs[-1]}",
         }
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -195,8 +218,7 @@ class HttpsTransport:
                 resp.read(65536)
         except urllib.error.HTTPError as exc:
             raise DeliveryError(
-                f"{self.description}: HTTP {exc.code} {exc.reason} for seq "
-                f"{records[0].seq}-{records[-1].seq}"
+                f"{self.description}: HTTP {exc.code} {exc.reason} for seq {seqs[0]}-{seqs[-1]}"
             ) from None
         except (OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "reason", exc)

@@ -4,13 +4,12 @@ The web server imports `Client` and the errors; the CLI (`commands`) uses the sa
 Of the gate, only `logtorukun.gate.protocol` is imported here.
 """
 
-from .api import Client, Reply, SourceFile, Sources
 from .errors import (
     AuthRefused,
     Busy,
     ClientError,
     ConnectionLost,
-    GateError,
+    GateExitError,
     GateRefused,
     HostKeyChanged,
     HostKeyUnknown,
@@ -23,6 +22,7 @@ from .errors import (
     Unreachable,
 )
 from .pool import Pool, PoolOptions
+from .reads import Client, Reply, SourceFile, SourceList
 from .stream import Position, Status, Stream
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
     "Client",
     "ClientError",
     "ConnectionLost",
-    "GateError",
+    "GateExitError",
     "GateRefused",
     "HostKeyChanged",
     "HostKeyUnknown",
@@ -45,7 +45,7 @@ __all__ = [
     "Reply",
     "RequestTimeout",
     "SourceFile",
-    "Sources",
+    "SourceList",
     "Status",
     "Stream",
     "UnknownHost",

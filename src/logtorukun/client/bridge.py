@@ -110,13 +110,13 @@ class Frames:
 class BridgeStream(Stream):
     """One request inside a bridge."""
 
-    def __init__(self, bridge: Bridge, rid: int, command: str) -> None:
+    def __init__(self, bridge: BridgeSession, rid: int, command: str) -> None:
         super().__init__(bridge.host, command)
         self.bridge = bridge
         self.rid = rid
         self._ungranted = 0
 
-    def _consumed(self, n: int) -> None:
+    def on_consumed(self, n: int) -> None:
         if self.done:
             return
         self._ungranted += n
@@ -124,14 +124,14 @@ class BridgeStream(Stream):
             self.bridge._send(pack(CREDIT, self.rid, CREDIT_BODY.pack(self._ungranted)))
             self._ungranted = 0
 
-    def _cancel(self) -> None:
+    def on_cancel(self) -> None:
         # The id stays registered until the gate's END, so late DATA is dropped, not
         # mistaken for a new request's.
         self.bridge._send(pack(CANCEL, self.rid))
 
 
-class _Session(asyncssh.SSHClientSession[bytes]):
-    def __init__(self, bridge: Bridge) -> None:
+class _BridgeChannel(asyncssh.SSHClientSession[bytes]):
+    def __init__(self, bridge: BridgeSession) -> None:
         self.bridge = bridge
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -149,11 +149,11 @@ class _Session(asyncssh.SSHClientSession[bytes]):
         self.bridge.exit_signal = signal
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.bridge._lost(exc)
+        self.bridge.lost(exc)
 
 
-class Bridge:
-    """A running bridge: open with `Bridge.open(conn, host)`, then `start()` requests."""
+class BridgeSession:
+    """A running bridge: open with `BridgeSession.open(conn, host)`, then `start()` requests."""
 
     def __init__(self, host: str, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.host = host
@@ -182,10 +182,10 @@ class Bridge:
         *,
         timeout: float,
         max_in_flight: int = MAX_IN_FLIGHT,
-    ) -> Bridge:
+    ) -> BridgeSession:
         """Start the gate's bridge on `conn` and wait for its HELLO."""
         bridge = cls(host, max_in_flight)
-        chan, _ = await conn.create_session(lambda: _Session(bridge), "bridge", encoding=None)
+        chan, _ = await conn.create_session(lambda: _BridgeChannel(bridge), "bridge", encoding=None)
         bridge._chan = chan
         try:
             async with asyncio.timeout(timeout):
@@ -267,13 +267,13 @@ class Bridge:
             if ftype == DATA:
                 stream = streams.get(rid)
                 if stream is not None and payload:
-                    stream._push(payload)
+                    stream.deliver(payload)
             elif ftype == POS:
                 stream = streams.get(rid)
                 if stream is None:
                     continue
                 try:
-                    stream._push_position(_position(payload))
+                    stream.deliver_position(_position(payload))
                 except (ValueError, KeyError, TypeError) as exc:
                     self._fail(ProtocolError(self.host, f"bad POS frame: {exc}"))
                     return
@@ -284,9 +284,9 @@ class Bridge:
                 self.last_active = time.monotonic()
                 self._slots.release()
                 try:
-                    stream._finish(_status(payload))
+                    stream.finish(_status(payload))
                 except (ValueError, KeyError, TypeError) as exc:
-                    stream._finish(None, ProtocolError(self.host, f"bad END frame: {exc}"))
+                    stream.finish(None, ProtocolError(self.host, f"bad END frame: {exc}"))
             elif ftype == HELLO and not self._hello.done():
                 try:
                     self._on_hello(payload)
@@ -317,7 +317,7 @@ class Bridge:
         self.grant_step = max(1, self.window // 4)
         self._hello.set_result(None)
 
-    def _lost(self, exc: Exception | None) -> None:
+    def lost(self, exc: Exception | None) -> None:
         """The channel closed: every running request fails, the next call reopens."""
         if self._error is not None:
             return
@@ -352,7 +352,7 @@ class Bridge:
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             self._slots.release()
-            stream._finish(None, err)
+            stream.finish(None, err)
         chan = self._chan
         if chan is not None:
             with contextlib.suppress(Exception):
@@ -371,15 +371,4 @@ def _position(payload: bytes) -> Position:
 
 
 def _status(payload: bytes) -> Status:
-    body = json.loads(payload)
-    pos = body.get("pos")
-    return Status(
-        pos=(int(pos[0]), int(pos[1]), int(pos[2]))
-        if isinstance(pos, list) and len(pos) == 3
-        else None,
-        exit=int(body["exit"]),
-        reason=str(body.get("reason") or ""),
-        lines=int(body.get("lines", 0)),
-        bytes=int(body.get("bytes", 0)),
-        truncated=bool(body.get("truncated", False)),
-    )
+    return Status.from_json(payload)

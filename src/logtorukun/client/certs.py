@@ -21,18 +21,34 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import asyncssh
 
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..config import HostConfig
-    from ..config_ssh import SshSettings
+    from .settings import HostConfig
+
+
+class CertSettings(Protocol):
+    """What signing needs of the config's [ssh] table (config_ssh.SshSettings is one)."""
+
+    @property
+    def ca_key(self) -> Path | None: ...
+
+    @property
+    def agent(self) -> bool: ...
+
+    @property
+    def validity(self) -> float: ...
+
+    @property
+    def source_address(self) -> tuple[str, ...]: ...
+
 
 DEFAULT_VALIDITY = 300.0
 BACKDATE = 60.0  # seconds: a worker whose clock is a little behind still accepts it
@@ -179,15 +195,6 @@ class CertSigner:
             return asyncssh.read_certificate(str(pub.with_name("key-cert.pub")))
 
 
-def default_gate_command(user: str) -> str:
-    """The command= that `logtorukun worker setup` installs for this gate user."""
-    from ..ops.bundle import DEFAULT_PYTHON, gate_command
-    from ..ops.worker_spec import Layout
-
-    layout = Layout(Path("/"), user)
-    return gate_command(layout.zipapp, layout.policy, python=DEFAULT_PYTHON)
-
-
 @dataclass(frozen=True)
 class CertPolicy:
     """What the pool needs to sign for a (worker, person) connection."""
@@ -196,6 +203,9 @@ class CertPolicy:
     source_address: tuple[str, ...] = ()
     # The key id of connections made for the server itself (probes, no person).
     server_key_id: str = "logtorukun-web"
+    # The force-command for a host whose config names none: what `worker setup`
+    # installs for its user (given by the caller; the client knows no install layout).
+    default_command: Callable[[str], str] | None = None
 
     @property
     def renew_before(self) -> float:
@@ -206,20 +216,33 @@ class CertPolicy:
         return self.signer.sign(
             identity or self.server_key_id,
             host.user,
-            force_command=host.gate_command or default_gate_command(host.user),
+            force_command=self._command(host),
             source_address=self.source_address,
         )
 
+    def _command(self, host: HostConfig) -> str:
+        if host.gate_command is not None:
+            return host.gate_command
+        if self.default_command is None:
+            raise CertError(f"{host.name}: set gate_command in its [[host]] (certificates)")
+        return self.default_command(host.user)
+
     @classmethod
-    def from_settings(cls, ssh: SshSettings, server_key_id: str | None = None) -> CertPolicy:
+    def from_settings(
+        cls,
+        ssh: CertSettings,
+        server_key_id: str | None = None,
+        default_command: Callable[[str], str] | None = None,
+    ) -> CertPolicy:
         """`server_key_id`: the key id of connections made for no one in particular (the
-        web server's probes; for the CLI, the person running it)."""
+        web server's probes; for the CLI, the person running it). `default_command`:
+        see the field."""
         if ssh.ca_key is None:
             raise CertError("[ssh] certificates = true needs ca_key")
         signer = CertSigner(ssh.ca_key, agent=ssh.agent, validity=ssh.validity)
         if server_key_id is None:
-            return cls(signer, ssh.source_address)
-        return cls(signer, ssh.source_address, server_key_id)
+            return cls(signer, ssh.source_address, default_command=default_command)
+        return cls(signer, ssh.source_address, server_key_id, default_command)
 
 
 def cli_identity(explicit: str | None) -> str:

@@ -1,28 +1,17 @@
 """What can go wrong between the web server (or CLI) and a worker, one class per cause.
 
 Every class is a `UserError` with a one-line message that names the host, so the CLI
-prints it without a traceback and the web server can map it onto an HTTP status
-(`Unreachable` and friends: 502; `GateRefused`: 403; `NotFound`: 404; `Busy`: 503).
-The gate's documented exit codes (`logtorukun.gate.errors.Exit`) map onto them in
-`error_for_exit`; the CLI exits with the gate's own code for gate errors, and with 255
-(like `ssh`) when the connection itself failed.
+prints it without a traceback and the web server can answer with an HTTP status (its
+one table is `HTTP_STATUS_FOR_EXIT` in web/workers.py). The gate's exit codes
+(`logtorukun.gate.vocabulary.Exit`, shared) map onto them in `error_for_exit`; the CLI
+exits with the gate's own code for gate errors, and with 255 (like `ssh`) when the
+connection itself failed.
 """
 
 from __future__ import annotations
 
 from ..errors import UserError
-
-# The gate's exit codes (mirrors logtorukun.gate.errors.Exit: the client may import only
-# gate.protocol, and a test keeps the two in step).
-EXIT_OK = 0
-EXIT_BAD_REQUEST = 2
-EXIT_REFUSED = 3
-EXIT_NOT_FOUND = 4
-EXIT_LIMIT = 5
-EXIT_BUSY = 6
-EXIT_CONFIG = 7
-EXIT_AUDIT = 8
-EXIT_FAILED = 9
+from ..gate.vocabulary import Exit
 
 
 class ClientError(UserError):
@@ -91,7 +80,7 @@ class ProtocolError(ClientError):
     """The bridge broke the framing or sent something this client does not understand."""
 
 
-class GateError(ClientError):
+class GateExitError(ClientError):
     """The gate answered with a non-zero exit code; `reason` is its one-line reason."""
 
     def __init__(self, host: str, gate_exit: int, reason: str) -> None:
@@ -103,17 +92,17 @@ class GateError(ClientError):
     label = "refused by the gate"
 
 
-class GateRefused(GateError):
+class GateRefused(GateExitError):
     """Bad request, refused by policy, policy broken, audit unwritable, reader failed."""
 
 
-class NotFound(GateError):
+class NotFound(GateExitError):
     """The policy would allow it, but there is no such file, unit or container."""
 
     label = "not found"
 
 
-class LimitHit(GateError):
+class LimitHit(GateExitError):
     """A line, byte, CPU or time limit ended the output early; `partial` is what came."""
 
     label = "limit hit"
@@ -123,18 +112,18 @@ class LimitHit(GateError):
         self.partial = partial
 
 
-class Busy(GateError):
+class Busy(GateExitError):
     """The worker already runs `max_concurrent` requests (or the bridge its streams)."""
 
     label = "busy"
 
 
-def error_for_exit(host: str, gate_exit: int, reason: str) -> GateError:
+def error_for_exit(host: str, gate_exit: int, reason: str) -> GateExitError:
     """The exception for a gate exit code (never called with 0)."""
-    cls: type[GateError] = {
-        EXIT_NOT_FOUND: NotFound,
-        EXIT_LIMIT: LimitHit,
-        EXIT_BUSY: Busy,
+    cls: type[GateExitError] = {
+        Exit.NOT_FOUND: NotFound,
+        Exit.LIMIT: LimitHit,
+        Exit.BUSY: Busy,
     }.get(gate_exit, GateRefused)
     return cls(host, gate_exit, reason)
 

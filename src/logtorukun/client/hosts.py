@@ -10,11 +10,11 @@ import difflib
 import fnmatch
 from collections.abc import Iterable, Sequence
 
-from ..config import Config, HostConfig
 from .errors import UnknownHost
+from .settings import Fleet, HostConfig
 
 
-def host_by_name(hosts: Sequence[HostConfig] | Config, name: str) -> HostConfig:
+def host_by_name(hosts: Sequence[HostConfig] | Fleet, name: str) -> HostConfig:
     """The host called exactly `name`, or `UnknownHost` listing what exists."""
     for h in _hosts(hosts):
         if h.name == name:
@@ -22,7 +22,7 @@ def host_by_name(hosts: Sequence[HostConfig] | Config, name: str) -> HostConfig:
     raise UnknownHost("", f"unknown host {name!r}{_hint(name, hosts)}")
 
 
-def _hint(name: str, hosts: Sequence[HostConfig] | Config) -> str:
+def _hint(name: str, hosts: Sequence[HostConfig] | Fleet) -> str:
     """`; did you mean 'web1'?` for a near miss, else the configured names."""
     names = [h.name for h in _hosts(hosts)]
     near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
@@ -38,7 +38,7 @@ def matches(host: HostConfig, pattern: str) -> bool:
     return fnmatch.fnmatchcase(host.name, pattern)
 
 
-def select_hosts(hosts: Sequence[HostConfig] | Config, patterns: Iterable[str]) -> list[HostConfig]:
+def select_hosts(hosts: Sequence[HostConfig] | Fleet, patterns: Iterable[str]) -> list[HostConfig]:
     """Hosts matching any pattern, in config order; a pattern matching nothing is an error.
 
     Patterns may also be comma-separated (`web*,label:db`), as typed on a command line.
@@ -53,5 +53,5 @@ def select_hosts(hosts: Sequence[HostConfig] | Config, patterns: Iterable[str]) 
     return [h for h in all_hosts if any(matches(h, p) for p in pats)]
 
 
-def _hosts(hosts: Sequence[HostConfig] | Config) -> Sequence[HostConfig]:
-    return hosts.hosts if isinstance(hosts, Config) else hosts
+def _hosts(hosts: Sequence[HostConfig] | Fleet) -> Sequence[HostConfig]:
+    return hosts if isinstance(hosts, Sequence) else hosts.hosts

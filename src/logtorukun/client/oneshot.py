@@ -13,7 +13,8 @@ from collections.abc import Callable
 import asyncssh
 
 from ..gate.protocol import WINDOW
-from .errors import EXIT_LIMIT, Busy, ConnectionLost
+from ..gate.vocabulary import Exit
+from .errors import Busy, ConnectionLost
 from .stream import Status, Stream, gate_reason
 
 _STDERR_CAP = 16384
@@ -30,18 +31,18 @@ class OneShotStream(Stream):
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
 
-    def _consumed(self, n: int) -> None:
+    def on_consumed(self, n: int) -> None:
         if self._paused and self._buffered < WINDOW // 2 and self.chan is not None:
             self._paused = False
             self.chan.resume_reading()
 
-    def _cancel(self) -> None:
+    def on_cancel(self) -> None:
         if self.chan is not None:
             self.chan.close()  # sshd closes the gate's stdout: it stops at its next write
 
     def _data(self, data: bytes) -> None:
         self._nl += data.count(b"\n")
-        self._push(data)
+        self.deliver(data)
         if self._buffered > WINDOW and not self._paused and self.chan is not None:
             self._paused = True
             self.chan.pause_reading()
@@ -54,26 +55,26 @@ class OneShotStream(Stream):
     def _ended(self, exc: Exception | None) -> None:
         self._let_go()
         if exc is not None:
-            self._finish(None, ConnectionLost(self.host, f"connection lost: {exc}"))
+            self.finish(None, ConnectionLost(self.host, f"connection lost: {exc}"))
         elif self.exit_signal is not None:
-            self._finish(
+            self.finish(
                 None, ConnectionLost(self.host, f"the gate was killed by SIG{self.exit_signal}")
             )
         elif self.exit_status is None:
-            self._finish(None, ConnectionLost(self.host, "the channel closed without an exit"))
+            self.finish(None, ConnectionLost(self.host, "the channel closed without an exit"))
         else:
-            self._finish(
+            self.finish(
                 Status(
                     exit=self.exit_status,
                     reason=gate_reason(self.stderr),
                     lines=self._nl,
                     bytes=self.received,
-                    truncated=self.exit_status == EXIT_LIMIT,
+                    truncated=self.exit_status == Exit.LIMIT,
                 )
             )
 
 
-class _Session(asyncssh.SSHClientSession[bytes]):
+class _OneshotChannel(asyncssh.SSHClientSession[bytes]):
     def __init__(self, stream: OneShotStream) -> None:
         self.stream = stream
 
@@ -104,7 +105,7 @@ async def start_oneshot(
         for delay in _RETRY:
             try:
                 chan, _ = await conn.create_session(
-                    lambda: _Session(stream), command, encoding=None
+                    lambda: _OneshotChannel(stream), command, encoding=None
                 )
                 break
             except asyncssh.ChannelOpenError as exc:

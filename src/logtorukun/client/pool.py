@@ -17,7 +17,7 @@ timeout), and a connection with no request for `idle_timeout` seconds is closed,
 hundreds of workers searched once an hour are not hundreds of SSH connections (and
 sshd + gate processes on the workers) held for ever.
 
-Connections are keyed by host name today; per-user certificates (see DESIGN.md) will key
+Connections are keyed by host name today; per-user certificates (docs/roadmap.md) will key
 them by (host, identity) without changing callers.
 """
 
@@ -33,9 +33,8 @@ from typing import Any
 
 import asyncssh
 
-from ..config import Config, FleetSettings, HostConfig
 from ..errors import UserError
-from .bridge import MAX_IN_FLIGHT, Bridge
+from .bridge import MAX_IN_FLIGHT, BridgeSession
 from .certs import CertPolicy, SignedKey
 from .errors import (
     AuthRefused,
@@ -48,6 +47,7 @@ from .errors import (
     Unreachable,
 )
 from .oneshot import start_oneshot
+from .settings import Fleet, FleetSettings, HostConfig
 from .stream import Stream
 
 # AES-GCM first: with AES-NI it is ~100 µs per request cheaper than chacha20 in asyncssh.
@@ -154,7 +154,7 @@ class HostConnection:
         self._oneshots = 0  # one-shot channels running
         self._idle_timer: asyncio.TimerHandle | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
-        self._bridge: Bridge | None = None
+        self._bridge: BridgeSession | None = None
         self._lock = asyncio.Lock()
         self._bridge_lock = asyncio.Lock()
         self._sessions = asyncio.Semaphore(options.max_sessions)
@@ -317,7 +317,7 @@ class HostConnection:
         self._delay = 0.0
         bridge = self._bridge
         if bridge is not None and not bridge.closed:
-            bridge._lost(ConnectionResetError("the SSH connection dropped"))
+            bridge.lost(ConnectionResetError("the SSH connection dropped"))
 
     # ------------------------------------------------------------------ idle close
 
@@ -378,14 +378,16 @@ class HostConnection:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _retire(self, conn: asyncssh.SSHClientConnection, bridge: Bridge | None) -> None:
+    async def _retire(
+        self, conn: asyncssh.SSHClientConnection, bridge: BridgeSession | None
+    ) -> None:
         while bridge is not None and not bridge.closed and bridge.in_flight > 0:
             await asyncio.sleep(1.0)
         if bridge is not None:
             bridge.close()
         conn.close()
 
-    async def bridge(self) -> Bridge:
+    async def bridge(self) -> BridgeSession:
         """The running bridge on this connection, starting one if needed."""
         self._maybe_renew()
         b = self._bridge
@@ -399,7 +401,7 @@ class HostConnection:
                 raise self._bridge_error.again()
             conn = await self.connection()
             try:
-                b = await Bridge.open(
+                b = await BridgeSession.open(
                     conn,
                     self.name,
                     timeout=self.host.connect_timeout,
@@ -465,16 +467,18 @@ class Pool:
 
     def __init__(
         self,
-        hosts: Config | Sequence[HostConfig],
+        hosts: Fleet | Sequence[HostConfig],
         options: PoolOptions | None = None,
         *,
         identity: str | None = None,
     ) -> None:
-        self.hosts = list(hosts.hosts if isinstance(hosts, Config) else hosts)
+        self.hosts = list(hosts if isinstance(hosts, Sequence) else hosts.hosts)
         if options is None:
-            fleet = hosts.fleet if isinstance(hosts, Config) else FleetSettings()
+            fleet = FleetSettings() if isinstance(hosts, Sequence) else hosts.fleet
             extra: dict[str, Any] = {}
-            ssh = hosts.ssh if isinstance(hosts, Config) else None
+            # A loaded config may say [ssh] certificates (duck-typed: the client does not
+            # know the config's schema).
+            ssh = None if isinstance(hosts, Sequence) else getattr(hosts, "ssh", None)
             if ssh is not None and ssh.certificates:
                 # A terminal read: every connection is signed for the person running it.
                 extra["certs"] = CertPolicy.from_settings(ssh, identity)

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from .errors import EXIT_LIMIT, EXIT_OK, ClientError, ConnectionLost, error_for_exit
+from ..gate.vocabulary import Status as Status  # re-exported: the client's API
+from .errors import ClientError, ConnectionLost, error_for_exit
 
 
 @dataclass(frozen=True)
@@ -34,27 +35,10 @@ class Position:
         return (self.ino, self.off, self.tag)
 
 
-@dataclass(frozen=True)
-class Status:
-    """How a request ended, as the gate reported it (bridge END or exit status + stderr)."""
-
-    exit: int
-    reason: str = ""
-    lines: int = 0
-    bytes: int = 0
-    truncated: bool = False
-    pos: tuple[int, int, int] | None = None  # a plain file's tail: where a follow continues
-
-    @property
-    def ok(self) -> bool:
-        """Data is complete or was cut at a limit (`truncated`): either way, show it."""
-        return self.exit in (EXIT_OK, EXIT_LIMIT)
-
-
 class Stream:
     """Chunks of one request; iterate, then read `status`. Cancel by `aclose()`.
 
-    Iteration raises the request's error (`GateError` subclass, `ConnectionLost`, ...)
+    Iteration raises the request's error (`GateExitError` subclass, `ConnectionLost`, ...)
     when it ends with one; a limit (exit 5) is not an error here: the stream ends and
     `status.truncated` says so.
     """
@@ -73,8 +57,10 @@ class Stream:
         self.position: Position | None = None  # the last position read past (positions=True)
 
     # ------------------------------------------------------------------ network side
+    # Called by the transport that owns this stream (bridge.py, oneshot.py).
 
-    def _push(self, data: bytes) -> None:
+    def deliver(self, data: bytes) -> None:
+        """A chunk of the request's output arrived."""
         if self._closed:
             return
         self._chunks.append(data)
@@ -83,13 +69,15 @@ class Stream:
         self.max_buffered = max(self.max_buffered, self._buffered)
         self._wake()
 
-    def _push_position(self, pos: Position) -> None:
+    def deliver_position(self, pos: Position) -> None:
+        """The gate's position after the data delivered so far (positions=True)."""
         if self._closed:
             return
         self._chunks.append(pos)
         self._wake()
 
-    def _finish(self, status: Status | None, error: ClientError | None = None) -> None:
+    def finish(self, status: Status | None, error: ClientError | None = None) -> None:
+        """The request ended: with the gate's status, or with `error` (first call wins)."""
         if self.status is not None or self._error is not None:
             return
         if status is not None and error is None and not status.ok:
@@ -115,10 +103,10 @@ class Stream:
 
     # ------------------------------------------------------------------ hooks
 
-    def _consumed(self, n: int) -> None:
+    def on_consumed(self, n: int) -> None:
         """The caller took `n` bytes: the transport may let more through."""
 
-    def _cancel(self) -> None:
+    def on_cancel(self) -> None:
         """The caller gave up before the end: tell the worker to stop."""
 
     # ------------------------------------------------------------------ caller side
@@ -140,7 +128,7 @@ class Stream:
                 if isinstance(data, Position):
                     return data
                 self._buffered -= len(data)
-                self._consumed(len(data))
+                self.on_consumed(len(data))
                 return data
             if self._error is not None:
                 self._closed = True
@@ -189,7 +177,7 @@ class Stream:
         self._chunks.clear()
         self._buffered = 0
         if not self.done:
-            self._cancel()
+            self.on_cancel()
         self._wake()
 
     async def __aenter__(self) -> Stream:

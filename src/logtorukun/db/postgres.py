@@ -37,7 +37,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 SCHEMES = ("postgresql://", "postgres://")
 TIMEOUT = 3.0  # seconds: a free pool connection, a new connection, a statement, a lock
 APPEND_LOCK = 0x6C746B61  # pg_advisory_xact_lock key serialising audit appends ("ltka")
-PG_SCHEMA = "1"  # what the newest file in db/migrations/ writes into audit_meta
+FOLLOW_LOCK = 0x6C746B66  # ... and the per-user follow count ("ltkf")
+PG_SCHEMA = "2"  # what the newest file in db/migrations/ writes into audit_meta
 
 
 def is_url(value: object) -> bool:
@@ -113,9 +114,10 @@ class Database:
                 db = _POOLS[url] = cls(url)
             return db
 
-    def connect(self) -> sqlite3.Connection:
-        """A `sqlite3.Connection` look-alike (see the module docstring)."""
-        return cast(sqlite3.Connection, PgConnection(self))
+    def connect(self, lock: int = APPEND_LOCK) -> sqlite3.Connection:
+        """A `sqlite3.Connection` look-alike (see the module docstring); `BEGIN
+        IMMEDIATE` on it takes the advisory lock `lock`."""
+        return cast(sqlite3.Connection, PgConnection(self, lock))
 
     def close(self) -> None:
         with _POOLS_LOCK:
@@ -167,8 +169,9 @@ class _Rows:
 class PgConnection:
     """Statements on a pool; a transaction holds one connection from BEGIN to its end."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, lock: int = APPEND_LOCK) -> None:
         self.db = db
+        self.lock = lock
         self._conn: psycopg.Connection[Any] | None = None  # held during a transaction
         self._closed = False
 
@@ -213,7 +216,7 @@ class PgConnection:
         try:
             if write:
                 conn.execute("BEGIN")
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock,))
             else:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         except psycopg.Error as exc:

@@ -132,9 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(policy, AuditLog(policy.audit), identity_from_env(dict(os.environ)))
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     if command.strip(" ") == "bridge":
-        from .bridge import Bridge
+        from .bridge import BridgeServer
 
-        return Bridge(ctx).run()
+        return BridgeServer(ctx).run()
     from . import grammar
 
     try:

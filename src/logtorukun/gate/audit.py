@@ -46,7 +46,7 @@ def bounded_line(record: dict[str, Any]) -> str:
     its original length in `command_length`; `via` is capped (kept as a cut JSON string
     in `via_cut` when too big); other strings are cut if the line is still too long.
     """
-    from .grammar import MAX_COMMAND
+    from .vocabulary import MAX_COMMAND
 
     rec = {k: record[k] for k in _FIRST if k in record}
     rec.update((k, v) for k, v in record.items() if k not in rec)

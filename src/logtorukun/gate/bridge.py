@@ -41,11 +41,12 @@ from .protocol import (
     PROTOCOL_VERSION,
     REQUEST,
     WINDOW,
+    FrameError,
     FrameReader,
-    ProtocolError,
     pack,
 )
 from .runner import Context, Result, deny, is_quick, serve
+from .vocabulary import Request, Status
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class _Budget:
         self.held = 0
         self.cond = threading.Condition()
 
-    def take(self, n: int, stream: _Stream) -> None:
+    def take(self, n: int, stream: _ServedStream) -> None:
         """Reserve `n` bytes, waiting (paused) while the session holds its cap."""
         with self.cond:
             while self.held and self.held + n > self.cap:
@@ -107,7 +108,7 @@ class _Writer:
                 raise BrokenPipeError() from None
 
 
-class _Stream:
+class _ServedStream:
     """One request's credit window and cancellation flag."""
 
     def __init__(self, rid: int, writer: _Writer) -> None:
@@ -164,28 +165,27 @@ class _Stream:
             view = view[n:]
 
     def end(self, result: Result, before: bytes = b"") -> None:
-        body = {
-            "exit": int(result.code),
-            "reason": result.reason,
-            "lines": result.lines,
-            "bytes": self.sent,
-            "truncated": result.truncated,
-        }
-        if result.position is not None:
-            body["pos"] = list(result.position)
-        self.writer.send(END, self.rid, json.dumps(body).encode(), before)
+        status = Status(
+            exit=int(result.code),
+            reason=result.reason,
+            lines=result.lines,
+            bytes=self.sent,
+            truncated=result.truncated,
+            pos=result.position,
+        )
+        self.writer.send(END, self.rid, status.to_json(), before)
 
 
-class Bridge:
+class BridgeServer:
     def __init__(self, ctx: Context, infd: int = 0, outfd: int = 1) -> None:
         self.ctx = ctx
         self.infd = infd
         self.writer = _Writer(outfd)
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, _ServedStream] = {}
         self.lock = threading.Lock()
         self.budget = _Budget(ctx.policy.limits.session_buffer)
         # Requests waiting for one of the MAX_RUNNING worker threads, oldest first.
-        self.queue: collections.deque[tuple[_Stream, str, Any, bool]] = collections.deque()
+        self.queue: collections.deque[tuple[_ServedStream, str, Any, bool]] = collections.deque()
         self.workers = 0
 
     def run(self) -> int:
@@ -242,7 +242,7 @@ class Bridge:
                         self._bad_frame(
                             ftype, rid, f"malformed {FRAME_NAMES.get(ftype, f'type {ftype}')} frame"
                         )
-        except ProtocolError as exc:
+        except FrameError as exc:
             _stderr(f"bridge protocol error: {exc}")
             code = int(Exit.BAD_REQUEST)
         except (BrokenPipeError, ConnectionError):
@@ -286,17 +286,17 @@ class Bridge:
             stream.cancel()
             return
         with contextlib.suppress(BrokenPipeError):
-            _Stream(rid, self.writer).end(result)
+            _ServedStream(rid, self.writer).end(result)
 
     def _request(self, rid: int, payload: bytes) -> None:
-        stream = _Stream(rid, self.writer)
+        stream = _ServedStream(rid, self.writer)
         stream.budget = self.budget
         with self.lock:
             if rid in self.streams:
                 # An END on this id would end the client's running request: the
                 # client has lost track of its ids, so the session cannot go on.
                 deny("<REQUEST frame>", self.ctx, Exit.BAD_REQUEST, f"request id {rid} reused")
-                raise ProtocolError(f"request id {rid} is already in use")
+                raise FrameError(f"request id {rid} is already in use")
             busy = len(self.streams) >= MAX_STREAMS
             if not busy:
                 self.streams[rid] = stream
@@ -346,7 +346,7 @@ class Bridge:
                 stream.thread = threading.current_thread()
             self._threaded(stream, command, via, positions)
 
-    def _output(self, sink: Any, stream: _Stream, positions: bool = False) -> Output:
+    def _output(self, sink: Any, stream: _ServedStream, positions: bool = False) -> Output:
         lim = self.ctx.policy.limits
         marker = None
         if positions:
@@ -364,7 +364,11 @@ class Bridge:
         )
 
     def _threaded(
-        self, stream: _Stream, command: str, via: dict[str, Any] | None, positions: bool = False
+        self,
+        stream: _ServedStream,
+        command: str,
+        via: dict[str, Any] | None,
+        positions: bool = False,
     ) -> None:
         try:
             self._serve(stream, command, via, positions)
@@ -374,13 +378,16 @@ class Bridge:
                 self._finish(stream, deny(command, self.ctx, Exit.FAILED, reason, via=via))
 
     def _serve(
-        self, stream: _Stream, command: str, via: dict[str, Any] | None, positions: bool
+        self, stream: _ServedStream, command: str, via: dict[str, Any] | None, positions: bool
     ) -> None:
         lim = self.ctx.policy.limits
+        # Parsed once, here: serve() gets the request (or the refusal to audit) as it is.
+        parsed: Request | GateError
+        request: Request | None
         try:
-            request = grammar.parse(command)
-        except GateError:
-            request = None  # serve() refuses it, with its audit record
+            request = parsed = grammar.parse(command)
+        except GateError as exc:
+            request, parsed = None, exc
         follow = bool(getattr(request, "follow", False))
         stream.limit = lim.follow_max_seconds if follow else lim.max_seconds
         stream.deadline = time.monotonic() + stream.limit
@@ -388,10 +395,11 @@ class Bridge:
         # the credit window); the rest is streamed as it comes.
         quick = request is None or (is_quick(request) and not positions)
         sink = _Sink(stream, self.budget, gather=quick)
-        result = serve(command, self.ctx, self._output(sink.write, stream, positions), via=via)
+        out = self._output(sink.write, stream, positions)
+        result = serve(command, self.ctx, out, via=via, parsed=parsed)
         self._finish(stream, result, sink.take_gathered())
 
-    def _finish(self, stream: _Stream, result: Result, data: bytes = b"") -> None:
+    def _finish(self, stream: _ServedStream, result: Result, data: bytes = b"") -> None:
         with self.lock:
             self.streams.pop(stream.rid, None)
         with contextlib.suppress(BrokenPipeError):
@@ -404,7 +412,7 @@ class _Sink:
     """Where a bridge request's bytes go: reserved in the session budget, then either
     gathered (a quick answer, while it fits the stream's credit) or sent as DATA."""
 
-    def __init__(self, stream: _Stream, budget: _Budget, *, gather: bool) -> None:
+    def __init__(self, stream: _ServedStream, budget: _Budget, *, gather: bool) -> None:
         self.stream = stream
         self.budget = budget
         self.gathered: bytearray | None = bytearray() if gather else None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from .output import LimitReached, Output
 from .protocol import POS_EVERY
-from .readers import _FIRST_BLOCK, CHUNK, LINE_CAP, _Shrunk, _tail_plain, tag_at
+from .readers import CHUNK, FIRST_BLOCK, LINE_CAP, Shrunk, tag_at, tail_plain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class _Follower:
         """Send the last `n` complete lines; a partial last line waits for its newline."""
         size = os.fstat(self.fd).st_size
         complete_end = size
-        look = min(size, _FIRST_BLOCK)
+        look = min(size, FIRST_BLOCK)
         while look:
             buf = os.pread(self.fd, look, size - look)
             if len(buf) != look:
@@ -81,8 +81,8 @@ class _Follower:
         if n > 0 and complete_end > 0:
             for _attempt in range(3):
                 try:
-                    _tail_plain(self.fd, complete_end, n, self.out)
-                except _Shrunk:
+                    tail_plain(self.fd, complete_end, n, self.out)
+                except Shrunk:
                     complete_end = 0  # truncated before we started: follow from the top
                     continue
                 break

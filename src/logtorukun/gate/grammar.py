@@ -13,16 +13,26 @@ from __future__ import annotations
 import re
 
 from .errors import Exit, GateError
-from .record import record
-
-MAX_COMMAND = 4096
-MAX_PATH = 1024
-MAX_PATTERN = 1024
+from .vocabulary import (
+    JOURNAL_OUTPUTS,
+    MAX_COMMAND,
+    MAX_PATH,
+    PATH_RULE,
+    BridgeRequest,
+    Docker,
+    Grep,
+    Head,
+    Help,
+    Journal,
+    Range,
+    Request,
+    SourcesRequest,
+    Tail,
+    pattern_problem,
+)
 
 _NUMBER = r"[0-9]{1,9}"
 # Patterns stay strings: re compiles (and caches) only the ones a request uses.
-# Absolute, printable ASCII without spaces or backslashes: look-alike letters are refused.
-_PATH = r"/[!-\[\]-~]*"
 _ABS_TIME = (
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[ T][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?)?"
     r"(?:Z|[+-][0-9]{2}:?[0-9]{2})?"
@@ -33,98 +43,7 @@ _PRIORITY = (
     r"(?:[0-7]|emerg|alert|crit|err|warning|notice|info|debug)"
     r"(?:\.\.(?:[0-7]|emerg|alert|crit|err|warning|notice|info|debug))?"
 )
-_JOURNAL_OUTPUTS = ("short", "short-iso", "short-precise", "json", "cat")
-# \1..\9 (ERE and PCRE), and PCRE2's other spellings for journalctl -g: \g1 \g{-1}
-# \k<n> (?P=n), and its recursion (?R) (?1) (?-1) (?&n) (?P>n).
-_BACKREF = r"\\[1-9]|\\[gk]|\(\?(?:P[=>]|&|R\)|[+-]?[0-9])"
-_REPEAT = r"\{([0-9]*)(?:,([0-9]*))?\}"
-MAX_REPEAT = 255
-# grep -E compiles `(x{a}){b}` by copying x a*b times: nested counts multiply, and
-# `((a{255}){255}){255}` alone grew grep past 10 GB. The product of the counts around
-# any atom must stay at MAX_REPEAT, and the pattern's whole expansion under this budget.
-MAX_EXPANSION = 8192
 
-
-@record(frozen=True)
-class Tail:
-    path: str
-    lines: int
-    follow: bool = False
-    # `--from INO:OFF[:TAG]`: follow from that inode and offset; TAG (readers.tag_at)
-    # proves the file there is still the one that position was taken in.
-    start: tuple[int, int, int | None] | None = None
-    # `--before INO:OFF`: the N lines that end at OFF of that file (paging back in history)
-    before: tuple[int, int] | None = None
-
-
-@record(frozen=True)
-class Head:
-    """`head -n N PATH` and `cat PATH` (N = None: up to the policy's caps)."""
-
-    path: str
-    lines: int | None
-
-
-@record(frozen=True)
-class Grep:
-    path: str
-    pattern: str
-    regex: bool = False
-    ignore_case: bool = False
-    invert: bool = False
-    count: bool = False
-    max_count: int | None = None
-    line_numbers: bool = False
-    word: bool = False
-    tail: int | None = None  # `| tail -n N`: keep only the last N output lines
-
-
-@record(frozen=True)
-class Range:
-    path: str
-    since: str
-    until: str | None = None
-    max_lines: int | None = None
-
-
-@record(frozen=True)
-class Journal:
-    unit: str
-    lines: int | None = None
-    since: str | None = None
-    until: str | None = None
-    grep: str | None = None
-    priority: str | None = None
-    output: str = "short-iso"
-    follow: bool = False
-
-
-@record(frozen=True)
-class Docker:
-    container: str
-    tail: int | None = None
-    timestamps: bool = False
-    since: str | None = None
-    until: str | None = None
-    follow: bool = False
-
-
-@record(frozen=True)
-class Sources:
-    pass
-
-
-@record(frozen=True)
-class Bridge:
-    pass
-
-
-@record(frozen=True)
-class Help:
-    pass
-
-
-Request = Tail | Head | Grep | Range | Journal | Docker | Sources | Bridge | Help
 
 USAGE = """\
 tail -n N [--before INO:OFF] PATH | head -n N PATH | cat PATH
@@ -298,7 +217,7 @@ def number(verb: str, opt: str, text: str) -> int:
 def check_path(verb: str, text: str) -> str:
     if len(text) > MAX_PATH:
         raise bad(f"{verb}: path longer than {MAX_PATH} characters")
-    if not re.fullmatch(_PATH, text):
+    if not re.fullmatch(PATH_RULE, text):
         if text.startswith("-"):
             raise bad(f"{verb}: {text!r} is not an accepted option or an absolute path")
         raise bad(f"{verb}: path must be absolute and plain ASCII without spaces: {text!r}")
@@ -309,98 +228,10 @@ def check_path(verb: str, text: str) -> str:
 
 
 def check_pattern(verb: str, text: str, regex: bool) -> str:
-    if not text:
-        raise bad(f"{verb}: empty pattern (it would match every line; use tail)")
-    if len(text) > MAX_PATTERN:
-        raise bad(f"{verb}: pattern longer than {MAX_PATTERN} characters")
-    if not text.isascii():
-        import unicodedata
-
-        for ch in text:
-            if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
-                raise bad(f"{verb}: invisible or control character U+{ord(ch):04X} in pattern")
-    if regex:
-        if re.search(_BACKREF, text):
-            raise bad(f"{verb}: back-references are refused (they make matching exponential)")
-        for m in re.finditer(_REPEAT, text):
-            for g in m.groups():
-                if g and int(g) > MAX_REPEAT:
-                    raise bad(f"{verb}: repetition count {g} is over {MAX_REPEAT}")
-        nested, total = repetition_cost(text)
-        if nested > MAX_REPEAT:
-            raise bad(
-                f"{verb}: nested repetition counts multiply to {nested} (at most {MAX_REPEAT});"
-                " the regex engine would copy the inner part that many times"
-            )
-        if total > MAX_EXPANSION:
-            raise bad(
-                f"{verb}: counted repetitions expand the pattern to {total} atoms"
-                f" (at most {MAX_EXPANSION}); use fewer or smaller {{n,m}} counts"
-            )
+    why = pattern_problem(text, regex)
+    if why is not None:
+        raise bad(f"{verb}: {why}")
     return text
-
-
-def repetition_cost(text: str) -> tuple[int, int]:
-    """`(nested, total)` for a regex: the largest product of `{n,m}` counts around one
-    atom, and the number of atoms once every counted repetition is copied out (what
-    grep's compiler does). `*`, `+` and `?` copy nothing. A scan, not a full parser:
-    it only has to be right about groups, brackets, escapes and counts."""
-    # Each open group: [total atoms so far, its largest nesting product, size of the
-    # last atom, nesting product of the last atom]
-    stack: list[list[int]] = [[0, 1, 0, 1]]
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        top = stack[-1]
-        if c == "\\":
-            i += 2
-            size, prod = 1, 1
-        elif c == "[":
-            j = i + 1
-            if j < n and text[j] == "^":
-                j += 1
-            if j < n and text[j] == "]":
-                j += 1
-            while j < n and text[j] != "]":
-                j = text.find("]", j + 2) + 1 if text.startswith(("[:", "[.", "[="), j) else j + 1
-                if j <= 0:
-                    j = n
-            i = j + 1
-            size, prod = 1, 1
-        elif c == "(":
-            stack.append([0, 1, 0, 1])
-            i += 1
-            continue
-        elif c == ")" and len(stack) > 1:
-            done = stack.pop()
-            top = stack[-1]
-            i += 1
-            size, prod = done[0], done[1]
-        elif c == "{" and (m := re.compile(_REPEAT).match(text, i)) and m.group(0) != "{}":
-            lo, hi = m.group(1), m.group(2)
-            count = int(hi) if hi else int(lo or 1)
-            count = max(count, 1)
-            i = m.end()
-            # the previous atom is copied `count` times
-            top[0] += top[2] * (count - 1)
-            top[3] *= count
-            top[2] *= count
-            top[1] = max(top[1], top[3])
-            continue
-        elif c in "|":
-            i += 1
-            continue
-        else:
-            i += 1
-            size, prod = (0, 1) if c in "*+?^$" else (1, 1)
-        top[0] += size
-        top[2], top[3] = size, prod
-        top[1] = max(top[1], prod)
-    while len(stack) > 1:  # unbalanced: grep refuses it, but count what is there
-        done = stack.pop()
-        stack[-1][0] += done[0]
-        stack[-1][1] = max(stack[-1][1], done[1])
-    return stack[0][1], stack[0][0]
 
 
 def _one(verb: str, pos: list[str], what: str) -> str:
@@ -562,8 +393,8 @@ def _journal(args: list[str]) -> Journal:
     if "u" not in got or sum(1 for n, _ in opts if n == "u") != 1:
         raise bad("journalctl: exactly one -u UNIT is required")
     output = got.get("o", "short-iso")
-    if output not in _JOURNAL_OUTPUTS:
-        raise bad(f"journalctl: -o {output!r} is not accepted ({', '.join(_JOURNAL_OUTPUTS)})")
+    if output not in JOURNAL_OUTPUTS:
+        raise bad(f"journalctl: -o {output!r} is not accepted ({', '.join(JOURNAL_OUTPUTS)})")
     prio = got.get("p")
     if prio is not None and not re.fullmatch(_PRIORITY, prio):
         raise bad(f"journalctl: -p {prio!r} is not a priority (0-7, err, warning..., or A..B)")
@@ -614,26 +445,11 @@ def _bare(verb: str, args: list[str], req: Request) -> Request:
     return req
 
 
-_PARSED: dict[str, Request] = {}
-
-
 def parse(command: str) -> Request:
     """One command line -> one request, or GateError(BAD_REQUEST) with a one-line reason.
 
-    Requests are immutable and parsing is pure, so a bridge session keeps the last few
-    hundred: it parses each request twice (to choose inline or thread, then in serve) and
-    a web server sends the same commands again and again. Refusals are never cached.
-    """
-    req = _PARSED.get(command)
-    if req is None:
-        req = _parse(command)
-        if len(_PARSED) >= 512:
-            _PARSED.clear()
-        _PARSED[command] = req
-    return req
-
-
-def _parse(command: str) -> Request:
+    Pure and cheap; a caller that needs the request twice keeps it (the bridge hands
+    what it parsed to runner.serve)."""
     # surrogatepass: a lone surrogate (bridge JSON "\ud800") must be a refusal, not a crash.
     if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND:
         raise bad(f"command longer than {MAX_COMMAND} bytes")
@@ -643,7 +459,7 @@ def _parse(command: str) -> Request:
     pipe_at = [i for i, t in enumerate(tokens) if t is PIPE]
     words = [t for t in tokens if isinstance(t, str)]
     if pipe_at:
-        # Only the brief's `grep ... | tail -n N` ("the last N matches") is a pipeline.
+        # Only `grep ... | tail -n N` of docs/gate.md ("the last N matches") is a pipeline.
         at = pipe_at[0]
         left = [t for t in tokens[:at] if isinstance(t, str)]
         right = [t for t in tokens[at + 1 :] if isinstance(t, str)]
@@ -669,9 +485,9 @@ def _parse(command: str) -> Request:
     if verb == "docker":
         return _docker(args)
     if verb == "sources":
-        return _bare(verb, args, Sources())
+        return _bare(verb, args, SourcesRequest())
     if verb == "bridge":
-        return _bare(verb, args, Bridge())
+        return _bare(verb, args, BridgeRequest())
     if verb == "help":
         return _bare(verb, args, Help())
     shown = verb if verb.isprintable() and len(verb) <= 40 else verb[:40].encode("unicode_escape")

@@ -12,17 +12,13 @@ import re
 from .errors import Exit, GateError
 from .globs import Glob, GlobError, compile_glob
 from .record import field, record
+from .vocabulary import CONTAINER_NAME, UNIT_NAME
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_POLICY = "/etc/logtorukun/policy.toml"
-
-# Unit and container names as the gate accepts them: no spaces, no '=', no '+',
-# never starting with '-', so they can only ever be a name, not a match or an option.
-UNIT_NAME = r"[A-Za-z0-9_][A-Za-z0-9@_.:-]{0,254}"
-CONTAINER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 
 
 @record(frozen=True)
@@ -128,7 +124,7 @@ def _parsed_toml(path: str, raw: bytes) -> dict[str, Any]:
     import marshal
     import zlib
 
-    from .slots import default_state_dir, private_dir
+    from .statedir import default_state_dir, private_dir
 
     key = (path, len(raw), zlib.crc32(raw))
     cache = os.path.join(default_state_dir(), "policy.cache")

@@ -46,7 +46,7 @@ WINDOW = 1 << 20  # initial per-request credit, in bytes
 POS_EVERY = 1.0  # an idle follow with positions sends a POS at least this often (seconds)
 
 
-class ProtocolError(Exception):
+class FrameError(Exception):
     """The peer broke the framing; the session cannot continue."""
 
 
@@ -89,7 +89,7 @@ class FrameReader:
                     break
                 continue
             if length > self._max:
-                raise ProtocolError(f"frame of {length} bytes is over the {self._max} limit")
+                raise FrameError(f"frame of {length} bytes is over the {self._max} limit")
             end = pos + hsize + length
             if len(buf) < end:
                 break

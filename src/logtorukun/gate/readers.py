@@ -22,7 +22,7 @@ from .output import LimitReached, Output
 
 CHUNK = 1 << 20  # forward reads and writes: large, so throughput is not per-line
 LINE_CAP = 1 << 20  # a partial line held longer than this goes out in pieces
-_FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical logs
+FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical logs
 _MAX_BLOCK = 1 << 20
 _GZ_INPUT = 1 << 18
 
@@ -92,14 +92,14 @@ class LineBuffer:
         return data
 
 
-class _Shrunk(Exception):
+class Shrunk(Exception):
     """The file got shorter under a read (copytruncate); the caller starts over."""
 
 
 def _pread_exact(fd: int, length: int, offset: int) -> bytes:
     data = os.pread(fd, length, offset)
     if len(data) != length:
-        raise _Shrunk()
+        raise Shrunk()
     return data
 
 
@@ -119,7 +119,7 @@ def _tail_start(
     pos = end
     found = 0  # separators found: the last `found` lines start at `earliest`
     earliest = end
-    block = _FIRST_BLOCK
+    block = FIRST_BLOCK
     first = True
     while pos > floor:
         lo = max(floor, pos - block)
@@ -158,7 +158,7 @@ def emit_span(fd: int, start: int, end: int, out: Output, max_lines: int | None 
     pos = start
     held = LineBuffer()
     # With a line limit, start small and grow: `-m 200` should not read a whole MiB.
-    size = CHUNK if max_lines is None else min(_FIRST_BLOCK * 4, CHUNK)
+    size = CHUNK if max_lines is None else min(FIRST_BLOCK * 4, CHUNK)
     while pos < end:
         out.check_time()
         want = min(size, end - pos)
@@ -236,7 +236,7 @@ def first_lines(data: bytes, k: int) -> bytes:
     return data[:pos]
 
 
-def _tail_plain(fd: int, end: int, n: int, out: Output) -> None:
+def tail_plain(fd: int, end: int, n: int, out: Output) -> None:
     """The last `n` lines of `[0, end)`: the newest lines that fit the caps, then the cap
     is reported if that was fewer than the file has."""
     room_lines = out.max_lines - out.lines
@@ -268,10 +268,10 @@ def tail(fd: int, n: int, out: Output, *, gz: bool = False) -> None:
         end = st.st_size
         try:
             try:
-                _tail_plain(fd, end, n, out)
+                tail_plain(fd, end, n, out)
             finally:
                 out.position = (st.st_ino, end, tag_at(fd, end))  # a follow continues here
-        except _Shrunk:
+        except Shrunk:
             continue  # copytruncate while we were scanning: look again at the new size
         return
     raise GateError(Exit.FAILED, "the file kept shrinking while it was being read")
@@ -291,8 +291,8 @@ def tail_before(fd: int, off: int, n: int, out: Output, *, gz: bool = False) -> 
     if off > st.st_size:
         raise GateError(Exit.BAD_REQUEST, f"--before {off} is past the end ({st.st_size} bytes)")
     try:
-        _tail_plain(fd, off, n, out)
-    except _Shrunk:
+        tail_plain(fd, off, n, out)
+    except Shrunk:
         raise GateError(Exit.FAILED, "the file was truncated while it was being read") from None
     out.position = (st.st_ino, off, tag_at(fd, off))
 

@@ -18,11 +18,23 @@ from collections.abc import Callable
 from . import GATE_VERSION, grammar, slots
 from .audit import AuditLog, now_iso
 from .errors import Cancelled, Exit, GateError
-from .grammar import Bridge, Docker, Grep, Head, Help, Journal, Range, Request, Sources, Tail
 from .output import LimitReached, Output
 from .paths import open_under
 from .policy import Policy
 from .record import field, record
+from .vocabulary import (
+    BridgeRequest,
+    Docker,
+    Grep,
+    Head,
+    Help,
+    Journal,
+    Range,
+    Request,
+    SourcesRequest,
+    Tail,
+    grep_options,
+)
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
@@ -73,7 +85,7 @@ class Plan:
 def is_quick(request: Request) -> bool:
     """Served inline by a bridge: bounded, in-process, no waiting, a few reads at most.
     Exactly the requests that take no concurrency slot."""
-    return isinstance(request, Sources | Help) or (
+    return isinstance(request, SourcesRequest | Help) or (
         isinstance(request, Tail) and not request.follow and not request.path.endswith(".gz")
     )
 
@@ -85,12 +97,20 @@ def serve(
     *,
     via: dict[str, Any] | None = None,
     plan_hook: Callable[[Plan], None] | None = None,
+    parsed: Request | GateError | None = None,
 ) -> Result:
-    """Run `command`; every outcome, including refusals, is audited. Never raises GateError."""
+    """Run `command`; every outcome, including refusals, is audited. Never raises GateError.
+
+    `parsed`: what `grammar.parse(command)` gave a caller that parsed it already (the
+    bridge, to choose a thread or not): the request, or the refusal to audit.
+    """
     t0 = time.monotonic()
     base = _base(command, ctx, via)
     try:
-        plan = authorize(grammar.parse(command), ctx.policy)
+        request = grammar.parse(command) if parsed is None else parsed
+        if isinstance(request, GateError):
+            raise request
+        plan = authorize(request, ctx.policy)
     except GateError as exc:
         return _refuse(ctx, base, exc)
     slot = None
@@ -190,12 +210,12 @@ def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
 def authorize(req: Request, policy: Policy) -> Plan:
     """Check `req` against the policy and open what it reads; refusals raise GateError."""
     lim = policy.limits
-    if isinstance(req, Bridge):
+    if isinstance(req, BridgeRequest):
         raise GateError(Exit.BAD_REQUEST, "bridge cannot be nested inside a request")
     if isinstance(req, Help):
         text = grammar.USAGE.encode()
         return Plan(req, lambda out: out.write(text), needs_slot=False)
-    if isinstance(req, Sources):
+    if isinstance(req, SourcesRequest):
         return Plan(req, lambda out: out.write(sources_json(policy)), needs_slot=False)
     if isinstance(req, Journal):
         if not _allowed_unit(req.unit, policy):
@@ -314,16 +334,34 @@ def authorize(req: Request, policy: Policy) -> Plan:
         plan.run = lambda out: read_range(fd, since, until, out, max_lines=req.max_lines, gz=gz)
     else:
         argv = grep_argv(req, policy)
-        plan.run = lambda out: run_child(
-            argv,
-            fd,
-            out,
-            seconds=lim.max_seconds,
-            limits=policy,
-            keep_last=req.tail,
-            gunzip=gz,
-        )
+
+        def run_grep(out: Output) -> None:
+            try:
+                run_child(
+                    argv,
+                    fd,
+                    out,
+                    seconds=lim.max_seconds,
+                    limits=policy,
+                    keep_last=req.tail,
+                    gunzip=gz,
+                )
+            except GateError as exc:
+                raise _bad_pattern(req, argv[0], exc) from None
+
+        plan.run = run_grep
     return plan
+
+
+def _bad_pattern(req: Grep, program: str, exc: GateError) -> GateError:
+    """grep reads our pipe and gets options we built, so when it fails (exit 2) on an
+    extended regex, the pattern is what is wrong: a bad request naming it, not a failure
+    of the worker."""
+    failed = f"{os.path.basename(program)} failed: "
+    if not (req.regex and exc.code == Exit.FAILED and exc.reason.startswith(failed)):
+        return exc
+    why = exc.reason[len(failed) :].removeprefix("grep: ")
+    return GateError(Exit.BAD_REQUEST, f"grep: the pattern {req.pattern!r} is not valid: {why}")
 
 
 def _follow_reason(seconds: float) -> str:
@@ -372,20 +410,9 @@ def _allowed_unit(unit: str, policy: Policy) -> bool:
 
 
 def grep_argv(req: Grep, policy: Policy) -> list[str]:
-    argv = [policy.programs.grep, "-a", "--color=never", "-E" if req.regex else "-F"]
-    for on, flag in (
-        (req.ignore_case, "-i"),
-        (req.invert, "-v"),
-        (req.count, "-c"),
-        (req.line_numbers, "-n"),
-        (req.word, "-w"),
-    ):
-        if on:
-            argv.append(flag)
-    if req.max_count is not None:
-        argv += ["-m", str(req.max_count)]
-    # -e: the pattern is a pattern even when it starts with '-'. No file operand: stdin.
-    return [*argv, "-e", req.pattern]
+    # The options as the request spelled them (vocabulary.grep_options, ending `-e
+    # PATTERN`); no file operand: grep reads the file from stdin.
+    return [policy.programs.grep, "-a", "--color=never", *grep_options(req)]
 
 
 def journal_argv(req: Journal, policy: Policy) -> list[str]:

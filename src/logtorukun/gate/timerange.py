@@ -1,6 +1,6 @@
 """The `range` verb: the lines of a log between two timestamps, found by binary search.
 
-`range --since TIME [--until TIME] [-m N] PATH` replaces the brief's
+`range --since TIME [--until TIME] [-m N] PATH` replaces the original article's
 `grep '2024-12-17 14:'`: instead of reading the whole file it bisects on byte offsets
 with `os.pread`, so a window of a multi-GiB log costs a few dozen small reads.
 
@@ -38,7 +38,7 @@ __all__ = ["DETECT_BYTES", "TimeKey", "parse_time_arg", "read_range"]
 DETECT_BYTES = 1 << 16  # the format must show up in the first 64 KiB
 _LINEAR = 1 << 12  # below this span, scan instead of bisecting (parsing heads is slow)
 _HEAD = 64  # bytes of a line that hold its timestamp
-_FIRST_BLOCK = 4096  # a probe's first read; must be >= _HEAD
+FIRST_BLOCK = 4096  # a probe's first read; must be >= _HEAD
 _MAX_BLOCK = 1 << 20
 
 _Key = tuple[int, ...]
@@ -213,7 +213,7 @@ def _scan(
 
     Only line heads are matched; the rest of each line is skipped with `find`.
     """
-    block = _FIRST_BLOCK
+    block = FIRST_BLOCK
     pos = x - 1 if x > 0 else 0  # file offset of buf[0]
     buf = b""
     i = 0

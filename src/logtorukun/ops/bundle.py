@@ -33,7 +33,7 @@ _FILE_MODE = (stat.S_IFREG | 0o644) << 16
 
 # The top-level package is the web/CLI side and may import third-party modules, so
 # the archive gets a stub instead of the real `logtorukun/__init__.py`: the gate
-# imports nothing of the rest of the package (see DESIGN.md).
+# imports nothing of the rest of the package (tests/test_layering.py holds it).
 _PACKAGE_INIT = '"""logtorukun, gate only (zipapp)."""\n\n__version__ = {version!r}\n'
 
 _MAIN = (

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import functools
 import gzip
 import os
-import pwd
 import random
 import secrets
 import signal
@@ -33,7 +31,9 @@ from typing import TextIO
 
 from ..errors import UserError
 from . import system
-from .bundle import DEFAULT_PYTHON, build_gate_zipapp, gate_command
+from .bundle import DEFAULT_PYTHON
+from .local_worker import LocalWorker
+from .sample_logs import history, log_line
 from .worker import FilesRule, key_line, match_block, policy_text
 
 DEMO_USER = "logtorukun-demo"
@@ -47,57 +47,14 @@ READY = "demo ready"
 
 # --------------------------------------------------------------------------- sample logs
 
-_MESSAGES = {
-    "INFO": [
-        "[api] GET /api/orders/{n} 200 {ms}ms",
-        "[api] POST /api/orders 201 {ms}ms order={n}",
-        "[jobs] job {n} done in {s}s",
-        "[cache] refreshed product catalogue ({k} items)",
-    ],
-    "WARN": [
-        "[db] slow query {ms7}ms: SELECT * FROM orders WHERE id = {n}",
-        "[payments] retrying upstream payment-gw (attempt {a}/5)",
-    ],
-    "ERROR": [
-        "[payments] charge failed for order {n}: card declined",
-        "[db] connection reset by peer (pool=main, in use {a}/20)",
-    ],
-    "DEBUG": ["[api] cache hit key=order:{n}"],
-}
 
-
-def log_line(rng: random.Random, when: datetime) -> str:
-    """One line of the sample app's log: timestamp, level, component, message."""
-    roll = rng.random()
-    level = "ERROR" if roll < 0.07 else "WARN" if roll < 0.2 else "DEBUG" if roll < 0.3 else "INFO"
-    ms = rng.randint(2, 900)
-    text = rng.choice(_MESSAGES[level]).format(
-        n=rng.randint(10000, 99999),
-        ms=ms,
-        ms7=ms * 7,
-        s=f"{ms / 100:.2f}",
-        k=rng.randint(900, 1100),
-        a=rng.randint(2, 5),
-    )
-    return f"{when:%Y-%m-%d %H:%M:%S} {level:<5} {text}"
-
-
-def _history(rng: random.Random, start: datetime, count: int, step: int) -> str:
-    t = start
-    out = []
-    for _ in range(count):
-        out.append(log_line(rng, t))
-        t += timedelta(seconds=rng.randint(1, step))
-    return "\n".join(out) + "\n"
-
-
-def write_sample_logs(root: Path, now: datetime) -> None:
+def write_demo_logs(root: Path, now: datetime) -> None:
     """app.log (the last hour), app.log.1 (yesterday), app.log.2.gz (the day before)."""
     rng = random.Random()
     root.mkdir(parents=True, exist_ok=True)
-    (root / "app.log").write_text(_history(rng, now - timedelta(hours=1), 300, 20))
-    (root / "app.log.1").write_text(_history(rng, now - timedelta(days=1), 500, 150))
-    older = _history(rng, now - timedelta(days=2), 500, 150).encode()
+    (root / "app.log").write_text(history(rng, now - timedelta(hours=1), 300, 20))
+    (root / "app.log.1").write_text(history(rng, now - timedelta(days=1), 500, 150))
+    older = history(rng, now - timedelta(days=2), 500, 150).encode()
     (root / "app.log.2.gz").write_bytes(gzip.compress(older))
     for p in root.iterdir():
         p.chmod(0o644)
@@ -195,20 +152,14 @@ class Demo:
         self._lock: TextIO | None = None
 
         d = state_dir
-        self.client_key = d / "client/id_ed25519"
-        self.known_hosts = d / "client/known_hosts"
-        self.host_key = d / "sshd/ssh_host_ed25519_key"
-        self.sshd_config = d / "sshd/sshd_config"
-        self.sshd_log = d / "sshd/sshd.log"
-        self.zipapp = d / "worker/gate.pyz"
-        self.policy = d / "worker/policy.toml"
-        self.keys_dir = d / "worker/authorized_keys"
+        # The worker: sshd + gate, as the test fixtures run them (ops/local_worker.py).
+        self.worker = LocalWorker(d / "worker", DEMO_USER, name="demo")
+        self.client_key = self.worker.client_key
+        self.known_hosts = self.worker.known_hosts
         self.logs = d / "logs"
         # Fixed, whatever the state dir: changing a user's home fails while another demo
         # (another state dir) has a session open, and the user is shared.
         self.home = Path(DEMO_HOME)
-        self.gate_state = d / "gate-state"
-        self.gate_audit = d / "gate-audit/gate.jsonl"
         self.server_dir = d / "server"
         self.config = d / "server/server.toml"
         self.web_log = d / "server/web.log"
@@ -246,90 +197,39 @@ class Demo:
                     f" world-searchable directories (default {DEFAULT_STATE_DIR})"
                 )
         self.lock()
-        for sub, mode in (("client", 0o700), ("sshd", 0o700), ("worker", 0o755), ("server", 0o700)):
-            (self.dir / sub).mkdir(exist_ok=True)
-            (self.dir / sub).chmod(mode)
-        self.keys_dir.mkdir(mode=0o755, exist_ok=True)
+        (self.dir / "server").mkdir(exist_ok=True)
+        (self.dir / "server").chmod(0o700)
         self.home.mkdir(mode=0o755, parents=True, exist_ok=True)
         system.ensure_system_user(DEMO_USER, self.home)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation
-        pw = pwd.getpwnam(DEMO_USER)
-        for owned in (self.gate_state, self.gate_audit.parent):
-            owned.mkdir(exist_ok=True)
-            os.chown(owned, pw.pw_uid, pw.pw_gid)
-            owned.chmod(0o700)
-        if not self.client_key.exists():
-            system.keygen(self.client_key, "logtorukun-demo-web")
-        if not self.host_key.exists():
-            system.keygen(self.host_key, "logtorukun-demo-host")
-        write_sample_logs(self.logs, datetime.now())
+        self.worker.prepare()
+        write_demo_logs(self.logs, datetime.now())
         self.logs.chmod(0o755)
-        build_gate_zipapp(self.zipapp, python=DEFAULT_PYTHON)
         text = policy_text(
             [_files_rule(self.logs)],
             [],
             [],
-            state_dir=self.gate_state,
-            audit_file=self.gate_audit,
+            state_dir=self.worker.state_dir,
+            audit_file=self.worker.audit_path,
             header="written by `logtorukun demo`",
         )
-        system.write_atomic(self.policy, text.encode(), 0o644)
-        pub = self.client_key.with_name("id_ed25519.pub").read_text().strip()
-        line = key_line(pub, self.gate_command(), ["127.0.0.1", "::1"])
-        system.write_atomic(self.keys_dir / DEMO_USER, f"{line}\n".encode(), 0o644)
+        self.worker.write_policy(text)
+        pub = self.worker.client_public_key()
+        self.worker.write_authorized_key(key_line(pub, self.gate_command(), ["127.0.0.1", "::1"]))
 
     def gate_command(self) -> str:
-        return gate_command(self.zipapp, self.policy, python=DEFAULT_PYTHON)
-
-    def _write_sshd_config(self) -> None:
-        # StrictModes refuses key files below a world-writable directory (/tmp); the
-        # files themselves are root-owned, so relaxing it there loses nothing.
-        loose = any(p.stat().st_mode & stat.S_IWOTH for p in self.dir.parents)
-        text = (
-            "# written by `logtorukun demo`\n"
-            f"Port {self.ssh_port}\n"
-            f"ListenAddress {HOST}\n"
-            f"HostKey {self.host_key}\n"
-            f"PidFile {self.dir / 'sshd/sshd.pid'}\n"
-            "UsePAM no\n"
-            "PasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\n"
-            f"AllowUsers {DEMO_USER}\n"
-            f"StrictModes {'no' if loose else 'yes'}\n"
-            "PrintMotd no\n"
-            "LogLevel VERBOSE\n"
-            "\n" + match_block(DEMO_USER, self.keys_dir / DEMO_USER, self.gate_command())
-        )
-        system.write_atomic(self.sshd_config, text.encode(), 0o600)
-        pub = self.host_key.with_name(self.host_key.name + ".pub").read_text().split()
-        entry = f"[{HOST}]:{self.ssh_port} {pub[0]} {pub[1]}\n"
-        system.write_atomic(self.known_hosts, entry.encode(), 0o600)
+        return self.worker.gate_command()
 
     def start_sshd(self) -> None:
-        choose = self.ssh_port == 0
-        for attempt in range(5):
-            if choose:
-                self.ssh_port = system.free_port()
-            elif not system.port_free(self.ssh_port):
+        w = self.worker
+        if self.ssh_port:
+            if not system.port_free(self.ssh_port):
                 raise UserError(f"port {self.ssh_port} is in use: pass another --ssh-port")
-            self._write_sshd_config()
-            offset = self.sshd_log.stat().st_size if self.sshd_log.exists() else 0
-            proc = system.spawn(
-                [system.SSHD, "-D", "-e", "-f", str(self.sshd_config)], log=self.sshd_log
-            )
-            self.procs["sshd"] = proc
-            ready = f"Server listening on {HOST} port {self.ssh_port}."
-            text = self._wait_for(functools.partial(_logged, self.sshd_log, offset, ready), proc)
-            if text is None:
-                return
-            self._stop_proc("sshd")
-            log = _tail(self.sshd_log, offset).strip().splitlines()
-            if choose and attempt < 4 and any("Address already in use" in ln for ln in log):
-                continue
-            raise UserError(
-                f"sshd did not start ({text}): {log[-1] if log else 'no log'}"
-                f" (full log: {self.sshd_log})"
-            )
+            w.port = self.ssh_port
+            w.trust_host_key()
+        block = match_block(DEMO_USER, w.authorized_keys, self.gate_command())
+        w.start(settings=block.splitlines())
+        self.ssh_port = w.port
 
     def write_server_config(self) -> None:
         q = _q
@@ -367,7 +267,7 @@ capabilities = ["tail", "search"]
 
     def users(self) -> dict[str, str]:
         """admin and viewer with fresh passwords (printed once), and a token for viewer."""
-        from ..web.auth import AuthError, AuthStore
+        from ..web import AuthError, AuthStore
 
         auth = AuthStore(self.server_dir / "logtorukun.db")
         creds: dict[str, str] = {}
@@ -464,9 +364,12 @@ capabilities = ["tail", "search"]
         while not stop.wait(0.5):
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    log = self.sshd_log if name == "sshd" else self.web_log
+                    log = self.web_log
                     self.say(f"logtorukun demo: {name} exited ({proc.returncode}); see {log}")
                     return 1
+            if not self.worker.running:
+                self.say(f"logtorukun demo: sshd exited; see {self.worker.log_path}")
+                return 1
             if self.writer is not None and self.writer.error is not None:
                 self.say(f"logtorukun demo: the log writer failed: {self.writer.error}")
                 return 1
@@ -484,8 +387,8 @@ capabilities = ["tail", "search"]
     def stop(self) -> None:
         if self.writer is not None:
             self.writer.stop()
-        for name in ("web", "sshd"):
-            self._stop_proc(name)
+        self._stop_proc("web")
+        self.worker.stop()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -499,10 +402,6 @@ def _q(value: object) -> str:
     import json
 
     return json.dumps(str(value))
-
-
-def _logged(path: Path, offset: int, text: str) -> bool:
-    return text in _tail(path, offset)
 
 
 def _tail(path: Path, offset: int) -> str:

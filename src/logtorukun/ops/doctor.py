@@ -1,4 +1,4 @@
-"""`logtorukun doctor`: the brief's pre-deployment checklist, executed against reality.
+"""`logtorukun doctor`: the pre-deployment checklist (docs/security.md), executed against reality.
 
 Run on the web server with its config. For each worker it asks the worker itself, with
 the real OpenSSH client and the web server's own key, the questions a reviewer would:
@@ -21,21 +21,20 @@ import secrets
 import shutil
 import socket
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
 from ..config import Config, HostConfig, load_config
 from ..errors import UserError
+from ..gate.vocabulary import Exit
 from . import system
 from .doctor_escape import ESCAPE_CHECKS, escape_checks, sshd_fix
-
-PASS, FAIL, SKIP = "pass", "fail", "skip"
+from .doctor_probe import FAIL, PASS, SKIP, SSH_FAILED, Check, Worker
 
 # ssh_config files whose settings would affect an operator's plain `ssh` to a worker.
 SSH_CONFIGS: tuple[str, ...] = ("/etc/ssh/ssh_config", "/etc/ssh/ssh_config.d", "~/.ssh/config")
@@ -43,96 +42,7 @@ _DISABLED_CHECKING = re.compile(
     r"(?im)^\s*(StrictHostKeyChecking\s*=?\s*(no|off)\b|UserKnownHostsFile\s*=?\s*/dev/null\b"
     r"|GlobalKnownHostsFile\s*=?\s*/dev/null\b)"
 )
-# The gate's documented exit codes (gate/errors.py), as a client sees them.
-GATE_BAD_REQUEST, GATE_REFUSED = 2, 3
-SSH_FAILED = 255
-
-
-@dataclass
-class Check:
-    scope: str  # "host NAME" or "server"
-    name: str
-    status: str  # pass | fail | skip
-    detail: str
-    fix: str = ""
-
-
-# --------------------------------------------------------------------------- ssh probes
-
-
-@dataclass
-class Probe:
-    code: int
-    out: str
-    err: str
-
-
-class Worker:
-    """Runs probes against one configured host with the OpenSSH client, never a shell."""
-
-    def __init__(self, host: HostConfig, key: Path) -> None:
-        self.host = host
-        self.key = key
-
-    def argv(self, command: str | None, *options: str, log_level: str = "ERROR") -> list[str]:
-        """The ssh argv; `command` None for none (-W, -N). ssh keeps the first value of
-        an option, so `log_level` (INFO shows channel refusals) is a parameter."""
-        h = self.host
-        timeout = max(1, round(h.connect_timeout))
-        return [
-            system.SSH,
-            "-F",
-            "/dev/null",
-            "-T",
-            "-i",
-            str(self.key),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            f"UserKnownHostsFile={h.known_hosts}",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "UpdateHostKeys=no",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            f"ConnectTimeout={timeout}",
-            "-o",
-            f"LogLevel={log_level}",
-            *options,
-            "-p",
-            str(h.port),
-            "--",
-            f"{h.user}@{h.address}",
-            *([command] if command is not None else []),
-        ]
-
-    def run(
-        self,
-        command: str | None,
-        *options: str,
-        log_level: str = "ERROR",
-        env: dict[str, str] | None = None,
-    ) -> Probe:
-        try:
-            out = subprocess.run(
-                self.argv(command, *options, log_level=log_level),
-                env={**os.environ, **env} if env else None,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=self.host.connect_timeout + 30,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return Probe(SSH_FAILED, "", "timed out")
-        return Probe(
-            out.returncode, out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
-        )
+GATE_BAD_REQUEST, GATE_REFUSED = Exit.BAD_REQUEST, Exit.REFUSED  # as a client sees them
 
 
 def _last(text: str) -> str:
@@ -327,7 +237,7 @@ def check_host(host: HostConfig) -> list[Check]:
     return checks
 
 
-def _key_checks(host: HostConfig, add: _Add) -> bool:
+def _key_checks(host: HostConfig, add: CheckAdder) -> bool:
     key = host.key
     try:
         st = key.stat()
@@ -354,7 +264,7 @@ def _key_checks(host: HostConfig, add: _Add) -> bool:
     return os.access(key, os.R_OK)
 
 
-class _Add(Protocol):
+class CheckAdder(Protocol):
     """The signature of check_host's `add`."""
 
     def __call__(self, name: str, ok: bool | None, detail: str, fix: str = "") -> None: ...

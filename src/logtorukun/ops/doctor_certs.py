@@ -14,13 +14,14 @@ from pathlib import Path
 from ..config import HostConfig
 from ..config_ssh import SshSettings
 from ..errors import UserError
-from .doctor import FAIL, PASS, Check, Worker
+from .doctor_probe import FAIL, PASS, Check, Worker
 
 KEY_ID = "logtorukun-doctor"
 
 
 def check_certificates(host: HostConfig, ssh: SshSettings) -> list[Check]:
-    from ..client.certs import CertPolicy, default_gate_command
+    from ..client.certs import CertPolicy
+    from .worker_spec import default_gate_command
 
     scope = f"host {host.name}"
     command = host.gate_command or default_gate_command(host.user)

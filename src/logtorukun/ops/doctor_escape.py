@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 from . import system
 
 if TYPE_CHECKING:
-    from .doctor import Worker, _Add
+    from .doctor import CheckAdder
+    from .doctor_probe import Worker
 
 ESCAPE_CHECKS = (
     "PTY refused",
@@ -57,7 +58,7 @@ def key_fix(user: str) -> str:
     )
 
 
-def escape_checks(w: Worker, add: _Add, *, forced: bool) -> None:
+def escape_checks(w: Worker, add: CheckAdder, *, forced: bool) -> None:
     h = w.host
     fix = f"{sshd_fix(h.user)}; and {key_fix(h.user)}"
     target = f"127.0.0.1:{h.port}"  # the worker's own sshd, from the worker
@@ -103,7 +104,7 @@ def escape_checks(w: Worker, add: _Add, *, forced: bool) -> None:
     _other_source(w, add)
 
 
-def _forward(add: _Add, name: str, what: str, err: str, fix: str) -> None:
+def _forward(add: CheckAdder, name: str, what: str, err: str, fix: str) -> None:
     refused = PROHIBITED in err
     detail = (
         f"sshd refused {what}: {PROHIBITED}"
@@ -154,7 +155,7 @@ def _listen(w: Worker, flag: str, target: str) -> str:
     return err.decode(errors="replace")
 
 
-def _agent(w: Worker, add: _Add, *, forced: bool, fix: str) -> None:
+def _agent(w: Worker, add: CheckAdder, *, forced: bool, fix: str) -> None:
     name = "agent forwarding refused"
     if forced:
         add(
@@ -194,7 +195,7 @@ def _agent(w: Worker, add: _Add, *, forced: bool, fix: str) -> None:
                 os.kill(int(pid), signal.SIGTERM)
 
 
-def _other_source(w: Worker, add: _Add) -> None:
+def _other_source(w: Worker, add: CheckAdder) -> None:
     """Connect from a local address other than the usual one: `from=` must refuse it."""
     name = "other source address refused"
     h = w.host

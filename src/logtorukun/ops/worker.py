@@ -1,6 +1,6 @@
-"""`logtorukun worker setup|remove`: the brief's Phase 0/1 on a worker, in one command.
+"""`logtorukun worker setup|remove`: Phase 0/1 of docs/roadmap.md on a worker, in one command.
 
-Everything the brief asks a worker to have is written from flags, shown before it is
+Everything docs/security.md asks a worker to have is written from flags, shown before it is
 done (`--dry-run`), done only where the machine differs (a second run changes
 nothing), converged against the previous run (grants no longer asked for are revoked),
 and undone exactly by `remove`:
@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import UserError
-from ..gate.policy import CONTAINER_NAME, UNIT_NAME
+from ..gate.vocabulary import CONTAINER_NAME, UNIT_NAME
 from . import system
 from .bundle import DEFAULT_PYTHON, gate_command
 from .worker_changes import Change

@@ -194,3 +194,12 @@ def parse_from(values: Sequence[str]) -> list[str]:
         if not _FROM.fullmatch(p):
             raise UserError(f"--from {p!r}: an address, CIDR or host name pattern")
     return pats
+
+
+def default_gate_command(user: str) -> str:
+    """The command= that `logtorukun worker setup` installs for this gate user (what a
+    certificate must force when a host's config names no gate_command)."""
+    from .bundle import gate_command
+
+    layout = Layout(Path("/"), user)
+    return gate_command(layout.zipapp, layout.policy, python=DEFAULT_PYTHON)

@@ -2,3 +2,6 @@
 
 `create_app(config)` in `app.py` builds the ASGI app; `logtorukun serve` runs it.
 """
+
+from .auth import AuthError as AuthError  # for ops (the demo creates its users)
+from .auth import AuthStore as AuthStore

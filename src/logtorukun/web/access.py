@@ -16,15 +16,16 @@ from functools import lru_cache
 
 from ..config import Config, HostConfig, RoleConfig
 from ..gate.globs import Glob, compile_glob
+from ..gate.vocabulary import CONTAINER_NAME, MAX_PATH, PATH_RULE, UNIT_NAME
 
 # Capabilities a data request needs; "audit" is not tied to hosts.
 TAIL, SEARCH, FOLLOW, DOWNLOAD, AUDIT = "tail", "search", "follow", "download", "audit"
 READ_CAPS = frozenset({TAIL, SEARCH, FOLLOW, DOWNLOAD})
 
-_UNIT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9@_.:-]{0,254}")
-_CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-# Printable ASCII without space or backslash, absolute: what the gate's grammar accepts.
-_PATH = re.compile(r"/[!-\[\]-~]{0,1023}")
+# The gate's own rules (gate/vocabulary.py): what passes here, the grammar accepts.
+_UNIT = re.compile(UNIT_NAME)
+_CONTAINER = re.compile(CONTAINER_NAME)
+_PATH = re.compile(PATH_RULE)
 
 
 class BadSource(ValueError):
@@ -72,7 +73,7 @@ def source_from(
 
 def check_path(path: str) -> str:
     """An absolute path without `.`/`..`/empty components or control characters."""
-    if not _PATH.fullmatch(path):
+    if len(path) > MAX_PATH or not _PATH.fullmatch(path):
         raise BadSource(
             "path: must be absolute, printable ASCII without spaces, at most 1024 characters"
         )

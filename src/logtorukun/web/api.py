@@ -1,9 +1,9 @@
 """The JSON API under /api/ (OpenAPI at /openapi.json): the same data the pages show,
 for scripts (`Authorization: Bearer TOKEN`).
 
-Every handler takes the same path: `_begin` authenticates, rate-limits, resolves the
+Every handler takes the same path (guard.py): `begin` authenticates, rate-limits, resolves the
 host and source, checks the grant and writes the audit record (allow or deny) before
-the worker is asked anything; `_end` writes the outcome. Status codes follow the
+the worker is asked anything; `end` writes the outcome. Status codes follow the
 design: 403 refused (JSON reason), 404 unknown host or source, 422 bad parameters,
 502 worker unreachable, 503 audit trail unwritable.
 """
@@ -17,16 +17,16 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .. import times
-from ..audit import AuditRef, parse_time
+from ..audit import parse_time
 from ..config import HostConfig
 from ..gate.globs import Glob, GlobError, check_user_glob
+from ..gate.vocabulary import MAX_PATH, MAX_PATTERN
 from . import patterns
 from .access import (
     DOWNLOAD,
@@ -36,7 +36,8 @@ from .access import (
     Source,
     source_from,
 )
-from .app import ApiError, Ctx, Server
+from .context import ApiError, Ctx, Server
+from .guard import Allowed, begin, end, granted_host, has_control, server_of, via
 from .patterns import BadPattern
 from .workers import Outcome, ReadSpec, WorkerError
 
@@ -46,131 +47,19 @@ log = logging.getLogger("logtorukun.web")
 MAX_LINES = 10_000  # the web side caps again, whatever a worker's policy says
 MAX_BYTES = 10_000_000
 MAX_FILES_PER_HOST = 20  # a cross-host search reads at most this many files per host
-_TIME = re.compile(r"[0-9A-Za-z:.+ -]{1,40}")
 
 Lines = Annotated[int, Query(ge=1, le=MAX_LINES, description="how many lines (last N)")]
-PathQ = Annotated[str | None, Query(max_length=1024, description="absolute file path")]
+PathQ = Annotated[str | None, Query(max_length=MAX_PATH, description="absolute file path")]
 UnitQ = Annotated[str | None, Query(max_length=255, description="systemd unit")]
 ContainerQ = Annotated[str | None, Query(max_length=128, description="container name")]
 TimeQ = Annotated[str | None, Query(max_length=40, description="time: 2024-12-17 14:03")]
 
 
-def server_of(request: Request) -> Server:
-    server: Server = request.app.state.server
-    return server
-
-
-@dataclass(slots=True)
-class Allowed:
-    """A request that passed every check and has its audit record."""
-
-    ctx: Ctx
-    host: HostConfig
-    source: Source | None
-    ref: AuditRef
-    started: float
-
-
-def _granted_host(server: Server, ctx: Ctx, host: str, action: str, **audit: Any) -> HostConfig:
-    """The host, if it exists and some role of the user grants something on it; else
-    the same 404 either way (the audit record keeps the true reason)."""
-    assert ctx.access is not None
-    hc = server.config.host(host)
-    if hc is None:
-        raise server.no_such_host(ctx, host, f"unknown host {host!r}", action=action, **audit)
-    if not ctx.access.host_caps(hc):
-        why = f"no role grants anything on host {host} (answered as unknown)"
-        raise server.no_such_host(ctx, host, why, action=action, **audit)
-    return hc
-
-
-def _begin(
-    server: Server,
-    request: Request,
-    *,
-    action: str,
-    host: str,
-    capability: str,
-    params: dict[str, Any],
-    source: dict[str, str | None] | None = None,
-    also: str | None = None,
-    event: str = "read",
-) -> Allowed:
-    """Authenticate, check, audit; raises ApiError (already audited) on any refusal."""
-    started = time.monotonic()
-    params = {k: v for k, v in params.items() if v is not None}
-    src_text = next((v for v in (source or {}).values() if v), None)
-    ctx = server.require_user(request, action, host=host, source=src_text, params=params)
-    hc = _granted_host(server, ctx, host, action, source=src_text, params=params)
-    src: Source | None = None
-    if source is not None:
-        try:
-            src = source_from(**source)
-        except BadSource as exc:
-            raise server.refuse(
-                ctx, 422, str(exc), action=action, host=host, source=src_text, params=params
-            ) from None
-    for name in ("pattern", "since", "until"):
-        value = params.get(name)
-        if isinstance(value, str) and _control(value):
-            raise server.refuse(
-                ctx,
-                422,
-                f"{name}: control characters are not accepted",
-                action=action,
-                host=host,
-                source=src_text,
-                params=params,
-            )
-    for name in ("since", "until"):
-        value = params.get(name)
-        if isinstance(value, str) and not _TIME.fullmatch(value):
-            raise server.refuse(
-                ctx,
-                422,
-                f"{name}: not a time such as 2024-12-17 14:03:00",
-                action=action,
-                host=host,
-                source=src_text,
-                params=params,
-            )
-    assert ctx.access is not None
-    key = src.key if src else None
-    for cap in (capability, also):
-        if cap is None:
-            continue
-        decision = ctx.access.check(hc, src, cap)
-        if not decision.allowed:
-            raise server.refuse(
-                ctx, 403, decision.reason, action=action, host=host, source=key, params=params
-            )
-    ref = server.record(
-        ctx,
-        event,
-        action=action,
-        host=host,
-        source=key,
-        params=params,
-        decision="allow",
-        reason=f"{capability} granted",
-    )
-    return Allowed(ctx, hc, src, ref, started)
-
-
-def _via(a: Allowed) -> dict[str, Any]:
-    return {"user": a.ctx.name, "audit": a.ref.seq}
-
-
-def _end(server: Server, a: Allowed, outcome: dict[str, Any], event: str = "read_end") -> None:
-    outcome = {"duration_ms": round((time.monotonic() - a.started) * 1000, 3), **outcome}
-    server.finish(a.ref, event, outcome)
-
-
 async def _worker_call(server: Server, a: Allowed, spec: ReadSpec) -> tuple[bytes, Outcome]:
     try:
-        return await server.workers.read(a.host, spec, _via(a))
+        return await server.workers.read(a.host, spec, via(a))
     except WorkerError as exc:
-        _end(server, a, {"status": exc.status, "error": exc.detail, "bytes": 0, "lines": 0})
+        end(server, a, {"status": exc.status, "error": exc.detail, "bytes": 0, "lines": 0})
         raise worker_failed(exc, a.ref.seq) from None
 
 
@@ -193,7 +82,7 @@ async def off_loop(size: int, fn: Callable[..., _T], *args: Any) -> _T:
     return fn(*args)
 
 
-def _json_bytes(payload: dict[str, Any]) -> bytes:
+def json_bytes(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode()
 
 
@@ -236,7 +125,7 @@ async def _result(
     assert a.source is not None
     if download:
         body = ("\n".join(lines) + ("\n" if lines else "")).encode()
-        _end(
+        end(
             server,
             a,
             {
@@ -271,8 +160,8 @@ async def _result(
         payload["pos"] = ":".join(map(str, outcome.pos))
         if not cut:  # the lines are the file's bytes just before pos: where history goes on
             payload["start"] = f"{outcome.pos[0]}:{outcome.pos[1] - len(data)}"
-    body = await off_loop(len(data), _json_bytes, payload)
-    _end(
+    body = await off_loop(len(data), json_bytes, payload)
+    end(
         server,
         a,
         {**outcome.as_audit(), "bytes": len(body), "lines": len(lines), "truncated": truncated},
@@ -339,7 +228,7 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
     server = server_of(request)
     ctx = server.require_user(request, "sources", host=host)
     assert ctx.access is not None
-    hc = _granted_host(server, ctx, host, "sources")
+    hc = granted_host(server, ctx, host, "sources")
     ref = server.record(
         ctx,
         "read",
@@ -420,7 +309,7 @@ async def tail(
     params: dict[str, Any] = {"lines": lines, "since": since, "until": until}
     if download:
         params["download"] = True
-    a = _begin(
+    a = begin(
         server,
         request,
         action="tail",
@@ -435,7 +324,7 @@ async def tail(
         since = times.for_source("since", since, a.source.kind) if since else None
         until = times.for_source("until", until, a.source.kind) if until else None
     except times.BadTime as exc:
-        _end(server, a, {"status": 422, "error": str(exc)})
+        end(server, a, {"status": 422, "error": str(exc)})
         raise ApiError(422, str(exc)) from None
     verb = "range" if a.source.kind == "file" and (since or until) else "tail"
     spec = ReadSpec(
@@ -449,7 +338,7 @@ async def tail(
 async def grep(
     request: Request,
     host: str,
-    pattern: Annotated[str, Query(min_length=1, max_length=1024)],
+    pattern: Annotated[str, Query(min_length=1, max_length=MAX_PATTERN)],
     path: PathQ = None,
     unit: UnitQ = None,
     container: ContainerQ = None,
@@ -471,7 +360,7 @@ async def grep(
     }
     if download:
         params["download"] = True
-    a = _begin(
+    a = begin(
         server,
         request,
         action="grep",
@@ -488,12 +377,12 @@ async def grep(
             if a.source.kind == "container"
             else "invert is not supported for units"
         )
-        _end(server, a, {"status": 422, "error": why})
+        end(server, a, {"status": 422, "error": why})
         raise ApiError(422, why)
     try:  # before the worker is asked: a bad regex is the user's mistake, not a 502
         await patterns.check(pattern, regex, a.source.kind)
     except BadPattern as exc:
-        _end(server, a, {"status": 422, "error": str(exc)})
+        end(server, a, {"status": 422, "error": str(exc)})
         raise ApiError(422, str(exc)) from None
     spec = ReadSpec(
         "grep",
@@ -561,8 +450,8 @@ def _searchable(ctx: Ctx, host: HostConfig, doc: dict[str, Any], matcher: Glob) 
 )
 async def search(
     request: Request,
-    pattern: Annotated[str, Query(min_length=1, max_length=1024)],
-    path: Annotated[str, Query(min_length=2, max_length=1024)],
+    pattern: Annotated[str, Query(min_length=1, max_length=MAX_PATTERN)],
+    path: Annotated[str, Query(min_length=2, max_length=MAX_PATH)],
     hosts: Annotated[
         str, Query(max_length=512, description="host globs or label:X, comma-separated")
     ] = "*",
@@ -583,7 +472,7 @@ async def search(
         "hosts": hosts,
     }
     ctx = server.require_user(request, "search", host=hosts, source=path, params=params)
-    bad = [n for n, v in (("pattern", pattern), ("path", path), ("hosts", hosts)) if _control(v)]
+    bad = [n for n, v in (("pattern", pattern), ("path", path), ("hosts", hosts)) if has_control(v)]
     if bad:
         raise server.refuse(
             ctx,
@@ -782,10 +671,6 @@ async def search(
 
 
 # ---------------------------------------------------------------------- audit
-
-
-def _control(text: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
 
 
 def _time_param(name: str, value: str | None) -> str | None:

@@ -20,8 +20,9 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from .access import DOWNLOAD, TAIL
-from .api import PathQ, _begin, _end, _via, server_of, worker_failed
-from .app import ApiError
+from .api import PathQ, worker_failed
+from .context import ApiError
+from .guard import begin, end, server_of, via
 from .workers import ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -36,7 +37,7 @@ async def download(request: Request, host: str, path: PathQ = None) -> Streaming
     """The file as `text/plain` with a `content-disposition: attachment`, up to the
     worker's `max_bytes`/`max_lines` (a cut file ends early; the audit record says why)."""
     server = server_of(request)
-    a = _begin(
+    a = begin(
         server,
         request,
         action="download",
@@ -47,7 +48,7 @@ async def download(request: Request, host: str, path: PathQ = None) -> Streaming
         also=DOWNLOAD,
     )
     assert a.source is not None
-    opened = server.workers.open(a.host, ReadSpec("cat", a.source), _via(a))
+    opened = server.workers.open(a.host, ReadSpec("cat", a.source), via(a))
     try:
         stream = await opened.__aenter__()
         chunks = stream.chunks(count_lines=False)
@@ -56,7 +57,7 @@ async def download(request: Request, host: str, path: PathQ = None) -> Streaming
         first = await anext(chunks, b"")
     except WorkerError as exc:
         await opened.__aexit__(None, None, None)
-        _end(server, a, {"status": exc.status, "error": exc.detail, "bytes": 0})
+        end(server, a, {"status": exc.status, "error": exc.detail, "bytes": 0})
         raise worker_failed(exc, a.ref.seq) from None
     except BaseException:
         await opened.__aexit__(None, None, None)
@@ -86,7 +87,7 @@ async def download(request: Request, host: str, path: PathQ = None) -> Streaming
         extra = {"error": state["error"]} if state["error"] else {}
         with contextlib.suppress(ApiError):
             done = {k: v for k, v in outcome.as_audit().items() if k != "lines"}
-            _end(server, a, {**done, "download": True, **extra})
+            end(server, a, {**done, "download": True, **extra})
 
     base = re.sub(r"[^A-Za-z0-9._-]", "_", a.source.name.rsplit("/", 1)[-1])[:80]
     name = base[:-3] if base.endswith(".gz") else base

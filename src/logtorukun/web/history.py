@@ -20,8 +20,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from .access import TAIL
-from .api import Lines, PathQ, _begin, _json_bytes, _via, server_of, worker_failed
-from .app import ApiError
+from .api import Lines, PathQ, json_bytes, worker_failed
+from .context import ApiError
+from .guard import begin, server_of, via
 from .workers import ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -72,7 +73,7 @@ async def history(
         ino, off = (int(x) for x in before.split(":"))
         at = (ino, off)
     if at is not None and at[1] == 0:  # the start of a file: the older file's end
-        a0 = _begin(
+        a0 = begin(
             server,
             request,
             action="history",
@@ -82,7 +83,7 @@ async def history(
             source={"path": path, "unit": None, "container": None},
         )
         try:
-            listing = await server.workers.sources(a0.host, _via(a0))
+            listing = await server.workers.sources(a0.host, via(a0))
         except WorkerError as exc:
             server.finish(a0.ref, "read_end", {"status": exc.status, "error": exc.detail})
             raise worker_failed(exc, a0.ref.seq) from None
@@ -91,7 +92,7 @@ async def history(
         if older is None:
             return _reply({"host": host, "path": None, "lines": [], "start": None})
         target, at = older, None
-    a = _begin(
+    a = begin(
         server,
         request,
         action="history",
@@ -103,7 +104,7 @@ async def history(
     assert a.source is not None
     spec = ReadSpec("tail", a.source, lines=lines, before=at)
     try:
-        data, outcome = await server.workers.read(a.host, spec, _via(a))
+        data, outcome = await server.workers.read(a.host, spec, via(a))
     except WorkerError as exc:
         server.finish(a.ref, "read_end", {"status": exc.status, "error": exc.detail})
         raise worker_failed(exc, a.ref.seq) from None
@@ -129,4 +130,4 @@ async def history(
 
 
 def _reply(payload: dict[str, Any]) -> Response:
-    return Response(_json_bytes(payload), media_type="application/json")
+    return Response(json_bytes(payload), media_type="application/json")

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from starlette.concurrency import run_in_threadpool
 
 from .access import READ_CAPS, SEARCH, BadSource, source_from
-from .app import ApiError, Ctx, Server
+from .context import ApiError, Ctx, Server
 from .security import PRE_COOKIE, csrf_ok, same_origin
 
 router = APIRouter(include_in_schema=False)

@@ -2,8 +2,8 @@
 
 Why here too: a pattern the worker's grep cannot compile used to come back as a 502
 "worker unreachable" after an SSH round trip. The checks are the gate's own
-(`gate.grammar.check_pattern`: length, control characters, back-references, bounded
-repetition), then a compile in the dialect the worker uses: for files `grep -E` itself
+(`gate.vocabulary.pattern_problem`: length, control characters, back-references,
+bounded repetition), then a compile in the dialect the worker uses: for files `grep -E` itself
 (this machine's GNU grep, run on an empty input: exit 2 means the pattern does not
 compile, and its message is the reason), for systemd units (`journalctl --grep`, PCRE2)
 Python's `re`, which agrees with PCRE2 on the syntax people write (a PCRE-only construct
@@ -17,8 +17,7 @@ import asyncio
 import re
 import shutil
 
-from ..gate.errors import GateError
-from ..gate.grammar import check_pattern
+from ..gate.vocabulary import pattern_problem
 
 GREP_SECONDS = 5.0
 
@@ -29,15 +28,14 @@ class BadPattern(ValueError):
 
 def check_common(pattern: str, regex: bool, kind: str = "file") -> None:
     """The gate's own checks, and for units the PCRE-like compile (cheap, bounded)."""
-    try:
-        check_pattern("pattern", pattern, regex)
-    except GateError as exc:
-        raise BadPattern(f"invalid pattern: {exc.reason.removeprefix('pattern: ')}") from None
+    why = pattern_problem(pattern, regex)
+    if why is not None:
+        raise BadPattern(f"invalid pattern: {why}")
     if regex and kind == "unit":
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise BadPattern(f"invalid pattern: {exc}") from None
+            raise BadPattern(f"invalid pattern: {exc} in {pattern!r}") from None
 
 
 async def check(pattern: str, regex: bool, kind: str = "file") -> None:
@@ -67,4 +65,6 @@ async def check(pattern: str, regex: bool, kind: str = "file") -> None:
     if proc.returncode == 2:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if "warning" not in ln]
         why = re.sub(r"^\S*grep: ", "", lines[-1] if lines else "does not compile")
-        raise BadPattern(f"invalid pattern: {why} (an extended regular expression, as grep -E)")
+        raise BadPattern(
+            f"invalid pattern: {why} in {pattern!r} (an extended regular expression, as grep -E)"
+        )

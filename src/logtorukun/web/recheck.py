@@ -23,7 +23,7 @@ from .access import FOLLOW, Access, Source
 from .auth import User
 
 if TYPE_CHECKING:
-    from .app import Ctx, Server
+    from .context import Ctx, Server
 
 log = logging.getLogger("logtorukun.web")
 

@@ -33,9 +33,11 @@ from ..client.stream import Position
 from ..config import HostConfig
 from ..gate.protocol import POS_EVERY
 from .access import FOLLOW, Source
-from .api import ContainerQ, PathQ, UnitQ, _begin, server_of, worker_failed
-from .app import ApiError, Ctx, Server
+from .api import ContainerQ, PathQ, UnitQ, worker_failed
+from .context import ApiError, Ctx, Server
+from .guard import begin, server_of
 from .recheck import Credential, Rechecker
+from .shared import SharedFollows
 from .workers import ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -280,6 +282,20 @@ class FollowHub:
         self.per_user: dict[str, int] = {}
         self.heartbeat = HEARTBEAT
         self.recheck = Rechecker(server, server.config.server.follow_recheck_seconds)
+        # On PostgreSQL the per-user cap counts the follows of every instance.
+        url = server.config.server.database_url
+        self.shared = SharedFollows(url) if url else None
+
+    def release(self, slot: str | None) -> None:
+        if slot is not None and self.shared is not None:
+            with contextlib.suppress(Exception):  # a stale row stops counting by itself
+                self.shared.release(slot)
+
+    def keep_counted(self) -> None:
+        """Refresh this instance's follows in the shared count (at most every 10 s)."""
+        if self.shared is not None:
+            with contextlib.suppress(Exception):  # not refreshed: they stop counting
+                self.shared.heartbeat()
 
     def follower_count(self) -> int:
         ups = [*self.upstreams.values(), *self.private]
@@ -356,7 +372,7 @@ async def follow(
     to lose nothing in between; after a drop, pass the last `pos` received."""
     server = server_of(request)
     hub: FollowHub = server.hub
-    a = _begin(
+    a = begin(
         server,
         request,
         action="follow",
@@ -383,16 +399,23 @@ async def follow(
             raise ApiError(422, why)
         ino, off, tag = from_.split(":")
         start = (int(ino), int(off), int(tag))
+    slot = hub.shared.take(user, cap) if hub.shared is not None else None
+    if hub.shared is not None and slot is None:  # the cap, counted over every instance
+        reason = f"at most {cap} live follows per user; close one first"
+        server.finish(a.ref, "follow_end", {"status": 429, "error": reason})
+        raise ApiError(429, reason)
     hub.per_user[user] = hub.per_user.get(user, 0) + 1
     viewer = Viewer(user)
     try:
         up = await hub.join(a.host, a.source, viewer, {"user": user, "audit": a.ref.seq}, start)
     except WorkerError as exc:
         hub.per_user[user] -= 1
+        hub.release(slot)
         server.finish(a.ref, "follow_end", {"status": exc.status, "error": exc.detail})
         raise worker_failed(exc, a.ref.seq) from None
     except BaseException:
         hub.per_user[user] -= 1
+        hub.release(slot)
         raise
     hub.recheck.add(viewer, Credential.of(ctx, a.host, a.source))
 
@@ -421,6 +444,7 @@ async def follow(
             )
         # After the end record: whoever sees the slot free also finds the record.
         hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
+        hub.release(slot)
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -437,6 +461,7 @@ async def follow(
             )
             last_beat = last_sent = time.monotonic()
             while True:
+                hub.keep_counted()
                 if not viewer.wake.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(beat):

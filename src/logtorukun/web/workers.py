@@ -15,23 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..client import Client, ClientError, PoolOptions
-from ..client import api as commands
 from ..client.errors import (
-    EXIT_BAD_REQUEST,
-    EXIT_REFUSED,
     AuthRefused,
-    Busy,
-    GateError,
+    GateExitError,
     HostKeyChanged,
     HostKeyUnknown,
     InvalidArgument,
     KeyFileError,
-    NotFound,
     ProtocolError,
     UnknownHost,
 )
@@ -39,6 +34,7 @@ from ..client.stream import Position
 from ..client.stream import Stream as ClientStream
 from ..config import FleetSettings, HostConfig
 from ..config_ssh import SshSettings
+from ..gate.vocabulary import Docker, Exit, Grep, Head, Journal, Range, Request, Status, Tail
 from .access import Source
 
 
@@ -56,19 +52,32 @@ class WorkerError(Exception):
         self.detail = detail or reason
 
 
+# The one mapping from a gate's exit code to the HTTP status of the answer. A bad request
+# (a pattern grep cannot compile, a value the grammar refuses) is the caller's mistake:
+# 422 with the gate's reason, which names the value. (Exit.LIMIT is no error: the data
+# came, cut, and the answer says `truncated`.)
+HTTP_STATUS_FOR_EXIT = {
+    Exit.BAD_REQUEST: 422,
+    Exit.REFUSED: 403,
+    Exit.NOT_FOUND: 404,
+    Exit.BUSY: 503,
+    Exit.CONFIG: 502,
+    Exit.AUDIT: 502,
+    Exit.FAILED: 502,
+}
+
+
 def _status_for(exc: ClientError) -> int:
-    if isinstance(exc, UnknownHost | NotFound):
+    """The HTTP status for a client error: the gate's exit through the table above; the
+    client's own refusals are 404 (no such host) or 422; anything else (unreachable,
+    host key, auth, protocol, a gate killed) is 502, the worker's fault."""
+    if isinstance(exc, GateExitError):
+        return HTTP_STATUS_FOR_EXIT.get(exc.gate_exit, 502)
+    if isinstance(exc, UnknownHost):
         return 404
     if isinstance(exc, InvalidArgument):
         return 422
-    if isinstance(exc, Busy):
-        return 503
-    if isinstance(exc, GateError):
-        if exc.gate_exit == EXIT_BAD_REQUEST:
-            return 422
-        if exc.gate_exit == EXIT_REFUSED:
-            return 403
-    return 502  # unreachable, host key, auth, timeout, protocol, worker-side failure
+    return 502
 
 
 # Failures of the web server's own SSH set-up: their messages name its key and
@@ -77,7 +86,7 @@ _PRIVATE = (KeyFileError, HostKeyUnknown, HostKeyChanged, AuthRefused, ProtocolE
 
 
 def _error(exc: ClientError) -> WorkerError:
-    reason = (exc.reason if isinstance(exc, GateError) else exc.message) or str(exc)
+    reason = (exc.reason if isinstance(exc, GateExitError) else exc.message) or str(exc)
     if isinstance(exc, _PRIVATE):
         public = (
             f"the web server cannot reach {exc.host or 'the worker'} over SSH "
@@ -89,7 +98,7 @@ def _error(exc: ClientError) -> WorkerError:
 
 @dataclass(frozen=True, slots=True)
 class ReadSpec:
-    """One bounded read or a follow, in the web's terms; `command()` is the gate's."""
+    """One bounded read or a follow, in the web's terms; `request()` is the gate's."""
 
     verb: str  # "tail" | "grep" | "range" | "follow" | "cat"
     source: Source
@@ -109,36 +118,33 @@ class ReadSpec:
         """A file follow: ask the gate for positions (resume points and heartbeats)."""
         return self.verb == "follow" and self.source.kind == "file"
 
-    def command(self) -> str:
-        """Built by the client's quoting builders; raises InvalidArgument on bad values."""
+    def request(self) -> Request:
+        """The gate request this read is (gate/vocabulary.py); the client checks its
+        values (InvalidArgument) and writes the command line."""
         s = self.source
         if s.kind == "unit":
             if self.verb == "follow":
-                return commands.journal_command(s.name, lines=0, follow=True)
+                return Journal(s.name, lines=0, follow=True)
             grep = None
             if self.verb == "grep" and self.pattern is not None:
                 grep = self.pattern if self.regex else _pcre_escape(self.pattern)
                 grep = f"(?i){grep}" if self.ignore_case else grep
             n = self.max if self.verb == "grep" and self.max else self.lines
-            return commands.journal_command(
-                s.name, lines=n, since=self.since, until=self.until, grep=grep
-            )
+            return Journal(s.name, lines=n, since=self.since, until=self.until, grep=grep)
         if s.kind == "container":
             if self.verb == "follow":
-                return commands.docker_command(s.name, tail=0, timestamps=True, follow=True)
-            return commands.docker_command(
+                return Docker(s.name, tail=0, timestamps=True, follow=True)
+            return Docker(
                 s.name, tail=self.lines, timestamps=True, since=self.since, until=self.until
             )
         if self.verb == "follow":
-            return commands.tail_command(s.name, 0, follow=True, start=self.start)
+            return Tail(s.name, 0, follow=True, start=self.start)
         if self.verb == "cat":
-            return commands.head_command(s.name)
+            return Head(s.name, None)
         if self.verb == "range":
-            return commands.range_command(
-                s.name, self.since or "1970-01-01", self.until, max_lines=self.lines
-            )
+            return Range(s.name, self.since or "1970-01-01", self.until, max_lines=self.lines)
         if self.verb == "grep":
-            return commands.grep_command(
+            return Grep(
                 s.name,
                 self.pattern or "",
                 regex=self.regex,
@@ -146,7 +152,7 @@ class ReadSpec:
                 invert=self.invert,
                 max_count=self.max,
             )
-        return commands.tail_command(s.name, self.lines, before=self.before)
+        return Tail(s.name, self.lines, before=self.before)
 
 
 def _pcre_escape(text: str) -> str:
@@ -156,16 +162,34 @@ def _pcre_escape(text: str) -> str:
 
 @dataclass(slots=True)
 class Outcome:
-    """How a worker request ended: what the gate said, and what came through."""
+    """How a worker request ended: the gate's own `Status` (its END, as the client got
+    it), or the failure that came instead; and what came through this server."""
 
-    exit: int | None = None
-    reason: str = ""
-    truncated: bool = False
+    status: Status | None = None
+    failed_exit: int | None = None  # a refusal raised before any END: the gate's exit
+    failure: str = ""  # ... and its reason, or why the connection failed
     bytes: int = 0
     lines: int = 0
     started: float = field(default_factory=time.monotonic)
-    pos: tuple[int, int, int] | None = None  # a file tail: where a follow continues
     cert_serial: int | None = None  # [ssh] certificates: joins the worker's audit record
+
+    @property
+    def exit(self) -> int | None:
+        return self.status.exit if self.status is not None else self.failed_exit
+
+    @property
+    def reason(self) -> str:
+        return self.status.reason if self.status is not None else self.failure
+
+    @property
+    def truncated(self) -> bool:
+        s = self.status
+        return s is not None and (s.truncated or s.exit != Exit.OK)
+
+    @property
+    def pos(self) -> tuple[int, int, int] | None:
+        """A file tail: where a follow continues."""
+        return self.status.pos if self.status is not None else None
 
     def as_audit(self) -> dict[str, Any]:
         return {
@@ -188,7 +212,7 @@ class HostState:
     checked: float = 0.0
 
 
-class Stream:
+class WorkerStream:
     """The bytes of one worker request; iterate `chunks()`, then read `outcome`.
 
     `WorkerError` is raised from `__aenter__` (could not start) or from `chunks()` (the
@@ -201,11 +225,10 @@ class Stream:
         self.outcome = Outcome()
         self._stream: ClientStream | None = None
 
-    async def __aenter__(self) -> Stream:
+    async def __aenter__(self) -> WorkerStream:
         try:
-            command = self.spec.command()
-            self._stream = await self.pool.client.stream(
-                self.host.name, command, via=self.via, positions=self.spec.positions
+            self._stream = await self.pool.client.start(
+                self.host.name, self.spec.request(), via=self.via, positions=self.spec.positions
             )
             signed = self.pool.client.pool.get(self.host.name, self.via.get("user")).signed
             self.outcome.cert_serial = signed.serial if signed is not None else None
@@ -241,16 +264,11 @@ class Stream:
                 yield chunk
         except ClientError as exc:
             self.pool.note(self.host, exc)
-            if isinstance(exc, GateError):
-                self.outcome.exit = exc.gate_exit
-            self.outcome.reason = exc.reason if isinstance(exc, GateError) else exc.message
+            if isinstance(exc, GateExitError):
+                self.outcome.failed_exit = exc.gate_exit
+            self.outcome.failure = exc.reason if isinstance(exc, GateExitError) else exc.message
             raise _error(exc) from None
-        status = stream.status
-        if status is not None:
-            self.outcome.exit = status.exit
-            self.outcome.reason = status.reason
-            self.outcome.truncated = status.truncated or status.exit != 0
-            self.outcome.pos = status.pos
+        self.outcome.status = stream.status
         self.pool.note(self.host, None)
 
 
@@ -264,7 +282,10 @@ class Workers:
         *,
         fleet: FleetSettings | None = None,
         ssh: SshSettings | None = None,
+        default_command: Callable[[str], str] | None = None,
     ) -> None:
+        """`default_command(user)`: the gate command a certificate forces for a host whose
+        config names none (cli passes what `worker setup` installs)."""
         fleet = fleet or FleetSettings()
         self.hosts = {h.name: h for h in hosts}
         if client is None:
@@ -272,8 +293,9 @@ class Workers:
             if ssh is not None and ssh.certificates:
                 from ..client.certs import CertPolicy
 
+                policy = CertPolicy.from_settings(ssh, default_command=default_command)
                 extra = {
-                    "certs": CertPolicy.from_settings(ssh),
+                    "certs": policy,
                     "max_user_connections": ssh.max_user_connections,
                 }
             client = Client(hosts, options=PoolOptions.for_fleet(fleet, **extra))
@@ -283,14 +305,14 @@ class Workers:
 
     def note(self, host: HostConfig, exc: ClientError | None) -> None:
         """Reachability from every call: a gate's answer (even a refusal) means it is up."""
-        if exc is None or isinstance(exc, GateError | InvalidArgument):
+        if exc is None or isinstance(exc, GateExitError | InvalidArgument):
             self.state[host.name] = HostState(True, "", time.time())
         else:
             self.state[host.name] = HostState(False, exc.message, time.time())
 
-    def open(self, host: HostConfig, spec: ReadSpec, via: dict[str, Any]) -> Stream:
+    def open(self, host: HostConfig, spec: ReadSpec, via: dict[str, Any]) -> WorkerStream:
         """`async with workers.open(...) as s: async for chunk in s.chunks(): ...`"""
-        return Stream(self, host, spec, via)
+        return WorkerStream(self, host, spec, via)
 
     async def read(
         self, host: HostConfig, spec: ReadSpec, via: dict[str, Any]

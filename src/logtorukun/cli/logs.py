@@ -20,9 +20,10 @@ from typing import Any, TextIO
 import asyncssh
 
 from .. import times
-from ..config import Config, HostConfig, load_config
-from ..errors import UserError
-from .api import (
+from ..client.certs import cli_identity
+from ..client.errors import ClientError, HostKeyChanged, LimitHit, RequestTimeout
+from ..client.hosts import host_by_name, select_hosts
+from ..client.reads import (
     Client,
     Reply,
     docker_command,
@@ -31,11 +32,11 @@ from .api import (
     range_command,
     tail_command,
 )
-from .certs import cli_identity
-from .errors import EXIT_LIMIT, ClientError, HostKeyChanged, LimitHit, RequestTimeout
-from .hosts import host_by_name, select_hosts
-from .stream import Status
-from .terminal import neutralise
+from ..client.stream import Status
+from ..client.terminal import neutralise
+from ..config import Config, HostConfig, load_config
+from ..errors import UserError
+from ..gate.vocabulary import Exit
 
 
 def register(sub: Any) -> None:
@@ -302,7 +303,7 @@ def _finish_single(reply: Reply, printer: Printer) -> int:
     printer.write(reply.data)
     err = reply.limit_error()
     if err is not None:
-        raise LimitHit(reply.host, EXIT_LIMIT, err.reason)
+        raise LimitHit(reply.host, Exit.LIMIT, err.reason)
     return 0
 
 
@@ -320,7 +321,7 @@ def _cmd_follow(args: argparse.Namespace) -> int:
                 window = await client.run(host, range_command(args.path, since))
                 printer.write(window.data)
                 if window.status.pos is None:  # the window was cut at a limit
-                    raise LimitHit(host, EXIT_LIMIT, window.status.reason or "range cut")
+                    raise LimitHit(host, Exit.LIMIT, window.status.reason or "range cut")
                 command = tail_command(args.path, 0, follow=True, start=window.status.pos)
                 stream = await client.stream(host, command)
             async with stream:
@@ -607,7 +608,7 @@ def _cmd_trust(args: argparse.Namespace) -> int:
 
 async def trust_host(h: HostConfig, *, yes: bool = False, fingerprint: str | None = None) -> int:
     """Show the host's key; append it to known_hosts if confirmed. Never replaces a key."""
-    from .errors import Unreachable
+    from ..client.errors import Unreachable
 
     try:
         async with asyncio.timeout(h.connect_timeout):

@@ -16,14 +16,28 @@ import functools
 import json
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config, HostConfig
 from ..gate.protocol import MAX_REQUEST
+from ..gate.vocabulary import (
+    DEFAULT_LINES,
+    MAX_NUMBER,
+    MAX_PATH,
+    MAX_PATTERN,
+    Docker,
+    Exit,
+    Grep,
+    Head,
+    Journal,
+    Range,
+    Request,
+    Tail,
+    command_words,
+    join_words,
+)
 from .errors import (
-    EXIT_LIMIT,
     ConnectionLost,
     InvalidArgument,
     LimitHit,
@@ -31,9 +45,9 @@ from .errors import (
     RequestTimeout,
 )
 from .pool import Pool, PoolOptions
+from .settings import Fleet, HostConfig
 from .stream import Status, Stream
 
-MAX_VALUE = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAME = re.compile(r"[A-Za-z0-9@_.:][A-Za-z0-9@_.:+-]{0,254}")
 
@@ -53,35 +67,40 @@ def _quote(argv: tuple[str, ...], pipe_tail: int | None) -> str:
             raise InvalidArgument("", f"command word {word!r} is not a string")
         if _CONTROL.search(word):
             raise InvalidArgument("", f"control character in {word[:60]!r}: refused")
-    command = " ".join(shlex.quote(w) for w in argv)
+    command = join_words(list(argv), None if pipe_tail is None else int(pipe_tail))
     expect = list(argv)
     if pipe_tail is not None:
-        command += f" | tail -n {int(pipe_tail)}"
         expect += ["|", "tail", "-n", str(int(pipe_tail))]
     if shlex.split(command) != expect:  # pragma: no cover - shlex.quote guarantees this
         raise InvalidArgument("", f"cannot quote {list(argv)!r} safely")
     return command
 
 
+def command_for(request: Request) -> str:
+    """The gate's command line for a typed request (gate/vocabulary.py), quoted and checked."""
+    words, pipe_tail = command_words(request)
+    return quote_command(words, pipe_tail)
+
+
 def _path(path: str) -> str:
     if not isinstance(path, str) or not path.startswith("/"):
         raise InvalidArgument("", f"path must be absolute: {path!r}")
-    if len(path) > MAX_VALUE:
-        raise InvalidArgument("", f"path longer than {MAX_VALUE} characters")
+    if len(path) > MAX_PATH:
+        raise InvalidArgument("", f"path longer than {MAX_PATH} characters")
     return path
 
 
-def _count(what: str, n: int | None) -> str:
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 999_999_999:
+def _count(what: str, n: int | None) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NUMBER:
         raise InvalidArgument("", f"{what} must be a whole number from 0, not {n!r}")
-    return str(n)
+    return n
 
 
 def _text(what: str, value: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidArgument("", f"{what} must be a non-empty string")
-    if len(value) > MAX_VALUE:
-        raise InvalidArgument("", f"{what} longer than {MAX_VALUE} characters")
+    if len(value) > MAX_PATTERN:
+        raise InvalidArgument("", f"{what} longer than {MAX_PATTERN} characters")
     return value
 
 
@@ -91,9 +110,13 @@ def _name(what: str, value: str) -> str:
     return value
 
 
+def _maybe(check: Callable[[str, Any], Any], what: str, value: Any) -> Any:
+    return None if value is None else check(what, value)
+
+
 def tail_command(
     path: str,
-    lines: int = 200,
+    lines: int = DEFAULT_LINES,
     *,
     follow: bool = False,
     start: tuple[int, int] | tuple[int, int, int] | None = None,
@@ -102,8 +125,8 @@ def tail_command(
     """`start` (inode, offset[, tag]): a follow that continues where an earlier read
     ended (`Status.pos`, `Position.start`). `before` (inode, offset): a page of history,
     the `lines` lines that end there."""
-    argv = ["tail", "-F"] if follow else ["tail"]
-    argv += ["-n", _count("lines", lines)]
+    n = _count("lines", lines)
+    at: tuple[int, int, int | None] | None = None
     if start is not None:
         if not follow:
             raise InvalidArgument("", "a start position only goes with a follow")
@@ -114,19 +137,19 @@ def tail_command(
             and (len(start) == 2 or start[2] < 2**32)
         ):
             raise InvalidArgument("", f"start must be (inode, offset[, tag]), not {start!r}")
-        argv += ["--from", ":".join(map(str, start))]
-    if before is not None:
-        if follow or not all(type(x) is int and 0 <= x < 10**20 for x in before):
-            raise InvalidArgument("", f"before must be (inode, offset) of a read, not {before!r}")
-        argv += ["--before", f"{before[0]}:{before[1]}"]
-    return quote_command([*argv, _path(path)])
+        at = (start[0], start[1], start[2] if len(start) == 3 else None)
+    if before is not None and (
+        follow or not all(type(x) is int and 0 <= x < 10**20 for x in before)
+    ):
+        raise InvalidArgument("", f"before must be (inode, offset) of a read, not {before!r}")
+    back = None if before is None else (before[0], before[1])
+    return command_for(Tail(_path(path), n, bool(follow), at, back))
 
 
 def head_command(path: str, lines: int | None = None) -> str:
     """`head -n N` or, with no N, `cat` (up to the gate's caps)."""
-    if lines is None:
-        return quote_command(["cat", _path(path)])
-    return quote_command(["head", "-n", _count("lines", lines), _path(path)])
+    n = _maybe(_count, "lines", lines)
+    return command_for(Head(_path(path), n))
 
 
 def grep_command(
@@ -141,25 +164,30 @@ def grep_command(
     last: int | None = None,
 ) -> str:
     """`grep -F|-E [...] -e PATTERN PATH [| tail -n LAST]`; -e keeps a `-x` pattern data."""
-    argv = ["grep", "-E" if regex else "-F"]
-    for on, flag in ((ignore_case, "-i"), (invert, "-v"), (count, "-c")):
-        if on:
-            argv.append(flag)
-    if max_count is not None:
-        argv += ["-m", _count("max_count", max_count)]
-    argv += ["-e", _text("pattern", pattern), _path(path)]
-    return quote_command(argv, None if last is None else int(_count("last", last)))
+    m = _maybe(_count, "max_count", max_count)
+    pattern = _text("pattern", pattern)
+    path = _path(path)
+    return command_for(
+        Grep(
+            path=path,
+            pattern=pattern,
+            regex=bool(regex),
+            ignore_case=bool(ignore_case),
+            invert=bool(invert),
+            count=bool(count),
+            max_count=m,
+            tail=_maybe(_count, "last", last),
+        )
+    )
 
 
 def range_command(
     path: str, since: str, until: str | None = None, *, max_lines: int | None = None
 ) -> str:
-    argv = ["range", f"--since={_text('since', since)}"]
-    if until is not None:
-        argv.append(f"--until={_text('until', until)}")
-    if max_lines is not None:
-        argv += ["-m", _count("max_lines", max_lines)]
-    return quote_command([*argv, _path(path)])
+    since = _text("since", since)
+    until = _maybe(_text, "until", until)
+    m = _maybe(_count, "max_lines", max_lines)
+    return command_for(Range(_path(path), since, until, m))
 
 
 def journal_command(
@@ -173,18 +201,18 @@ def journal_command(
     output: str = "short-iso",
     follow: bool = False,
 ) -> str:
-    argv = ["journalctl", "-u", _name("unit", unit)]
-    if lines is not None:
-        argv += ["-n", _count("lines", lines)]
-    for opt, value in (("since", since), ("until", until), ("grep", grep)):
-        if value is not None:
-            argv.append(f"--{opt}={_text(opt, value)}")
-    if priority is not None:
-        argv += ["-p", _name("priority", priority)]
-    argv += ["-o", _name("output", output)]
-    if follow:
-        argv.append("-f")
-    return quote_command(argv)
+    return command_for(
+        Journal(
+            unit=_name("unit", unit),
+            lines=_maybe(_count, "lines", lines),
+            since=_maybe(_text, "since", since),
+            until=_maybe(_text, "until", until),
+            grep=_maybe(_text, "grep", grep),
+            priority=_maybe(_name, "priority", priority),
+            output=_name("output", output),
+            follow=bool(follow),
+        )
+    )
 
 
 def docker_command(
@@ -196,17 +224,59 @@ def docker_command(
     until: str | None = None,
     follow: bool = False,
 ) -> str:
-    argv = ["docker", "logs"]
-    if tail is not None:
-        argv += ["--tail", _count("tail", tail)]
-    if timestamps:
-        argv.append("--timestamps")
-    for opt, value in (("since", since), ("until", until)):
-        if value is not None:
-            argv.append(f"--{opt}={_text(opt, value)}")
-    if follow:
-        argv.append("--follow")
-    return quote_command([*argv, "--", _name("container", container)])
+    n = _maybe(_count, "tail", tail)
+    since = _maybe(_text, "since", since)
+    until = _maybe(_text, "until", until)
+    name = _name("container", container)
+    return command_for(Docker(name, n, bool(timestamps), since, until, bool(follow)))
+
+
+def line_for(request: Request) -> str:
+    """The gate's command line for a typed request (gate/vocabulary.py), through the
+    same checks as the builders above; InvalidArgument names what is wrong."""
+    r = request
+    if isinstance(r, Tail):
+        start: tuple[int, int] | tuple[int, int, int] | None = None
+        if r.start is not None:
+            ino, off, tag = r.start
+            start = (ino, off) if tag is None else (ino, off, tag)
+        return tail_command(r.path, r.lines, follow=r.follow, start=start, before=r.before)
+    if isinstance(r, Head):
+        return head_command(r.path, r.lines)
+    if isinstance(r, Grep) and not (r.line_numbers or r.word):
+        return grep_command(
+            r.path,
+            r.pattern,
+            regex=r.regex,
+            ignore_case=r.ignore_case,
+            invert=r.invert,
+            count=r.count,
+            max_count=r.max_count,
+            last=r.tail,
+        )
+    if isinstance(r, Range):
+        return range_command(r.path, r.since, r.until, max_lines=r.max_lines)
+    if isinstance(r, Journal):
+        return journal_command(
+            r.unit,
+            lines=r.lines,
+            since=r.since,
+            until=r.until,
+            grep=r.grep,
+            priority=r.priority,
+            output=r.output,
+            follow=r.follow,
+        )
+    if isinstance(r, Docker):
+        return docker_command(
+            r.container,
+            tail=r.tail,
+            timestamps=r.timestamps,
+            since=r.since,
+            until=r.until,
+            follow=r.follow,
+        )
+    return command_for(r)  # sources, help, and grep's -n/-w: words the gate checks
 
 
 def check_via(via: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -244,13 +314,13 @@ class Reply:
     @property
     def truncated(self) -> bool:
         """A limit cut the output short; `status.reason` says which."""
-        return self.status.truncated or self.status.exit == EXIT_LIMIT
+        return self.status.truncated or self.status.exit == Exit.LIMIT
 
     def limit_error(self) -> LimitHit | None:
         """The truncation as an error, for callers that must not show partial data."""
         if not self.truncated:
             return None
-        return LimitHit(self.host, EXIT_LIMIT, self.status.reason or "output truncated", self.data)
+        return LimitHit(self.host, Exit.LIMIT, self.status.reason or "output truncated", self.data)
 
 
 @dataclass(frozen=True)
@@ -262,7 +332,7 @@ class SourceFile:
 
 
 @dataclass(frozen=True)
-class Sources:
+class SourceList:
     """What this worker's policy lets us read."""
 
     host: str
@@ -285,7 +355,7 @@ class Client:
 
     def __init__(
         self,
-        hosts: Config | Sequence[HostConfig],
+        hosts: Fleet | Sequence[HostConfig],
         *,
         oneshot: bool = False,
         options: PoolOptions | None = None,
@@ -320,6 +390,17 @@ class Client:
         return await self.pool.start(
             host, command, check_via(via), oneshot=self.oneshot, positions=positions
         )
+
+    async def start(
+        self,
+        host: str,
+        request: Request,
+        *,
+        via: dict[str, Any] | None = None,
+        positions: bool = False,
+    ) -> Stream:
+        """Start a typed request (gate/vocabulary.py): the web server's way in."""
+        return await self.stream(host, line_for(request), via=via, positions=positions)
 
     async def run(
         self,
@@ -361,7 +442,7 @@ class Client:
 
     # ---------------------------------------------------------------- typed reads
 
-    async def sources(self, host: str, *, via: dict[str, Any] | None = None) -> Sources:
+    async def sources(self, host: str, *, via: dict[str, Any] | None = None) -> SourceList:
         reply = await self.run(host, "sources", via=via)
         try:
             doc = json.loads(reply.data)
@@ -374,7 +455,7 @@ class Client:
                 )
                 for f in doc.get("files", [])
             )
-            return Sources(
+            return SourceList(
                 host=host,
                 gate=str(doc.get("gate", "")),
                 files=files,
@@ -388,7 +469,7 @@ class Client:
             ) from None
 
     async def tail(
-        self, host: str, path: str, lines: int = 200, *, via: dict[str, Any] | None = None
+        self, host: str, path: str, lines: int = DEFAULT_LINES, *, via: dict[str, Any] | None = None
     ) -> Reply:
         return await self.run(host, tail_command(path, lines), via=via)
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from ..audit.records import AuditRecord, AuditRef
+from ..audit.store import AuditStore
+from ..audit.times import parse_time
+from ..audit.verify import parse_checkpoints
 from ..config import load_config
 from ..errors import UserError
-from .records import AuditRecord, AuditRef
-from .store import AuditStore
-from .times import parse_time
-from .verify import parse_checkpoints
 
 
 def register(sub: Any) -> None:

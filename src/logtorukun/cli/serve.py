@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..config import Config, load_config
-from .auth import AuthError, AuthStore, parse_duration
+from ..web.auth import AuthError, AuthStore, parse_duration
 
 
 def register(sub: Any) -> None:
@@ -121,14 +121,16 @@ def _read_password(args: argparse.Namespace) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
+    from ..web.app import create_app
 
     config = _config(args)
     listen = args.listen or config.server.listen
     host, _, port = listen.rpartition(":")
     # No mkdir here: a wrong `database` path must stop the server (it cannot audit),
     # not quietly start a new, empty audit trail somewhere else.
-    app = create_app(config)
+    from ..ops.worker_spec import default_gate_command
+
+    app = create_app(config, gate_command_for=default_gate_command)
     forwarded = ",".join(config.server.trusted_proxies) or "127.0.0.1"
     uvicorn.run(
         app,

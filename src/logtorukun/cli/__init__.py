@@ -15,16 +15,16 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__
-from .errors import UserError
+from .. import __version__
+from ..errors import UserError
 
 # Each module adds its own subcommands; order is the order of `logtorukun --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "logtorukun.web.commands",
-    "logtorukun.client.commands",
-    "logtorukun.audit.commands",
-    "logtorukun.db.commands",
-    "logtorukun.ops.commands",
+    "logtorukun.cli.serve",
+    "logtorukun.cli.logs",
+    "logtorukun.cli.audit_trail",
+    "logtorukun.cli.database",
+    "logtorukun.cli.operator",
 )
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config
+from ..db.postgres import Database, is_url, redact
 from ..errors import UserError
-from .postgres import Database, is_url, redact
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(__file__).parent.parent / "db" / "migrations"
 APP_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT, INSERT ON audit_log TO {role}",
@@ -31,6 +31,7 @@ APP_GRANTS = (
     "GRANT SELECT ON audit_meta TO {role}",
     "GRANT SELECT ON audit_log_high TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON auth_users, auth_sessions, auth_tokens TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON limit_buckets, login_failures, follow_slots TO {role}",
 )
 _COPY_TABLES = {
     "auth_users": ("name", "password_hash", "roles", "created", "disabled"),

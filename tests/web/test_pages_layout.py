@@ -30,6 +30,7 @@ def pages(w: Worker) -> list[tuple[str, str, str]]:
         ("olivia", f"/view?host=web1&path={w.app_log}", "#log .line"),
         ("olivia", f"/view?host=web1&path={w.app_log}&follow=1", "#live-badge"),
         ("olivia", "/search", "#search-form"),
+        ("olivia", f"/merged?src=web1:{w.app_log}&src=web2:{w.app_log}", "#log .line .src"),
         ("alice", "/audit", "table tbody tr"),
         ("olivia", "/view?host=nope&path=/var/log/x.log", "h1"),
     ]

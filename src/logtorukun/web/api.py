@@ -404,7 +404,7 @@ async def grep(
 MAX_HOST_GLOBS = 16  # entries in a search's `hosts=`
 
 
-def _host_globs(hosts: str) -> list[str | Glob]:
+def host_globs(hosts: str) -> list[str | Glob]:
     """`hosts=` as label names and compiled globs; GlobError names what is wrong."""
     wanted = [h.strip() for h in hosts.split(",") if h.strip()] or ["*"]
     if len(wanted) > MAX_HOST_GLOBS:
@@ -412,7 +412,7 @@ def _host_globs(hosts: str) -> list[str | Glob]:
     return [w if w.startswith("label:") else check_user_glob(w, "hosts") for w in wanted]
 
 
-def _select_hosts(server: Server, ctx: Ctx, wanted: list[str | Glob]) -> list[HostConfig]:
+def select_hosts(server: Server, ctx: Ctx, wanted: list[str | Glob]) -> list[HostConfig]:
     """Grants first: a user's globs are only ever matched against hosts they may search."""
     assert ctx.access is not None
     granted = [h for h in server.config.hosts if SEARCH in ctx.access.host_caps(h)]
@@ -495,7 +495,7 @@ async def search(
         )
     try:
         matcher = check_user_glob(path, "path")
-        selected = _select_hosts(server, ctx, _host_globs(hosts))
+        selected = select_hosts(server, ctx, host_globs(hosts))
         if selected:
             await patterns.check(pattern, regex, "file")
     except (GlobError, BadPattern) as exc:

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from logtorukun.audit.records import AuditRecord, AuditRef
-from logtorukun.web.suggest import Listings
+from logtorukun.web.suggest import Listings, _dir_globs, default_glob
 from tests.support.sshd import Worker
 from tests.web.support import LiveServer, running, sign_in, write_config
 
@@ -141,7 +141,7 @@ SCROLLERS = """() => {
 }"""
 
 
-@pytest.mark.parametrize("order", ["host"])
+@pytest.mark.parametrize("order", ["host", "time"])
 def test_results_are_in_one_scroll(
     page: Page, live: LiveServer, web_worker: Worker, order: str
 ) -> None:
@@ -152,3 +152,77 @@ def test_results_are_in_one_scroll(
     found = page.evaluate(SCROLLERS)
     assert found["inner"] == [], found  # no scroll box inside the results
     assert found["mainScrolls"] and not found["pageScrolls"], found  # one scroll: main
+
+
+ORIGIN_FREE = """() => [...document.querySelectorAll("#results .merged .line")].map((r) => {
+    const c = r.cloneNode(true);
+    const o = c.querySelector(".origin");
+    const origin = o.title;
+    o.remove();
+    return [origin, c.textContent.trim()];
+})"""
+
+
+@pytest.fixture
+def interleaved(web_worker: Worker) -> Iterator[list[list[str]]]:
+    """merge-a/b/c.log: timestamps interleaved across the three, one line with a stack
+    line without a timestamp after it. Returns the records (a timestamped line and what
+    goes with it) in time order."""
+    names = ["merge-a.log", "merge-b.log", "merge-c.log"]
+    per: dict[str, list[str]] = {n: [] for n in names}
+    ordered = []
+    for i in range(30):
+        record = [f"2024-12-17 14:00:{i:02d} INFO merge-probe {i:02d}"]
+        if i == 10:
+            record.append("    at merge-probe stack frame of 10")
+        per[names[(i * i + i // 2) % 3]] += record  # a b c b a a a b c b a a ...
+        ordered.append(record)
+    paths = [web_worker.root / n for n in names]
+    for p in paths:
+        p.write_text("".join(x + "\n" for x in per[p.name]))
+        p.chmod(0o644)
+    yield ordered
+    for p in paths:
+        p.unlink()
+
+
+def test_results_merged_by_time_across_hosts(
+    page: Page, live: LiveServer, web_worker: Worker, interleaved: list[list[str]]
+) -> None:
+    glob = f"{web_worker.root}/merge-*.log"
+    q = f"hosts=web1,web2&path={glob}&pattern=merge-probe"
+    before = live.audit.head()
+    sign_in(page, live, "olivia", f"/search?{q}")  # by host first
+    expect(page.locator("#progress .label")).to_contain_text("Done: 2 hosts, 6 files, 62 lines")
+    expect(page.locator("#results .group-host")).to_have_count(2)
+    page.get_by_text("by time").click()  # the grouped answer has no order: asked again
+    expect(page.locator("#results .merged .line")).to_have_count(62)
+    assert "order=time" in page.url
+    rows = page.evaluate(ORIGIN_FREE)
+    # Every record twice (web1 and web2 read the same files), in time order; the stack
+    # line right after its predecessor from the same host and file.
+    expected = [x.strip() for rec in interleaved for _ in (1, 2) for x in rec]
+    assert [text for _, text in rows] == expected
+    dated = [origin.split(":")[0] for origin, text in rows if text.startswith("2024")]
+    assert all({dated[k], dated[k + 1]} == {"web1", "web2"} for k in range(0, 60, 2)), dated
+    stacks = [k for k, (_, text) in enumerate(rows) if text.startswith("at merge-probe")]
+    assert len(stacks) == 2 and all(rows[k][0] == rows[k - 1][0] for k in stacks)
+    # Back to by host and again by time: shown from what the page has, not asked again.
+    page.get_by_text("by host").click()
+    expect(page.locator("#results .group-host")).to_have_count(2)
+    page.get_by_text("by time").click()
+    expect(page.locator("#results .merged .line")).to_have_count(62)
+    searches = [r for r in live.since(before) if r.action == "search" and r.event == "read"]
+    assert [r.params.get("order") for r in searches] == [None, "time"]
+
+
+def test_the_default_matches_a_file_of_the_demo_layout() -> None:
+    """The demo's admin may read everything (`sources = ["*"]`: no glob to offer); its
+    logs are app.log, app.log.1 and app.log.2.gz in one directory off /var/log."""
+    files = ["/d/logs/app.log", "/d/logs/app.log.1", "/d/logs/app.log.2.gz"]
+    globs = _dir_globs(files)
+    assert globs == ["/d/logs/*.log", "/d/logs/*"]
+    assert default_glob(globs, files) == "/d/logs/*.log"
+    assert default_glob([], ["/var/log/nginx/access.log"]) == "/var/log/**/*.log"
+    assert default_glob(["/srv/**/*.txt"], ["/d/x.1"]) == "/d/x.1"  # nothing matches: a file
+    assert default_glob([], []) is None

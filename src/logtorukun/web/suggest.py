@@ -125,6 +125,13 @@ def _dir_globs(files: list[str]) -> list[str]:
     return [g for *_, g in sorted(out)]
 
 
+def default_glob(candidates: list[str], files: list[str]) -> str | None:
+    """The first of PREFERRED and `candidates` that matches one of `files` (the files
+    the user may search), else the first file: never a glob that finds nothing."""
+    tried = [PREFERRED, *candidates]
+    return next((g for g in tried if _matching(g, files)), files[0] if files else None)
+
+
 def _matching(glob: str, files: list[str]) -> int:
     try:
         g = check_user_glob(glob, "path")
@@ -198,8 +205,7 @@ async def search_sources(
     found = sorted(searchable)
     candidates = list(dict.fromkeys([*_role_globs(ctx, selected), *_dir_globs(found)]))
     globs = [{"glob": g, "files": _matching(g, found)} for g in candidates]
-    tried = [PREFERRED, *candidates]
-    default = next((g for g in tried if _matching(g, found)), found[0] if found else None)
+    default = default_glob(candidates, found)
     server.finish(
         ref,
         "read_end",

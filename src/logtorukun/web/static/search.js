@@ -11,10 +11,10 @@
   const MAX_SHOWN = 200;  // suggestions of one kind shown; the rest are counted
   let ctrl = null, sugCtrl = null;
   let pathTouched = false;
-  // The current search: every file event in arrival order, and the merged order
-  // ([file index, line index] pairs, oldest first) once the server has sent it.
+  // The current search: file events by their index, and the merged order ([file index,
+  // line index] pairs, oldest first) once the server has sent it.
   // `events` holds the file events and per-host notes, replayed when the view changes.
-  let store = { files: [], events: [], order: null, pattern: "", matcher: null };
+  let store = { files: [], events: [], order: null, undated: [], leftOut: [], pattern: "", matcher: null };
 
   function order() {
     return document.querySelector('input[name="order"]:checked').value;
@@ -140,11 +140,17 @@
       return;
     }
     const box = el("div", { class: "log small-log merged" });
-    const hosts = [...new Set(store.files.map((f) => f.host))];
+    const names = (list) => list.map((f) => store.files[f].host + ":" + store.files[f].source).join(", ");
+    if (store.undated.length) {
+      results.append(el("div", { class: "notice info", text: "No timestamp the merge can read, shown first: " + names(store.undated) }));
+    }
+    if (store.leftOut.length) {
+      results.append(el("div", { class: "notice warn", text: "Not merged (over 50,000 lines; see them by host): " + names(store.leftOut) }));
+    }
     for (const [f, i] of store.order) {
       const ev = store.files[f];
       const row = LogRender.row(ev.lines[i], store.matcher);
-      const tag = el("a", { class: "origin o" + (hosts.indexOf(ev.host) % 6), href: viewHref(ev.host, ev.source, store.pattern),
+      const tag = el("a", { class: "origin o" + (store.hosts.indexOf(ev.host) % 6), href: viewHref(ev.host, ev.source, store.pattern),
         title: ev.host + ":" + ev.source, text: ev.host + " " + ev.source.split("/").pop() });
       row.prepend(tag, " ");
       box.append(row);
@@ -175,7 +181,8 @@
     const q = new URLSearchParams(location.search);
     if (order() === "time") q.set("order", "time"); else q.delete("order");
     history.replaceState(null, "", "/search?" + q);
-    if (order() === "time" && !store.order && store.files.length) run();  // ran by host: ask again
+    if (!store.ran) return;
+    if (order() === "time" && !store.byTime) run();  // it ran by host: ask again, by time
     else if (order() === "time") renderMerged();
     else renderGrouped();
   }
@@ -198,7 +205,7 @@
     progress.classList.remove("hidden");
     bar.style.width = "0%";
     label.textContent = "Starting…";
-    store = { files: [], events: [], order: null, pattern,
+    store = { ran: true, byTime: order() === "time", hosts: [], files: [], events: [], order: null, undated: [], leftOut: [], pattern,
       matcher: LogRender.matcherFor(pattern, $("regex").checked, $("icase").checked) };
     const merged = () => order() === "time";
     if (merged()) renderMerged();
@@ -212,10 +219,11 @@
         const ev = JSON.parse(line);
         if (ev.type === "start") {
           total = ev.hosts.length;
+          store.hosts = ev.hosts;  // a host's colour in the merged view: its place here
           if (!merged()) for (const h of ev.hosts) groupFor(h);
           label.textContent = "0 / " + total + " hosts";
         } else if (ev.type === "file") {
-          store.files.push(ev);
+          store.files[ev.index] = ev;
           store.events.push(ev);
           hits += ev.lines.length;
           if (!merged()) showFile(ev);
@@ -225,7 +233,11 @@
           store.events.push(ev);
           if (!merged()) showNote(ev);
         } else if (ev.type === "merged") {
-          store.order = ev.order;
+          // src: each line's file, in time order; a file's lines keep their own order.
+          const next = {};
+          store.order = ev.src.map((f) => [f, (next[f] = (next[f] || 0) + 1) - 1]);
+          store.undated = ev.undated;
+          store.leftOut = ev.left_out;
           if (merged()) renderMerged();
         } else if (ev.type === "progress") {
           bar.style.width = Math.round((100 * ev.done) / ev.total) + "%";

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 from logtorukun.audit.records import AuditRecord, AuditRef
 from logtorukun.web.suggest import Listings, _dir_globs, default_glob
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, running, sign_in, write_config
+from tests.web.support import LiveServer, running, sign_in, with_hung_host, write_config
 
 pytestmark = pytest.mark.browser
 
@@ -80,30 +80,10 @@ def test_suggestions_are_exactly_what_the_user_may_read(
     expect(page.locator("#path")).to_have_value(f"{root}/app.log.1")
 
 
-@pytest.fixture
-def silent() -> Iterator[socket.socket]:
-    """A port that accepts TCP and never says a word (a hung sshd); close it to release."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def test_a_host_that_fails_last_is_listed_first_with_its_reason(
     page: Page, tmp_path: Path, web_worker: Worker, silent: socket.socket
 ) -> None:
-    path = write_config(tmp_path, web_worker)
-    port = silent.getsockname()[1]
-    path.write_text(
-        path.read_text()
-        + '\n[[host]]\nname = "web-hung"\naddress = "127.0.0.1"\n'
-        + f'port = {port}\nuser = "{web_worker.user}"\n'
-        + f'key = "{web_worker.client_key}"\nknown_hosts = "{web_worker.known_hosts}"\n'
-        + "connect_timeout = 120.0\n"
-    )
+    path = with_hung_host(write_config(tmp_path, web_worker), web_worker, silent)
     with running(path) as live:
         q = f"hosts=web1,web2,web-hung&path={web_worker.app_log}&pattern=order+80412"
         sign_in(page, live, "olivia", f"/search?{q}")

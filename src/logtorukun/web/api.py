@@ -91,7 +91,7 @@ def _ndjson(event: dict[str, Any]) -> bytes:
     return (json.dumps(event, ensure_ascii=False) + "\n").encode()
 
 
-def _split(data: bytes, limit: int) -> tuple[list[str], bool]:
+def split_lines(data: bytes, limit: int) -> tuple[list[str], bool]:
     """Text lines (invalid UTF-8 replaced), at most `limit` (the last ones)."""
     if len(data) > MAX_BYTES:
         data = data[-MAX_BYTES:]
@@ -117,7 +117,7 @@ async def _result(
     limit: int,
     download: bool,
 ) -> Response:
-    lines, cut = await off_loop(len(data), _split, data, limit)
+    lines, cut = await off_loop(len(data), split_lines, data, limit)
     truncated = cut or outcome.truncated
     note = None
     if truncated:
@@ -622,7 +622,7 @@ async def search(
                 if exc.status in (502, 504):  # the host itself failed: skip its other files
                     return
                 continue
-            lines, cut = await off_loop(len(data), _split, data, max)
+            lines, cut = await off_loop(len(data), split_lines, data, max)
             index = totals["files"]
             totals["files"] += 1
             if order == "time":

@@ -38,6 +38,7 @@ def pages(w: Worker) -> list[tuple[str, str, str]]:
         ),
         # the same merged by time: each line marked with its host and file
         ("olivia", f"/search?hosts=*&path={w.app_log}&pattern=order+8&order=time", ".merged .line"),
+        ("olivia", f"/merged?src=web1:{w.app_log}&src=web2:{w.app_log}", "#log .line .src"),
         ("alice", "/audit", "table tbody tr"),
         ("olivia", "/view?host=nope&path=/var/log/x.log", "h1"),
     ]

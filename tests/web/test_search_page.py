@@ -136,7 +136,7 @@ def test_results_are_in_one_scroll(
 
 ORIGIN_FREE = """() => [...document.querySelectorAll("#results .merged .line")].map((r) => {
     const c = r.cloneNode(true);
-    const o = c.querySelector(".origin");
+    const o = c.querySelector(".src");
     const origin = o.title;
     o.remove();
     return [origin, c.textContent.trim()];

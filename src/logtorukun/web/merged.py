@@ -241,9 +241,9 @@ async def _answer(
     size = sum(len(line) for lines in per_source for line in lines)
     merged = await off_loop(size, functools.partial(merge, per_source, limit=limit, keep=keep))
     notes = [f"{picks[i].label}: no timestamps found, its lines come first" for i in merged.undated]
-    if merged.cut:
-        which = "oldest" if keep == "last" else "newest"
-        notes.append(f"{merged.cut} {which} merged lines left out: at most {limit} are shown")
+    cut = bool(merged.cut) and keep == "first"  # a tail's older lines are not news
+    if cut:
+        notes.append(f"{merged.cut} later merged lines left out: at most {limit} are shown")
     notes += [f"{p.label}: {p.extra['error']}" for p in picks if "error" in p.extra]
     payload = {
         "action": action,
@@ -261,7 +261,7 @@ async def _answer(
         "lines": merged.lines,
         "src": merged.src,
         "count": len(merged.lines),
-        "truncated": bool(merged.cut) or any(p.extra.get("truncated") for p in picks),
+        "truncated": cut or any(p.extra.get("truncated") for p in picks),
         "notes": notes,
         "audit": parent.seq,
     }

@@ -150,9 +150,9 @@
     for (const [f, i] of store.order) {
       const ev = store.files[f];
       const row = LogRender.row(ev.lines[i], store.matcher);
-      const tag = el("a", { class: "origin o" + (store.hosts.indexOf(ev.host) % 6), href: viewHref(ev.host, ev.source, store.pattern),
+      const tag = el("a", { class: "src s" + (store.hosts.indexOf(ev.host) % 8), href: viewHref(ev.host, ev.source, store.pattern),
         title: ev.host + ":" + ev.source, text: ev.host + " " + ev.source.split("/").pop() });
-      row.prepend(tag, " ");
+      row.prepend(tag);
       box.append(row);
     }
     if (!store.order.length) box.append(el("div", { class: "empty", text: "No match." }));

@@ -70,14 +70,24 @@ SYSLOG = Format(
     lambda parts: parts[1:],
 )
 _ZONE = re.compile(rb" ?(?:(Z)|([+-])([0-9]{2}):?([0-9]{2})?)(?![0-9])")
+_ZONE_START = frozenset(b"Z+- ")
 _DAY_NS = 86_400 * 10**9
 
 
-def _epoch_ns(y: int, mo: int, d: int, h: int, mi: int, s: int, ns: int) -> int | None:
-    try:
-        return calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)) * 10**9 + ns
-    except (ValueError, OverflowError):  # pragma: no cover - timegm is lenient
-        return None
+_MIDNIGHTS: dict[bytes, int | None] = {}  # b"2024-12-17" -> its first second, a small cache
+
+
+def _midnight(ymd: bytes) -> int | None:
+    at = _MIDNIGHTS.get(ymd, -1)
+    if at == -1:
+        try:
+            at = calendar.timegm((int(ymd[:4]), int(ymd[5:7]), int(ymd[8:10]), 0, 0, 0, 0, 0, 0))
+        except (ValueError, OverflowError):  # pragma: no cover - timegm is lenient
+            at = None
+        if len(_MIDNIGHTS) > 4096:
+            _MIDNIGHTS.clear()
+        _MIDNIGHTS[ymd] = at
+    return at
 
 
 def instant(line: bytes, now_ns: int | None = None) -> int | None:
@@ -85,13 +95,17 @@ def instant(line: bytes, now_ns: int | None = None) -> int | None:
     when it starts with none (a continuation line: it belongs to the line before)."""
     m = YMD.match(line)
     if m is not None:
-        at = _epoch_ns(*_ymd_key(m))
-        if at is None:
+        day = _midnight(line[m.start(1) : m.end(3)])
+        if day is None:
             return None
-        z = _ZONE.match(line, m.end())
-        if z is not None and z[1] is None:
-            offset = (int(z[3]) * 60 + int(z[4] or 0)) * 60 * 10**9
-            at = at - offset if z[2] == b"+" else at + offset
+        secs = day + int(m[4]) * 3600 + int(m[5]) * 60 + int(m[6])
+        at = secs * 10**9 + _nanos(m[7])
+        end = m.end()
+        if end < len(line) and line[end] in _ZONE_START:
+            z = _ZONE.match(line, end)
+            if z is not None and z[1] is None:
+                offset = (int(z[3]) * 60 + int(z[4] or 0)) * 60 * 10**9
+                at = at - offset if z[2] == b"+" else at + offset
         return at
     m = SYSLOG.match(line)
     if m is None:
@@ -99,7 +113,11 @@ def instant(line: bytes, now_ns: int | None = None) -> int | None:
     mo, d, h, mi, s, ns = _syslog_key(m)
     now_ns = time.time_ns() if now_ns is None else now_ns
     year = time.gmtime(now_ns // 10**9).tm_year
-    at = _epoch_ns(year, mo, d, h, mi, s, ns)
-    if at is not None and at > now_ns + _DAY_NS:  # December's lines read in January
-        at = _epoch_ns(year - 1, mo, d, h, mi, s, ns)
+    at = _syslog_ns(year, mo, d, h, mi, s, ns)
+    if at > now_ns + _DAY_NS:  # December's lines read in January
+        at = _syslog_ns(year - 1, mo, d, h, mi, s, ns)
     return at
+
+
+def _syslog_ns(year: int, mo: int, d: int, h: int, mi: int, s: int, ns: int) -> int:
+    return calendar.timegm((year, mo, d, h, mi, s, 0, 0, 0)) * 10**9 + ns

@@ -209,3 +209,24 @@ def test_merged_follow_refusals(live: LiveServer, three: list[Path], web_worker:
     olivia = live.client("olivia")
     unit_from = SSE(olivia, "/api/merged/follow", {"src": _srcs(three), "from": ["7:1:2:3"]})
     assert unit_from.status == 422 and "source 7 does not exist" in unit_from.body["reason"]
+
+
+def test_signing_out_ends_a_merged_follow_for_good(live: LiveServer, three: list[Path]) -> None:
+    c = live.client("olivia")
+    csrf = c.get("/api/me").json()["csrf"]
+    follow = SSE(c, "/api/merged/follow", {"src": _srcs(three)})
+    try:
+        assert follow.status == 200
+        assert live.server.hub.per_user["olivia"] == 1  # one follow, whatever its sources
+        assert c.post("/logout", data={"csrf": csrf}).status_code == 303
+        deadline = time.monotonic() + 10
+        while not [d for e, d in follow.events if e == "end"]:
+            assert time.monotonic() < deadline, follow.events
+            time.sleep(0.02)
+        end = next(d for e, d in follow.events if e == "end")
+        assert end["retry"] is False and "sign in again" in end["reason"]
+    finally:
+        follow.close()
+    record = live.end_of(follow.audit)
+    assert record.outcome is not None and "credentials re-checked" in record.outcome["reason"]
+    live.quiet()

@@ -163,3 +163,16 @@ def test_choose_sources_from_what_you_may_read(
     expect(page.locator("#chosen .src")).to_have_count(1)
     expect(page.locator("#status")).to_contain_text("from 1 source")
     assert f"src=web1%3A{str(web_worker.app_log).replace('/', '%2F')}" in page.url
+
+
+def test_merge_with_from_the_single_viewer(page: Page, live: LiveServer, three: list[Path]) -> None:
+    sign_in(page, live, "olivia", f"/view?host=web2&path={three[1]}")
+    expect(page.locator("#status")).to_contain_text("2 lines")
+    page.click("#merge-with")
+    expect(page.locator("#status")).to_contain_text("2 lines from 1 source")
+    assert page.locator("#chosen .src").get_attribute("title") == f"web2:{three[1]}"
+    page.select_option("#pick-host", "web1")
+    page.select_option("#pick-source", str(three[0]))
+    page.click("#add-source")
+    expect(page.locator("#status")).to_contain_text("7 lines from 2 sources")
+    assert [r[2] for r in rows(page)] == [A[0], B[0], A[1], A[2], A[3], B[1], A[4]]

@@ -230,3 +230,30 @@ def test_signing_out_ends_a_merged_follow_for_good(live: LiveServer, three: list
     record = live.end_of(follow.audit)
     assert record.outcome is not None and "credentials re-checked" in record.outcome["reason"]
     live.quiet()
+
+
+def test_a_source_that_cannot_be_followed_is_reported_the_others_go_on(
+    live: LiveServer, three: list[Path]
+) -> None:
+    c = live.client("olivia")
+    good, dead = f"web1:{three[0]}", f"down:{three[1]}"
+    pos = c.get("/api/merged/tail", params={"src": [good]}).json()["sources"][0]["pos"]
+    follow = SSE(c, "/api/merged/follow", {"src": [good, dead], "from": [f"0:{pos}"]})
+    try:
+        assert follow.status == 200, follow.events
+        ready = follow.events[0][1]
+        assert [s["label"] for s in ready["sources"]] == [good]
+        assert [(f["label"], f["status"]) for f in ready["failed"]] == [(dead, 502)]
+        line = "2024-12-17 14:09:00 INFO still followed"
+        with open(three[0], "a") as f:
+            f.write(line + "\n")
+        follow.wait_for(line)
+        assert [(d["src"], d["lines"]) for e, d in follow.events if e == "lines"] == [(0, [line])]
+    finally:
+        follow.close()
+    live.end_of(follow.audit)
+    live.quiet()
+    # Every source unreachable: the follow is refused with the reason, nothing is left open.
+    none = SSE(c, "/api/merged/follow", {"src": [dead]})
+    assert none.status == 502 and none.body["reason"].startswith(f"{dead}: ")
+    assert live.server.hub.per_user["olivia"] == 0

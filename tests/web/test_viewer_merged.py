@@ -6,6 +6,8 @@ too many sources."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -14,6 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from logtorukun.web.merge import MAX_SOURCES
+from tests.client.helpers import gate_pids
 from tests.support.sshd import Worker
 from tests.web.support import LiveServer, sign_in
 
@@ -176,3 +179,44 @@ def test_merge_with_from_the_single_viewer(page: Page, live: LiveServer, three: 
     page.click("#add-source")
     expect(page.locator("#status")).to_contain_text("7 lines from 2 sources")
     assert [r[2] for r in rows(page)] == [A[0], B[0], A[1], A[2], A[3], B[1], A[4]]
+
+
+def test_merged_follow_continues_from_load_and_across_a_dropped_connection(
+    page: Page, live: LiveServer, web_worker: Worker, three: list[Path]
+) -> None:
+    srcs = labels(three)[:2]
+    sign_in(page, live, "olivia", url(srcs))
+    expect(page.locator("#status")).to_contain_text("7 lines from 2 sources")
+    before = rows(page)
+
+    def write(n: int, what: str) -> list[tuple[str, str, str]]:
+        out = []
+        for i, p in enumerate(three[:2]):
+            line = f"2024-12-17 14:0{n}:00 INFO {what} {i}"
+            with open(p, "a") as f:
+                f.write(line + "\n")
+            out.append((srcs[i], f"s{i}", line))
+        return out
+
+    between = write(1, "between load and follow")  # a merged follow starts where Load ended
+    page.click("#follow")
+    expect(page.locator("#live-badge")).to_have_text("LIVE")
+    expect(page.locator("#log .line")).to_have_count(len(before) + 2)
+    page.evaluate("""() => {
+        window.__badges = [];
+        const b = document.getElementById("live-badge");
+        new MutationObserver(() => window.__badges.push(b.textContent))
+            .observe(b, { childList: true, characterData: true, subtree: true });
+    }""")
+    for pid in gate_pids(web_worker):  # the bridge dies: both sources' follows drop
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    during = write(2, "during the outage")
+    expect(page.locator("#log .line")).to_have_count(len(before) + 4, timeout=20000)
+    after = write(3, "after the reconnect")
+    expect(page.locator("#log .line")).to_have_count(len(before) + 6)
+    got = rows(page)
+    assert got[: len(before)] == before
+    assert sorted(got[len(before) :]) == sorted(between + during + after)
+    assert "RECONNECTING" in page.evaluate("window.__badges")
+    expect(page.locator("#live-badge")).to_have_text("LIVE")

@@ -404,6 +404,20 @@ def _starts(picks: list[Pick], froms: list[str]) -> dict[int, tuple[int, int, in
     return out
 
 
+def _unexpected(exc: BaseException | None) -> bool:
+    return exc is not None and not isinstance(exc, WorkerError)
+
+
+def _give_back(tasks: list[asyncio.Task[Upstream]], viewers: list[Viewer]) -> None:
+    """Undo the joins of a merged follow that does not start: the sources joined leave
+    (the last viewer leaving stops an upstream), the others are cancelled."""
+    for i, t in enumerate(tasks):
+        if not t.done():
+            t.cancel()
+        elif not t.cancelled() and t.exception() is None:
+            t.result().leave(viewers[i])
+
+
 @router.get(
     "/follow",
     summary="live lines of several sources as one Server-Sent Events stream",
@@ -460,24 +474,36 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
         p = picks[i]
         return await hub.join(p.host, p.source, viewers[i], _via(ctx, p), starts.get(i))
 
-    joined = await asyncio.gather(*(join(i) for i in range(len(picks))), return_exceptions=True)
+    tasks = [asyncio.ensure_future(join(i)) for i in range(len(picks))]
+    try:
+        await asyncio.wait(tasks)
+    except BaseException:  # the client went away while the sources were being joined
+        _give_back(tasks, viewers)
+        hub.per_user[user] -= 1
+        hub.release(slot)
+        with contextlib.suppress(ApiError):
+            fail(499, "the client went away before the follow started", picks)
+        raise
+    bug = next((t.exception() for t in tasks if _unexpected(t.exception())), None)
+    if bug is not None:  # not a worker's refusal: give back what was taken, then raise
+        _give_back(tasks, viewers)
+        hub.per_user[user] -= 1
+        hub.release(slot)
+        with contextlib.suppress(ApiError):
+            fail(500, f"internal error: {bug!r}", picks)
+        raise bug
     ups: dict[int, Upstream] = {}
     failed: list[dict[str, Any]] = []
-    for i, r in enumerate(joined):
+    for i, t in enumerate(tasks):
         p = picks[i]
         assert p.ref is not None
-        if isinstance(r, Upstream):
-            ups[i] = r
-            hub.recheck.add(viewers[i], Credential.of(ctx, p.host, p.source))
-        elif isinstance(r, WorkerError):
+        r = t.exception()
+        if isinstance(r, WorkerError):
             server.finish(p.ref, "follow_end", {"status": r.status, "error": r.detail})
             failed.append({"src": i, "label": p.label, "status": r.status, "reason": r.reason})
-        else:  # cancelled or a bug: give back what was taken, then let it propagate
-            for j, up in ups.items():
-                up.leave(viewers[j])
-            hub.per_user[user] -= 1
-            hub.release(slot)
-            raise r
+        else:
+            ups[i] = t.result()
+            hub.recheck.add(viewers[i], Credential.of(ctx, p.host, p.source))
     if not ups:
         hub.per_user[user] -= 1
         hub.release(slot)

@@ -150,7 +150,13 @@ class Fanout:
         self._last_flush = now = time.monotonic()
         payload, count = render(self.entries(a, b), 0) if a >= self.base else (b"", 0)
         for v in list(self.viewers):
-            if not v.idle or v.revoked is not None:
+            if v.revoked is not None:
+                continue
+            if v.send is None:  # not started yet, or a reader with a loop of its own
+                if v.cursor < b:
+                    v.wake.set()
+                continue
+            if not v.idle:
                 continue  # busy: it catches up itself once its send is done
             if v.cursor == a and payload and v.send is not None:
                 v.cursor = b
@@ -165,24 +171,30 @@ class Fanout:
         self._cost = time.monotonic() - now
         self._schedule()
 
-    def take(self, v: Viewer) -> tuple[bytes, int, int] | None:
-        """The viewer's own next event(s), from its cursor up to the last flush: (SSE
-        bytes, lines, dropped), or None if it has everything flushed so far."""
+    def behind(self, v: Viewer) -> bool:
+        """Has `v` lines (or drops) to be told that the caught-up viewers already got?"""
+        return v.cursor < self.flushed or v.cursor < self.base
+
+    def take(self, v: Viewer) -> tuple[list[Entry], int] | None:
+        """The viewer's own next entries, from its cursor up to the last flush (at most
+        MAX_BATCH), and how many it lost; None if it has everything flushed so far."""
         dropped = 0
         if v.cursor < self.base:
             dropped = self.base - v.cursor
             v.cursor = self.base
+            v.dropped_total += dropped
         b = min(self.flushed, v.cursor + MAX_BATCH)
         if b <= v.cursor and not dropped:
             return None
-        payload, count = render(self.entries(v.cursor, b), dropped)
+        entries = self.entries(v.cursor, b)
         v.cursor = max(v.cursor, b)
-        return payload, count, dropped
+        return entries, dropped
 
 
-def render(entries: list[Entry], dropped: int) -> tuple[bytes, int]:
+def render(entries: list[Entry], dropped: int, src: int | None = None) -> tuple[bytes, int]:
     """SSE events for `entries` in order: runs of lines as `lines` events ("dropped" on
-    the first, "pos" after the last line that has one), gaps as `gap` events."""
+    the first, "pos" after the last line that has one), gaps as `gap` events; `src`
+    (the merged view's source number) first in each if given."""
     parts: list[str] = []
     lines: list[str] = []
     pos: str | None = None
@@ -195,20 +207,23 @@ def render(entries: list[Entry], dropped: int) -> tuple[bytes, int]:
             if len(lines) < MAX_BATCH:
                 continue
         if lines or dropped:
-            parts.append(_lines_event(lines, dropped, pos))
+            parts.append(_lines_event(lines, dropped, pos, src))
             count += len(lines)
             lines, pos, dropped = [], None, 0
         if line is None:
-            parts.append(event("gap", {"reason": gap, "pos": p}))
+            head = {} if src is None else {"src": src}
+            parts.append(event("gap", {**head, "reason": gap, "pos": p}))
     if lines or dropped:
-        parts.append(_lines_event(lines, dropped, pos))
+        parts.append(_lines_event(lines, dropped, pos, src))
         count += len(lines)
     return "".join(parts).encode(), count
 
 
-def _lines_event(lines: list[str], dropped: int, pos: str | None) -> str:
+def _lines_event(lines: list[str], dropped: int, pos: str | None, src: int | None) -> str:
+    head = f'"src":{src},' if src is not None else ""
     tail = f',"pos":"{pos}"' if pos is not None else ""
-    return f'event: lines\ndata: {{"lines":[{",".join(lines)}],"dropped":{dropped}{tail}}}\n\n'
+    data = f'{{{head}"lines":[{",".join(lines)}],"dropped":{dropped}{tail}}}'
+    return f"event: lines\ndata: {data}\n\n"
 
 
 def event(name: str, data: dict[str, Any]) -> str:

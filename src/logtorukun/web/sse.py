@@ -32,7 +32,7 @@ from ..gate.protocol import POS_EVERY
 from .access import FOLLOW, Source
 from .api import ContainerQ, PathQ, UnitQ, worker_failed
 from .context import ApiError, Ctx, Server
-from .fanout import Entry, Fanout, Resume, Viewer, event
+from .fanout import Entry, Fanout, Resume, Viewer, event, render
 from .guard import begin, server_of
 from .recheck import Credential, Rechecker
 from .shared import SharedFollows
@@ -463,7 +463,7 @@ async def follow(
                 await send(_body(_event("end", {"reason": viewer.ended, "retry": False})))
                 return
             now = time.monotonic()
-            if viewer.cursor < out.flushed or viewer.cursor < out.base:
+            if out.behind(viewer):
                 # Behind the caught-up viewers: its own event, at most one per spacing.
                 gap_s = viewer.last_sent + out.spacing() - now
                 if gap_s > 0:
@@ -471,8 +471,7 @@ async def follow(
                     continue  # (what arrived meanwhile goes out with it)
                 got = out.take(viewer)
                 if got is not None:
-                    payload, count, dropped = got
-                    viewer.dropped_total += dropped
+                    payload, count = render(*got)
                     viewer.lines += count
                     viewer.bytes += len(payload)
                     viewer.last_sent = last_beat = now

@@ -7,7 +7,8 @@ where", draws the same arrows):
     gate -> the standard library only
 
 "gate (shared)" is the part of the gate the other side may use: the frame format
-(protocol.py), the request vocabulary (vocabulary.py) and the glob matcher (globs.py).
+(protocol.py), the request vocabulary (vocabulary.py), the glob matcher (globs.py), the
+audit record (record.py) and the line timestamps (stamps.py, for the merged view).
 No import cycle between modules anywhere, and no module imports another's private
 (`_name`) names.
 """
@@ -25,7 +26,7 @@ import logtorukun
 
 PKG = Path(logtorukun.__file__).resolve().parent
 ROOT = "logtorukun"
-SHARED_GATE = {f"{ROOT}.gate.{m}" for m in ("protocol", "vocabulary", "globs", "record")}
+SHARED_GATE = {f"{ROOT}.gate.{m}" for m in ("protocol", "vocabulary", "globs", "record", "stamps")}
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 

@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.reason and result.reason != "client went away":
         _say(result.reason)
     ctx.audit.close()
-    return int(result.code)
+    return result.exit
 
 
 if __name__ == "__main__":

@@ -304,8 +304,8 @@ Request = Tail | Head | Grep | Range | Journal | Docker | SourcesRequest | Bridg
 class Status:
     """How a request ended: the gate's exit code and reason, what it sent, whether a
     limit cut it, and for a file's tail where a follow would continue (inode, offset,
-    tag). The body of a bridge END frame, the client's `Stream.status`, and what the web
-    server answers and audits."""
+    tag). What the gate's `runner.serve` returns, the body of a bridge END frame, the
+    client's `Stream.status`, and what the web server answers and audits."""
 
     exit: int
     reason: str = ""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from logtorukun.ops.bundle import build_gate_zipapp
+from logtorukun.ops.bundle import build_gate
 from logtorukun.ops.sample_logs import write_sample_logs
 from tests.support.sshd import SYSTEM_PYTHON
 
@@ -64,7 +64,7 @@ def imported(gate: list[str], env: dict[str, str]) -> set[str]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[str, str], Path]:
     base = tmp_path_factory.mktemp("startup")
-    gate = build_gate_zipapp(base / "gate.pyz", python=SYSTEM_PYTHON)
+    entry = build_gate(base / "gate", python=SYSTEM_PYTHON)
     logs = base / "logs"
     write_sample_logs(logs)
     state = base / "state"
@@ -84,15 +84,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[str
         "SSH_CLIENT": "127.0.0.1 50000 22",
         "SSH_USER_AUTH": str(auth),
     }
-    # The gate's entry as the forced command runs it, without runpy in between.
-    argv = [
-        "-c",
-        f"import sys; sys.path.append({str(gate)!r}); "
-        "from logtorukun.gate.__main__ import main; sys.exit(main())",
-        "--policy",
-        str(policy),
-    ]
-    return argv, env, logs
+    return [str(entry), "--policy", str(policy)], env, logs  # as the forced command
 
 
 @pytest.mark.parametrize("command", ["tail -n 200 {logs}/app.log", "help"])

@@ -89,8 +89,9 @@ def identity_from_env(env: dict[str, str]) -> dict[str, Any]:
     auth_file = env.get("SSH_USER_AUTH")  # sshd's ExposeAuthInfo yes
     if auth_file:
         try:
-            with open(auth_file, encoding="ascii", errors="replace") as f:
-                first = f.readline().split()
+            # Bytes, decoded here: a text-mode open() would import the ascii codec.
+            with open(auth_file, "rb") as f:
+                first = f.readline(1 << 16).decode("ascii", "replace").split()
         except OSError:
             first = []
         if len(first) >= 3 and first[0] == "publickey":

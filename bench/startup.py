@@ -4,11 +4,12 @@
 
 Runs the gate as sshd does (`/usr/bin/python3 -IS .../logtorukun-gate.py --policy P`,
 request in SSH_ORIGINAL_COMMAND, SSH_USER_AUTH as sshd's ExposeAuthInfo writes it, audit
-to a file) for `help` and `tail -n 200` of a 10 MB log, and `python3 -IS -c pass`,
-alternating, and reports medians of wall time and of CPU time (user + system, from
-wait4: less disturbed by other load than wall time). Then `-X importtime` over `--runs`
-runs of `tail -n 200`: each module's smallest self time (the least disturbed by other
-load), largest first. Writes docs/benchmarks-startup.md.
+to a file) for `help` and `tail -n 200` of a 10 MB log, the same files packed as a
+zipapp (how the gate shipped before: runpy and zipimport in front of it), and
+`python3 -IS -c pass`, alternating, and reports medians of wall time and of CPU time
+(user + system, from wait4: less disturbed by other load than wall time). Then
+`-X importtime` over `--runs` runs of `tail -n 200`: each module's smallest self time
+(the least disturbed by other load), largest first. Writes docs/benchmarks-startup.md.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from bench._logs import make_log
-from logtorukun.ops.bundle import build_gate
+from logtorukun.ops.bundle import GATE_ENTRY, build_gate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-startup.md"
 PY = "/usr/bin/python3"
@@ -42,6 +44,21 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     if proc.returncode != 0:
         raise SystemExit(f"{argv} exited {proc.returncode}")
     return wall, usage.ru_utime + usage.ru_stime
+
+
+def as_zipapp(gate_dir: Path, dest: Path) -> Path:
+    """The gate's files as one zipapp, bytecode beside each source (zipimport never
+    looks in __pycache__): the comparison row for running a script instead."""
+    main = "import sys\nfrom logtorukun.gate.__main__ import main\nsys.exit(main())\n"
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("__main__.py", main)
+        for path in sorted(gate_dir.rglob("*.py")):
+            rel = path.relative_to(gate_dir).as_posix()
+            if rel != GATE_ENTRY:
+                zf.write(path, rel)
+                (pyc,) = path.parent.glob(f"__pycache__/{path.stem}.*.pyc")
+                zf.write(pyc, rel + "c")
+    return dest
 
 
 def main() -> int:
@@ -64,13 +81,13 @@ def main() -> int:
         base = {"PATH": "/usr/bin:/bin", "SSH_CLIENT": "127.0.0.1 50000 22", "TMPDIR": tmp}
         gate_env = {**base, "SSH_USER_AUTH": str(auth)}
         argv = [PY, "-IS", str(entry), "--policy", str(policy)]
+        pyz = [PY, "-IS", str(as_zipapp(entry.parent, d / "gate.pyz")), *argv[3:]]
+        tail = {**gate_env, "SSH_ORIGINAL_COMMAND": f"tail -n 200 {log}"}
         rows = {
             "`python3 -IS -c pass`": ([PY, "-IS", "-c", "pass"], base),
             "gate `help`": (argv, {**gate_env, "SSH_ORIGINAL_COMMAND": "help"}),
-            "gate `tail -n 200`": (
-                argv,
-                {**gate_env, "SSH_ORIGINAL_COMMAND": f"tail -n 200 {log}"},
-            ),
+            "gate `tail -n 200`": (argv, tail),
+            "the same gate as a zipapp, `tail -n 200`": (pyz, tail),
         }
         walls: dict[str, list[float]] = {k: [] for k in rows}
         cpus: dict[str, list[float]] = {k: [] for k in rows}

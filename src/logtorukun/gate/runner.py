@@ -11,7 +11,7 @@ import os
 import select
 import time
 
-from . import GATE_VERSION, grammar, slots
+from . import GATE_VERSION, grammar
 from .audit import AuditLog, now_iso
 from .errors import Cancelled, Exit, GateError
 from .output import LimitReached, Output
@@ -106,6 +106,8 @@ def serve(
     slot = None
     try:
         if plan.needs_slot:
+            from . import slots  # a quick request (tail, help) takes no slot: no import
+
             slot = slots.acquire(ctx.policy.limits)
         ctx.audit.write({**base, "event": "request", "decision": "allow", "target": plan.target})
     except GateError as exc:

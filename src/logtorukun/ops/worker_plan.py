@@ -442,7 +442,10 @@ def _plan_gate(plan: _Planner, lay: Layout, python: str) -> None:
     for this Python (compiled by it), files of an older build removed, and the zipapp
     earlier versions installed deleted (no forced command runs it any more)."""
     if python not in _GATE_CACHE:
-        _GATE_CACHE[python] = gate_files(python)
+        try:
+            _GATE_CACHE[python] = gate_files(python)
+        except RuntimeError as exc:
+            raise UserError(f"{exc}; --python must be the worker's Python >= 3.11") from None
     files = _GATE_CACHE[python]
     plan.dir(lay.gate_dir, 0o755)
     for rel in sorted({str(Path(r).parent) for r in files} - {"."}):

@@ -111,6 +111,9 @@ def test_the_installed_gate_holds_the_gate_and_nothing_else(tmp_path: Path) -> N
     root = build_gate(tmp_path / "gate", python=SYSTEM_PYTHON).parent
     names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
     assert all(
-        n == GATE_ENTRY or n.startswith(("logtorukun/__init__.py", "logtorukun/gate/"))
+        n == GATE_ENTRY
+        or n.startswith(
+            ("logtorukun/__init__.py", "logtorukun/__pycache__/__init__.", "logtorukun/gate/")
+        )
         for n in names
     ), names

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .access import READ_CAPS, SEARCH, BadSource, source_from
 from .context import ApiError, Ctx, Server
+from .merge import MAX_SOURCES
 from .security import PRE_COOKIE, csrf_ok, same_origin
 
 router = APIRouter(include_in_schema=False)
@@ -320,6 +321,21 @@ async def view(
         source=src,
         source_caps=sorted(caps),
     )
+    return _with_proxy_session(server, ctx, response)
+
+
+@router.get("/merged")
+async def merged_page(request: Request) -> Response:
+    """The merged view: its sources come from the link (`src=HOST:SOURCE`, repeated) or
+    the chooser; every API call it makes checks each of them."""
+    server = _server(request)
+    ctx, redirect = _page_ctx(server, request, "merged")
+    if redirect:
+        return redirect
+    assert ctx.access is not None
+    if not ctx.access.hosts():
+        raise server.refuse(ctx, 403, "no role grants you any host", action="merged")
+    response = _render(server, request, "merged.html", ctx, page="merged", max_sources=MAX_SOURCES)
     return _with_proxy_session(server, ctx, response)
 
 

@@ -41,3 +41,16 @@ def test_lines_without_a_timestamp() -> None:
     assert instant(b"    at com.example.Main(Main.java:3)") is None
     assert instant(b"") is None
     assert instant(b"2024-12-17 no time") is None
+
+
+def test_json_and_logfmt_time_fields() -> None:
+    utc = _ns(2024, 12, 17, 5, 3, 5)
+    assert instant(b'{"ts":"2024-12-17T05:03:05Z","level":"info"}') == utc
+    assert instant(b'{"level":"info","msg":"x","@timestamp": "2024-12-17T14:03:05+09:00"}') == utc
+    assert instant(b'{"level":30,"time":1734411785000,"msg":"pino"}') == utc  # milliseconds
+    assert instant(b'{"level":"info","ts":1734411785.5,"msg":"zap"}') == utc + 500_000_000
+    assert instant(b"level=info ts=2024-12-17T05:03:05Z msg=hi") == utc
+    assert instant(b'time="2024-12-17 05:03:05" level=warn') == utc
+    assert instant(b'{"level":"info","msg":"no time"}') is None
+    assert instant(b'{"ts":"soon"}') is None
+    assert instant(b"a=1 b=2 ts=notatime") is None

@@ -63,3 +63,9 @@ def test_limit_keeps_the_last_for_a_tail_and_the_first_for_a_search() -> None:
         "2024-01-01 00:00:02 a",
     ]
     assert first.src == [0, 1, 0]
+
+
+def test_json_lines_merge_by_their_time_field() -> None:
+    a = ['{"ts":"2024-01-01T00:00:01Z","msg":"a1"}', '{"msg":"a2","time":1704067203000}']
+    b = ["2024-01-01 00:00:02 b1", "level=info ts=2024-01-01T00:00:04Z msg=b2"]
+    assert merge([a, b]).src == [0, 1, 0, 1]

@@ -10,7 +10,9 @@ web's merged view (shared with the web side, so there is one parser of log times
 typed in it). Merging several logs needs one time line, so `instant` also reads a zone
 suffix (`Z`, `+09:00`, `+0900`) when there is one and takes a time without a zone as
 UTC; a syslog time gets the latest year that does not put it more than a day ahead of
-`now`.
+`now`. A structured line that does not start with a time has it in a field: JSON
+`"ts"`, `"time"`, `"timestamp"`, `"@timestamp"` or `"t"` (a time as above, or epoch
+seconds / milliseconds as pino and zap write them), or logfmt `ts=`, `time=`, `t=`.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ SYSLOG = Format(
 )
 _ZONE = re.compile(rb" ?(?:(Z)|([+-])([0-9]{2}):?([0-9]{2})?)(?![0-9])")
 _ZONE_START = frozenset(b"Z+- ")
+_TIME_KEYS = rb"(?:@timestamp|timestamp|time|ts|t)"
+_JSON_TIME = re.compile(
+    rb'"' + _TIME_KEYS + rb'" ?: ?(?:"([0-9][^"]{9,39})"|([0-9]{9,13})(?:\.([0-9]{1,9}))?)'
+)
+_LOGFMT_TIME = re.compile(
+    rb"(?:^| )" + _TIME_KEYS + rb'=(?:"([0-9][^"]{9,39})"|([0-9][^ "]{9,39}))(?= |$)'
+)
 _DAY_NS = 86_400 * 10**9
 
 
@@ -109,7 +118,7 @@ def instant(line: bytes, now_ns: int | None = None) -> int | None:
         return at
     m = SYSLOG.match(line)
     if m is None:
-        return None
+        return _field(line, now_ns)
     mo, d, h, mi, s, ns = _syslog_key(m)
     now_ns = time.time_ns() if now_ns is None else now_ns
     year = time.gmtime(now_ns // 10**9).tm_year
@@ -121,3 +130,24 @@ def instant(line: bytes, now_ns: int | None = None) -> int | None:
 
 def _syslog_ns(year: int, mo: int, d: int, h: int, mi: int, s: int, ns: int) -> int:
     return calendar.timegm((year, mo, d, h, mi, s, 0, 0, 0)) * 10**9 + ns
+
+
+def _field(line: bytes, now_ns: int | None) -> int | None:
+    """The time in a JSON or logfmt line's time field (see the module's docstring)."""
+    if line[:1] == b"{":
+        m = _JSON_TIME.search(line)
+        if m is None:
+            return None
+        if m[1] is not None:
+            return instant(m[1], now_ns) if YMD.match(m[1]) else None
+        whole, frac = int(m[2]), (m[3] or b"").ljust(9, b"0")
+        if whole >= 10**11:  # milliseconds (pino), else seconds (zap, logrus)
+            return whole * 10**6 + int(frac[:6]) // 1000
+        return whole * 10**9 + int(frac)
+    if b"=" not in line:
+        return None
+    m = _LOGFMT_TIME.search(line)
+    if m is None:
+        return None
+    value = m[1] or m[2]
+    return instant(value, now_ns) if YMD.match(value) else None

@@ -422,6 +422,7 @@ def _merged_event(kept: dict[int, list[str]], left_out: list[int]) -> bytes:
         "src": [indexes[k] for k in merged.src],
         "undated": [indexes[k] for k in merged.undated],
         "left_out": sorted(left_out),
+        "cap": MAX_MERGED_LINES,
     }
     return _ndjson(event)
 

@@ -3,9 +3,10 @@
 
 Each source's lines are grouped into records: a line that starts with a timestamp
 (gate/stamps.py, the same formats `range` reads, zones honoured, a time without a zone
-taken as UTC) and the lines after it that do not (a stack trace, a wrapped message), so
-a continuation line always stays right after its predecessor. Lines before a source's
-first timestamp go just before that first timestamped line. The records of all sources
+taken as UTC; in a JSON or logfmt line, its time field) and the lines after it that do
+not (a stack trace, a wrapped message), so a continuation line always stays right after
+its predecessor. Lines before a source's first timestamp go just before that first
+timestamped line. The records of all sources
 are then merged with `heapq.merge`: a stable k-way merge, so each source keeps its own
 order even where its timestamps go backwards, and equal times keep the sources' order.
 A source without any timestamp the merge understands comes first, whole, and is named
@@ -22,10 +23,11 @@ from typing import Literal
 
 from ..gate.stamps import instant
 
-__all__ = ["HEAD_CHARS", "MAX_SOURCES", "Merged", "merge"]
+__all__ = ["FIELD_CHARS", "HEAD_CHARS", "MAX_SOURCES", "Merged", "merge"]
 
 MAX_SOURCES = 8  # sources in one merged view, tail, search or follow
 HEAD_CHARS = 64  # a timestamp is looked for in a line's first characters only
+FIELD_CHARS = 2048  # ... or, in a JSON or logfmt line, in its time field this far in
 UNDATED = -1  # the key of a source with no timestamp at all: before everything
 
 
@@ -47,7 +49,10 @@ def _records(i: int, lines: Sequence[str], now_ns: int) -> list[_Record]:
     """The records of source `i`, in its order."""
     starts: list[tuple[int, int]] = []
     for j, line in enumerate(lines):
-        at = instant(line[:HEAD_CHARS].encode("utf-8", "replace"), now_ns)
+        head = line[:HEAD_CHARS]
+        if head[:1] == "{" or "=" in head:  # JSON or logfmt: the time may be in any field
+            head = line[:FIELD_CHARS]
+        at = instant(head.encode("utf-8", "replace"), now_ns)
         if at is not None:
             starts.append((j, at))
     if not starts:

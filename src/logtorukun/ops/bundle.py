@@ -6,8 +6,8 @@ their bytecode compiled by the worker's own Python (the gate user cannot write
 `__pycache__`, so without it every start would compile the gate again). The forced
 command runs the entry with `python3 -IS` (isolated, no site-packages): nothing on
 the worker's import path can shadow the gate, and no `runpy` or `zipimport` stands
-between sshd and the gate's first line (the same gate as a zipapp takes 1.7x the CPU
-time of a one-shot `tail`: docs/benchmarks.md). The
+between sshd and the gate's first line (the same gate as a zipapp takes nearly twice
+the CPU time of a one-shot `tail`: docs/benchmarks.md). The
 files are byte-for-byte reproducible (hash-checked bytecode, no timestamps), so an
 operator (or a test) can compare a worker's copy with a fresh build.
 """

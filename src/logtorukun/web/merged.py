@@ -356,25 +356,17 @@ async def merged_grep(
         return ApiError(status, why)
 
     for p in picks:
-        if p.source.kind == "container":
-            raise fail(422, f"src: {p.label}: the gate cannot search container logs")
-        if p.source.kind == "unit" and invert:
-            raise fail(422, f"src: {p.label}: invert is not supported for units")
+        why = ReadSpec.unsearchable(p.source, invert)
+        if why is not None:
+            raise fail(422, f"src: {p.label}: {why}")
     try:
         for kind in dict.fromkeys(p.source.kind for p in picks):
             await patterns.check(pattern, regex, kind)
     except BadPattern as exc:
         raise fail(422, str(exc)) from None
     specs = [
-        ReadSpec(
-            "grep",
-            p.source,
-            pattern=pattern,
-            regex=regex,
-            ignore_case=ignore_case,
-            invert=invert,
-            max=max,
-            lines=max,
+        ReadSpec.grep(
+            p.source, pattern, regex=regex, ignore_case=ignore_case, invert=invert, max=max
         )
         for p in picks
     ]

@@ -5,8 +5,10 @@
 Starts a throwaway worker (real sshd + gate) and the web server on loopback, signs in
 with headless Chromium, opens the viewer on a log with levels, a JSON line expanded and
 a live follow, and writes viewer-light.png and viewer-dark.png; then a merged view of
-three logs on two hosts (merged-light.png, merged-dark.png). 960x540, small enough to
-commit. Needs what the tests need (./dev setup), run as root like the test suite.
+three logs on two hosts (merged-light.png, merged-dark.png); then search.png, a search
+across hosts merged by time with the host that failed (the config's `down`) listed
+first. 960x540, small enough to commit. Needs what the tests need (./dev setup), run as
+root like the test suite.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Browser, expect, sync_playwright
 
 from tests.support.sshd import Worker
 from tests.web.conftest import CHROMIUM_ARGS
-from tests.web.support import running, sign_in, write_config
+from tests.web.support import LiveServer, running, sign_in, write_config
 
 LINES = [
     "2024-12-17 14:03:11 INFO  [http] GET /api/orders 200 12ms",
@@ -111,11 +113,25 @@ def shoot(out_dir: Path) -> list[Path]:
                     written.append(target)
                     ctx.close()
                 written += shoot_merged(browser, live, worker, out_dir)
+                written.append(_search(browser, live, log, out_dir))
             finally:
                 browser.close()
     finally:
         worker.destroy()
     return written
+
+
+def _search(browser: Browser, live: LiveServer, log: Path, out_dir: Path) -> Path:
+    ctx = browser.new_context(viewport={"width": 960, "height": 540}, color_scheme="light")
+    page = ctx.new_page()
+    glob = f"{log.parent}/*.log"
+    sign_in(page, live, "olivia", f"/search?hosts=*&path={glob}&pattern=80412&order=time")
+    expect(page.locator("#progress .label")).to_contain_text("Done:")
+    expect(page.locator("#results .merged .line").first).to_be_visible()
+    target = out_dir / "search.png"
+    page.screenshot(path=str(target))
+    ctx.close()
+    return target
 
 
 def main(argv: list[str]) -> int:

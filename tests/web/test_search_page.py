@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from logtorukun.audit.records import AuditRecord, AuditRef
-from logtorukun.web.suggest import Listings, _dir_globs, default_glob
+from logtorukun.web.suggest import Listings
 from tests.support.sshd import Worker
 from tests.web.support import LiveServer, running, sign_in, with_hung_host, write_config
 
@@ -196,13 +196,21 @@ def test_results_merged_by_time_across_hosts(
     assert [r.params.get("order") for r in searches] == [None, "time"]
 
 
-def test_the_default_matches_a_file_of_the_demo_layout() -> None:
-    """The demo's admin may read everything (`sources = ["*"]`: no glob to offer); its
-    logs are app.log, app.log.1 and app.log.2.gz in one directory off /var/log."""
-    files = ["/d/logs/app.log", "/d/logs/app.log.1", "/d/logs/app.log.2.gz"]
-    globs = _dir_globs(files)
-    assert globs == ["/d/logs/*.log", "/d/logs/*"]
-    assert default_glob(globs, files) == "/d/logs/*.log"
-    assert default_glob([], ["/var/log/nginx/access.log"]) == "/var/log/**/*.log"
-    assert default_glob(["/srv/**/*.txt"], ["/d/x.1"]) == "/d/x.1"  # nothing matches: a file
-    assert default_glob([], []) is None
+def test_a_merge_past_its_line_cap_leaves_files_out_and_says_which(
+    page: Page, live: LiveServer, web_worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from logtorukun.web import api
+
+    monkeypatch.setattr(api, "MAX_MERGED_LINES", 40)  # one file of 30 fits, two do not
+    q = f"hosts=web1,web2&path={web_worker.app_log}&pattern=INFO&max=30&order=time"
+    sign_in(page, live, "olivia", f"/search?{q}")
+    expect(page.locator("#progress .label")).to_contain_text("Done: 2 hosts, 2 files, 60 lines")
+    expect(page.locator("#results .merged .line")).to_have_count(30)
+    note = page.locator("#results .notice.warn", has_text="Not merged")
+    expect(note).to_have_count(1)
+    expect(note).to_contain_text("over 40 lines")
+    expect(note).to_contain_text(f":{web_worker.app_log}")
+    merged_host = page.locator("#results .merged .line .src").first.inner_text().split(" ")[0]
+    assert merged_host in ("web1", "web2")
+    left = "web2" if merged_host == "web1" else "web1"
+    expect(note).to_contain_text(f"{left}:{web_worker.app_log}")

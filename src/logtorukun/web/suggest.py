@@ -22,9 +22,9 @@ from fastapi import APIRouter, Query, Request
 from ..config import HostConfig
 from ..gate.globs import GlobError, check_user_glob
 from .access import READ_CAPS, SEARCH, BadSource, Source, host_matches, source_from
-from .api import host_globs, select_hosts
+from .api import searchable_hosts
 from .context import Ctx, Server
-from .guard import has_control, server_of
+from .guard import server_of
 from .workers import WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -34,6 +34,7 @@ FAILED_TTL = 5.0  # ... and a failure (an unreachable host is asked again soon)
 MAX_CACHED = 1024  # (host, user) listings kept; the oldest go first
 MAX_LISTED_HOSTS = 8  # hosts whose workers are asked per request; the rest: role globs only
 PREFERRED = "/var/log/**/*.log"  # the default when it matches something
+MAX_DIR_GLOBS = 20  # directory globs offered (the fullest directories)
 
 
 class Listings:
@@ -111,7 +112,8 @@ def _role_globs(ctx: Ctx, hosts: list[HostConfig]) -> list[str]:
 
 def _dir_globs(files: list[str]) -> list[str]:
     """`DIR/*.log` for each directory with `.log` files, fullest first, then `DIR/*` where
-    there are other files too (rotated `.1`, `.gz`)."""
+    there are other files too (rotated `.1`, `.gz`); at most MAX_DIR_GLOBS (each is
+    matched against every listed file)."""
     by_dir: dict[str, list[str]] = {}
     for f in files:
         by_dir.setdefault(posixpath.dirname(f), []).append(posixpath.basename(f))
@@ -122,7 +124,7 @@ def _dir_globs(files: list[str]) -> list[str]:
             out.append((False, -logs, f"{d.rstrip('/')}/*.log"))
         if logs < len(names):
             out.append((True, -len(names), f"{d.rstrip('/')}/*"))
-    return [g for *_, g in sorted(out)]
+    return [g for *_, g in sorted(out)][:MAX_DIR_GLOBS]
 
 
 def default_glob(candidates: list[str], files: list[str]) -> str | None:
@@ -154,23 +156,7 @@ async def search_sources(
     server = server_of(request)
     params = {"hosts": hosts}
     ctx = server.require_user(request, "search_sources", host=hosts, params=params)
-    try:
-        if has_control(hosts):
-            raise GlobError("hosts: control characters are not accepted")
-        selected = select_hosts(server, ctx, host_globs(hosts))
-    except GlobError as exc:
-        raise server.refuse(
-            ctx, 422, str(exc), action="search_sources", host=hosts, params=params
-        ) from None
-    if not selected:
-        raise server.refuse(
-            ctx,
-            404,
-            f"no host you may search matches {hosts!r}",
-            action="search_sources",
-            host=hosts,
-            params=params,
-        )
+    selected = searchable_hosts(server, ctx, hosts, action="search_sources", params=params)
     listed = selected[:MAX_LISTED_HOSTS]
     ref = server.record(
         ctx,
@@ -187,15 +173,38 @@ async def search_sources(
     got = await asyncio.gather(
         *(cache.get(server, h, ctx.name, {"user": ctx.name, "audit": ref.seq}) for h in listed)
     )
+    # Filtering up to 8 x 2000 listed files and matching the globs: off the event loop.
+    answer = await asyncio.to_thread(_answer, ctx, selected, listed, [doc for doc, _ in got])
+    server.finish(
+        ref,
+        "read_end",
+        {
+            "files": len(answer["files"]),
+            "other": len(answer["units"]) + len(answer["containers"]),
+            "failed": len(answer["failed"]),
+            "cached": [h.name for h, (_, hit) in zip(listed, got, strict=True) if hit],
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+        },
+    )
+    return answer
+
+
+def _answer(
+    ctx: Ctx,
+    selected: list[HostConfig],
+    listed: list[HostConfig],
+    docs: list[dict[str, Any] | WorkerError],
+) -> dict[str, Any]:
+    """The response: the listings filtered by the user's grants, globs, the default."""
     files: dict[str, list[str]] = {}
     searchable: set[str] = set()
     others: dict[str, list[str]] = {}  # unit:X / container:X -> hosts
     failed = []
-    for h, (doc, _) in zip(listed, got, strict=True):
+    for h, doc in zip(listed, docs, strict=True):
         if isinstance(doc, WorkerError):
             failed.append({"host": h.name, "status": doc.status, "reason": doc.reason})
             continue
-        for src, can_search in await asyncio.to_thread(_readable, ctx, h, doc):
+        for src, can_search in _readable(ctx, h, doc):
             if src.kind == "file":
                 files.setdefault(src.key, []).append(h.name)
                 if can_search:
@@ -204,24 +213,11 @@ async def search_sources(
                 others.setdefault(src.key, []).append(h.name)
     found = sorted(searchable)
     candidates = list(dict.fromkeys([*_role_globs(ctx, selected), *_dir_globs(found)]))
-    globs = [{"glob": g, "files": _matching(g, found)} for g in candidates]
-    default = default_glob(candidates, found)
-    server.finish(
-        ref,
-        "read_end",
-        {
-            "files": len(files),
-            "other": len(others),
-            "failed": len(failed),
-            "cached": [h.name for h, (_, hit) in zip(listed, got, strict=True) if hit],
-            "duration_ms": round((time.monotonic() - started) * 1000, 3),
-        },
-    )
     kept = sorted(others.items())
     return {
         "hosts": [h.name for h in selected],
         "listed": [h.name for h in listed],
-        "globs": globs,
+        "globs": [{"glob": g, "files": _matching(g, found)} for g in candidates],
         "files": [
             {"path": p, "hosts": hs, "search": p in searchable} for p, hs in sorted(files.items())
         ],
@@ -230,5 +226,5 @@ async def search_sources(
             {"name": k[10:], "hosts": hs} for k, hs in kept if k.startswith("container:")
         ],
         "failed": failed,
-        "default": default,
+        "default": default_glob(candidates, found),
     }

@@ -145,7 +145,7 @@
       results.append(el("div", { class: "notice info", text: "No timestamp the merge can read, shown first: " + names(store.undated) }));
     }
     if (store.leftOut.length) {
-      results.append(el("div", { class: "notice warn", text: "Not merged (over 50,000 lines; see them by host): " + names(store.leftOut) }));
+      results.append(el("div", { class: "notice warn", text: "Not merged (over " + store.cap.toLocaleString("en") + " lines; see them by host): " + names(store.leftOut) }));
     }
     for (const [f, i] of store.order) {
       const ev = store.files[f];
@@ -238,6 +238,7 @@
           store.order = ev.src.map((f) => [f, (next[f] = (next[f] || 0) + 1) - 1]);
           store.undated = ev.undated;
           store.leftOut = ev.left_out;
+          store.cap = ev.cap;
           if (merged()) renderMerged();
         } else if (ev.type === "progress") {
           bar.style.width = Math.round((100 * ev.done) / ev.total) + "%";

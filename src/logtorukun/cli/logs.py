@@ -1,5 +1,5 @@
 """CLI over the client API: `sources`, `tail`, `grep`, `follow`, `journal`, `docker`,
-`hosts check|trust`.
+`merge`, `hosts check|trust`.
 
 The same calls the web server makes, so an operator can check a worker from a shell with
 the server's own config and key. Log text is neutralised before it reaches the terminal
@@ -115,6 +115,23 @@ def register(sub: Any) -> None:
     _output_options(p)
     _common(p)
     p.set_defaults(func=_cmd_docker)
+
+    p = sub.add_parser(
+        "merge",
+        help="several logs, on one host or many, interleaved by time",
+        usage="logtorukun merge [options] HOST:SOURCE HOST:SOURCE ...",
+        description="The last N lines of each HOST:SOURCE (a path, unit:NAME or "
+        "container:NAME), merged by their timestamps as the web's merged view does, each "
+        "line prefixed with its HOST:SOURCE; a line without a timestamp stays after the line "
+        "before it. At most 8 sources. A source that fails is reported on stderr and the "
+        "others are printed (exit 1).",
+    )
+    p.add_argument("sources", nargs="+", metavar="HOST:SOURCE")
+    p.add_argument("-n", "--lines", type=int, default=200, metavar="N")
+    _time_options(p)
+    _output_options(p)
+    _common(p)
+    p.set_defaults(func=_cmd_merge)
 
     hosts = sub.add_parser("hosts", help="check the configured workers, trust a host key")
     hcmd = hosts.add_subparsers(dest="hosts_command", metavar="ACTION", required=True)
@@ -380,6 +397,66 @@ def _run_command(args: argparse.Namespace, command: str, *, follow: bool) -> int
             if stream.status is not None and stream.status.truncated:
                 _limit_note(host, stream.status)
         return 0
+
+    return _run(args, body)
+
+
+def _merge_read(spec: str, args: argparse.Namespace) -> tuple[str, str, str]:
+    """HOST:SOURCE -> (host, source, the gate command that reads its last lines)."""
+    host, sep, key = spec.partition(":")
+    if not sep or not host or not key:
+        raise UserError(
+            f"merge: {spec!r} is not HOST:SOURCE (web1:/var/log/app.log, "
+            "web1:unit:nginx.service, web1:container:api)"
+        )
+    if key.startswith("unit:"):
+        since, until = _when(args, "unit")
+        return host, key, line_for(Journal(key[5:], args.lines, since, until))
+    if key.startswith("container:"):
+        since, until = _when(args, "container")
+        return host, key, line_for(Docker(key[10:], args.lines, True, since, until))
+    since, until = _when(args, "file")
+    if since or until:
+        return host, key, line_for(Range(key, since or "1970-01-01", until, args.lines))
+    return host, key, line_for(Tail(key, args.lines))
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from ..web.merge import MAX_SOURCES, merge  # the web's merge core (no web server)
+
+    if len(args.sources) > MAX_SOURCES:
+        raise UserError(f"merge: at most {MAX_SOURCES} sources ({len(args.sources)} given)")
+    reads = [_merge_read(s, args) for s in args.sources]
+    printer = Printer(args)
+
+    async def body(config: Config) -> int:
+        hosts = [host_by_name(config, host).name for host, _, _ in reads]
+        async with _client(config, args) as client:
+            replies = await asyncio.gather(
+                *(client.run(h, cmd) for h, (_, _, cmd) in zip(hosts, reads, strict=True)),
+                return_exceptions=True,
+            )
+        per_source: list[list[str]] = []
+        failed = 0
+        labels = [f"{h}:{key}" for h, (_, key, _) in zip(hosts, reads, strict=True)]
+        for label, reply in zip(labels, replies, strict=True):
+            if isinstance(reply, ClientError):
+                _note(f"{label}: {reply}")
+                failed += 1
+                per_source.append([])
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            if reply.truncated:
+                _limit_note(label, reply.status)
+            per_source.append(reply.text.splitlines())
+        window = bool(args.since or args.until)  # a window's first N, else the last N
+        merged = merge(per_source, limit=args.lines, keep="first" if window else "last")
+        for i in merged.undated:
+            _note(f"{labels[i]}: no timestamps found, its lines come first")
+        for i, line in zip(merged.src, merged.lines, strict=True):
+            printer.write(line.encode() + b"\n", prefix=f"{labels[i]} ")
+        return 1 if failed else 0
 
     return _run(args, body)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,18 +16,6 @@ from logtorukun.web.workers import ReadSpec, WorkerError, Workers
 from tests.client.helpers import eventually
 from tests.support.sshd import Worker
 from tests.web.support import running, write_config
-
-
-@pytest.fixture
-def silent() -> Iterator[socket.socket]:
-    """A port that accepts TCP and never says a word (a hung sshd); close it to release."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 async def test_a_read_past_request_timeout_is_504(web_worker: Worker) -> None:

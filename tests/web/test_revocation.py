@@ -154,7 +154,7 @@ def test_each_revocation_ends_the_open_follow(srv: Served, log: Path) -> None:
             if set(USERS) <= set(ends) or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
-        assert set(USERS) <= set(ends), sorted(ends)
+        assert set(USERS) <= set(ends), sorted(map(str, ends))
         why = {u: str((ends[u].outcome or {}).get("reason")) for u in USERS}
         assert why["sess"] == "credentials re-checked: signed out, or the session expired"
         assert why["tok"] == "credentials re-checked: token revoked"

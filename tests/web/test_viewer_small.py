@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, sign_in
+from tests.web.support import LiveServer, new_page, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -28,13 +28,8 @@ def one(web_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Path]:
 
 @pytest.fixture
 def tokyo(browser: Browser) -> Iterator[Page]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, timezone_id="Asia/Tokyo")
-    pg = ctx.new_page()
-    pg.set_default_timeout(15000)
-    try:
+    with new_page(browser, timezone_id="Asia/Tokyo") as pg:
         yield pg
-    finally:
-        ctx.close()
 
 
 def test_one_line_local_time_and_settings_kept(tokyo: Page, live: LiveServer, one: Path) -> None:

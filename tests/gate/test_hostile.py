@@ -84,7 +84,7 @@ class Hostile(Worker):
         # sampler on a loaded machine; the kernel's maximum is never missed.
         (kib,) = self.maxrss_log.read_text().splitlines()[reported:]
         assert peak.samples > 0 and int(kib) > 0  # the sampler ran, the kernel saw the gate
-        return Ran(
+        ran = Ran(
             out.returncode,
             out.stdout,
             out.stderr,
@@ -92,6 +92,8 @@ class Hostile(Worker):
             max(peak.bytes, int(kib) * 1024),
             self.audit_since(before),
         )
+        ran.largest = int(kib) * 1024
+        return ran
 
     @property
     def maxrss_log(self) -> Path:
@@ -128,6 +130,8 @@ class Ran:
     ) -> None:
         self.code, self.stdout, self.stderr = code, stdout, stderr
         self.elapsed, self.peak, self.records = elapsed, peak, records
+        # the kernel's largest RSS among this request's own gate and children (ru_maxrss)
+        self.largest = 0
 
     def __repr__(self) -> str:
         return (

@@ -1,47 +1,122 @@
-"""Concurrency slots shared by every gate process of one worker user.
+"""What a request that can run long takes: a concurrency slot, its children's share of the
+worker's memory budget, and a lower CPU priority.
 
-Lock files with flock(LOCK_NB): a slot is free again the moment its holder exits, even
-after kill -9, and a request that finds none is refused as busy instead of queueing.
+Slots and memory are lock files held with flock(LOCK_NB), shared by every gate process
+of one worker user: a lock is free again the moment its holder exits, even after
+kill -9, and a request that finds no slot is refused as busy instead of queueing.
+
+Memory: `max_total_memory` bounds the address space (RLIMIT_AS) of all children of all
+requests together. Each slot owns `UNIT` of it, so every request that gets a slot can
+start its children; the rest is a pool of `UNIT` pieces (files `mem.N`) from which a
+request takes what it needs to reach `max_memory`, as far as the pool has any left.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 
 from .errors import Exit, GateError
+from .policy import MEMORY_UNIT as UNIT
 from .policy import Limits
 from .statedir import default_state_dir, private_dir
+
+SLOW_NICE = 5  # how much lower slow work runs than the cheap reads (and the bridge)
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Slot:
     def __init__(self, fd: int) -> None:
-        self._fd: int | None = fd
+        self._fds = [fd]
+        self.memory = 0  # bytes of address space this request's children may use
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)  # closing drops the flock
 
 
 def state_dir(limits: Limits) -> str:
     return limits.state_dir or default_state_dir()
 
 
-def acquire(limits: Limits) -> Slot:
+def _lock(path: str) -> int | None:
+    fd = os.open(path, _FLAGS, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def pool_units(limits: Limits) -> int:
+    """Pieces of the memory budget beyond the slots' own (policy.py checks it is >= 0)."""
+    return (limits.max_total_memory - limits.max_concurrent * UNIT) // UNIT
+
+
+def acquire(limits: Limits, memory: int = 0) -> Slot:
+    """A slot, and for a request that starts children (`memory`: what it asks for, at
+    most `max_memory`) as much of the memory budget as is free up to that."""
     path = state_dir(limits)
     private_dir(path)
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     for i in range(limits.max_concurrent):
-        fd = os.open(os.path.join(path, f"slot.{i}"), flags, 0o600)
+        fd = _lock(os.path.join(path, f"slot.{i}"))
+        if fd is not None:
+            break
+    else:
+        raise GateError(
+            Exit.BUSY,
+            f"busy: {limits.max_concurrent} requests already running on this worker "
+            "(limits.max_concurrent); try again shortly",
+        )
+    slot = Slot(fd)
+    if memory > 0:
+        want = -(-(min(memory, limits.max_memory) - UNIT) // UNIT)  # pieces beyond our own
+        got = 0
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            for j in range(pool_units(limits)):
+                if got >= want:
+                    break
+                piece = _lock(os.path.join(path, f"mem.{j}"))
+                if piece is not None:
+                    slot._fds.append(piece)
+                    got += 1
+        except OSError:
+            slot.release()
+            raise
+        slot.memory = min(memory, limits.max_memory, UNIT * (1 + got))
+    return slot
+
+
+def lower_priority(*, whole_session: bool) -> None:
+    """Run the rest of this request (and the children it starts) `SLOW_NICE` lower, so
+    that cheap reads preempt slow work instead of queueing behind it for the CPU.
+
+    Nice is per thread on Linux: the bridge lowers only the thread of the slow request
+    (which then serves nothing else). With autogroup scheduling (sshd starts every
+    session with setsid) the kernel shares the CPU between sessions first and a
+    thread's nice only counts within its session: a one-shot gate, alone in its session,
+    also lowers its session's weight. Best effort: the kernel may refuse that (it allows
+    one such change per 100 ms per machine) or not have autogroups at all.
+    """
+    try:
+        tid = threading.get_native_id()
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + SLOW_NICE)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        return
+    if whole_session:
+        try:
+            fd = os.open("/proc/self/autogroup", os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            # "/autogroup-25 nice 0": a new session's starts at 0 whatever its processes'
+            now = int(os.read(fd, 100).split()[-1])
+            os.write(fd, b"%d" % min(19, now + SLOW_NICE))
+        except (OSError, ValueError, IndexError):
+            pass
+        finally:
             os.close(fd)
-            continue
-        return Slot(fd)
-    raise GateError(
-        Exit.BUSY,
-        f"busy: {limits.max_concurrent} requests already running on this worker "
-        "(limits.max_concurrent); try again shortly",
-    )

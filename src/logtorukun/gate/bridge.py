@@ -347,8 +347,7 @@ class BridgeServer:
         """A worker thread: serves queued requests until there are none left, or until
         it ran slow work at a lower priority (slots.lower_priority): then a fresh
         thread takes over the queue, so cheap requests never run at that priority."""
-        tid = threading.get_native_id()
-        nice = os.getpriority(os.PRIO_PROCESS, tid)
+        nice = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's
         while True:
             with self.lock:
                 if not self.queue:
@@ -357,7 +356,7 @@ class BridgeServer:
                 stream, command, via, positions = self.queue.popleft()
                 stream.thread = threading.current_thread()
             self._threaded(stream, command, via, positions)
-            if os.getpriority(os.PRIO_PROCESS, tid) != nice:
+            if os.getpriority(os.PRIO_PROCESS, 0) != nice:
                 with self.lock:
                     if not self.queue:
                         self.workers -= 1

@@ -53,6 +53,9 @@ class Context:
     audit: AuditLog
     identity: dict[str, Any] = field(default_factory=dict)
     mode: str = "oneshot"
+    # Lower the CPU priority of requests that take a slot (slots.lower_priority): set
+    # by the gate's own process (__main__), never for a serve() run inside another one.
+    yield_cpu: bool = False
 
 
 @record
@@ -129,7 +132,7 @@ def serve(
         return _refuse(ctx, base, exc)
     if plan_hook is not None:
         plan_hook(plan)
-    if slot is not None:
+    if slot is not None and ctx.yield_cpu:
         slots.lower_priority(whole_session=ctx.mode == "oneshot")
     result = Result(Exit.OK)
     lim = ctx.policy.limits

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import threading
 
 from .errors import Exit, GateError
 from .policy import MEMORY_UNIT as UNIT
@@ -94,29 +93,45 @@ def lower_priority(*, whole_session: bool) -> None:
     """Run the rest of this request (and the children it starts) `SLOW_NICE` lower, so
     that cheap reads preempt slow work instead of queueing behind it for the CPU.
 
-    Nice is per thread on Linux: the bridge lowers only the thread of the slow request
-    (which then serves nothing else). With autogroup scheduling (sshd starts every
-    session with setsid) the kernel shares the CPU between sessions first and a
-    thread's nice only counts within its session: a one-shot gate, alone in its session,
-    also lowers its session's weight. Best effort: the kernel may refuse that (it allows
-    one such change per 100 ms per machine) or not have autogroups at all.
+    Nice is per thread on Linux (PRIO_PROCESS 0 is the calling thread): the bridge
+    lowers only the thread of the slow request, which then serves nothing else. With
+    autogroup scheduling the kernel shares the CPU between sessions first and a
+    thread's nice counts only within its session, so a one-shot gate (`whole_session`)
+    also lowers its session's group, if that session is the one sshd made for this
+    request. Best effort: the kernel allows one autogroup change per 100 ms per machine
+    (the gate does not wait for its turn) and may have no autogroups at all.
     """
     try:
-        tid = threading.get_native_id()
-        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + SLOW_NICE)
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + SLOW_NICE))
     except OSError:
         return
-    if whole_session:
-        try:
-            fd = os.open("/proc/self/autogroup", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            # "/autogroup-25 nice 0": a new session's starts at 0 whatever its processes'
-            now = int(os.read(fd, 100).split()[-1])
-            os.write(fd, b"%d" % min(19, now + SLOW_NICE))
-        except (OSError, ValueError, IndexError):
-            pass
-        finally:
-            os.close(fd)
+    if not (whole_session and _sshd_made_our_session()):
+        return
+    try:
+        fd = os.open("/proc/self/autogroup", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        # "/autogroup-25 nice 0": a new session's is 0 whatever its processes' nice
+        now = int(os.read(fd, 100).split()[-1])
+        os.write(fd, b"%d" % min(19, now + SLOW_NICE))
+    except (OSError, ValueError, IndexError):
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sshd_made_our_session() -> bool:
+    """Whether our session leader is us or our parent (`sh -c`) and its parent sshd:
+    then the session holds this request alone. A gate run from a shell or a test must
+    not lower the priority of everything else in its caller's session."""
+    sid = os.getsid(0)
+    if sid not in (os.getpid(), os.getppid()):
+        return False
+    try:
+        with open(f"/proc/{sid}/stat", "rb") as f:
+            parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+        with open(f"/proc/{parent}/comm", "rb") as f:
+            return f.read().startswith(b"sshd")
+    except (OSError, ValueError, IndexError):
+        return False

@@ -39,8 +39,9 @@ from typing import Any
 from logtorukun.cli.logs import Printer
 from logtorukun.cli.logs import grep_hosts as run_grep
 from logtorukun.client import Client
-from logtorukun.client.reads import grep_command
+from logtorukun.client.command_line import line_for
 from logtorukun.config import FleetSettings, HostConfig
+from logtorukun.gate.vocabulary import Grep
 from logtorukun.ops.sample_logs import sample_app_log
 from tests.support.sshd import USER, Worker
 
@@ -118,7 +119,7 @@ def matching(log: Path) -> int:
 
 async def measure(workers: list[Worker], log: Path, n: int, cold: int, warm: int) -> dict[str, Any]:
     hosts = [host(w, i) for i, w in enumerate(workers[:n])]
-    command = grep_command(str(log), PATTERN)
+    command = line_for(Grep(str(log), PATTERN))
     expect = matching(log) * n
     cold_runs = []
     for _ in range(cold):

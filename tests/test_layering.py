@@ -7,7 +7,8 @@ where", draws the same arrows):
     gate -> the standard library only
 
 "gate (shared)" is the part of the gate the other side may use: the frame format
-(protocol.py), the request vocabulary (vocabulary.py) and the glob matcher (globs.py).
+(protocol.py), the request vocabulary (vocabulary.py), the glob matcher (globs.py), the
+audit record (record.py) and the line timestamps (stamps.py, for the merged view).
 No import cycle between modules anywhere, and no module imports another's private
 (`_name`) names.
 """
@@ -25,8 +26,9 @@ import logtorukun
 
 PKG = Path(logtorukun.__file__).resolve().parent
 ROOT = "logtorukun"
-SHARED_GATE = {f"{ROOT}.gate.{m}" for m in ("protocol", "vocabulary", "globs", "record")}
-STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+SHARED_GATE = {f"{ROOT}.gate.{m}" for m in ("protocol", "vocabulary", "globs", "record", "stamps")}
+# _sha2: CPython 3.12+ names its built-in SHA-256 module so (3.11: _sha256).
+STDLIB = set(sys.stdlib_module_names) | {"__future__", "_sha2"}
 
 
 def module_name(path: Path, base: Path = PKG, root: str = ROOT) -> str:

@@ -21,8 +21,9 @@ from logtorukun.client import (
     Position,
     ProtocolError,
 )
-from logtorukun.client.reads import tail_command
+from logtorukun.client.command_line import line_for
 from logtorukun.gate.protocol import MAX_DATA, WINDOW
+from logtorukun.gate.vocabulary import Tail
 from tests.client.helpers import FAST, eventually, gate_pids, host_for, records
 from tests.conftest import MakeWorker
 from tests.support.sshd import Worker
@@ -342,12 +343,12 @@ async def test_a_follow_resumes_after_a_killed_bridge_without_loss_or_repeat(
 
     try:
         async with Client([host_for(mine)], options=FAST) as c:
-            loaded = await c.run("w", tail_command(str(log), 3))
+            loaded = await c.run("w", line_for(Tail(str(log), 3)))
             assert loaded.status.pos is not None
             assert loaded.status.pos[:2] == (log.stat().st_ino, log.stat().st_size)
             write(4)  # between the load and the follow
             got = bytearray()
-            cmd = tail_command(str(log), 0, follow=True, start=loaded.status.pos)
+            cmd = line_for(Tail(str(log), 0, follow=True, start=loaded.status.pos))
             stream = await c.stream("w", cmd, positions=True)
             last = None
             size = log.stat().st_size
@@ -369,7 +370,7 @@ async def test_a_follow_resumes_after_a_killed_bridge_without_loss_or_repeat(
                     else:
                         got += item
             write(3)  # while nobody follows
-            cmd = tail_command(str(log), 0, follow=True, start=last.start)
+            cmd = line_for(Tail(str(log), 0, follow=True, start=last.start))
             stream = await c.stream("w", cmd, positions=True)
             while len(got) < sum(map(len, written)):
                 got += await asyncio.wait_for(stream.read(), 5)

@@ -17,9 +17,10 @@ import pytest
 from logtorukun.cli import main
 from logtorukun.client import Client, PoolOptions
 from logtorukun.client.certs import CertPolicy, CertSigner, SignedKey
+from logtorukun.client.command_line import line_for
 from logtorukun.client.errors import AuthRefused, HostKeyUnknown, Unreachable
-from logtorukun.client.reads import tail_command
 from logtorukun.client.stream import Stream
+from logtorukun.gate.vocabulary import Tail
 from logtorukun.ops.ca import init_ca, public_key, revoke, sign_host
 from logtorukun.ops.local_worker import HOST
 from tests.client.helpers import host_for
@@ -210,7 +211,7 @@ async def test_renewal_under_a_running_follow(cert_worker: Worker, ca: Path) -> 
     log.chmod(0o644)
     async with cert_client(cert_worker, ca, validity=6) as client:
         via = {"user": "olivia", "audit": 1}
-        stream = await client.stream("w", tail_command(str(log), 0, follow=True), via=via)
+        stream = await client.stream("w", line_for(Tail(str(log), 0, follow=True)), via=via)
         hc = client.pool.get("w", "olivia")
         first = hc.signed
         assert first is not None

@@ -13,8 +13,9 @@ import pytest
 from logtorukun.cli import main
 from logtorukun.cli.logs import Printer, grep_hosts
 from logtorukun.client import Client
-from logtorukun.client.reads import grep_command
+from logtorukun.client.command_line import line_for
 from logtorukun.config import HostConfig
+from logtorukun.gate.vocabulary import Grep
 from tests.client.helpers import FAST, host_for, write_config
 from tests.conftest import MakeWorker
 from tests.support.sshd import Worker
@@ -156,7 +157,7 @@ async def test_progress_on_stderr_for_long_runs(
     hosts = [host_for(worker, "web1")]
     printer = Printer(argparse.Namespace(), io.StringIO())
     async with Client(hosts, options=FAST) as c:
-        command = grep_command(str(worker.app_log), "INFO")
+        command = line_for(Grep(str(worker.app_log), "INFO"))
         assert await grep_hosts(c, hosts, command, printer, progress_after=0) == 0
     err = capsys.readouterr().err
     assert "logtorukun: grep: [0/1 hosts]" in err

@@ -15,8 +15,9 @@ import pytest
 
 from logtorukun.cli.logs import Printer, grep_hosts
 from logtorukun.client import Client
-from logtorukun.client.reads import grep_command, tail_command
+from logtorukun.client.command_line import line_for
 from logtorukun.config import FleetSettings, load_config
+from logtorukun.gate.vocabulary import Grep, Tail
 from tests.client.helpers import FAST, eventually, gate_pids, host_for, write_config
 from tests.conftest import MakeWorker
 from tests.support.sshd import Worker
@@ -96,7 +97,7 @@ async def test_grep_hosts_streams_each_host_while_one_hangs(
     want = worker.app_log.read_text().count("order 80412")
     out = io.StringIO()
     async with Client(hosts, options=FAST) as c:
-        command = grep_command(str(worker.app_log), "order 80412")
+        command = line_for(Grep(str(worker.app_log), "order 80412"))
         task = asyncio.create_task(
             grep_hosts(c, hosts, command, Printer(argparse.Namespace(raw=False, color=False), out))
         )
@@ -119,7 +120,7 @@ async def test_grep_hosts_gives_up_on_a_host_after_its_request_timeout(
     async with Client([slow], options=FAST) as c:
         await c.tail("slow", str(mine.app_log), 1)  # warm: the follow's line comes at once
         out = io.StringIO()
-        command = tail_command(str(mine.app_log), 1, follow=True)
+        command = line_for(Tail(str(mine.app_log), 1, follow=True))
         code = await asyncio.wait_for(
             grep_hosts(
                 c, [slow], command, Printer(argparse.Namespace(raw=False, color=False), out)
@@ -143,7 +144,7 @@ async def test_at_once_bounds_the_hosts_worked_on(
     hosts = [hung, host_for(worker, "a")]
     out = io.StringIO()
     async with Client(hosts, options=FAST) as c:
-        command = grep_command(str(worker.app_log), "order 80412")
+        command = line_for(Grep(str(worker.app_log), "order 80412"))
         task = asyncio.create_task(
             grep_hosts(
                 c,

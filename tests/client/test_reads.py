@@ -18,15 +18,9 @@ from logtorukun.client import (
     UnknownHost,
 )
 from logtorukun.client import errors as client_errors
-from logtorukun.client.reads import (
-    docker_command,
-    grep_command,
-    journal_command,
-    quote_command,
-    range_command,
-    tail_command,
-)
+from logtorukun.client.command_line import line_for, quote_command
 from logtorukun.gate.errors import Exit
+from logtorukun.gate.vocabulary import Docker, Grep, Journal, Range, Tail
 from tests.client.helpers import eventually
 from tests.support.sshd import Worker
 
@@ -181,7 +175,7 @@ async def test_request_timeout_cancels_the_request(client: Client, worker: Worke
     # it before the CANCEL that the timeout sends (frames arrive in order).
     await client.tail("w", str(worker.app_log), 1)
     before = len(worker.audit_records())
-    command = tail_command(str(worker.app_log), 1, follow=True)
+    command = line_for(Tail(str(worker.app_log), 1, follow=True))
     with pytest.raises(RequestTimeout, match="request_timeout"):
         await client.run("w", command, timeout=0.3)
 
@@ -202,29 +196,29 @@ async def test_journal_and_docker_go_through_the_policy(both: Client) -> None:
 
 
 def test_command_builders_quote_every_value() -> None:
-    assert tail_command("/var/log/a b.log", 5) == "tail -n 5 '/var/log/a b.log'"
-    assert tail_command("/l/a.log", 0, follow=True) == "tail -F -n 0 /l/a.log"
-    assert tail_command("/l/a.log", 0, follow=True, start=(12, 2**40, 7)) == (
+    assert line_for(Tail("/var/log/a b.log", 5)) == "tail -n 5 '/var/log/a b.log'"
+    assert line_for(Tail("/l/a.log", 0, follow=True)) == "tail -F -n 0 /l/a.log"
+    assert line_for(Tail("/l/a.log", 0, follow=True, start=(12, 2**40, 7))) == (
         "tail -F -n 0 --from 12:1099511627776:7 /l/a.log"
     )
-    for bad in ((-1, 0), (1, 10**20), (True, 1), (1, 2, 2**32), (1,)):
+    for bad in ((-1, 0, None), (1, 10**20, None), (True, 1, 7), (1, 2, 2**32), (1, 2, -1), (1, 2)):
         with pytest.raises(InvalidArgument, match="start must be"):
-            tail_command("/l/a.log", 0, follow=True, start=bad)  # type: ignore[arg-type]
+            line_for(Tail("/l/a.log", 0, follow=True, start=bad))  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="only goes with a follow"):
-        tail_command("/l/a.log", 5, start=(1, 2))
-    assert grep_command("/l/a.log", "-v", ignore_case=True, last=10) == (
+        line_for(Tail("/l/a.log", 5, start=(1, 2, None)))
+    assert line_for(Grep("/l/a.log", "-v", ignore_case=True, tail=10)) == (
         "grep -F -i -e -v /l/a.log | tail -n 10"
     )
-    assert grep_command("/l/a.log", INJECTION) == (
+    assert line_for(Grep("/l/a.log", INJECTION)) == (
         "grep -F -e ''\"'\"'; cat /etc/passwd; echo '\"'\"'' /l/a.log"
     )
-    assert range_command("/l/a.log", "2024-12-17 14:00", max_lines=5) == (
+    assert line_for(Range("/l/a.log", "2024-12-17 14:00", max_lines=5)) == (
         "range '--since=2024-12-17 14:00' -m 5 /l/a.log"
     )
-    assert journal_command("worker-service", since="-1h", grep="-x", follow=True) == (
+    assert line_for(Journal("worker-service", since="-1h", grep="-x", follow=True)) == (
         "journalctl -u worker-service --since=-1h --grep=-x -o short-iso -f"
     )
-    assert docker_command("app", tail=5, timestamps=True) == (
+    assert line_for(Docker("app", tail=5, timestamps=True)) == (
         "docker logs --tail 5 --timestamps -- app"
     )
     with pytest.raises(InvalidArgument):

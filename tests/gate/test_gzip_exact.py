@@ -71,7 +71,7 @@ def files(env: Env) -> Iterator[dict[str, bytes]]:
 
 def run(env: Env, command: str) -> tuple[int, bytes, str]:
     result, data, _ = env.run(command, env.policy(max_lines=BIG, max_bytes=BIG))
-    return result.code, data, result.reason
+    return result.exit, data, result.reason
 
 
 @pytest.mark.parametrize("name", [*SHAPES, "padded", "garbage"])

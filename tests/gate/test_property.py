@@ -355,6 +355,6 @@ def test_serve_runs_only_inside_the_root_and_never_sends_the_secret(
     finally:
         ctx.audit.close()
     assert MARKER not in b"".join(sent)
-    assert isinstance(result.code, int) and "\n" not in result.reason
-    if result.code in REFUSALS:
+    assert isinstance(result.exit, int) and "\n" not in result.reason
+    if result.exit in REFUSALS:
         assert sent == []

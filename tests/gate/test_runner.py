@@ -28,7 +28,8 @@ from logtorukun.gate.errors import Exit
 from logtorukun.gate.grammar import parse
 from logtorukun.gate.output import Output
 from logtorukun.gate.policy import Policy, parse_policy
-from logtorukun.gate.runner import Context, Result, serve
+from logtorukun.gate.runner import Context, serve
+from logtorukun.gate.vocabulary import Status
 from logtorukun.ops.sample_logs import write_sample_logs
 from tests.conftest import MakeWorker
 from tests.support.fds import held_under
@@ -100,7 +101,7 @@ container = "worker-container"
         command: str,
         policy: Policy | None = None,
         sink: Callable[[bytes], None] | None = None,
-    ) -> tuple[Result, bytes, list[dict[str, Any]]]:
+    ) -> tuple[Status, bytes, list[dict[str, Any]]]:
         policy = policy or self.policy()
         n = len(self.records())
         chunks: list[bytes] = []
@@ -130,7 +131,7 @@ def lines(path: Path) -> list[bytes]:
 
 def deny(env: Env, command: str, code: int, match: str, policy: Policy | None = None) -> str:
     result, data, recs = env.run(command, policy)
-    assert (result.code, data) == (code, b""), result
+    assert (result.exit, data) == (code, b""), result
     assert match in result.reason and "\n" not in result.reason
     assert len(recs) == 1
     rec = recs[0]
@@ -144,7 +145,7 @@ def deny(env: Env, command: str, code: int, match: str, policy: Policy | None = 
 
 def test_tail_n_200(env: Env) -> None:
     result, data, recs = env.run(f"tail -n 200 {env.app_log}")
-    assert result.code == Exit.OK and result.reason == ""
+    assert result.exit == Exit.OK and result.reason == ""
     assert data == b"".join(lines(env.app_log)[-200:])
     assert (result.lines, result.bytes) == (200, len(data))
     start, end = recs
@@ -159,14 +160,14 @@ def test_grep_pipe_tail(env: Env) -> None:
     matching = [ln for ln in lines(env.app_log) if b"ERROR" in ln]
     assert 20 < len(matching) < 100
     result, data, _ = env.run(f"grep 'ERROR' {env.app_log} | tail -n 100")
-    assert result.code == Exit.OK and data == b"".join(matching)
+    assert result.exit == Exit.OK and data == b"".join(matching)
     result, data, _ = env.run(f"grep 'ERROR' {env.app_log} | tail -n 20")
-    assert result.code == Exit.OK and data == b"".join(matching[-20:])
+    assert result.exit == Exit.OK and data == b"".join(matching[-20:])
 
 
 def test_a_pattern_grep_cannot_compile_is_a_bad_request_naming_it(env: Env) -> None:
     result, data, recs = env.run(f"grep -E 'a(b' {env.app_log}")
-    assert (result.code, data) == (Exit.BAD_REQUEST, b"")
+    assert (result.exit, data) == (Exit.BAD_REQUEST, b"")
     assert result.reason.startswith("grep: the pattern 'a(b' is not valid: ")
     assert "\n" not in result.reason
     assert recs[-1]["event"] == "end" and recs[-1]["exit"] == Exit.BAD_REQUEST
@@ -232,7 +233,7 @@ def test_a_bridge_request_is_parsed_once(env: Env, monkeypatch: pytest.MonkeyPat
 def test_grep_an_hour(env: Env) -> None:
     result, data, _ = env.run(f"grep '2024-12-17 14:' {env.app_log}")
     hour = [ln for ln in lines(env.app_log) if b"2024-12-17 14:" in ln]
-    assert result.code == Exit.OK and data == b"".join(hour)
+    assert result.exit == Exit.OK and data == b"".join(hour)
     assert b"charge failed for order 80412" in data and "通知".encode() in data
 
 
@@ -245,7 +246,7 @@ def test_the_request_record_is_written_before_any_data(env: Env) -> None:
 
     before = len(env.records())
     result, _, recs = env.run(f"tail -n 3 {env.app_log}", sink=sink)
-    assert result.code == Exit.OK and seen
+    assert result.exit == Exit.OK and seen
     at_first_byte = seen[0][before:]
     assert [r["event"] for r in at_first_byte] == ["request"]
     assert at_first_byte[0]["id"] == recs[0]["id"]
@@ -273,7 +274,7 @@ def test_the_request_record_is_written_before_any_data(env: Env) -> None:
 )
 def test_grep_runs_real_grep_with_our_argv(env: Env, command: str, expected: bytes) -> None:
     result, data, _ = env.run(command.format(p=env.root / "opts.log"))
-    assert (result.code, data) == (Exit.OK, expected), result
+    assert (result.exit, data) == (Exit.OK, expected), result
 
 
 def test_grep_argv_never_holds_a_path_and_always_ends_with_e_pattern(env: Env) -> None:
@@ -303,7 +304,7 @@ def test_grep_argv_never_holds_a_path_and_always_ends_with_e_pattern(env: Env) -
 
 def test_journal_runs_our_argv_with_user_text_attached_to_options(env: Env) -> None:
     result, data, recs = env.run("journalctl -u worker-service -n 5 -g -x --since -1h -p err -f")
-    assert result.code == Exit.OK, result
+    assert result.exit == Exit.OK, result
     assert data.decode().splitlines() == [
         "[--no-pager]",
         "[--quiet]",
@@ -337,12 +338,12 @@ def test_journal_unit_must_be_allowed(env: Env) -> None:
         "match expressions are not accepted",
     )
     result, data, _ = env.run("journalctl -u worker-service.service -n 1")
-    assert result.code == Exit.OK and b"[worker-service.service]\n" in data
+    assert result.exit == Exit.OK and b"[worker-service.service]\n" in data
 
 
 def test_docker_runs_our_argv_and_only_for_allowed_containers(env: Env) -> None:
     result, data, recs = env.run("docker logs --tail 20 -t --since 10m -f worker-container")
-    assert result.code == Exit.OK, result
+    assert result.exit == Exit.OK, result
     assert data.decode().splitlines() == [
         "[docker]",
         "[logs]",
@@ -401,7 +402,7 @@ def test_refusals_send_nothing_and_are_audited(
 
 def test_max_lines_cuts_on_a_line_boundary(env: Env) -> None:
     result, data, recs = env.run(f"cat {env.app_log}", env.policy(max_lines=10))
-    assert result.code == Exit.LIMIT == 5
+    assert result.exit == Exit.LIMIT == 5
     assert result.reason == "output truncated at 10 lines (max_lines in the policy)"
     assert data == b"".join(lines(env.app_log)[:10])
     assert (recs[1]["exit"], recs[1]["truncated"], recs[1]["lines"]) == (5, True, 10)
@@ -410,7 +411,7 @@ def test_max_lines_cuts_on_a_line_boundary(env: Env) -> None:
 def test_max_bytes_cuts_on_a_line_boundary(env: Env) -> None:
     for command in (f"cat {env.app_log}", f"grep 2024 {env.app_log}", f"tail -n 500 {env.app_log}"):
         result, data, recs = env.run(command, env.policy(max_bytes=1000))
-        assert result.code == Exit.LIMIT, command
+        assert result.exit == Exit.LIMIT, command
         assert result.reason == "output truncated at 1000 bytes (max_bytes in the policy)"
         assert 900 < len(data) <= 1000 and data.endswith(b"\n")
         whole = b"".join(lines(env.app_log))
@@ -420,7 +421,7 @@ def test_max_bytes_cuts_on_a_line_boundary(env: Env) -> None:
 
 def test_tail_over_max_lines_says_so(env: Env) -> None:
     result, data, _ = env.run(f"tail -n 500 {env.app_log}", env.policy(max_lines=100))
-    assert result.code == Exit.LIMIT
+    assert result.exit == Exit.LIMIT
     assert result.reason == "asked for 500 lines; max_lines is 100"
     assert data == b"".join(lines(env.app_log)[-100:])
 
@@ -435,7 +436,7 @@ def test_cpu_heavy_regex_is_killed_at_the_time_limit(env: Env, pattern: str) -> 
         noise = os.urandom(6_000_000).translate(bytes(b"ab"[i % 2] for i in range(256)))
         big.write_bytes(b"\n".join(noise[i : i + 60] for i in range(0, len(noise), 60)))
     result, data, recs = env.run(f"grep -E '{pattern}' {big}", env.policy(max_seconds=1))
-    assert result.code == Exit.LIMIT, result
+    assert result.exit == Exit.LIMIT, result
     assert "time limit" in result.reason or "CPU limit" in result.reason
     assert data == b"" and recs[1]["exit"] == 5
 
@@ -453,11 +454,11 @@ def test_busy_is_refused_not_queued(env: Env) -> None:
             reason = deny(env, command, Exit.BUSY, "busy: 2 requests already running", policy)
             assert "max_concurrent" in reason
         # bounded in-process reads need no slot
-        assert env.run(f"tail -n 1 {env.app_log}", policy)[0].code == Exit.OK
+        assert env.run(f"tail -n 1 {env.app_log}", policy)[0].exit == Exit.OK
     finally:
         for s in held:
             s.release()
-    assert env.run(f"grep -c x {env.app_log}", policy)[0].code == Exit.OK
+    assert env.run(f"grep -c x {env.app_log}", policy)[0].exit == Exit.OK
 
 
 def test_a_refused_follow_leaks_no_descriptor(env: Env) -> None:
@@ -467,7 +468,7 @@ def test_a_refused_follow_leaks_no_descriptor(env: Env) -> None:
     try:
         before = held_under(env.base)
         for _ in range(20):
-            assert env.run(f"tail -F {env.app_log}", policy)[0].code == Exit.BUSY
+            assert env.run(f"tail -F {env.app_log}", policy)[0].exit == Exit.BUSY
         assert held_under(env.base) == before
     finally:
         held.release()
@@ -489,7 +490,7 @@ def test_audit_failure_sends_no_data(env: Env, tmp_path: Path) -> None:
         sent: list[bytes] = []
         out = Output(sent.append, max_lines=BIG, max_bytes=BIG)
         result = serve(command, Context(bad, AuditLog(bad.audit)), out)
-        assert result.code == Exit.AUDIT == 8
+        assert result.exit == Exit.AUDIT == 8
         assert result.reason.startswith(f"audit record cannot be written to {tmp_path}/no/dir")
         assert result.reason.endswith("refusing (fail closed)")
         assert sent == []
@@ -503,12 +504,12 @@ def test_gz_is_read_transparently(env: Env) -> None:
     gz = env.root / "app.log.2.gz"
     plain = gzip.decompress(gz.read_bytes()).splitlines(keepends=True)
     result, data, _ = env.run(f"tail -n 5 {gz}")
-    assert (result.code, data) == (Exit.OK, b"".join(plain[-5:]))
+    assert (result.exit, data) == (Exit.OK, b"".join(plain[-5:]))
     result, data, _ = env.run(f"grep ERROR {gz}")
-    assert (result.code, data) == (Exit.OK, b"".join(ln for ln in plain if b"ERROR" in ln))
+    assert (result.exit, data) == (Exit.OK, b"".join(ln for ln in plain if b"ERROR" in ln))
     assert data
     result, data, _ = env.run(f"head -n 3 {gz}")
-    assert (result.code, data) == (Exit.OK, b"".join(plain[:3]))
+    assert (result.exit, data) == (Exit.OK, b"".join(plain[:3]))
 
 
 def test_head_and_cat(env: Env) -> None:
@@ -518,7 +519,7 @@ def test_head_and_cat(env: Env) -> None:
 
 def test_sources_lists_only_what_may_be_read(env: Env) -> None:
     result, data, recs = env.run("sources")
-    assert result.code == Exit.OK and recs[0]["decision"] == "allow"
+    assert result.exit == Exit.OK and recs[0]["decision"] == "allow"
     doc = json.loads(data)
     paths = {f["path"]: f for f in doc["files"]}
     assert {"app.log", "app.log.1", "app.log.2.gz", "opts.log"} <= {Path(p).name for p in paths}
@@ -546,7 +547,7 @@ def gate_pids(w: Worker) -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if str(w.zipapp).encode() in cmd and state != "Z":
+        if str(w.gate_entry).encode() in cmd and state != "Z":
             found.append(int(entry))
     return found
 
@@ -751,7 +752,7 @@ def test_follow_rename_chase_reads_only_what_the_policy_admits(
 
     out = Output(sink.append, max_lines=10**6, max_bytes=10**9, waiter=waiter)
     ctx = Context(policy, AuditLog(policy.audit), {"client": "192.0.2.7"})
-    results: list[Result] = []
+    results: list[Status] = []
     t = threading.Thread(target=lambda: results.append(serve(f"tail -F -n 0 {app}", ctx, out)))
     t.start()
     assert asleep.acquire(timeout=10)
@@ -767,6 +768,6 @@ def test_follow_rename_chase_reads_only_what_the_policy_admits(
     t.join(10)
     ctx.audit.close()
     assert b"".join(sink) == b"C: the new file\n"
-    assert results and results[0].code == Exit.OK
+    assert results and results[0].exit == Exit.OK
     end = [r for r in e.records() if r["event"] == "end"][-1]
     assert end["follow"] == "inotify"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logtorukun.client.reads import line_for
+from logtorukun.client.command_line import line_for
 from logtorukun.gate import grammar
 from logtorukun.gate.errors import GateError
 from logtorukun.gate.vocabulary import (
@@ -124,8 +124,8 @@ def test_every_request_survives_its_command_line(request: Request) -> None:
 @settings(max_examples=300, deadline=None)
 @given(requests)
 def test_the_clients_builders_write_the_same_lines(request: Request) -> None:
-    """The client builds with its own checks (`line_for` calls tail_command, grep_command
-    and the others), through the same `command_words`."""
+    """The client checks each record's values (`line_for`), then writes it through the
+    same `command_words`."""
     line = line_for(request)
     assert line == command_line(request)
     assert parsed(line) == request

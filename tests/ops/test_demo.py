@@ -154,6 +154,13 @@ def _run_once(state: Path) -> None:
             f"http://127.0.0.1:{port}/api/hosts/demo/tail?path={app}.1", token.group(1)
         )
         assert status == 403, body
+        # the search page suggests the viewer's one file, and a default that finds it
+        status, body = _get(
+            f"http://127.0.0.1:{port}/api/search/sources?hosts=demo", token.group(1)
+        )
+        assert status == 200 and body["default"] == str(app), body
+        files = body["files"]
+        assert isinstance(files, list) and [f["path"] for f in files] == [str(app)], body
 
         # a second demo on the same state dir is refused while this one runs
         second = subprocess.run(

@@ -4,8 +4,11 @@
 
 Starts a throwaway worker (real sshd + gate) and the web server on loopback, signs in
 with headless Chromium, opens the viewer on a log with levels, a JSON line expanded and
-a live follow, and writes viewer-light.png and viewer-dark.png (960x540, small enough to
-commit). Needs what the tests need (./dev setup), run as root like the test suite.
+a live follow, and writes viewer-light.png and viewer-dark.png; then a merged view of
+three logs on two hosts (merged-light.png, merged-dark.png); then search.png, a search
+across hosts merged by time with the host that failed (the config's `down`) listed
+first. 960x540, small enough to commit. Needs what the tests need (./dev setup), run as
+root like the test suite.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Browser, expect, sync_playwright
 
 from tests.support.sshd import Worker
 from tests.web.conftest import CHROMIUM_ARGS
-from tests.web.support import running, sign_in, write_config
+from tests.web.support import LiveServer, running, sign_in, write_config
 
 LINES = [
     "2024-12-17 14:03:11 INFO  [http] GET /api/orders 200 12ms",
@@ -31,6 +36,45 @@ LINES = [
     "2024-12-17 14:03:15 INFO  [payments] retry succeeded for order 80412",
     "2024-12-17 14:03:16 INFO  [http] GET /api/orders/80412 200 8ms",
 ]
+
+# The merged view: an API, its worker on another host, and the database's log.
+MERGED = {
+    ("web1", "api.log"): [
+        "2024-12-17 14:03:11.204 INFO  POST /api/orders 201 order=80412",
+        "2024-12-17 14:03:13.930 ERROR charge failed for order 80412",
+        "    at com.example.pay.Client.charge(Client.java:88)",
+        "2024-12-17 14:03:15.112 INFO  GET /api/orders/80412 200",
+    ],
+    ("web2", "worker.log"): [
+        '{"ts":"2024-12-17T14:03:11.512Z","level":"info","msg":"job queued","order":80412}',
+        '{"ts":"2024-12-17T14:03:14.020Z","level":"warn","msg":"retrying","attempt":2}',
+        '{"ts":"2024-12-17T14:03:14.870Z","level":"info","msg":"job done","order":80412}',
+    ],
+    ("web1", "db.log"): [
+        "2024-12-17 14:03:12.034 LOG:  duration: 812.4 ms  statement: UPDATE orders ...",
+        "2024-12-17 14:03:13.911 ERROR:  deadlock detected",
+    ],
+}
+
+
+def shoot_merged(browser: Any, live: Any, worker: Worker, out_dir: Path) -> list[Path]:
+    srcs = []
+    for (host, name), lines in MERGED.items():
+        path = worker.root / name
+        path.write_text("".join(line + "\n" for line in lines))
+        path.chmod(0o644)
+        srcs.append(("src", f"{host}:{path}"))
+    written = []
+    for scheme in ("light", "dark"):
+        ctx = browser.new_context(viewport={"width": 960, "height": 540}, color_scheme=scheme)
+        page = ctx.new_page()
+        sign_in(page, live, "olivia", "/merged?" + urlencode(srcs))
+        expect(page.locator("#status")).to_contain_text("9 lines from 3 sources")
+        target = out_dir / f"merged-{scheme}.png"
+        page.screenshot(path=str(target))
+        written.append(target)
+        ctx.close()
+    return written
 
 
 def shoot(out_dir: Path) -> list[Path]:
@@ -68,11 +112,26 @@ def shoot(out_dir: Path) -> list[Path]:
                     page.screenshot(path=str(target))
                     written.append(target)
                     ctx.close()
+                written += shoot_merged(browser, live, worker, out_dir)
+                written.append(_search(browser, live, log, out_dir))
             finally:
                 browser.close()
     finally:
         worker.destroy()
     return written
+
+
+def _search(browser: Browser, live: LiveServer, log: Path, out_dir: Path) -> Path:
+    ctx = browser.new_context(viewport={"width": 960, "height": 540}, color_scheme="light")
+    page = ctx.new_page()
+    glob = f"{log.parent}/*.log"
+    sign_in(page, live, "olivia", f"/search?hosts=*&path={glob}&pattern=80412&order=time")
+    expect(page.locator("#progress .label")).to_contain_text("Done:")
+    expect(page.locator("#results .merged .line").first).to_be_visible()
+    target = out_dir / "search.png"
+    page.screenshot(path=str(target))
+    ctx.close()
+    return target
 
 
 def main(argv: list[str]) -> int:

@@ -114,6 +114,19 @@ def write_config(directory: Path, worker: Worker, **server: Any) -> Path:
     return path
 
 
+def with_hung_host(path: Path, worker: Worker, port: socket.socket) -> Path:
+    """The config at `path` plus host web-hung (label-less, matched by `web*`) at a port
+    that accepts and never answers: its SSH handshake waits until the port is closed."""
+    with path.open("a") as f:
+        f.write(
+            '\n[[host]]\nname = "web-hung"\naddress = "127.0.0.1"\n'
+            f"port = {port.getsockname()[1]}\nuser = {_toml(worker.user)}\n"
+            f"key = {_toml(str(worker.client_key))}\n"
+            f"known_hosts = {_toml(str(worker.known_hosts))}\nconnect_timeout = 120.0\n"
+        )
+    return path
+
+
 def _toml(v: Any) -> str:
     import json
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,19 +15,7 @@ from logtorukun.web.access import source_from
 from logtorukun.web.workers import ReadSpec, WorkerError, Workers
 from tests.client.helpers import eventually
 from tests.support.sshd import Worker
-from tests.web.support import running, write_config
-
-
-@pytest.fixture
-def silent() -> Iterator[socket.socket]:
-    """A port that accepts TCP and never says a word (a hung sshd); close it to release."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    try:
-        yield s
-    finally:
-        s.close()
+from tests.web.support import running, with_hung_host, write_config
 
 
 async def test_a_read_past_request_timeout_is_504(web_worker: Worker) -> None:
@@ -59,15 +46,7 @@ async def test_a_read_past_request_timeout_is_504(web_worker: Worker) -> None:
 def test_search_streams_other_hosts_while_one_hangs(
     tmp_path: Path, web_worker: Worker, silent: socket.socket
 ) -> None:
-    path = write_config(tmp_path, web_worker)
-    port = silent.getsockname()[1]
-    path.write_text(
-        path.read_text()
-        + '\n[[host]]\nname = "web-hung"\naddress = "127.0.0.1"\n'
-        + f'port = {port}\nuser = "{web_worker.user}"\n'
-        + f'key = "{web_worker.client_key}"\nknown_hosts = "{web_worker.known_hosts}"\n'
-        + "connect_timeout = 120.0\n"
-    )
+    path = with_hung_host(write_config(tmp_path, web_worker), web_worker, silent)
     with running(path) as live:
         c = live.client("olivia")
         params = {"hosts": "web*", "path": f"{web_worker.root}/app.log", "pattern": "80412"}

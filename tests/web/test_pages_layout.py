@@ -29,7 +29,16 @@ def pages(w: Worker) -> list[tuple[str, str, str]]:
         ("olivia", "/", ".host h2"),
         ("olivia", f"/view?host=web1&path={w.app_log}", "#log .line"),
         ("olivia", f"/view?host=web1&path={w.app_log}&follow=1", "#live-badge"),
-        ("olivia", "/search", "#search-form"),
+        ("olivia", "/search", "#sources-body .chip"),  # the suggestions, open
+        # results by host, with the host that failed (down) listed above them
+        (
+            "olivia",
+            f"/search?hosts=*&path={w.app_log}&pattern=order+8",
+            "#progress .label:has-text('Done:')",
+        ),
+        # the same merged by time: each line marked with its host and file
+        ("olivia", f"/search?hosts=*&path={w.app_log}&pattern=order+8&order=time", ".merged .line"),
+        ("olivia", f"/merged?src=web1:{w.app_log}&src=web2:{w.app_log}", "#log .line .src"),
         ("alice", "/audit", "table tbody tr"),
         ("olivia", "/view?host=nope&path=/var/log/x.log", "h1"),
     ]

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import sqlite3
-import threading
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from ..config_siem import AlertRule, AlertSettings
 from .errors import AuditWriteError
+from .queue_worker import QueueWorker
 from .records import AuditRecord
 from .store import AuditStore
 from .webhook import Webhook
@@ -149,17 +148,14 @@ class AlertEngine:
         if any(r.kind == "first_read" for r in self.rules) and settings.state is not None:
             self._seen = SeenReads(settings.state)
         self._zones = {r.timezone: ZoneInfo(r.timezone) for r in self.rules}
-        self._queue: queue.Queue[AuditRecord | None] = queue.Queue(QUEUE_LIMIT)
-        self._thread: threading.Thread | None = None
+        self._worker = QueueWorker("alerts", self._handle, QUEUE_LIMIT)
 
     # -- the sink side: never blocks the writer -------------------------------------
 
     def emit(self, record: AuditRecord) -> None:
         if record.event == "alert":
             return
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if not self._worker.put(record):
             self.dropped += 1
             if self.dropped == 1:
                 log.error("alert queue full (%d): records are not evaluated", QUEUE_LIMIT)
@@ -170,15 +166,10 @@ class AlertEngine:
     def start(self) -> None:
         if self.webhook is not None:
             self.webhook.start()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
-            self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout)
+        self._worker.stop(timeout)
         if self.webhook is not None:
             self.webhook.stop()
         if self._seen is not None:
@@ -187,23 +178,14 @@ class AlertEngine:
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """For tests and shutdown: every queued record evaluated (and its alert written)."""
-        with self._queue.all_tasks_done:
-            return self._queue.all_tasks_done.wait_for(
-                lambda: self._queue.unfinished_tasks == 0, timeout
-            )
+        return self._worker.wait_idle(timeout)
 
-    def _run(self) -> None:
-        while True:
-            record = self._queue.get()
-            try:
-                if record is None:
-                    return
-                for alert in self.evaluate(record):
-                    self._fire(alert)
-            except Exception:  # one bad record must not end alerting
-                log.exception("alert evaluation failed at seq %s", getattr(record, "seq", "?"))
-            finally:
-                self._queue.task_done()
+    def _handle(self, record: AuditRecord) -> None:
+        try:
+            for alert in self.evaluate(record):
+                self._fire(alert)
+        except Exception:  # one bad record must not end alerting
+            log.exception("alert evaluation failed at seq %s", getattr(record, "seq", "?"))
 
     def _fire(self, alert: Alert) -> None:
         self.fired += 1

@@ -36,7 +36,7 @@ from .errors import AuditError
 from .records import AuditRecord
 from .sinks import Checkpoint
 from .store import AuditStore
-from .transports import DeliveryError, HttpsTransport, SyslogTransport, Transport
+from .transports import DeliveryError, HttpsTransport, SyslogTransport, Transport, read_token
 
 log = logging.getLogger("logtorukun.audit.forward")
 
@@ -107,12 +107,7 @@ def transport_for(cfg: ForwardConfig) -> Transport:
         )
     token = None
     if cfg.token_file is not None:
-        try:
-            token = cfg.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise AuditError(
-                f"{cfg.token_file}: cannot read [[forward]] {cfg.name} token_file ({exc.strerror})"
-            ) from None
+        token = read_token(cfg.token_file, f"[[forward]] {cfg.name}")
     return HttpsTransport(
         cfg.url,
         ca_file=cfg.ca_file,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
+from .errors import AuditError
 from .records import AuditRecord
 
 if TYPE_CHECKING:
@@ -108,10 +109,7 @@ class SyslogTransport:
         self._ssl: ssl.SSLContext | None = None
         self._server_name = server_name or host
         if tls:
-            ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-            if cert_file is not None:
-                ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
-            self._ssl = ctx
+            self._ssl = client_tls(ca_file, cert_file, key_file)
 
     def deliver(
         self, records: Sequence[AuditRecord], checkpoints: Sequence[Checkpoint] = ()
@@ -195,10 +193,7 @@ class HttpsTransport:
         self.description = f"{parts.scheme}://{parts.netloc}{parts.path}"
         self._ssl: ssl.SSLContext | None = None
         if parts.scheme == "https":
-            ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-            if cert_file is not None:
-                ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
-            self._ssl = ctx
+            self._ssl = client_tls(ca_file, cert_file, key_file)
 
     def deliver(
         self, records: Sequence[AuditRecord], checkpoints: Sequence[Checkpoint] = ()
@@ -223,6 +218,25 @@ class HttpsTransport:
         except (OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "reason", exc)
             raise DeliveryError(f"{self.description}: {_why(reason)}") from None
+
+
+def client_tls(
+    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+) -> ssl.SSLContext:
+    """A client context that checks the server against `ca_file` (None: the system's CAs),
+    with our certificate for a collector that asks for one."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if cert_file is not None:
+        ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return ctx
+
+
+def read_token(path: Path, section: str) -> str:
+    """A bearer token from its file; AuditError names the file and the setting."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read {section} token_file ({exc.strerror})") from None
 
 
 def _why(exc: object) -> str:

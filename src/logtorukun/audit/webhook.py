@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import ssl
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from ..config_siem import AlertSettings
+from .queue_worker import QueueWorker
+from .transports import client_tls, read_token
 
 log = logging.getLogger("logtorukun.audit.webhook")
 
@@ -40,31 +40,18 @@ class Webhook:
     ) -> None:
         self.url, self.token, self.attempts, self.timeout = url, token, attempts, timeout
         self.first_backoff = first_backoff
-        self._ssl = (
-            ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-            if url.startswith("https:")
-            else None
-        )
+        self._ssl = client_tls(ca_file) if url.startswith("https:") else None
         self.sent = 0
         self.failed = 0
         self.dropped = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUE_LIMIT)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = QueueWorker("alert-webhook", self._post_with_retries, QUEUE_LIMIT)
 
     @classmethod
     def from_settings(cls, settings: AlertSettings) -> Webhook:
         assert settings.webhook is not None
         token = None
         if settings.token_file is not None:
-            try:
-                token = settings.token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                from .errors import AuditError
-
-                raise AuditError(
-                    f"{settings.token_file}: cannot read [alerts] token_file ({exc.strerror})"
-                ) from None
+            token = read_token(settings.token_file, "[alerts]")
         return cls(
             settings.webhook,
             ca_file=settings.ca_file,
@@ -73,40 +60,18 @@ class Webhook:
         )
 
     def send(self, payload: dict[str, Any]) -> None:
-        try:
-            self._queue.put_nowait(payload)
-        except queue.Full:
+        if not self._worker.put(payload):
             self.dropped += 1
             log.error("alert webhook queue full: alert seq %s not posted", payload.get("seq"))
 
     def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
-            self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(timeout)
+        self._worker.stop(timeout)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
-        with self._queue.all_tasks_done:
-            return self._queue.all_tasks_done.wait_for(
-                lambda: self._queue.unfinished_tasks == 0, timeout
-            )
-
-    def _run(self) -> None:
-        while True:
-            payload = self._queue.get()
-            try:
-                if payload is None:
-                    return
-                self._post_with_retries(payload)
-            finally:
-                self._queue.task_done()
+        return self._worker.wait_idle(timeout)
 
     def _post_with_retries(self, payload: dict[str, Any]) -> None:
         delay = self.first_backoff
@@ -115,7 +80,7 @@ class Webhook:
                 self._post(payload)
             except (OSError, ssl.SSLError) as exc:
                 why = getattr(exc, "reason", None) or exc
-                if attempt == self.attempts or self._stop.is_set():
+                if attempt == self.attempts or self._worker.stopping.is_set():
                     self.failed += 1
                     log.error(
                         "alert webhook %s: gave up on alert seq %s after %d attempts: %s "
@@ -126,7 +91,7 @@ class Webhook:
                         why,
                     )
                     return
-                self._stop.wait(delay)
+                self._worker.stopping.wait(delay)
                 delay = min(MAX_BACKOFF, delay * 2)
             else:
                 self.sent += 1

@@ -21,22 +21,16 @@ import asyncssh
 
 from .. import times
 from ..client.certs import cli_identity
+from ..client.command_line import line_for
 from ..client.errors import ClientError, HostKeyChanged, LimitHit, RequestTimeout
 from ..client.hosts import host_by_name, select_hosts
-from ..client.reads import (
-    Client,
-    Reply,
-    docker_command,
-    grep_command,
-    journal_command,
-    range_command,
-    tail_command,
-)
+from ..client.reads import Client
+from ..client.replies import Reply
 from ..client.stream import Status
 from ..client.terminal import neutralise
 from ..config import Config, HostConfig, load_config
 from ..errors import UserError
-from ..gate.vocabulary import Exit
+from ..gate.vocabulary import Docker, Exit, Grep, Journal, Range, Tail
 
 
 def register(sub: Any) -> None:
@@ -318,11 +312,11 @@ def _cmd_follow(args: argparse.Namespace) -> int:
             if since is None:
                 stream = await client.follow(host, args.path, lines=args.lines)
             else:
-                window = await client.run(host, range_command(args.path, since))
+                window = await client.run(host, line_for(Range(args.path, since)))
                 printer.write(window.data)
                 if window.status.pos is None:  # the window was cut at a limit
                     raise LimitHit(host, Exit.LIMIT, window.status.reason or "range cut")
-                command = tail_command(args.path, 0, follow=True, start=window.status.pos)
+                command = line_for(Tail(args.path, 0, follow=True, start=window.status.pos))
                 stream = await client.stream(host, command)
             async with stream:
                 async for line in stream.lines():  # whole lines: no UTF-8 or escape split
@@ -358,28 +352,15 @@ def _grep_window(window: Reply, pattern: str, args: argparse.Namespace) -> Reply
 def _cmd_journal(args: argparse.Namespace) -> int:
     since, until = _when(args, "unit")
     lines = 0 if args.follow and not args.lines else args.lines
-    command = journal_command(
-        args.unit,
-        lines=lines,
-        since=since,
-        until=until,
-        grep=args.grep,
-        priority=args.priority,
-        follow=args.follow,
-    )
+    request = Journal(args.unit, lines, since, until, args.grep, args.priority, follow=args.follow)
+    command = line_for(request)
     return _run_command(args, command, follow=args.follow)
 
 
 def _cmd_docker(args: argparse.Namespace) -> int:
     since, until = _when(args, "container")
-    command = docker_command(
-        args.container,
-        tail=args.tail,
-        timestamps=args.timestamps,
-        since=since,
-        until=until,
-        follow=args.follow,
-    )
+    request = Docker(args.container, args.tail, args.timestamps, since, until, args.follow)
+    command = line_for(request)
     return _run_command(args, command, follow=args.follow)
 
 
@@ -415,15 +396,17 @@ def _cmd_grep(args: argparse.Namespace) -> int:
         if len(words) != 3:
             raise UserError("grep takes HOST PATH PATTERN, or --hosts GLOB PATH PATTERN")
         host_arg, path, pattern = words
-    command = grep_command(
-        path,
-        pattern,
-        regex=args.regex,
-        ignore_case=args.ignore_case,
-        invert=args.invert,
-        count=args.count,
-        max_count=args.max_count,
-        last=args.last,
+    command = line_for(
+        Grep(
+            path,
+            pattern,
+            regex=args.regex,
+            ignore_case=args.ignore_case,
+            invert=args.invert,
+            count=args.count,
+            max_count=args.max_count,
+            tail=args.last,
+        )
     )
     printer = Printer(args)
     since, until = _when(args, "file")

@@ -22,7 +22,8 @@ from .errors import (
     Unreachable,
 )
 from .pool import Pool, PoolOptions
-from .reads import Client, Reply, SourceFile, SourceList
+from .reads import Client
+from .replies import Reply, SourceFile, SourceList
 from .stream import Position, Status, Stream
 
 __all__ = [

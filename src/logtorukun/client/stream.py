@@ -31,7 +31,7 @@ class Position:
 
     @property
     def start(self) -> tuple[int, int, int]:
-        """What `tail_command(..., start=)` takes."""
+        """What `Tail(..., start=)` takes (gate/vocabulary.py)."""
         return (self.ino, self.off, self.tag)
 
 

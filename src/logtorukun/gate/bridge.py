@@ -24,8 +24,9 @@ import time
 
 from . import GATE_VERSION, grammar
 from .audit import now_iso
+from .cancel import CancelFlag
 from .errors import Exit, GateError
-from .output import CancelFlag, LimitReached, Output
+from .output import LimitReached, Output
 from .protocol import (
     CANCEL,
     CREDIT,
@@ -46,7 +47,7 @@ from .protocol import (
     FrameReader,
     pack,
 )
-from .runner import Context, Result, deny, is_quick, serve
+from .runner import Context, deny, is_quick, serve
 from .vocabulary import Request, Status
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
@@ -165,16 +166,12 @@ class _ServedStream:
             self.sent += n
             view = view[n:]
 
-    def end(self, result: Result, before: bytes = b"") -> None:
-        status = Status(
-            exit=int(result.code),
-            reason=result.reason,
-            lines=result.lines,
-            bytes=self.sent,
-            truncated=result.truncated,
-            pos=result.position,
+    def end(self, status: Status, before: bytes = b"") -> None:
+        """The END frame: `status` as served, with the bytes this stream sent."""
+        sent = Status(
+            status.exit, status.reason, status.lines, self.sent, status.truncated, status.pos
         )
-        self.writer.send(END, self.rid, status.to_json(), before)
+        self.writer.send(END, self.rid, sent.to_json(), before)
 
 
 class BridgeServer:
@@ -422,11 +419,11 @@ class BridgeServer:
         result = serve(command, self.ctx, out, via=via, parsed=parsed)
         self._finish(stream, result, sink.take_gathered())
 
-    def _finish(self, stream: _ServedStream, result: Result, data: bytes = b"") -> None:
+    def _finish(self, stream: _ServedStream, status: Status, data: bytes = b"") -> None:
         with self.lock:
             self.streams.pop(stream.rid, None)
         with contextlib.suppress(BrokenPipeError):
-            stream.end(result, data)
+            stream.end(status, data)
         if data:
             self.budget.give(len(data))
 

@@ -6,16 +6,12 @@ request inside a bridge session alike, so both get the same checks and records.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
 import select
 import time
-from collections import deque
-from collections.abc import Callable
 
-from . import GATE_VERSION, grammar, slots
+from . import GATE_VERSION, grammar
 from .audit import AuditLog, now_iso
 from .errors import Cancelled, Exit, GateError
 from .output import LimitReached, Output
@@ -32,12 +28,14 @@ from .vocabulary import (
     Range,
     Request,
     SourcesRequest,
+    Status,
     Tail,
     grep_options,
 )
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 CHUNK = 65536
@@ -59,16 +57,6 @@ class Context:
 
 
 @record
-class Result:
-    code: int
-    reason: str = ""
-    lines: int = 0
-    bytes: int = 0
-    truncated: bool = False
-    position: tuple[int, int, int] | None = None
-
-
-@record
 class Plan:
     """An authorised request, ready to run: its opened file (if any) and how to run it."""
 
@@ -83,8 +71,10 @@ class Plan:
 
     def close(self) -> None:
         for fd in self.fds:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (contextlib would cost start-up)
                 os.close(fd)
+            except OSError:
+                pass
         self.fds.clear()
 
 
@@ -104,7 +94,7 @@ def serve(
     via: dict[str, Any] | None = None,
     plan_hook: Callable[[Plan], None] | None = None,
     parsed: Request | GateError | None = None,
-) -> Result:
+) -> Status:
     """Run `command`; every outcome, including refusals, is audited. Never raises GateError.
 
     `parsed`: what `grammar.parse(command)` gave a caller that parsed it already (the
@@ -122,6 +112,8 @@ def serve(
     slot = None
     try:
         if plan.needs_slot:
+            from . import slots  # a quick request (tail, help) takes no slot: no import
+
             slot = slots.acquire(ctx.policy.limits, plan.memory)
             plan.memory = slot.memory
         ctx.audit.write({**base, "event": "request", "decision": "allow", "target": plan.target})
@@ -134,7 +126,7 @@ def serve(
         plan_hook(plan)
     if slot is not None and ctx.yield_cpu:
         slots.lower_priority(whole_session=ctx.mode == "oneshot")
-    result = Result(Exit.OK)
+    code, reason = Exit.OK, ""
     lim = ctx.policy.limits
     if getattr(plan.request, "follow", False):
         out.start_clock(lim.follow_max_seconds, _follow_reason(lim.follow_max_seconds))
@@ -143,29 +135,27 @@ def serve(
     try:
         plan.run(out)
     except LimitReached as exc:
-        result = Result(Exit.LIMIT, exc.reason)
+        code, reason = Exit.LIMIT, exc.reason
     except Cancelled:
-        result = Result(Exit.OK, "client went away")
+        reason = "client went away"
     except GateError as exc:
-        result = Result(exc.code, exc.reason)
+        code, reason = exc.code, exc.reason
     except OSError as exc:
-        result = Result(Exit.FAILED, f"read failed: {exc.strerror or exc}")
+        code, reason = Exit.FAILED, f"read failed: {exc.strerror or exc}"
     finally:
         plan.close()
         if slot is not None:
             slot.release()
-    result.lines, result.bytes = out.lines, out.bytes
-    result.position = out.position
-    result.truncated = out.truncated or result.code == Exit.LIMIT
+    truncated = out.truncated or code == Exit.LIMIT
     end = {
         "ts": now_iso(),
         "id": base["id"],
         "event": "end",
-        "exit": int(result.code),
-        "reason": result.reason,
-        "lines": result.lines,
-        "bytes": result.bytes,
-        "truncated": result.truncated,
+        "exit": code,
+        "reason": reason,
+        "lines": out.lines,
+        "bytes": out.bytes,
+        "truncated": truncated,
         "duration_ms": round((time.monotonic() - t0) * 1000, 3),
         **out.notes,
     }
@@ -173,10 +163,10 @@ def serve(
         ctx.audit.write(end)
     except GateError as exc:
         # The data is out already; the start record exists. Say so rather than hide it.
-        result.reason = f"{result.reason}; {exc.reason}" if result.reason else exc.reason
-        if result.code == Exit.OK:
-            result.code = Exit.AUDIT
-    return result
+        reason = f"{reason}; {exc.reason}" if reason else exc.reason
+        if code == Exit.OK:
+            code = Exit.AUDIT
+    return Status(code, reason, out.lines, out.bytes, truncated, out.position)
 
 
 def _base(command: str, ctx: Context, via: Any) -> dict[str, Any]:
@@ -192,13 +182,13 @@ def _base(command: str, ctx: Context, via: Any) -> dict[str, Any]:
     return base
 
 
-def deny(command: str, ctx: Context, code: int, reason: str, *, via: Any = None) -> Result:
+def deny(command: str, ctx: Context, code: int, reason: str, *, via: Any = None) -> Status:
     """Audit a request refused before it could be served (a malformed bridge frame, a
     session over its limits): the same `deny` record a refused command gets."""
     return _refuse(ctx, _base(command, ctx, via), GateError(code, reason))
 
 
-def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
+def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Status:
     record = {
         **base,
         "event": "request",
@@ -209,8 +199,8 @@ def _refuse(ctx: Context, base: dict[str, Any], exc: GateError) -> Result:
     try:
         ctx.audit.write(record)
     except GateError as audit_exc:
-        return Result(audit_exc.code, audit_exc.reason)
-    return Result(exc.code, exc.reason)
+        return Status(audit_exc.code, audit_exc.reason)
+    return Status(exc.code, exc.reason)
 
 
 # ---------------------------------------------------------------- authorisation
@@ -488,8 +478,10 @@ def run_child(
 
     `memory`: the address space the children may use together (the request's grant from
     the worker's memory budget); a gzip feeding grep gets `GZIP_MEMORY` of it."""
+    import contextlib
     import subprocess
     import tempfile
+    from collections import deque
 
     deadline = time.monotonic() + seconds
     cpu = max(1, int(limits.limits.max_seconds))
@@ -640,6 +632,8 @@ def _child_limits(cpu: int, mem: int, *, go: bool = False) -> Callable[[], None]
 
 def sources_json(policy: Policy) -> bytes:
     """What this key may read: files (size, mtime) under each root, units, containers."""
+    import json
+
     files: list[dict[str, Any]] = []
     for rule in policy.files:
         _list_rule(rule, files)

@@ -32,6 +32,9 @@ from collections.abc import Callable, Iterator
 from .errors import Exit, GateError
 from .output import Output
 from .readers import LINE_CAP, emit_span, gunzip_chunks, tag_at
+from .stamps import SYSLOG as _SYSLOG
+from .stamps import YMD as _YMD
+from .stamps import Format as _Format
 
 __all__ = ["DETECT_BYTES", "TimeKey", "parse_time_arg", "read_range"]
 
@@ -133,58 +136,6 @@ def parse_time_arg(text: str) -> TimeKey:
     return TimeKey(year, month, day, hour, minute, second, nanos)
 
 
-def _nanos(frac: bytes | None) -> int:
-    if not frac:
-        return 0
-    return int(frac[:9].ljust(9, b"0"))
-
-
-class _Format:
-    """A line-timestamp format: how to recognise it and what to compare."""
-
-    def __init__(
-        self,
-        pattern: bytes,
-        key: Callable[[re.Match[bytes]], _Key],
-        target: Callable[[TimeKey], _Key],
-    ) -> None:
-        self.match = re.compile(pattern).match
-        self.key = key
-        self.target = target
-
-
-def _ymd_key(m: re.Match[bytes]) -> _Key:
-    return (
-        int(m[1]),
-        int(m[2]),
-        int(m[3]),
-        int(m[4]),
-        int(m[5]),
-        int(m[6]),
-        _nanos(m[7]),
-    )
-
-
-_MONTHS = {
-    name: i for i, name in enumerate(b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)
-}
-
-
-def _syslog_key(m: re.Match[bytes]) -> _Key:
-    return (_MONTHS[m[1]], int(m[2]), int(m[3]), int(m[4]), int(m[5]), _nanos(m[6]))
-
-
-_YMD = _Format(
-    rb"\[?([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:[.,]([0-9]+))?",
-    _ymd_key,
-    lambda t: t.parts,
-)
-_SYSLOG = _Format(
-    rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([ 0-9][0-9]) "
-    rb"([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?",
-    _syslog_key,
-    lambda t: t.parts[1:],
-)
 _NO_TIMESTAMPS = (
     "the file has no timestamps range understands: its lines must begin with "
     "YYYY-MM-DD HH:MM:SS, YYYY-MM-DDTHH:MM:SS (ISO 8601) or syslog's Mon DD HH:MM:SS"
@@ -304,8 +255,8 @@ def read_range(
         return os.pread(fd, length, offset)
 
     fmt = _detect(pread(min(size, DETECT_BYTES), 0))
-    start = _search(pread, size, fmt, fmt.target(since), 0)
-    end = size if until is None else _search(pread, size, fmt, fmt.target(until), start)
+    start = _search(pread, size, fmt, fmt.target(since.parts), 0)
+    end = size if until is None else _search(pread, size, fmt, fmt.target(until.parts), start)
     sent = 0
     if end > start and (max_lines is None or max_lines > 0):
         sent = emit_span(fd, start, end, out, max_lines)
@@ -331,8 +282,8 @@ def _range_gz(
     if not head:
         return
     fmt = _detect(b"".join(head)[:DETECT_BYTES])
-    lo: _Key | None = fmt.target(since)  # None once the window has started
-    hi = None if until is None else fmt.target(until)
+    lo: _Key | None = fmt.target(since.parts)  # None once the window has started
+    hi = None if until is None else fmt.target(until.parts)
     left = max_lines
     for block in itertools.chain(head, blocks):
 

@@ -38,6 +38,7 @@ from .access import (
 )
 from .context import ApiError, Ctx, Server
 from .guard import Allowed, begin, end, granted_host, has_control, server_of, via
+from .merge import merge
 from .patterns import BadPattern
 from .workers import Outcome, ReadSpec, WorkerError
 
@@ -90,7 +91,7 @@ def _ndjson(event: dict[str, Any]) -> bytes:
     return (json.dumps(event, ensure_ascii=False) + "\n").encode()
 
 
-def _split(data: bytes, limit: int) -> tuple[list[str], bool]:
+def split_lines(data: bytes, limit: int) -> tuple[list[str], bool]:
     """Text lines (invalid UTF-8 replaced), at most `limit` (the last ones)."""
     if len(data) > MAX_BYTES:
         data = data[-MAX_BYTES:]
@@ -116,7 +117,7 @@ async def _result(
     limit: int,
     download: bool,
 ) -> Response:
-    lines, cut = await off_loop(len(data), _split, data, limit)
+    lines, cut = await off_loop(len(data), split_lines, data, limit)
     truncated = cut or outcome.truncated
     note = None
     if truncated:
@@ -291,6 +292,31 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- reads
 
 
+def _begin_read(
+    server: Server,
+    request: Request,
+    action: str,
+    host: str,
+    capability: str,
+    params: dict[str, Any],
+    source: dict[str, str | None],
+    download: bool,
+) -> Allowed:
+    """The audited start of a read of one source; `download` also needs that right."""
+    if download:
+        params["download"] = True
+    return begin(
+        server,
+        request,
+        action=action,
+        host=host,
+        capability=capability,
+        params=params,
+        source=source,
+        also=DOWNLOAD if download else None,
+    )
+
+
 @router.get("/hosts/{host}/tail", summary="the last N lines (or a time window) of a source")
 async def tail(
     request: Request,
@@ -307,18 +333,8 @@ async def tail(
     the gate's `range` (binary search on timestamps): the first `lines` lines of the window."""
     server = server_of(request)
     params: dict[str, Any] = {"lines": lines, "since": since, "until": until}
-    if download:
-        params["download"] = True
-    a = begin(
-        server,
-        request,
-        action="tail",
-        host=host,
-        capability=TAIL,
-        params=params,
-        source={"path": path, "unit": unit, "container": container},
-        also=DOWNLOAD if download else None,
-    )
+    source = {"path": path, "unit": unit, "container": container}
+    a = _begin_read(server, request, "tail", host, TAIL, params, source, download)
     assert a.source is not None
     try:  # 15m, 2h, today, yesterday: resolved here, in the form this source takes
         since = times.for_source("since", since, a.source.kind) if since else None
@@ -358,18 +374,8 @@ async def grep(
         "invert": invert,
         "max": max,
     }
-    if download:
-        params["download"] = True
-    a = begin(
-        server,
-        request,
-        action="grep",
-        host=host,
-        capability=SEARCH,
-        params=params,
-        source={"path": path, "unit": unit, "container": container},
-        also=DOWNLOAD if download else None,
-    )
+    source = {"path": path, "unit": unit, "container": container}
+    a = _begin_read(server, request, "grep", host, SEARCH, params, source, download)
     assert a.source is not None
     if a.source.kind == "container" or (a.source.kind == "unit" and invert):
         why = (
@@ -402,9 +408,26 @@ async def grep(
 
 
 MAX_HOST_GLOBS = 16  # entries in a search's `hosts=`
+MAX_MERGED_LINES = 50_000  # lines a search merges by time; files beyond are left out
 
 
-def _host_globs(hosts: str) -> list[str | Glob]:
+def _merged_event(kept: dict[int, list[str]], left_out: list[int]) -> bytes:
+    """The `merged` event: `src`, the file index of each line in time order (each file's
+    lines keep their own order, so the n-th occurrence of an index is that file's n-th
+    line); `undated`, files without a timestamp the merge reads (they come first)."""
+    indexes = sorted(kept)
+    merged = merge([kept[i] for i in indexes])
+    event = {
+        "type": "merged",
+        "src": [indexes[k] for k in merged.src],
+        "undated": [indexes[k] for k in merged.undated],
+        "left_out": sorted(left_out),
+        "cap": MAX_MERGED_LINES,
+    }
+    return _ndjson(event)
+
+
+def host_globs(hosts: str) -> list[str | Glob]:
     """`hosts=` as label names and compiled globs; GlobError names what is wrong."""
     wanted = [h.strip() for h in hosts.split(",") if h.strip()] or ["*"]
     if len(wanted) > MAX_HOST_GLOBS:
@@ -412,7 +435,39 @@ def _host_globs(hosts: str) -> list[str | Glob]:
     return [w if w.startswith("label:") else check_user_glob(w, "hosts") for w in wanted]
 
 
-def _select_hosts(server: Server, ctx: Ctx, wanted: list[str | Glob]) -> list[HostConfig]:
+def searchable_hosts(
+    server: Server,
+    ctx: Ctx,
+    hosts: str,
+    *,
+    action: str,
+    params: dict[str, Any],
+    source: str | None = None,
+) -> list[HostConfig]:
+    """The hosts `hosts` (globs or label:X, comma-separated) names that `ctx` may search;
+    a bad glob is refused (422) and so is a selection of none (404), both audited."""
+    try:
+        if has_control(hosts):
+            raise GlobError("hosts: control characters are not accepted")
+        selected = _granted(server, ctx, host_globs(hosts))
+    except GlobError as exc:
+        raise server.refuse(
+            ctx, 422, str(exc), action=action, host=hosts, source=source, params=params
+        ) from None
+    if not selected:
+        raise server.refuse(
+            ctx,
+            404,
+            f"no host you may search matches {hosts!r}",
+            action=action,
+            host=hosts,
+            source=source,
+            params=params,
+        )
+    return selected
+
+
+def _granted(server: Server, ctx: Ctx, wanted: list[str | Glob]) -> list[HostConfig]:
     """Grants first: a user's globs are only ever matched against hosts they may search."""
     assert ctx.access is not None
     granted = [h for h in server.config.hosts if SEARCH in ctx.access.host_caps(h)]
@@ -459,9 +514,14 @@ async def search(
     ignore_case: bool = False,
     invert: bool = False,
     max: Annotated[int, Query(ge=1, le=MAX_LINES)] = 500,
+    order: Annotated[
+        Literal["host", "time"],
+        Query(description="time: also a `merged` event, every file's lines by timestamp"),
+    ] = "host",
 ) -> StreamingResponse:
     """Events, one JSON object per line: `start` (the hosts), `file` (per host and file:
-    lines, truncated), `error` (per host), `progress`, and `end`."""
+    `index`, lines, truncated), `error` (per host), `progress`, with `order=time` a
+    `merged` event once every host has answered, and `end`."""
     server = server_of(request)
     params = {
         "pattern": pattern,
@@ -470,6 +530,7 @@ async def search(
         "invert": invert,
         "max": max,
         "hosts": hosts,
+        **({"order": order} if order != "host" else {}),
     }
     ctx = server.require_user(request, "search", host=hosts, source=path, params=params)
     bad = [n for n, v in (("pattern", pattern), ("path", path), ("hosts", hosts)) if has_control(v)]
@@ -495,23 +556,17 @@ async def search(
         )
     try:
         matcher = check_user_glob(path, "path")
-        selected = _select_hosts(server, ctx, _host_globs(hosts))
-        if selected:
-            await patterns.check(pattern, regex, "file")
-    except (GlobError, BadPattern) as exc:
+    except GlobError as exc:
         raise server.refuse(
             ctx, 422, str(exc), action="search", host=hosts, source=path, params=params
         ) from None
-    if not selected:
+    selected = searchable_hosts(server, ctx, hosts, action="search", params=params, source=path)
+    try:
+        await patterns.check(pattern, regex, "file")
+    except BadPattern as exc:
         raise server.refuse(
-            ctx,
-            404,
-            f"no host you may search matches {hosts!r}",
-            action="search",
-            host=hosts,
-            source=path,
-            params=params,
-        )
+            ctx, 422, str(exc), action="search", host=hosts, source=path, params=params
+        ) from None
     ref = server.record(
         ctx,
         "read",
@@ -525,6 +580,9 @@ async def search(
     started = time.monotonic()
     queue: asyncio.Queue[dict[str, Any] | bytes | None] = asyncio.Queue(maxsize=64)
     totals = {"lines": 0, "bytes": 0, "files": 0, "errors": 0}
+    # order=time: each file's lines, by the `index` of its file event, for the merge
+    kept: dict[int, list[str]] = {}
+    left_out: list[int] = []
 
     async def one_host(h: HostConfig) -> None:
         assert ctx.access is not None
@@ -596,9 +654,17 @@ async def search(
                 if exc.status in (502, 504):  # the host itself failed: skip its other files
                     return
                 continue
-            lines, cut = await off_loop(len(data), _split, data, max)
+            lines, cut = await off_loop(len(data), split_lines, data, max)
+            index = totals["files"]
+            totals["files"] += 1
+            if order == "time":
+                if sum(map(len, kept.values())) + len(lines) <= MAX_MERGED_LINES:
+                    kept[index] = lines
+                else:
+                    left_out.append(index)
             event = {
                 "type": "file",
+                "index": index,
                 "host": h.name,
                 "source": src.key,
                 "lines": lines,
@@ -617,7 +683,6 @@ async def search(
             )
             totals["lines"] += len(lines)
             totals["bytes"] += len(data)
-            totals["files"] += 1
             await queue.put(encoded)
 
     async def run_all() -> None:
@@ -644,6 +709,8 @@ async def search(
                 await wrapped(h)
 
         await asyncio.gather(*(in_turn(h) for h in selected))
+        if order == "time":
+            await queue.put(await asyncio.to_thread(_merged_event, kept, left_out))
         await queue.put(None)
 
     async def body() -> AsyncIterator[bytes]:

@@ -109,6 +109,7 @@ class Server:
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(600))
     proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
     hub: Any = None  # sse.FollowHub
+    listings: Any = None  # suggest.Listings: the search page's source listings
     forwarders: list[Any] = field(default_factory=list)  # audit.forward.Forwarder
     alerts: Any = None  # audit.alerts.AlertEngine
     templates: Jinja2Templates = field(

@@ -1,0 +1,611 @@
+"""The merged view's API: several sources (files on one host or many, journal units,
+containers) read as one stream, interleaved by time (merge.py), each line tagged with
+the source it came from.
+
+    GET /api/merged/tail?src=HOST:SOURCE&src=...&lines=N[&since&until]
+    GET /api/merged/grep?src=...&pattern=S[&regex&ignore_case&invert&max]
+    GET /api/merged/follow?src=...[&from=I:INO:OFF:TAG ...]    (Server-Sent Events)
+
+`SOURCE` is a path, `unit:NAME` or `container:NAME` (a source's key). At most
+`MAX_SOURCES` sources. Every source is checked against the user's grants before anything
+is read; if any is not allowed the whole request is refused (403), naming each refused
+source, and each refusal is audited: a view that silently left out a host would look
+complete and mislead. A host without any grant is named "unknown host", like everywhere
+else. Each source read then has its own audit record (pointing at the merged request's
+record), exactly like a read of that source alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from .. import times
+from ..audit import AuditRef
+from ..config import HostConfig
+from ..gate.vocabulary import MAX_PATH, MAX_PATTERN
+from . import patterns
+from .access import FOLLOW, SEARCH, TAIL, BadSource, Source
+from .api import MAX_LINES, Lines, TimeQ, json_bytes, off_loop, split_lines
+from .context import ApiError, Ctx, Server
+from .guard import has_control, server_of
+from .merge import MAX_SOURCES, merge
+from .patterns import BadPattern
+from .recheck import Credential
+from .sse import BATCH_SECONDS, MAX_BATCH, FollowHub, Upstream, Viewer
+from .workers import Outcome, ReadSpec, WorkerError
+
+router = APIRouter(prefix="/api/merged", tags=["merged view"])
+
+SrcQ = Annotated[
+    list[str],
+    Query(
+        description=f"HOST:SOURCE (a path, unit:NAME or container:NAME), repeated; "
+        f"at most {MAX_SOURCES}"
+    ),
+]
+MergedFromQ = Annotated[
+    list[str],
+    Query(
+        alias="from",
+        description="I:INODE:OFFSET:TAG: source number I (from 0) continues from that "
+        "position (a merged tail's or an event's `pos`)",
+    ),
+]
+_SRC_CHARS = MAX_PATH + 80
+
+
+@dataclass(slots=True)
+class Pick:
+    """One source of a merged request, granted, with its own audit record."""
+
+    label: str  # HOST:SOURCE, as the user wrote it (normalised)
+    host: HostConfig
+    source: Source
+    ref: AuditRef | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse(spec: str) -> tuple[str, Source]:
+    """`HOST:SOURCE` -> (host name, source); BadSource names what is wrong."""
+    host, sep, key = spec.partition(":")
+    if not sep or not host or not key:
+        raise BadSource(
+            f"src: {spec[:100]!r} is not HOST:SOURCE (web1:/var/log/app.log, "
+            "web1:unit:nginx.service, web1:container:api)"
+        )
+    try:
+        return host, Source.parse(key)
+    except BadSource as exc:
+        raise BadSource(f"src: {spec[:100]!r}: {exc}") from None
+
+
+def pick(
+    server: Server,
+    request: Request,
+    *,
+    action: str,
+    specs: list[str],
+    capability: str,
+    params: dict[str, Any],
+    event: str = "read",
+) -> tuple[Ctx, AuditRef, list[Pick]]:
+    """Authenticate, check every source, audit: the merged request's own record and
+    one per source. Raises ApiError (already audited) on any refusal."""
+    shown = ", ".join(s[:_SRC_CHARS] for s in specs[: MAX_SOURCES + 1])[:2000]
+    ctx = server.require_user(request, action, source=shown, params=params)
+    assert ctx.access is not None
+
+    def refuse(status: int, reason: str) -> ApiError:
+        return server.refuse(ctx, status, reason, action=action, source=shown, params=params)
+
+    if not specs:
+        raise refuse(422, "src: choose at least one source (HOST:SOURCE)")
+    if len(specs) > MAX_SOURCES:
+        raise refuse(
+            422,
+            f"src: at most {MAX_SOURCES} sources in a merged view ({len(specs)} given); "
+            "remove some",
+        )
+    for name, value in [*(("src", s) for s in specs), *params.items()]:
+        if isinstance(value, str) and has_control(value):
+            raise refuse(422, f"{name}: control characters are not accepted")
+        if name == "src" and len(value) > _SRC_CHARS:
+            raise refuse(422, f"src: at most {_SRC_CHARS} characters per source")
+    parsed: list[tuple[str, str, Source]] = []
+    for spec in specs:
+        try:
+            host, source = _parse(spec)
+        except BadSource as exc:
+            raise refuse(422, str(exc)) from None
+        label = f"{host}:{source.key}"
+        if any(x[0] == label for x in parsed):
+            raise refuse(422, f"src: {label} is given twice")
+        parsed.append((label, host, source))
+    picks: list[Pick] = []
+    refused: list[str] = []
+    for label, host, source in parsed:
+        hc = server.config.host(host)
+        audit: dict[str, Any] = {"action": action, "host": host, "source": source.key}
+        audit["params"] = {**params, "merged": shown}
+        if hc is None or not ctx.access.host_caps(hc):
+            why = "unknown host" if hc is None else "no role grants anything on the host"
+            server.refuse(ctx, 404, f"{why} (answered as unknown)", **audit)
+            refused.append(f"{label} (unknown host {host!r})")
+            continue
+        decision = ctx.access.check(hc, source, capability)
+        if not decision.allowed:
+            server.refuse(ctx, 403, decision.reason, **audit)
+            refused.append(f"{label} ({decision.reason})")
+            continue
+        picks.append(Pick(label, hc, source))
+    if refused:
+        raise ApiError(
+            403,
+            f"src: not allowed in a merged view: {'; '.join(refused)}. Remove "
+            + ("it" if len(refused) == 1 else "them")
+            + " and try again",
+        )
+    hosts = ",".join(dict.fromkeys(p.host.name for p in picks))
+    parent = server.record(
+        ctx,
+        event,
+        action=f"merged_{action}",
+        host=hosts[:1000],
+        source=shown,
+        params={**params, "sources": [p.label for p in picks]},
+        decision="allow",
+        reason=f"{capability} granted on every source",
+    )
+    for p in picks:
+        p.ref = server.record(
+            ctx,
+            event,
+            action=action,
+            host=p.host.name,
+            source=p.source.key,
+            params={**params, "merged": parent.seq},
+            decision="allow",
+            reason=f"{capability} granted (part of merged view #{parent.seq})",
+        )
+    return ctx, parent, picks
+
+
+def _via(ctx: Ctx, p: Pick) -> dict[str, Any]:
+    assert p.ref is not None
+    return {"user": ctx.name, "audit": p.ref.seq}
+
+
+async def _read_all(
+    server: Server, ctx: Ctx, picks: list[Pick], specs: list[ReadSpec], limit: int
+) -> list[list[str]]:
+    """Every source's lines (one worker read each, all at once). A failed source is
+    reported in its `extra` and contributes nothing; the others go on."""
+
+    async def one(p: Pick, spec: ReadSpec) -> list[str]:
+        assert p.ref is not None
+        t0 = time.monotonic()
+        try:
+            data, outcome = await server.workers.read(p.host, spec, _via(ctx, p))
+        except WorkerError as exc:
+            server.finish(p.ref, "read_end", {"status": exc.status, "error": exc.detail})
+            p.extra.update(status=exc.status, error=exc.reason)
+            return []
+        lines, cut = await off_loop(len(data), split_lines, data, limit)
+        p.extra.update(_describe(outcome, cut, len(lines)))
+        server.finish(
+            p.ref,
+            "read_end",
+            {
+                **outcome.as_audit(),
+                "bytes": len(data),
+                "lines": len(lines),
+                "truncated": bool(cut or outcome.truncated),
+                "duration_ms": round((time.monotonic() - t0) * 1000, 3),
+            },
+        )
+        return lines
+
+    return list(await asyncio.gather(*(one(p, s) for p, s in zip(picks, specs, strict=True))))
+
+
+def _describe(outcome: Outcome, cut: bool, count: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": count, "truncated": bool(cut or outcome.truncated)}
+    if outcome.truncated or cut:
+        out["note"] = outcome.reason or "capped by the web server"
+    if outcome.pos is not None:
+        out["pos"] = ":".join(map(str, outcome.pos))
+    return out
+
+
+async def _answer(
+    server: Server,
+    parent: AuditRef,
+    picks: list[Pick],
+    per_source: list[list[str]],
+    action: str,
+    limit: int,
+    keep: Literal["last", "first"],
+    started: float,
+) -> Response:
+    size = sum(len(line) for lines in per_source for line in lines)
+    merged = await off_loop(size, functools.partial(merge, per_source, limit=limit, keep=keep))
+    notes = [f"{picks[i].label}: no timestamps found, its lines come first" for i in merged.undated]
+    cut = bool(merged.cut) and keep == "first"  # a tail's older lines are not news
+    if cut:
+        notes.append(f"{merged.cut} later merged lines left out: at most {limit} are shown")
+    notes += [f"{p.label}: {p.extra['error']}" for p in picks if "error" in p.extra]
+    payload = {
+        "action": action,
+        "sources": [
+            {
+                "label": p.label,
+                "host": p.host.name,
+                "source": p.source.key,
+                "kind": p.source.kind,
+                "audit": p.ref.seq if p.ref else None,
+                **p.extra,
+            }
+            for p in picks
+        ],
+        "lines": merged.lines,
+        "src": merged.src,
+        "count": len(merged.lines),
+        "truncated": cut or any(p.extra.get("truncated") for p in picks),
+        "notes": notes,
+        "audit": parent.seq,
+    }
+    body = await off_loop(size, json_bytes, payload)
+    server.finish(
+        parent,
+        "read_end",
+        {
+            "lines": len(merged.lines),
+            "bytes": len(body),
+            "failed": sum(1 for p in picks if "error" in p.extra),
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+        },
+    )
+    server.metrics.sent(f"merged_{action}", len(body), len(merged.lines))
+    return Response(body, media_type="application/json")
+
+
+@router.get("/tail", summary="the last N lines of several sources, interleaved by time")
+async def merged_tail(
+    request: Request,
+    src: SrcQ,
+    lines: Lines = 200,
+    since: TimeQ = None,
+    until: TimeQ = None,
+) -> Response:
+    """Each source's last `lines` lines (or, with since/until, the first `lines` of the
+    window), merged by timestamp; `lines` of the result at most. `src[i]` of each line
+    is the index of its source in `sources`. A file's `pos` is where a merged follow
+    continues it (`from=I:POS`)."""
+    server = server_of(request)
+    started = time.monotonic()
+    params = {k: v for k, v in {"lines": lines, "since": since, "until": until}.items() if v}
+    ctx, parent, picks = pick(
+        server, request, action="tail", specs=src, capability=TAIL, params=params
+    )
+    specs: list[ReadSpec] = []
+    try:
+        for p in picks:
+            kind = p.source.kind
+            s = times.for_source("since", since, kind) if since else None
+            u = times.for_source("until", until, kind) if until else None
+            verb = "range" if kind == "file" and (s or u) else "tail"
+            specs.append(
+                ReadSpec(
+                    verb, p.source, lines=lines, since=s or ("1970-01-01" if u else None), until=u
+                )
+            )
+    except times.BadTime as exc:
+        for p in picks:
+            assert p.ref is not None
+            server.finish(p.ref, "read_end", {"status": 422, "error": str(exc)})
+        server.finish(parent, "read_end", {"status": 422, "error": str(exc)})
+        raise ApiError(422, str(exc)) from None
+    per_source = await _read_all(server, ctx, picks, specs, lines)
+    keep: Literal["last", "first"] = "first" if since or until else "last"
+    return await _answer(server, parent, picks, per_source, "tail", lines, keep, started)
+
+
+@router.get("/grep", summary="matching lines of several sources, interleaved by time")
+async def merged_grep(
+    request: Request,
+    src: SrcQ,
+    pattern: Annotated[str, Query(min_length=1, max_length=MAX_PATTERN)],
+    regex: bool = False,
+    ignore_case: bool = False,
+    invert: bool = False,
+    max: Annotated[int, Query(ge=1, le=MAX_LINES)] = 1000,
+) -> Response:
+    """Each source searched on its worker (grep -m `max`; units with journalctl -g),
+    merged by timestamp; the first `max` lines of the result at most. Containers
+    cannot be searched on the worker: 422 naming them."""
+    server = server_of(request)
+    started = time.monotonic()
+    params = {
+        "pattern": pattern,
+        "regex": regex,
+        "ignore_case": ignore_case,
+        "invert": invert,
+        "max": max,
+    }
+    ctx, parent, picks = pick(
+        server, request, action="grep", specs=src, capability=SEARCH, params=params
+    )
+
+    def fail(status: int, why: str) -> ApiError:
+        for p in picks:
+            assert p.ref is not None
+            server.finish(p.ref, "read_end", {"status": status, "error": why})
+        server.finish(parent, "read_end", {"status": status, "error": why})
+        return ApiError(status, why)
+
+    for p in picks:
+        if p.source.kind == "container":
+            raise fail(422, f"src: {p.label}: the gate cannot search container logs")
+        if p.source.kind == "unit" and invert:
+            raise fail(422, f"src: {p.label}: invert is not supported for units")
+    try:
+        for kind in dict.fromkeys(p.source.kind for p in picks):
+            await patterns.check(pattern, regex, kind)
+    except BadPattern as exc:
+        raise fail(422, str(exc)) from None
+    specs = [
+        ReadSpec(
+            "grep",
+            p.source,
+            pattern=pattern,
+            regex=regex,
+            ignore_case=ignore_case,
+            invert=invert,
+            max=max,
+            lines=max,
+        )
+        for p in picks
+    ]
+    per_source = await _read_all(server, ctx, picks, specs, max)
+    return await _answer(server, parent, picks, per_source, "grep", max, "first", started)
+
+
+# ---------------------------------------------------------------------- follow
+
+
+def _sse(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _starts(picks: list[Pick], froms: list[str]) -> dict[int, tuple[int, int, int]]:
+    """`from=I:INO:OFF:TAG` values by source number; ValueError names what is wrong."""
+    out: dict[int, tuple[int, int, int]] = {}
+    for f in froms:
+        parts = f.split(":")
+        if len(parts) != 4 or not all(x.isdigit() and len(x) <= 20 for x in parts):
+            raise ValueError(f"from: {f[:60]!r} is not I:INODE:OFFSET:TAG")
+        i, ino, off, tag = map(int, parts)
+        if i >= len(picks):
+            raise ValueError(f"from: source {i} does not exist (there are {len(picks)})")
+        if picks[i].source.kind != "file":
+            raise ValueError(f"from: only files can be followed from a position ({picks[i].label})")
+        out[i] = (ino, off, tag)
+    return out
+
+
+@router.get(
+    "/follow",
+    summary="live lines of several sources as one Server-Sent Events stream",
+    response_class=StreamingResponse,
+)
+async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) -> StreamingResponse:  # noqa: B006
+    """One stream for several sources, in the order lines arrive (live lines are not
+    re-sorted by timestamp). Events as for a single follow, each with `src` (the source's
+    index): `ready` ({"sources": [{label, pos}], "heartbeat", "failed"}), `lines`
+    ({"src", "lines", "dropped", "pos"}), `gap` ({"src", "reason", "pos"}), `beat`,
+    `end` ({"src", "reason", "retry"}: when any source ends, the merged follow ends,
+    so the browser starts it again from each source's last `pos`). Counts as one
+    follow against `max_follows_per_user`."""
+    server = server_of(request)
+    hub: FollowHub = server.hub
+    params: dict[str, Any] = {"from": from_} if from_ else {}
+    ctx, parent, picks = pick(
+        server,
+        request,
+        action="follow",
+        specs=src,
+        capability=FOLLOW,
+        params=params,
+        event="follow_start",
+    )
+    assert ctx.user is not None
+    user = ctx.user.name
+
+    def fail(status: int, why: str, refs: list[Pick]) -> ApiError:
+        for p in refs:
+            assert p.ref is not None
+            server.finish(p.ref, "follow_end", {"status": status, "error": why})
+        server.finish(parent, "follow_end", {"status": status, "error": why})
+        return ApiError(status, why)
+
+    try:
+        starts = _starts(picks, from_)
+    except ValueError as exc:
+        raise fail(422, str(exc), picks) from None
+    cap = server.config.server.max_follows_per_user
+    slot = hub.shared.take(user, cap) if hub.shared is not None else None
+    if hub.per_user.get(user, 0) >= cap or (hub.shared is not None and slot is None):
+        hub.release(slot)
+        raise fail(429, f"at most {cap} live follows per user; close one first", picks)
+    hub.per_user[user] = hub.per_user.get(user, 0) + 1
+    wake = asyncio.Event()
+    viewers: list[Viewer] = []
+    for _ in picks:
+        v = Viewer(user)
+        v.wake = wake  # one event for all: the stream wakes when any source has news
+        viewers.append(v)
+
+    async def join(i: int) -> Upstream:
+        p = picks[i]
+        return await hub.join(p.host, p.source, viewers[i], _via(ctx, p), starts.get(i))
+
+    joined = await asyncio.gather(*(join(i) for i in range(len(picks))), return_exceptions=True)
+    ups: dict[int, Upstream] = {}
+    failed: list[dict[str, Any]] = []
+    for i, r in enumerate(joined):
+        p = picks[i]
+        assert p.ref is not None
+        if isinstance(r, Upstream):
+            ups[i] = r
+            hub.recheck.add(viewers[i], Credential.of(ctx, p.host, p.source))
+        elif isinstance(r, WorkerError):
+            server.finish(p.ref, "follow_end", {"status": r.status, "error": r.detail})
+            failed.append({"src": i, "label": p.label, "status": r.status, "reason": r.reason})
+        else:  # cancelled or a bug: give back what was taken, then let it propagate
+            for j, up in ups.items():
+                up.leave(viewers[j])
+            hub.per_user[user] -= 1
+            hub.release(slot)
+            raise r
+    if not ups:
+        hub.per_user[user] -= 1
+        hub.release(slot)
+        first = failed[0]
+        why = "; ".join(f"{f['label']}: {f['reason']}" for f in failed)
+        server.finish(parent, "follow_end", {"status": first["status"], "error": why})
+        raise ApiError(first["status"], why)
+
+    state = {"reason": "viewer closed", "done": False}
+
+    async def cleanup() -> None:
+        if state["done"]:
+            return
+        state["done"] = True
+        total_lines = total_bytes = 0
+        for i, up in ups.items():
+            v, p = viewers[i], picks[i]
+            assert p.ref is not None
+            hub.recheck.remove(v)
+            up.leave(v)
+            total_lines += v.lines
+            total_bytes += v.bytes
+            with contextlib.suppress(ApiError):
+                server.finish(
+                    p.ref,
+                    "follow_end",
+                    {
+                        "lines": v.lines,
+                        "bytes": v.bytes,
+                        "reason": state["reason"],
+                        "dropped": v.dropped_total,
+                    },
+                )
+        server.metrics.sent("merged_follow", total_bytes, total_lines)
+        with contextlib.suppress(ApiError):
+            server.finish(
+                parent,
+                "follow_end",
+                {"lines": total_lines, "bytes": total_bytes, "reason": state["reason"]},
+            )
+        hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
+        hub.release(slot)
+
+    def batch(i: int, v: Viewer) -> bytes:
+        """Up to MAX_BATCH of source i's waiting lines (or its gap) as one event."""
+        backlog = v.backlog
+        if backlog and backlog[0][0] is None:
+            _, pos, gap = backlog.popleft()
+            return _sse("gap", {"src": i, "reason": gap, "pos": pos})
+        lines: list[str] = []
+        pos = None
+        while backlog and len(lines) < MAX_BATCH and backlog[0][0] is not None:
+            line, at, _ = backlog.popleft()
+            lines.append(line)  # type: ignore[arg-type]
+            if at is not None:
+                pos = at
+        tail = f',"pos":"{pos}"' if pos is not None else ""
+        payload = (
+            f'event: lines\ndata: {{"src":{i},"lines":[{",".join(lines)}],'
+            f'"dropped":{v.dropped}{tail}}}\n\n'
+        ).encode()
+        v.dropped_total += v.dropped
+        v.dropped = 0
+        v.lines += len(lines)
+        v.bytes += len(payload)
+        return payload
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            beat = hub.heartbeat
+            ready = {
+                "audit": parent.seq,
+                "heartbeat": beat,
+                "sources": [
+                    {
+                        "src": i,
+                        "label": picks[i].label,
+                        "pos": ups[i].pos if i not in starts else ":".join(map(str, starts[i])),
+                    }
+                    for i in ups
+                ],
+                "failed": failed,
+            }
+            yield b"retry: 3000\n" + _sse("ready", ready)
+            last_beat = last_sent = time.monotonic()
+            while True:
+                hub.keep_counted()
+                if not wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(beat):
+                            await wake.wait()
+                wake.clear()
+                revoked = next((i for i in ups if viewers[i].revoked is not None), None)
+                if revoked is not None:
+                    v = viewers[revoked]
+                    state["reason"] = v.revoked or "revoked"
+                    yield _sse("end", {"src": revoked, "reason": v.ended, "retry": False})
+                    return
+                busy = [i for i in ups if viewers[i].backlog or viewers[i].dropped]
+                if busy:
+                    gap_s = last_sent + BATCH_SECONDS - time.monotonic()
+                    if gap_s > 0:
+                        await asyncio.sleep(gap_s)
+                    for i in busy:
+                        yield batch(i, viewers[i])
+                    last_beat = last_sent = time.monotonic()
+                    if any(viewers[i].backlog for i in ups):
+                        wake.set()
+                    continue
+                ended = next((i for i in ups if viewers[i].ended is not None), None)
+                if ended is not None:
+                    v = viewers[ended]
+                    state["reason"] = f"{picks[ended].label}: {v.ended}"
+                    yield _sse("end", {"src": ended, "reason": v.ended, "retry": v.retry})
+                    return
+                now = time.monotonic()
+                if now - last_beat >= beat:
+                    if all(up.alive(now, beat) for up in ups.values()):
+                        yield _sse("beat", {"pos": {str(i): up.pos for i, up in ups.items()}})
+                    else:
+                        yield b": keep-alive\n\n"
+                    last_beat = now
+        finally:
+            await cleanup()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"x-accel-buffering": "no"},
+        background=BackgroundTask(cleanup),
+    )

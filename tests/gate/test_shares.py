@@ -134,11 +134,10 @@ def grep_child(hw: Hostile) -> tuple[int, int] | None:
     return None
 
 
-def test_slow_work_runs_at_a_lower_priority_in_a_bridge(hw: Hostile) -> None:
-    """The thread of a slow request and its children run SLOW_NICE lower; the thread
-    that reads frames does not, `help` is answered meanwhile, and once the slow request
-    has ended no thread of the session is left at the lower priority (its worker hands
-    the queue to a fresh thread), so the next cheap request runs at full priority."""
+def test_a_bridge_keeps_its_priority_for_slow_work(hw: Hostile) -> None:
+    """Inside a bridge nothing is lowered (a lowered thread holding the GIL or a slot
+    would slow the session's cheap requests): while a slow grep runs, every thread of
+    the session and its children stay at the session's priority."""
     with hw.policy(hw.hostile_policy(max_seconds=30)):
         s = BridgeClient(hw.ssh_argv("bridge"))
         s.request(1, f"grep -c zzz {hw.root}/slow.log.gz")
@@ -147,22 +146,12 @@ def test_slow_work_runs_at_a_lower_priority_in_a_bridge(hw: Hostile) -> None:
         procs = processes(hw.pid)
         kids = {comm: nice for comm, parent, nice in procs.values() if parent == gate}
         threads = thread_nices(gate)
-        _data, end = s.call(2, "help")
-        assert end["exit"] == 0
         s.send(CANCEL, 1)
         _data, end1 = s.result(1, WAIT)
-        base = threads[gate]  # the frame thread's: sshd's (pytest may run niced)
-        wait_for("the slow worker to end", lambda: set(thread_nices(gate).values()) == {base})
-        data, end3 = s.call(3, f"tail -n 1 {hw.root}/app.log")
-        after = thread_nices(gate)
         assert s.close() == (0, b"")
-    slow = min(19, base + SLOW_NICE)
-    assert base < slow, "the test needs to run below nice 19"
-    assert kids == {"gzip": slow, "grep": slow}, kids
-    assert sorted(threads.values()).count(slow) == 1, threads  # the slow request's worker
+    base = threads[gate]
+    assert set(threads.values()) == {base} and kids == {"gzip": base, "grep": base}
     assert end1["reason"] == "client went away"
-    assert end3["exit"] == 0 and data.endswith(b"\n")
-    assert set(after.values()) == {base}, after
 
 
 def test_slow_work_runs_at_a_lower_priority_one_shot(hw: Hostile) -> None:

@@ -18,7 +18,6 @@ import collections
 import contextlib
 import json
 import os
-import queue
 import threading
 import time
 
@@ -185,11 +184,6 @@ class BridgeServer:
         # Requests waiting for one of the MAX_RUNNING worker threads, oldest first.
         self.queue: collections.deque[tuple[_ServedStream, str, Any, bool]] = collections.deque()
         self.workers = 0
-        # A worker that ran slow work runs at a lower priority for good (an unprivileged
-        # thread cannot raise it again) and a thread inherits its creator's: the
-        # replacement is started by this thread, which never lowers its own.
-        self.spawns: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        self.spawner = threading.Thread(target=self._spawner, daemon=True)
 
     def run(self) -> int:
         ctx = self.ctx
@@ -218,7 +212,6 @@ class BridgeServer:
         t0 = time.monotonic()
         requests = 0
         code = 0
-        self.spawner.start()
         try:
             self.writer.send(HELLO, 0, json.dumps(hello).encode())
             reader = FrameReader(skip_oversize=True)
@@ -258,7 +251,6 @@ class BridgeServer:
                 self.queue.clear()
             for stream in streams:
                 stream.cancel()
-            self.spawns.put(False)
             for _stream, command, via, _positions in waiting:  # never started: say so
                 reason = "the session ended before this request started"
                 deny(command, ctx, Exit.BUSY, reason, via=via)
@@ -341,10 +333,7 @@ class BridgeServer:
         t.start()
 
     def _work(self) -> None:
-        """A worker thread: serves queued requests until there are none left, or until
-        it ran slow work at a lower priority (slots.lower_priority): then a fresh
-        thread takes over the queue, so cheap requests never run at that priority."""
-        nice = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's
+        """A worker thread: serves queued requests until there are none left."""
         while True:
             with self.lock:
                 if not self.queue:
@@ -353,18 +342,6 @@ class BridgeServer:
                 stream, command, via, positions = self.queue.popleft()
                 stream.thread = threading.current_thread()
             self._threaded(stream, command, via, positions)
-            if os.getpriority(os.PRIO_PROCESS, 0) != nice:
-                with self.lock:
-                    if not self.queue:
-                        self.workers -= 1
-                        return
-                self.spawns.put(True)  # this worker's place goes to the new thread
-                return
-
-    def _spawner(self) -> None:
-        while self.spawns.get():
-            t = threading.Thread(target=self._work, daemon=True)
-            t.start()
 
     def _output(self, sink: Any, stream: _ServedStream, positions: bool = False) -> Output:
         lim = self.ctx.policy.limits

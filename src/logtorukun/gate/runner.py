@@ -52,7 +52,8 @@ class Context:
     identity: dict[str, Any] = field(default_factory=dict)
     mode: str = "oneshot"
     # Lower the CPU priority of requests that take a slot (slots.lower_priority): set
-    # by the gate's own process (__main__), never for a serve() run inside another one.
+    # by a one-shot gate's own process (__main__), never for a serve() run inside
+    # another process, nor in a bridge (see slots.lower_priority).
     yield_cpu: bool = False
 
 
@@ -124,8 +125,8 @@ def serve(
         return _refuse(ctx, base, exc)
     if plan_hook is not None:
         plan_hook(plan)
-    if slot is not None and ctx.yield_cpu:
-        slots.lower_priority(whole_session=ctx.mode == "oneshot")
+    if slot is not None and ctx.yield_cpu and ctx.mode == "oneshot":
+        slots.lower_priority()
     code, reason = Exit.OK, ""
     lim = ctx.policy.limits
     if getattr(plan.request, "follow", False):

@@ -1,5 +1,5 @@
 """What a request that can run long takes: a concurrency slot, its children's share of the
-worker's memory budget, and a lower CPU priority.
+worker's memory budget, and (one-shot) a lower CPU priority.
 
 Slots and memory are lock files held with flock(LOCK_NB), shared by every gate process
 of one worker user: a lock is free again the moment its holder exits, even after
@@ -21,7 +21,7 @@ from .policy import MEMORY_UNIT as UNIT
 from .policy import Limits
 from .statedir import default_state_dir, private_dir
 
-SLOW_NICE = 5  # how much lower slow work runs than the cheap reads (and the bridge)
+SLOW_NICE = 5  # how much lower a one-shot gate's slow work runs than the cheap reads
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -89,23 +89,26 @@ def acquire(limits: Limits, memory: int = 0) -> Slot:
     return slot
 
 
-def lower_priority(*, whole_session: bool) -> None:
-    """Run the rest of this request (and the children it starts) `SLOW_NICE` lower, so
-    that cheap reads preempt slow work instead of queueing behind it for the CPU.
+def lower_priority() -> None:
+    """Run the rest of this one-shot request (and the children it starts) `SLOW_NICE`
+    lower, so that cheap reads preempt slow work instead of queueing behind it for the
+    CPU.
 
-    Nice is per thread on Linux (PRIO_PROCESS 0 is the calling thread): the bridge
-    lowers only the thread of the slow request, which then serves nothing else. With
-    autogroup scheduling the kernel shares the CPU between sessions first and a
-    thread's nice counts only within its session, so a one-shot gate (`whole_session`)
-    also lowers its session's group, if that session is the one sshd made for this
-    request. Best effort: the kernel allows one autogroup change per 100 ms per machine
-    (the gate does not wait for its turn) and may have no autogroups at all.
+    With autogroup scheduling the kernel shares the CPU between sessions first and nice
+    counts only within a session, so the gate also lowers its session's group, if that
+    session is the one sshd made for this request. Best effort: the kernel allows one
+    autogroup change per 100 ms per machine (the gate does not wait for its turn) and
+    may have no autogroups at all.
+
+    Not in a bridge: nice is per thread there, and a lowered thread holding the GIL (or
+    a slot) would make the session's cheap requests wait for it (measured: more slow
+    requests of a busy session refused as busy).
     """
     try:
         os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + SLOW_NICE))
     except OSError:
         return
-    if not (whole_session and _sshd_made_our_session()):
+    if not _sshd_made_our_session():
         return
     try:
         fd = os.open("/proc/self/autogroup", os.O_RDWR | os.O_CLOEXEC)

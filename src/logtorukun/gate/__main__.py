@@ -136,7 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .runner import Context, serve
 
     ctx = Context(policy, AuditLog(policy.audit), identity_from_env(dict(os.environ)))
-    ctx.yield_cpu = True
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     if command.strip(" ") == "bridge":
         from .bridge import BridgeServer

@@ -40,7 +40,7 @@ class Limits:
     max_total_memory: int = 512 << 20
     # Bytes of answers a bridge session holds for a client that has not read them,
     # across all its streams; past it, streams wait (paused) instead of buffering.
-    session_buffer: int = 32 << 20
+    session_buffer: int = 8 << 20
 
 
 @record(frozen=True)

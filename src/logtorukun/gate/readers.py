@@ -26,8 +26,8 @@ CHUNK = 1 << 20  # forward reads and writes: large, so throughput is not per-lin
 LINE_CAP = 1 << 20  # a partial line held longer than this goes out in pieces
 FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical logs
 # Reads of a tail's answer (at most max_bytes): a bridge runs up to 64 of them at once,
-# and each one waiting for the client to read holds one such piece.
-TAIL_CHUNK = 1 << 18
+# and each one waiting for the client to read holds one such piece (one DATA frame).
+TAIL_CHUNK = 1 << 16
 _MAX_BLOCK = 1 << 20
 _GZ_INPUT = 1 << 18
 

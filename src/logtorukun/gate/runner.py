@@ -51,10 +51,6 @@ class Context:
     audit: AuditLog
     identity: dict[str, Any] = field(default_factory=dict)
     mode: str = "oneshot"
-    # Lower the CPU priority of requests that take a slot (slots.lower_priority): set
-    # by a one-shot gate's own process (__main__), never for a serve() run inside
-    # another process, nor in a bridge (see slots.lower_priority).
-    yield_cpu: bool = False
 
 
 @record
@@ -125,8 +121,6 @@ def serve(
         return _refuse(ctx, base, exc)
     if plan_hook is not None:
         plan_hook(plan)
-    if slot is not None and ctx.yield_cpu and ctx.mode == "oneshot":
-        slots.lower_priority()
     code, reason = Exit.OK, ""
     lim = ctx.policy.limits
     if getattr(plan.request, "follow", False):

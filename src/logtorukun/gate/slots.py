@@ -1,5 +1,5 @@
-"""What a request that can run long takes: a concurrency slot, its children's share of the
-worker's memory budget, and (one-shot) a lower CPU priority.
+"""What a request that can run long takes: a concurrency slot, and its children's share of
+the worker's memory budget.
 
 Slots and memory are lock files held with flock(LOCK_NB), shared by every gate process
 of one worker user: a lock is free again the moment its holder exits, even after
@@ -21,7 +21,6 @@ from .policy import MEMORY_UNIT as UNIT
 from .policy import Limits
 from .statedir import default_state_dir, private_dir
 
-SLOW_NICE = 5  # how much lower a one-shot gate's slow work runs than the cheap reads
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -87,54 +86,3 @@ def acquire(limits: Limits, memory: int = 0) -> Slot:
             raise
         slot.memory = min(memory, limits.max_memory, UNIT * (1 + got))
     return slot
-
-
-def lower_priority() -> None:
-    """Run the rest of this one-shot request (and the children it starts) `SLOW_NICE`
-    lower, so that cheap reads preempt slow work instead of queueing behind it for the
-    CPU.
-
-    With autogroup scheduling the kernel shares the CPU between sessions first and nice
-    counts only within a session, so the gate also lowers its session's group, if that
-    session is the one sshd made for this request. Best effort: the kernel allows one
-    autogroup change per 100 ms per machine (the gate does not wait for its turn) and
-    may have no autogroups at all.
-
-    Not in a bridge: nice is per thread there, and a lowered thread holding the GIL (or
-    a slot) would make the session's cheap requests wait for it (measured: more slow
-    requests of a busy session refused as busy).
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + SLOW_NICE))
-    except OSError:
-        return
-    if not _sshd_made_our_session():
-        return
-    try:
-        fd = os.open("/proc/self/autogroup", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        # "/autogroup-25 nice 0": a new session's is 0 whatever its processes' nice
-        now = int(os.read(fd, 100).split()[-1])
-        os.write(fd, b"%d" % min(19, now + SLOW_NICE))
-    except (OSError, ValueError, IndexError):
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sshd_made_our_session() -> bool:
-    """Whether our session leader is us or our parent (`sh -c`) and its parent sshd:
-    then the session holds this request alone. A gate run from a shell or a test must
-    not lower the priority of everything else in its caller's session."""
-    sid = os.getsid(0)
-    if sid not in (os.getpid(), os.getppid()):
-        return False
-    try:
-        with open(f"/proc/{sid}/stat", "rb") as f:
-            parent = int(f.read().rsplit(b")", 1)[1].split()[1])
-        with open(f"/proc/{parent}/comm", "rb") as f:
-            return f.read().startswith(b"sshd")
-    except (OSError, ValueError, IndexError):
-        return False

@@ -377,12 +377,8 @@ async def grep(
     source = {"path": path, "unit": unit, "container": container}
     a = _begin_read(server, request, "grep", host, SEARCH, params, source, download)
     assert a.source is not None
-    if a.source.kind == "container" or (a.source.kind == "unit" and invert):
-        why = (
-            "the gate cannot search container logs; use tail with since/until"
-            if a.source.kind == "container"
-            else "invert is not supported for units"
-        )
+    why = ReadSpec.unsearchable(a.source, invert)
+    if why is not None:
         end(server, a, {"status": 422, "error": why})
         raise ApiError(422, why)
     try:  # before the worker is asked: a bad regex is the user's mistake, not a 502
@@ -390,15 +386,8 @@ async def grep(
     except BadPattern as exc:
         end(server, a, {"status": 422, "error": str(exc)})
         raise ApiError(422, str(exc)) from None
-    spec = ReadSpec(
-        "grep",
-        a.source,
-        pattern=pattern,
-        regex=regex,
-        ignore_case=ignore_case,
-        invert=invert,
-        max=max,
-        lines=max,
+    spec = ReadSpec.grep(
+        a.source, pattern, regex=regex, ignore_case=ignore_case, invert=invert, max=max
     )
     data, outcome = await _worker_call(server, a, spec)
     return await _result(server, a, "grep", data, outcome, max, download)
@@ -626,14 +615,8 @@ async def search(
                 reason="part of a cross-host search",
             )
             t0 = time.monotonic()
-            spec = ReadSpec(
-                "grep",
-                src,
-                pattern=pattern,
-                regex=regex,
-                ignore_case=ignore_case,
-                invert=invert,
-                max=max,
+            spec = ReadSpec.grep(
+                src, pattern, regex=regex, ignore_case=ignore_case, invert=invert, max=max
             )
             try:
                 data, outcome = await server.workers.read(

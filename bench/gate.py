@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.gate [--size-mib 1024] [--runs 7]
 
-Each row runs the gate as a whole process (`/usr/bin/python3 -IS gate.pyz`, the way sshd
+Each row runs the gate as a whole process (`/usr/bin/python3 -IS logtorukun-gate.py`, as sshd
 starts it, SSH itself excluded) and the plain command on the same file, alternating, and
 reports medians and the ratio. The file is cached in bench/data/.
 """
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench._logs import make_log
-from logtorukun.ops.bundle import build_gate_zipapp
+from logtorukun.ops.bundle import build_gate
 
 DATA = Path(__file__).parent / "data"
 RARE = "needle-7f3a9c"
@@ -44,7 +44,7 @@ def main() -> int:
     size = log.stat().st_size
 
     with tempfile.TemporaryDirectory() as tmp:
-        gate = build_gate_zipapp(Path(tmp) / "gate.pyz")
+        gate = build_gate(Path(tmp) / "gate")
         policy = Path(tmp) / "policy.toml"
         policy.write_text(
             f"[limits]\nmax_lines = 100000000\nmax_bytes = 100000000000\nmax_seconds = 600\n"
@@ -92,8 +92,8 @@ def main() -> int:
             ),
         ]
         out = [
-            f"file: {size / 2**20:.0f} MiB, {args.runs} runs each, medians; gate = whole "
-            "process (`/usr/bin/python3 -IS gate.pyz`), plain = the same tool run directly",
+            f"file: {size / 2**20:.0f} MiB, {args.runs} runs each, medians; gate = whole process "
+            "(`/usr/bin/python3 -IS logtorukun-gate.py`), plain = the same tool run directly",
             "",
             "| request | gate | plain | gate/plain time | gate throughput | plain throughput "
             "| gate throughput without start-up |",

@@ -27,7 +27,8 @@ import logtorukun
 PKG = Path(logtorukun.__file__).resolve().parent
 ROOT = "logtorukun"
 SHARED_GATE = {f"{ROOT}.gate.{m}" for m in ("protocol", "vocabulary", "globs", "record", "stamps")}
-STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+# _sha2: CPython 3.12+ names its built-in SHA-256 module so (3.11: _sha256).
+STDLIB = set(sys.stdlib_module_names) | {"__future__", "_sha2"}
 
 
 def module_name(path: Path, base: Path = PKG, root: str = ROOT) -> str:

@@ -49,12 +49,9 @@ def test_no_forced_command_shows_what_the_user_can_do(make_worker: MakeWorker) -
     assert w.ssh(f"touch {w.audit_path}").returncode == 0
     assert w.ssh(f"touch {w.root}/x.log").returncode != 0  # the logs are read-only
     assert w.ssh(f"cat {w.client_key}").returncode != 0
-    assert (
-        w.ssh(
-            f"/usr/bin/python3 -IS -c 'import zipfile; zipfile.ZipFile(\"{w.zipapp}\")'"
-        ).returncode
-        == 0
-    )
+    assert w.ssh(f"head -c 1 {w.gate_entry}").stdout == b"#"  # the gate is readable
+    assert w.ssh(f"touch {w.gate_entry}").returncode != 0  # and not writable
+    assert w.ssh(f"touch {w.gate_entry.parent}/logtorukun/gate/x.py").returncode != 0
     auth = w.ssh('cat "$SSH_USER_AUTH"').stdout.decode()  # ExposeAuthInfo
     assert auth.startswith("publickey ssh-ed25519 ")
 
@@ -155,7 +152,7 @@ def test_shared_worker_layout(worker: Worker) -> None:
     assert host == f"[127.0.0.1]:{worker.port}" and key.startswith("ssh-ed25519 ")
     line = worker.authorized_keys.read_text()
     assert line.startswith(f'restrict,command="{worker.gate_command()}" ssh-ed25519 AAAA')
-    assert worker.gate_command().startswith(f"/usr/bin/python3 -IS {worker.zipapp} --policy ")
+    assert worker.gate_command().startswith(f"/usr/bin/python3 -IS {worker.gate_entry} --policy ")
     for p in (worker.client_key, worker.known_hosts, worker.host_key):
         assert p.stat().st_uid == 0 and p.stat().st_mode & 0o077 == 0
     app = worker.app_log.read_text()

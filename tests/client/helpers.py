@@ -56,7 +56,7 @@ def gate_pids(w: Worker) -> list[int]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"gate.pyz" in cmd:
+        if b"logtorukun-gate.py" in cmd:
             out.append((not cmd.startswith(b"/usr/bin/python3"), pid))
     return [pid for _, pid in sorted(out)]
 

@@ -1,6 +1,6 @@
 """`logtorukun-gate` as a process: what sshd starts, its exit codes and its one-line reasons.
 
-Through a real sshd where a client is involved; as a local process (the same zipapp under
+Through a real sshd where a client is involved; as a local process (the same gate under
 `/usr/bin/python3 -IS`) where the test has to control the environment or bind a socket.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from logtorukun.gate.errors import Exit
-from logtorukun.ops.bundle import build_gate_zipapp
+from logtorukun.ops.bundle import build_gate
 from logtorukun.ops.sample_logs import write_sample_logs
 from tests.support.sshd import SYSTEM_PYTHON, Worker
 
@@ -108,12 +108,11 @@ def test_ssh_audit_unwritable_sends_no_data(worker: Worker, audit: str) -> None:
 
 
 class Local:
-    """The zipapp run the way sshd runs it, with an environment the test chooses."""
+    """The gate run the way sshd runs it, with an environment the test chooses."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.zipapp = base / "gate.pyz"
-        build_gate_zipapp(self.zipapp, python=SYSTEM_PYTHON)
+        self.gate_entry = build_gate(base / "gate", python=SYSTEM_PYTHON)
         self.root = base / "logs"
         write_sample_logs(self.root)
         self.app_log = self.root / "app.log"
@@ -144,7 +143,7 @@ class Local:
         environ = {"PATH": "/usr/bin:/bin", "TMPDIR": str(self.tmp), **(env or {})}
         if command is not None:
             environ["SSH_ORIGINAL_COMMAND"] = command
-        argv = [SYSTEM_PYTHON, "-IS", str(self.zipapp)]
+        argv = [SYSTEM_PYTHON, "-IS", str(self.gate_entry)]
         if not no_args:
             argv += args if args else ["--policy", str(policy or self.policy)]
         return subprocess.run(
@@ -276,7 +275,7 @@ def test_stdout_is_only_data_and_stderr_one_line(local: Local) -> None:
     ):
         env_command = command.encode("utf-8", "surrogateescape")
         out = subprocess.run(
-            [SYSTEM_PYTHON, "-IS", str(local.zipapp), "--policy", str(local.policy)],
+            [SYSTEM_PYTHON, "-IS", str(local.gate_entry), "--policy", str(local.policy)],
             env={
                 b"PATH": b"/usr/bin",
                 b"TMPDIR": str(local.tmp).encode(),

@@ -547,7 +547,7 @@ def gate_pids(w: Worker) -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if str(w.zipapp).encode() in cmd and state != "Z":
+        if str(w.gate_entry).encode() in cmd and state != "Z":
             found.append(int(entry))
     return found
 

@@ -33,7 +33,7 @@ def test_dry_run_changes_nothing_and_lists_every_change(
     assert not system.user_exists(USER)
     for expected in (
         f"system user {USER}",
-        "gate.pyz",
+        "logtorukun-gate.py",
         f"policy-{USER}.toml",
         'restrict,from="127.0.0.1",command="/usr/bin/python3 -IS',
         f"Match User {USER}",
@@ -85,7 +85,7 @@ def test_setup_reloads_sshd_and_the_gate_serves_only_the_policy(
     assert eff["permittty"] == "no" and eff["permituserrc"] == "no"
     assert eff["exposeauthinfo"] == "yes" and eff["authenticationmethods"] == "publickey"
     assert eff["passwordauthentication"] == "no"
-    assert "gate.pyz --policy" in eff["forcecommand"]
+    assert "logtorukun-gate.py --policy" in eff["forcecommand"]
 
     pw = pwd.getpwnam(USER)
     assert pw.pw_shell == "/bin/sh"

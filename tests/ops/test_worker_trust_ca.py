@@ -45,7 +45,7 @@ def test_trust_ca_setup_serves_certificates_and_remove_undoes_it(
     argv += ["--trust-ca", str(ca / "user_ca.pub")]
     assert main(argv) == 0
     lay = Layout(box.root, USER)
-    command = gate_command(lay.zipapp, lay.policy)
+    command = gate_command(lay.gate_entry, lay.policy)
     assert lay.principals.read_text() == (f'restrict,from="127.0.0.1",command="{command}" {USER}\n')
     dropin = lay.sshd_dropin.read_text()
     assert f"TrustedUserCAKeys {lay.user_ca}" in dropin

@@ -5,7 +5,7 @@ The gate's whole job is what sshd hands it (a forced command run by the user's s
 with the real `ssh` client rather than to a mock of our beliefs about them.
 
 A worker is the demo's `ops.local_worker.LocalWorker` (its layout: keys, sshd files,
-authorized_keys, gate zipapp, policy, audit/ and state/ owned by USER) plus:
+authorized_keys, the gate, policy, audit/ and state/ owned by USER) plus:
 
       var/log/worker/            0755 root: the log root (app.log, app.log.1, ...)
       secret/shadow              0644 root: outside the root, but readable by USER, so a

@@ -7,14 +7,18 @@ starts once per one-shot request.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import sys
-from collections.abc import Callable, Sequence
 
 from . import GATE_VERSION
 from .errors import Exit, GateError
+
+TYPE_CHECKING = False  # collections.abc costs start-up; only the checker needs it
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .vocabulary import Request
 
 USAGE = "usage: logtorukun-gate [--policy PATH]   (the request comes from SSH_ORIGINAL_COMMAND)"
 
@@ -40,8 +44,10 @@ def _stdout_writer(
     from .output import LimitReached
 
     deadline = time.monotonic() + seconds
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 (contextlib would cost start-up)
         fcntl.fcntl(1, fcntl.F_SETFL, fcntl.fcntl(1, fcntl.F_GETFL) | os.O_NONBLOCK)
+    except OSError:
+        pass
     poller = select.poll()
     poller.register(1, select.POLLOUT)
 
@@ -126,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code)
 
     from .audit import AuditLog, identity_from_env
-    from .output import Output
+    from .output import Flag, Output
     from .runner import Context, serve
 
     ctx = Context(policy, AuditLog(policy.audit), identity_from_env(dict(os.environ)))
@@ -137,10 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return BridgeServer(ctx).run()
     from . import grammar
 
+    parsed: Request | GateError
     try:
-        follow = bool(getattr(grammar.parse(command), "follow", False))
-    except GateError:
-        follow = False  # serve() refuses it
+        parsed = grammar.parse(command)
+    except GateError as exc:
+        parsed = exc  # serve() audits the refusal
+    follow = bool(getattr(parsed, "follow", False))
     lim = policy.limits
     write, sendfile = _stdout_writer(lim.follow_max_seconds if follow else lim.max_seconds)
     out = Output(
@@ -149,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_lines=policy.limits.max_lines,
         max_bytes=policy.limits.max_bytes,
         waiter=_stdout_gone,
+        cancelled=Flag(),  # one thread: no `threading`
     )
-    result = serve(command, ctx, out)
+    result = serve(command, ctx, out, parsed=parsed)
     if result.reason and result.reason != "client went away":
         _say(result.reason)
     ctx.audit.close()

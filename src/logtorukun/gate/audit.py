@@ -9,12 +9,12 @@ messages silently when no daemon listens.
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 import time
+from _thread import allocate_lock  # threading's Lock, without threading's imports
 
 from .errors import Exit, GateError
+from .jsonline import encode as _json  # json.dumps(ensure_ascii=True), without json
 from .policy import AuditSettings
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
@@ -31,11 +31,6 @@ MAX_RECORD = 4000
 _FIRST = ("event", "decision", "target", "exit", "reason")  # survive any cut of the rest
 _MAX_VIA = 512  # bytes of `via` (the web server's account of the user) kept
 _MAX_FIELD = 512  # bytes of any other client-influenced string kept when cutting
-
-
-def _json(record: dict[str, Any]) -> str:
-    line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
-    return line.replace("\x7f", "\\u007f")
 
 
 def bounded_line(record: dict[str, Any]) -> str:
@@ -94,8 +89,9 @@ def identity_from_env(env: dict[str, str]) -> dict[str, Any]:
     auth_file = env.get("SSH_USER_AUTH")  # sshd's ExposeAuthInfo yes
     if auth_file:
         try:
-            with open(auth_file, encoding="ascii", errors="replace") as f:
-                first = f.readline().split()
+            # Bytes, decoded here: a text-mode open() would import the ascii codec.
+            with open(auth_file, "rb") as f:
+                first = f.readline(1 << 16).decode("ascii", "replace").split()
         except OSError:
             first = []
         if len(first) >= 3 and first[0] == "publickey":
@@ -105,10 +101,10 @@ def identity_from_env(env: dict[str, str]) -> dict[str, Any]:
 
 
 def _describe_key(key_type: str, b64: str) -> dict[str, Any]:
-    import base64
+    import binascii  # built in; `base64` would import `re` and `struct`
 
     try:
-        blob = base64.b64decode(b64, validate=True)
+        blob = binascii.a2b_base64(b64, strict_mode=True)
     except ValueError:
         return {}
     out: dict[str, Any] = {"key": _fingerprint(blob)}
@@ -119,10 +115,23 @@ def _describe_key(key_type: str, b64: str) -> dict[str, Any]:
 
 def _fingerprint(blob: bytes) -> str:
     """OpenSSH's SHA256 fingerprint, as `ssh-keygen -l` and sshd's log print it."""
-    import base64
-    import hashlib
+    import binascii
 
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    digest = _sha256(blob)
+    return "SHA256:" + binascii.b2a_base64(digest, newline=False).decode().rstrip("=")
+
+
+def _sha256(data: bytes) -> bytes:
+    """SHA-256 from CPython's built-in module when there is one: `hashlib` loads
+    OpenSSL, several milliseconds of every start of a gate behind ExposeAuthInfo."""
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found, unused-ignore]  # 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found, no-redef, unused-ignore]
+        except ImportError:
+            from hashlib import sha256  # type: ignore[assignment, unused-ignore]
+    return bytes(sha256(data).digest())
 
 
 def _cert_fields(key_type: str, blob: bytes) -> dict[str, Any]:
@@ -175,7 +184,7 @@ class AuditLog:
         self.settings = settings
         self._fd: int | None = None
         self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()  # a bridge's threads write records too
 
     def write(self, record: dict[str, Any]) -> None:
         line = bounded_line(record)

@@ -23,8 +23,9 @@ import time
 
 from . import GATE_VERSION, grammar
 from .audit import now_iso
+from .cancel import CancelFlag
 from .errors import Exit, GateError
-from .output import CancelFlag, LimitReached, Output
+from .output import LimitReached, Output
 from .protocol import (
     CANCEL,
     CREDIT,

@@ -4,20 +4,21 @@ The gate never hands user text to a shell. It tokenizes the line itself, because
 know what was quoted: unquoted shell syntax (`;`, `&&`, `$(..)`, backticks, redirects,
 wildcards) is refused with a reason rather than silently taken as data, so a user who
 meant a pipeline learns that none ran. Each verb has a strict option table; every value
-is checked with `re.fullmatch` over ASCII classes, and user text only ever becomes an
+is checked against ASCII classes, and user text only ever becomes an
 option *value* in the argv the gate builds.
+
+What a plain `tail -n N PATH` or `help` needs is checked with str methods
+(vocabulary.is_path, is_count): a one-shot gate starts without `re`, which the rarer
+options (times, priorities, positions) import when they are used.
 """
 
 from __future__ import annotations
-
-import re
 
 from .errors import Exit, GateError
 from .vocabulary import (
     JOURNAL_OUTPUTS,
     MAX_COMMAND,
     MAX_PATH,
-    PATH_RULE,
     BridgeRequest,
     Docker,
     Grep,
@@ -28,10 +29,12 @@ from .vocabulary import (
     Request,
     SourcesRequest,
     Tail,
+    is_count,
+    is_path,
     pattern_problem,
 )
 
-_NUMBER = r"[0-9]{1,9}"
+_NUMBER = r"[0-9]{1,9}"  # what vocabulary.is_count accepts
 # Patterns stay strings: re compiles (and caches) only the ones a request uses.
 _ABS_TIME = (
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[ T][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?)?"
@@ -70,12 +73,17 @@ PIPE = object()
 # Words of nothing but these characters mean the same to a shell and to the slow path
 # below (no quotes, escapes, operators, globs, ~ or #, non-ASCII or controls): split them
 # on spaces at C speed. This is what the client's commands look like.
-_PLAIN = re.compile(r"[A-Za-z0-9 ./_:=,@+%-]*")
+PLAIN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 ./_:=,@+%-"
+
+
+def is_plain(command: str) -> bool:
+    """Only PLAIN_CHARS (`strip` removes them all): the fast path of `tokenize`."""
+    return not command.strip(PLAIN_CHARS)
 
 
 def tokenize(command: str) -> list[str | object]:
     """Split like a POSIX shell would, but refuse everything a shell would *do*."""
-    if _PLAIN.fullmatch(command):
+    if is_plain(command):
         return [w for w in command.split(" ") if w]
     for ch in command:
         o = ord(ch)
@@ -209,7 +217,7 @@ def _unknown(verb: str, opt: str, flags: dict[str, str], values: dict[str, str])
 
 
 def number(verb: str, opt: str, text: str) -> int:
-    if not re.fullmatch(_NUMBER, text):
+    if not is_count(text):
         raise bad(f"{verb}: {opt} takes a whole number, not {text!r}")
     return int(text)
 
@@ -217,7 +225,7 @@ def number(verb: str, opt: str, text: str) -> int:
 def check_path(verb: str, text: str) -> str:
     if len(text) > MAX_PATH:
         raise bad(f"{verb}: path longer than {MAX_PATH} characters")
-    if not re.fullmatch(PATH_RULE, text):
+    if not is_path(text):
         if text.startswith("-"):
             raise bad(f"{verb}: {text!r} is not an accepted option or an absolute path")
         raise bad(f"{verb}: path must be absolute and plain ASCII without spaces: {text!r}")
@@ -258,12 +266,16 @@ def _tail(args: list[str]) -> Tail:
         if name == "n":
             lines, saw_n = number("tail", "-n", val), True
         elif name == "from":
+            import re
+
             m = re.fullmatch(r"([0-9]{1,20}):([0-9]{1,20})(?::([0-9]{1,10}))?", val)
             if m is None:
                 raise bad(f"tail: --from takes INODE:OFFSET[:TAG] (whole numbers), not {val!r}")
             tag = None if m.group(3) is None else int(m.group(3))
             start = (int(m.group(1)), int(m.group(2)), tag)
         elif name == "before":
+            import re
+
             m = re.fullmatch(r"([0-9]{1,20}):([0-9]{1,20})", val)
             if m is None:
                 raise bad(f"tail: --before takes INODE:OFFSET (whole numbers), not {val!r}")
@@ -360,6 +372,8 @@ def _range(args: list[str]) -> Range:
 
 
 def _time(verb: str, opt: str, text: str, rx: str) -> str:
+    import re
+
     if not re.fullmatch(rx, text):
         raise bad(f"{verb}: {opt} {text!r} is not a time this gate accepts")
     return text
@@ -396,6 +410,8 @@ def _journal(args: list[str]) -> Journal:
     if output not in JOURNAL_OUTPUTS:
         raise bad(f"journalctl: -o {output!r} is not accepted ({', '.join(JOURNAL_OUTPUTS)})")
     prio = got.get("p")
+    import re
+
     if prio is not None and not re.fullmatch(_PRIORITY, prio):
         raise bad(f"journalctl: -p {prio!r} is not a priority (0-7, err, warning..., or A..B)")
     return Journal(

@@ -7,14 +7,17 @@ bridge request (bytes into frames), which is what keeps both on one code path.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import select
-import threading
 import time
-from collections.abc import Callable
 
 from .errors import Cancelled, Exit, GateError
+
+TYPE_CHECKING = False  # typing costs start-up; only the checker needs these
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
+    from .cancel import CancelFlag
 
 
 class LimitReached(GateError):
@@ -24,41 +27,26 @@ class LimitReached(GateError):
         super().__init__(Exit.LIMIT, reason)
 
 
-class CancelFlag(threading.Event):
-    """A cancellation flag whose `set()` also wakes a thread blocked in `wait_fd`.
+class Flag:
+    """The cancellation flag of a one-shot request. One thread sets and reads it, so it
+    needs no lock, nor the `threading` import (with what it imports, a large share of a
+    one-shot gate's start-up). Threads (a bridge) get a `cancel.CancelFlag`."""
 
-    A follow waits on an inotify descriptor; a plain `threading.Event` cannot interrupt
-    a `poll()`, and slicing the wait would delay both cancellation and data."""
+    __slots__ = ("_set",)
 
     def __init__(self) -> None:
-        super().__init__()
-        self._pokes: set[int] = set()
-        self._lock = threading.Lock()
+        self._set = False
 
     def set(self) -> None:
-        super().set()
-        with self._lock:
-            for w in self._pokes:
-                with contextlib.suppress(OSError):
-                    os.write(w, b"x")
+        self._set = True
 
-    def wait_fd(self, fd: int, seconds: float) -> bool:
-        """Wait until `fd` is readable, the flag is set, or `seconds` pass; True if set."""
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            with self._lock:
-                self._pokes.add(w)
-            if not self.is_set():
-                poller = select.poll()
-                poller.register(fd, select.POLLIN)
-                poller.register(r, select.POLLIN)
-                poller.poll(max(0, int(seconds * 1000 + 0.999)))
-        finally:
-            with self._lock:
-                self._pokes.discard(w)
-            os.close(r)
-            os.close(w)
-        return self.is_set()
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, seconds: float) -> bool:
+        if not self._set:
+            time.sleep(seconds)  # nothing else could set it meanwhile
+        return self._set
 
 
 class Output:
@@ -70,7 +58,7 @@ class Output:
         *,
         max_lines: int,
         max_bytes: int,
-        cancelled: threading.Event | None = None,
+        cancelled: threading.Event | Flag | None = None,
         waiter: Callable[[float, int | None], bool] | None = None,
         marker: Callable[[dict[str, object]], None] | None = None,
         sendfile: Callable[[int, int, int], int] | None = None,
@@ -80,7 +68,11 @@ class Output:
         self._sendfile = sendfile
         self.max_lines = max_lines
         self.max_bytes = max_bytes
-        self.cancelled = cancelled if cancelled is not None else CancelFlag()
+        if cancelled is None:
+            from .cancel import CancelFlag
+
+            cancelled = CancelFlag()
+        self.cancelled = cancelled
         self._waiter = waiter
         self.lines = 0
         self.bytes = 0
@@ -231,9 +223,9 @@ class Output:
             gone = self._waiter(seconds, fd)
         elif fd is None:
             gone = flag.wait(seconds)
-        elif isinstance(flag, CancelFlag):
+        elif not isinstance(flag, Flag) and isinstance(flag, _cancel_flag()):
             gone = flag.wait_fd(fd, seconds)
-        else:  # a plain Event cannot wake a poll(): look at it every 50 ms
+        else:  # a plain flag cannot wake a poll(): look at it every 50 ms
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             end = time.monotonic() + seconds
@@ -244,6 +236,12 @@ class Output:
         if gone or self.cancelled.is_set():
             self.cancelled.set()
             raise Cancelled()
+
+
+def _cancel_flag() -> type[CancelFlag]:
+    from .cancel import CancelFlag  # a flag that can wake a poll() belongs to threads
+
+    return CancelFlag
 
 
 def count_lines(data: bytes) -> int:

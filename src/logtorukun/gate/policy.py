@@ -7,15 +7,15 @@ naming the file and the problem; there is no permissive fallback.
 from __future__ import annotations
 
 import os
-import re
 
 from .errors import Exit, GateError
 from .globs import Glob, GlobError, compile_glob
 from .record import field, record
-from .vocabulary import CONTAINER_NAME, UNIT_NAME
+from .vocabulary import is_container_name, is_unit_name
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 DEFAULT_POLICY = "/etc/logtorukun/policy.toml"
@@ -292,12 +292,14 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
             )
         )
 
-    units = _names(data, "journal", "unit", UNIT_NAME, path)
-    containers = _names(data, "docker", "container", CONTAINER_NAME, path)
+    units = _names(data, "journal", "unit", is_unit_name, path)
+    containers = _names(data, "docker", "container", is_container_name, path)
     return Policy(path, limits, audit, programs, tuple(files), units, containers)
 
 
-def _names(data: dict[str, Any], table: str, key: str, rx: str, path: str) -> tuple[str, ...]:
+def _names(
+    data: dict[str, Any], table: str, key: str, valid: Callable[[str], bool], path: str
+) -> tuple[str, ...]:
     raw = data.get(table, [])
     if not isinstance(raw, list):
         raise _bad(path, f"write [[{table}]] tables")
@@ -308,7 +310,7 @@ def _names(data: dict[str, Any], table: str, key: str, rx: str, path: str) -> tu
             raise _bad(path, f"{where} must be a table")
         _no_extra(entry, {key}, where, path)
         name = _take(entry, key, str, "", where, path)
-        if not re.fullmatch(rx, name):
+        if not valid(name):
             raise _bad(path, f"{where}.{key} {name!r} is not a valid name")
         names.append(name)
     return tuple(names)

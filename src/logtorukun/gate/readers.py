@@ -13,12 +13,14 @@ piece is sent with a newline appended, so the stream stays line-structured.
 
 from __future__ import annotations
 
-import collections
 import os
-from collections.abc import Callable, Iterator
 
 from .errors import Exit, GateError
 from .output import LimitReached, Output
+
+TYPE_CHECKING = False  # collections.abc and typing cost start-up; only the checker needs them
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 CHUNK = 1 << 20  # forward reads and writes: large, so throughput is not per-line
 LINE_CAP = 1 << 20  # a partial line held longer than this goes out in pieces
@@ -386,7 +388,9 @@ def _tail_gz_lines(source: Iterator[bytes], n: int, out: Output) -> None:
         return
     # Blocks of complete lines, oldest first; trimmed so they hold no more than the
     # last n_eff lines plus one block, and no more than `budget` plus one block.
-    blocks: collections.deque[tuple[bytes, int]] = collections.deque()
+    from collections import deque  # only the gz path pays for it
+
+    blocks: deque[tuple[bytes, int]] = deque()
     held_lines = 0
     held_bytes = 0
     dropped = 0  # lines seen that are no longer held

@@ -6,16 +6,12 @@ request inside a bridge session alike, so both get the same checks and records.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
 import select
 import time
-from collections import deque
-from collections.abc import Callable
 
-from . import GATE_VERSION, grammar, slots
+from . import GATE_VERSION, grammar
 from .audit import AuditLog, now_iso
 from .errors import Cancelled, Exit, GateError
 from .output import LimitReached, Output
@@ -39,6 +35,7 @@ from .vocabulary import (
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; only the checker needs it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 CHUNK = 65536
@@ -68,8 +65,10 @@ class Plan:
 
     def close(self) -> None:
         for fd in self.fds:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (contextlib would cost start-up)
                 os.close(fd)
+            except OSError:
+                pass
         self.fds.clear()
 
 
@@ -107,6 +106,8 @@ def serve(
     slot = None
     try:
         if plan.needs_slot:
+            from . import slots  # a quick request (tail, help) takes no slot: no import
+
             slot = slots.acquire(ctx.policy.limits)
         ctx.audit.write({**base, "event": "request", "decision": "allow", "target": plan.target})
     except GateError as exc:
@@ -456,8 +457,10 @@ def run_child(
     go_runtime: bool = False,
 ) -> None:
     """Stream a child's stdout as whole lines; kill it at the wall or CPU limit or on cancel."""
+    import contextlib
     import subprocess
     import tempfile
+    from collections import deque
 
     deadline = time.monotonic() + seconds
     cpu = max(1, int(limits.limits.max_seconds))
@@ -597,6 +600,8 @@ def _child_limits(cpu: int, mem: int, *, go: bool = False) -> Callable[[], None]
 
 def sources_json(policy: Policy) -> bytes:
     """What this key may read: files (size, mtime) under each root, units, containers."""
+    import json
+
     files: list[dict[str, Any]] = []
     for rule in policy.files:
         _list_rule(rule, files)

@@ -11,7 +11,6 @@ nothing at start-up that the gate would not import anyway.
 from __future__ import annotations
 
 import builtins  # `bytes` is also a field of Status
-import re
 
 from .record import record
 
@@ -60,6 +59,44 @@ PATH_RULE = r"/[!-\[\]-~]*"
 UNIT_NAME = r"[A-Za-z0-9_][A-Za-z0-9@_.:-]{0,254}"
 CONTAINER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 JOURNAL_OUTPUTS = ("short", "short-iso", "short-precise", "json", "cat")
+
+# The same rules again as str methods, which is what the gate checks with: `re` (and the
+# `enum` it imports) would cost a one-shot gate more start-up than everything else it
+# imports. tests/gate/test_rules.py holds each function to its pattern above.
+_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def is_path(text: str) -> bool:
+    """`PATH_RULE`: "/" then printable ASCII other than space and backslash."""
+    return (
+        text.startswith("/")
+        and text.isascii()
+        and text.isprintable()
+        and " " not in text
+        and "\\" not in text
+    )
+
+
+def is_count(text: str) -> bool:
+    """One to nine ASCII digits: a count the grammar accepts (`[0-9]{1,9}`)."""
+    return 0 < len(text) <= 9 and text.isascii() and text.isdigit()
+
+
+def _fits(text: str, first: str, rest: str, longest: int) -> bool:
+    # `not s.strip(chars)`: every character of s is one of `chars` (at C speed).
+    return 0 < len(text) <= longest and not text[0].strip(first) and not text.strip(rest)
+
+
+def is_unit_name(text: str) -> bool:
+    """`UNIT_NAME`."""
+    return _fits(text, _ALNUM + "_", _ALNUM + "@_.:-", 255)
+
+
+def is_container_name(text: str) -> bool:
+    """`CONTAINER_NAME`."""
+    return _fits(text, _ALNUM, _ALNUM + "_.-", 128)
+
+
 # \1..\9 (ERE and PCRE), and PCRE2's other spellings for journalctl -g: \g1 \g{-1}
 # \k<n> (?P=n), and its recursion (?R) (?1) (?-1) (?&n) (?P>n).
 _BACKREF = r"\\[1-9]|\\[gk]|\(\?(?:P[=>]|&|R\)|[+-]?[0-9])"
@@ -88,6 +125,8 @@ def pattern_problem(text: str, regex: bool) -> str | None:
                 return f"invisible or control character U+{ord(ch):04X} in pattern"
     if not regex:
         return None
+    import re  # only an extended-regex pattern pays for it
+
     if re.search(_BACKREF, text):
         return "back-references are refused (they make matching exponential)"
     for m in re.finditer(_REPEAT, text):
@@ -113,6 +152,8 @@ def repetition_cost(text: str) -> tuple[int, int]:
     atom, and the number of atoms once every counted repetition is copied out (what
     grep's compiler does). `*`, `+` and `?` copy nothing. A scan, not a full parser:
     it only has to be right about groups, brackets, escapes and counts."""
+    import re
+
     # Each open group: [total atoms so far, its largest nesting product, size of the
     # last atom, nesting product of the last atom]
     stack: list[list[int]] = [[0, 1, 0, 1]]

@@ -1,50 +1,69 @@
-"""Pack the gate into one executable file, so a worker needs nothing but its own Python.
+"""Lay the gate out as a directory a worker's own Python runs with nothing else.
 
-The gate is standard-library only; shipping it as a zipapp means installing it on a
-worker is copying one file, and the forced command runs it with `python3 -IS`
-(isolated, no site-packages): nothing on the worker's import path can shadow it, and
-it starts fast. The archive is byte-for-byte reproducible, so an operator (or a
-test) can compare a worker's copy with a fresh build by hash.
+The gate is standard-library only; installing it on a worker is writing one directory
+(root's, not writable by the gate user): an entry script, the package's sources, and
+their bytecode compiled by the worker's own Python (the gate user cannot write
+`__pycache__`, so without it every start would compile the gate again). The forced
+command runs the entry with `python3 -IS` (isolated, no site-packages): nothing on
+the worker's import path can shadow the gate, and no `runpy` or `zipimport` stands
+between sshd and the gate's first line (the same gate as a zipapp takes 1.7x the CPU
+time of a one-shot `tail`: docs/benchmarks.md). The
+files are byte-for-byte reproducible (hash-checked bytecode, no timestamps), so an
+operator (or a test) can compare a worker's copy with a fresh build.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import io
 import marshal
 import os
 import re
-import stat
+import subprocess
 import tempfile
-import zipfile
 from pathlib import Path
 
 import logtorukun
 import logtorukun.gate
 
-__all__ = ["build_gate_zipapp", "gate_command", "gate_sources"]
+__all__ = ["GATE_ENTRY", "build_gate", "gate_command", "gate_files", "gate_sources"]
 
 DEFAULT_PYTHON = "/usr/bin/python3"
-
-# Zip's epoch: a fixed timestamp keeps builds identical whatever the files' mtimes.
-_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-_FILE_MODE = (stat.S_IFREG | 0o644) << 16
+GATE_ENTRY = "logtorukun-gate.py"  # the script the forced command runs, in the gate's directory
 
 # The top-level package is the web/CLI side and may import third-party modules, so
-# the archive gets a stub instead of the real `logtorukun/__init__.py`: the gate
+# the gate gets a stub instead of the real `logtorukun/__init__.py`: the gate
 # imports nothing of the rest of the package (tests/test_layering.py holds it).
-_PACKAGE_INIT = '"""logtorukun, gate only (zipapp)."""\n\n__version__ = {version!r}\n'
+_PACKAGE_INIT = '"""logtorukun, gate only."""\n\n__version__ = {version!r}\n'
 
-_MAIN = (
-    '"""Entry point of the gate zipapp: the forced command runs this."""\n'
+# The directory goes *after* the standard library on sys.path (-I puts nothing of the
+# script's own there): no file in it can shadow a standard module.
+_ENTRY = (
+    "#!{python} -IS\n"
+    '"""logtorukun-gate: the forced command runs this file with `python3 -IS`."""\n'
     "\n"
     "import sys\n"
+    "\n"
+    'sys.path.append(__file__.rpartition("/")[0])\n'
     "\n"
     "from logtorukun.gate.__main__ import main\n"
     "\n"
     "sys.exit(main())\n"
 )
+
+# Run by the worker's Python: its own magic number and cache tag (`cpython-311`), so
+# the bytecode is what that Python looks for. Checked hash-based pycs: reproducible,
+# and a source edited after install is compiled afresh, never run stale.
+_COMPILE = """
+import importlib.util, marshal, sys
+sources = marshal.loads(sys.stdin.buffer.read())
+out = {}
+for name, source in sources.items():
+    code = compile(source, name, "exec", dont_inherit=True)
+    head = importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little")
+    pyc = head + importlib.util.source_hash(source) + marshal.dumps(code)
+    out[importlib.util.cache_from_source(name)] = pyc
+sys.stdout.buffer.write(marshal.dumps(out))
+"""
 
 # What may appear in a path inside an authorized_keys `command="..."`. sshd hands that
 # string to the user's shell, so anything a shell or the key-options parser would
@@ -53,10 +72,9 @@ _SAFE_PATH = re.compile(r"/[A-Za-z0-9._+,:@%=/-]*", re.ASCII)
 
 
 def gate_sources() -> dict[str, bytes]:
-    """Archive name -> content of every file the zipapp holds (the gate and nothing else)."""
+    """Relative path -> content of every source file of the gate (and nothing else)."""
     gate_dir = Path(logtorukun.gate.__file__).resolve().parent
     files: dict[str, bytes] = {
-        "__main__.py": _MAIN.encode(),
         "logtorukun/__init__.py": _PACKAGE_INIT.format(version=logtorukun.__version__).encode(),
     }
     for path in sorted(gate_dir.rglob("*.py")):
@@ -66,71 +84,97 @@ def gate_sources() -> dict[str, bytes]:
         files["logtorukun/gate/" + rel.as_posix()] = path.read_bytes()
     if "logtorukun/gate/__init__.py" not in files:
         raise RuntimeError(f"no gate package found at {gate_dir}")
-    for name in [n for n in files if n.endswith(".py") and n != "__main__.py"]:
-        files[name + "c"] = _pyc(name, files[name])
     return files
 
 
-def _pyc(name: str, source: bytes) -> bytes:
-    """Bytecode beside each source: zipimport never writes a cache, so without it every
-    gate start would compile the gate again (about 25 ms). Unchecked-hash pycs need no
-    timestamps (the build stays reproducible); a worker whose Python has another magic
-    number ignores them and falls back to the source."""
-    code = compile(source, name, "exec", dont_inherit=True)
-    header = importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little")
-    return header + importlib.util.source_hash(source) + marshal.dumps(code)
-
-
-def _zipapp_bytes(shebang: bytes, files: dict[str, bytes]) -> bytes:
-    # The zip is written after the shebang into one buffer so its offsets count from
-    # the start of the file, which keeps `unzip -l` and `zipfile` happy as well.
-    buf = io.BytesIO()
-    buf.write(shebang)
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name in sorted(files):
-            info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = _FILE_MODE
-            info.create_system = 3  # Unix, whatever platform builds it
-            zf.writestr(info, files[name], compresslevel=9)
-    return buf.getvalue()
-
-
-def build_gate_zipapp(dest: Path, *, python: str = DEFAULT_PYTHON) -> Path:
-    """Write the gate zipapp to `dest` (mode 0755) and return its path.
-
-    Written to a temporary file in the same directory and renamed into place, so a
-    gate that is starting right now runs either the old file or the new one, never
-    half of one.
-    """
+def gate_files(python: str = DEFAULT_PYTHON) -> dict[str, bytes]:
+    """Relative path -> content of every file of the gate's directory: the entry script,
+    the sources and their bytecode, compiled by `python` (the worker's interpreter)."""
     _check_path("python", python)
+    sources = gate_sources()
+    try:
+        done = subprocess.run(
+            [python, "-IS", "-c", _COMPILE],
+            input=marshal.dumps(sources),
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    except OSError as exc:
+        raise RuntimeError(f"cannot run {python} to compile the gate: {exc}") from None
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"{python} could not compile the gate: {err[-1] if err else '?'}")
+    pycs = marshal.loads(done.stdout)  # noqa: S302 (our own child, the worker's Python)
+    if not isinstance(pycs, dict) or set(map(_source_of, pycs)) != set(sources):
+        raise RuntimeError(f"{python} did not compile every gate module")
+    entry = _ENTRY.format(python=python).encode()
+    return {GATE_ENTRY: entry, **sources, **pycs}
+
+
+def _source_of(pyc: str) -> str:
+    """`a/__pycache__/b.cpython-311.pyc` -> `a/b.py`."""
+    head, _, name = pyc.rpartition("/__pycache__/")
+    return f"{head}/{name.split('.')[0]}.py"
+
+
+def file_mode(rel: str) -> int:
+    """The entry script is executable (it has a shebang); the rest is only read."""
+    return 0o755 if rel == GATE_ENTRY else 0o644
+
+
+def build_gate(dest: Path, *, python: str = DEFAULT_PYTHON) -> Path:
+    """Write the gate's directory at `dest` and return the entry script's path.
+
+    Each file is written to a temporary name beside it and renamed into place, so a
+    gate starting meanwhile reads whole files; files of an older build that this one
+    no longer has are removed.
+    """
     dest = Path(dest)
-    data = _zipapp_bytes(f"#!{python} -IS\n".encode(), gate_sources())
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    files = gate_files(python)
+    for rel, data in sorted(files.items()):
+        path = dest / rel
+        rel_dir = path.parent.relative_to(dest)
+        for d in (*reversed(rel_dir.parents), rel_dir):
+            (dest / d).mkdir(parents=True, exist_ok=True)
+            # whatever root's umask: the gate user reads it all, and writes none of it
+            os.chmod(dest / d, 0o755)  # noqa: S103
+        _write_atomic(path, data, file_mode(rel))
+    for path in sorted(dest.rglob("*"), reverse=True):
+        rel = path.relative_to(dest).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(f.startswith(rel + "/") for f in files):
+                path.rmdir()
+        elif rel not in files:
+            path.unlink()
+    return dest / GATE_ENTRY
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fchmod(f.fileno(), 0o755)
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return dest
 
 
-def gate_command(zipapp: Path, policy: Path, *, python: str = DEFAULT_PYTHON) -> str:
-    """The `command="..."` of a worker's authorized_keys line that runs this zipapp.
+def gate_command(entry: Path, policy: Path, *, python: str = DEFAULT_PYTHON) -> str:
+    """The `command="..."` of a worker's authorized_keys line that runs the gate's entry.
 
     Paths are checked rather than quoted: sshd passes the string to the user's
     shell, and a path that needs quoting has no business in a forced command.
     """
     _check_path("python", python)
-    _check_path("zipapp", str(zipapp))
+    _check_path("gate", str(entry))
     _check_path("policy", str(policy))
-    return f"{python} -IS {zipapp} --policy {policy}"
+    return f"{python} -IS {entry} --policy {policy}"
 
 
 def _check_path(what: str, value: str) -> None:

@@ -8,7 +8,7 @@ Layout of the directory (world-readable where the gate user must read):
     client/                0700 root: id_ed25519(.pub), known_hosts
     sshd/                  0700 root: sshd_config, host key, sshd.pid, sshd.log
     authorized_keys/USER   0644 root: the key line (`command=`...) the caller writes
-    gate/gate.pyz          0755 root: the gate zipapp
+    gate/                  0755 root: the gate (bundle.build_gate), entry logtorukun-gate.py
     policy.toml            0644 root
     audit/, state/         0700, owned by USER: the gate's audit file and its slots
 """
@@ -24,7 +24,7 @@ from subprocess import Popen
 
 from ..errors import UserError
 from . import system
-from .bundle import DEFAULT_PYTHON, build_gate_zipapp, gate_command
+from .bundle import DEFAULT_PYTHON, GATE_ENTRY, build_gate, gate_command
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0  # a bound for sshd to say it listens, on a loaded machine too
@@ -46,7 +46,7 @@ class LocalWorker:
         self.pid_path = d / "sshd/sshd.pid"
         self.log_path = d / "sshd/sshd.log"
         self.authorized_keys = d / "authorized_keys" / user
-        self.zipapp = d / "gate/gate.pyz"
+        self.gate_entry = d / "gate" / GATE_ENTRY
         self.policy_path = d / "policy.toml"
         self.audit_path = d / "audit/gate.jsonl"
         self.state_dir = d / "state"
@@ -55,7 +55,7 @@ class LocalWorker:
     # ------------------------------------------------------------------ files
 
     def prepare(self) -> None:
-        """Directories, the two key pairs (kept if they exist) and the gate zipapp."""
+        """Directories, the two key pairs (kept if they exist) and the gate."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # the gate user must reach gate/, policy.toml and the logs
         for sub, mode in (("client", 0o700), ("sshd", 0o700), ("authorized_keys", 0o755)):
@@ -71,10 +71,10 @@ class LocalWorker:
             system.keygen(self.client_key, f"logtorukun-{self.name}-client")
         if not self.host_key.exists():
             system.keygen(self.host_key, f"logtorukun-{self.name}-host")
-        build_gate_zipapp(self.zipapp, python=self.python)
+        build_gate(self.gate_entry.parent, python=self.python)
 
     def gate_command(self) -> str:
-        return gate_command(self.zipapp, self.policy_path, python=self.python)
+        return gate_command(self.gate_entry, self.policy_path, python=self.python)
 
     def client_public_key(self) -> str:
         return self.client_key.with_name(self.client_key.name + ".pub").read_text().strip()

@@ -8,7 +8,8 @@ and undone exactly by `remove`:
 - a dedicated system user with no password and `/bin/sh` (sshd runs the forced
   command through the login shell; the command string holds only checked paths); an
   existing account only with `--adopt-user`, given back as it was by `remove`;
-- the gate zipapp and a policy file written from `--files/--unit/--container`;
+- the gate (a directory of sources and bytecode) and a policy file written from
+  `--files/--unit/--container`;
 - the web server's key in a root-owned authorized_keys file, as
   `restrict,from="ADDR",command="<gate> --policy <file>" KEY`;
 - an sshd `Match User` drop-in: key only, no forwarding, no TTY, no ~/.ssh/rc, auth
@@ -151,7 +152,7 @@ def setup(spec: Spec, *, dry_run: bool, reload: bool, say: Callable[[str], None]
             " docker logs will be written but cannot be checked"
         )
     lay = spec.layout
-    command = gate_command(lay.zipapp, lay.policy, python=spec.python)
+    command = gate_command(lay.gate_entry, lay.policy, python=spec.python)
 
     def verify() -> None:
         ca = lay if spec.trust_ca else None
@@ -271,7 +272,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
             "give --key PUBKEY_FILE (the web server's key) or --trust-ca CA.pub (its user CA)"
         )
     try:
-        gate_command(layout.zipapp, layout.policy, python=spec.python)
+        gate_command(layout.gate_entry, layout.policy, python=spec.python)
     except ValueError as exc:
         raise UserError(f"{exc} (choose a --root without such characters)") from None
     if not os.access(spec.python, os.X_OK):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import system, worker_account, worker_acl
-from .bundle import build_gate_zipapp, gate_command
+from .bundle import file_mode, gate_command, gate_files
 from .worker_changes import Change, bytes_change, dir_change, file_change
 from .worker_manifest import AclRecord, Manifest, load, load_path
 from .worker_render import logrotate_text, policy_text, sudoers_text
@@ -185,13 +185,12 @@ def plan_setup(spec: Spec) -> list[Change]:
     plan.dir(lay.state_dir, 0o700, owner=user)
     if spec.audit_file is not None:
         _plan_audit(plan, spec.audit_file)
-    plan.made_dirs(lay.zipapp, itself=False)
-    plan.add(bytes_change(lay.zipapp, _zipapp_bytes(spec.python), 0o755))
+    _plan_gate(plan, lay, spec.python)
     policy = policy_text(
         spec.files, spec.units, spec.containers, state_dir=lay.state_dir, audit_file=spec.audit_file
     )
     plan.file(lay.policy, policy, 0o644)
-    command = gate_command(lay.zipapp, lay.policy, python=spec.python)
+    command = gate_command(lay.gate_entry, lay.policy, python=spec.python)
     plan.dir(lay.keys_dir, 0o755)
     # The sshd block before the key: setup checks sshd's effective settings right after
     # writing it, and a key is only installed behind a block that holds.
@@ -435,18 +434,32 @@ def _final_write(lay: Layout, m: Manifest) -> Callable[[], None]:
     return apply
 
 
-_ZIPAPP_CACHE: dict[str, bytes] = {}
+_GATE_CACHE: dict[str, dict[str, bytes]] = {}
 
 
-def _zipapp_bytes(python: str) -> bytes:
-    if python not in _ZIPAPP_CACHE:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as d:
-            _ZIPAPP_CACHE[python] = build_gate_zipapp(
-                Path(d) / "gate.pyz", python=python
-            ).read_bytes()
-    return _ZIPAPP_CACHE[python]
+def _plan_gate(plan: _Planner, lay: Layout, python: str) -> None:
+    """The gate's directory, root's and read-only to the gate user: every file as built
+    for this Python (compiled by it), files of an older build removed, and the zipapp
+    earlier versions installed deleted (no forced command runs it any more)."""
+    if python not in _GATE_CACHE:
+        try:
+            _GATE_CACHE[python] = gate_files(python)
+        except RuntimeError as exc:
+            raise UserError(f"{exc}; --python must be the worker's Python >= 3.11") from None
+    files = _GATE_CACHE[python]
+    plan.dir(lay.gate_dir, 0o755)
+    for rel in sorted({str(Path(r).parent) for r in files} - {"."}):
+        plan.dir(lay.gate_dir / rel, 0o755)
+    for rel, data in sorted(files.items()):
+        plan.add(bytes_change(lay.gate_dir / rel, data, file_mode(rel)))
+    if lay.gate_dir.is_dir():
+        for path in sorted(lay.gate_dir.rglob("*")):
+            rel = path.relative_to(lay.gate_dir).as_posix()
+            if not path.is_dir() and rel not in files:
+                plan.add(Change(f"delete {path} (not part of this gate)", path.unlink))
+    if lay.old_zipapp.exists():
+        old = lay.old_zipapp
+        plan.add(Change(f"delete {old} (replaced by {lay.gate_dir})", old.unlink))
 
 
 def plan_remove(layout: Layout, *, keep_user: bool) -> list[Change]:
@@ -516,10 +529,15 @@ def plan_remove(layout: Layout, *, keep_user: bool) -> list[Change]:
         if layout.keys_dir.exists()
         else []
     )
-    if layout.zipapp.exists() and not others:
+    if layout.gate_dir.exists() and not others:
         changes.append(
-            Change(f"delete {layout.zipapp} (no other gate user uses it)", layout.zipapp.unlink)
+            Change(
+                f"delete {layout.gate_dir} (no other gate user uses it)",
+                functools.partial(_rmtree, layout.gate_dir),
+            )
         )
+    if layout.old_zipapp.exists() and not others:
+        changes.append(Change(f"delete {layout.old_zipapp}", layout.old_zipapp.unlink))
     if layout.manifest.exists():
         changes.append(Change(f"delete {layout.manifest}", layout.manifest.unlink))
     for d in sorted(m.dirs, key=lambda d: -d.count("/")):  # deepest first

@@ -53,7 +53,20 @@ class Layout:
         )
 
     @property
-    def zipapp(self) -> Path:
+    def gate_dir(self) -> Path:
+        """The gate's files (bundle.gate_files), root's, shared by every gate user."""
+        return self.p("/usr/local/lib/logtorukun/gate")
+
+    @property
+    def gate_entry(self) -> Path:
+        """What the forced command runs."""
+        from .bundle import GATE_ENTRY
+
+        return self.gate_dir / GATE_ENTRY
+
+    @property
+    def old_zipapp(self) -> Path:
+        """Where setup installed the gate as one zipapp before; removed when found."""
         return self.p("/usr/local/lib/logtorukun/gate.pyz")
 
     @property
@@ -202,4 +215,4 @@ def default_gate_command(user: str) -> str:
     from .bundle import gate_command
 
     layout = Layout(Path("/"), user)
-    return gate_command(layout.zipapp, layout.policy, python=DEFAULT_PYTHON)
+    return gate_command(layout.gate_entry, layout.policy, python=DEFAULT_PYTHON)

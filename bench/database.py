@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.web import bench_tail, cli, start_server
+from bench.web import bench_tail, bench_token, start_server
 from logtorukun.audit.store import AuditStore
 from logtorukun.db.postgres import close_pool
 from tests.conftest import new_pg_database
@@ -94,17 +94,7 @@ def run(args: argparse.Namespace) -> str:
                 d.mkdir()
                 port = free_port()
                 config = write_config(d, w, listen=f"127.0.0.1:{port}", database=database)
-                cli(
-                    config,
-                    "user",
-                    "add",
-                    "bench",
-                    "--role",
-                    "ops",
-                    "--password-stdin",
-                    stdin="bench password 1\n",
-                )
-                token = cli(config, "token", "create", "bench")
+                token = bench_token(config)
                 procs.append(start_server(config, port))
                 url = f"http://127.0.0.1:{port}"
                 bench_tail(url, token, str(w.app_log), 30, 1)  # warm: connection, bridge

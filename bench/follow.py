@@ -1,6 +1,7 @@
 """Follow latency: write() on the worker to the line at the reader, side by side in one run.
 
     .venv/bin/python -m bench.follow [--viewers 200] [--slow-lines 100] [--fast-lines 3000]
+                                     [--only tail|client|web1|web ...]
 
 A separate writer process appends lines carrying their write time (`time.time()`) to a
 log on a real sshd worker, at 10/s and at 1,000/s. Readers, in turn:
@@ -10,8 +11,10 @@ log on a real sshd worker, at 10/s and at 1,000/s. Readers, in turn:
   viewers of the same file (one upstream follow on the worker).
 
 Each row: p50/p95 of (arrival - write time) over every line at every reader, lines
-delivered of lines expected, and the RSS of the web server. Prints a table and writes
-docs/benchmarks-follow.md. Needs root (it starts sshd).
+delivered of lines expected, the RSS of the web server, and the CPU time of the web
+server and of this process (the SSE readers: bare protocols on uvloop, so that 200 of
+them cost less than the server they measure) per line delivered. Prints a table and
+writes docs/benchmarks-follow.md (not with --only). Needs root (it starts sshd).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import uvloop
 
 from bench.web import cli, pct, rss_mib, start_server
 from logtorukun.client import Client
@@ -70,13 +75,25 @@ class Result:
     def __init__(self, expected: int) -> None:
         self.delays: list[float] = []
         self.expected = expected
+        self.server_cpu: float | None = None  # seconds, while the writer ran
+        self.reader_cpu = 0.0  # this process's CPU seconds over the same time
 
     def row(self, name: str, rss: str = "") -> str:
         d = self.delays or [float("nan")]
+        per_line = reader = ""
+        if self.server_cpu is not None and self.delays:
+            per_line = f"{self.server_cpu / len(self.delays) * 1e6:.1f}"
+            reader = f"{self.reader_cpu / len(self.delays) * 1e6:.1f}"
         return (
             f"| {name} | {statistics.median(d) * 1e3:.2f} | {pct(d, 95) * 1e3:.2f} "
-            f"| {len(self.delays):,} of {self.expected:,} | {rss} |"
+            f"| {len(self.delays):,} of {self.expected:,} | {rss} | {per_line} | {reader} |"
         )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_writer(path: Path, rate: float, n: int) -> None:
@@ -147,38 +164,56 @@ async def bench_client(config: Path, path: Path, rate: float, n: int) -> Result:
 STAMP = re.compile(rb"bench-t=(\d+\.\d{6})")
 
 
+class SSEViewer(asyncio.Protocol):
+    """One SSE viewer as a bare protocol: each read is one callback that finds the stamps
+    with one regex (no stream reader, no task, no HTTP or SSE parsing), so 200 viewers
+    in the benchmark's one process cost far less than the server they measure."""
+
+    def __init__(self, request: bytes, n: int, res: Result, on_ready: Callable[[], None]) -> None:
+        self.request, self.n, self.res, self.on_ready = request, n, res, on_ready
+        self.got = 0
+        self.carry = b""
+        self.ready = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.WriteTransport, transport).write(self.request)
+
+    def data_received(self, chunk: bytes) -> None:
+        now = time.time()
+        data = self.carry + chunk if self.carry else chunk
+        if not self.ready and b"event: ready" in data:
+            self.ready = True
+            self.on_ready()
+        cut = data.rfind(b"\n") + 1  # a stamp ends its line: only whole lines here
+        delays = self.res.delays
+        for m in STAMP.finditer(data, 0, cut):
+            delays.append(now - float(m.group(1)))
+            self.got += 1
+        self.carry = data[cut:]
+        if self.got >= self.n and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 async def sse_viewer(
     port: int, token: str, path: Path, n: int, res: Result, on_ready: Callable[[], None]
 ) -> None:
-    """One SSE viewer on a raw socket: the stamps are found with one regex per read,
-    so 200 viewers in one Python process measure the server, not an HTTP library."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     query = urllib.parse.urlencode({"path": str(path)})
-    writer.write(
+    request = (
         f"GET /api/hosts/web1/follow?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n".encode()
-    )
-    await writer.drain()
-    got = 0
-    carry = b""
-    ready = False
+        f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    proto = SSEViewer(request, n, res, on_ready)
+    transport, _ = await loop.create_connection(lambda: proto, "127.0.0.1", port)
     try:
-        while got < n:
-            chunk = await reader.read(1 << 16)
-            if not chunk:
-                return
-            now = time.time()
-            data = carry + chunk
-            if not ready and b"event: ready" in data:
-                ready = True
-                on_ready()
-            cut = data.rfind(b"\n") + 1  # a stamp ends its line: only whole lines here
-            for m in STAMP.finditer(data, 0, cut):
-                res.delays.append(now - float(m.group(1)))
-                got += 1
-            carry = data[cut:]
+        await proto.done
     finally:
-        writer.close()
+        transport.close()
 
 
 async def bench_web(
@@ -199,7 +234,10 @@ async def bench_web(
     ]
     await asyncio.wait_for(ready.wait(), 120)
     await asyncio.sleep(1.0)  # the upstream follow is running
+    server0, reader0 = cpu_seconds(pid), time.process_time()
     await until_all(res, run_writer(path, rate, n), tasks)
+    res.server_cpu = cpu_seconds(pid) - server0
+    res.reader_cpu = time.process_time() - reader0
     return res, rss_mib(pid)
 
 
@@ -208,6 +246,12 @@ def main() -> int:
     ap.add_argument("--viewers", type=int, default=200)
     ap.add_argument("--slow-lines", type=int, default=100, help="lines at 10/s")
     ap.add_argument("--fast-lines", type=int, default=3000, help="lines at 1,000/s")
+    ap.add_argument(
+        "--only",
+        choices=["tail", "client", "web1", "web"],
+        action="append",
+        help="run only these readers (repeatable; default: all four)",
+    )
     args = ap.parse_args()
     w = Worker(name="bench-follow")
     tmp = Path(tempfile.mkdtemp(prefix="logtorukun-bench-follow-"))
@@ -237,7 +281,6 @@ def main() -> int:
         proc = start_server(config, port)
         for rate, n in ((10.0, args.slow_lines), (1000.0, args.fast_lines)):
             label = f"{rate:,.0f}/s"
-            runs: list[tuple[str, Callable[[], Coroutine[Any, Any, tuple[Result, str]]]]] = []
 
             async def local(rate: float = rate, n: int = n) -> tuple[Result, str]:
                 return await bench_tail(log, rate, n), ""
@@ -256,14 +299,16 @@ def main() -> int:
                 return run
 
             runs = [
-                (f"local `tail -F` (inotify, no SSH), {label}", local),
-                (f"SSH client alone (bridge), {label}", client),
-                (f"web server, 1 viewer, {label}", web(1)),
-                (f"web server, {args.viewers} viewers, {label}", web(args.viewers)),
+                ("tail", f"local `tail -F` (inotify, no SSH), {label}", local),
+                ("client", f"SSH client alone (bridge), {label}", client),
+                ("web1", f"web server, 1 viewer, {label}", web(1)),
+                ("web", f"web server, {args.viewers} viewers, {label}", web(args.viewers)),
             ]
-            for name, fn in runs:
+            for key, name, fn in runs:
+                if args.only and key not in args.only:
+                    continue
                 print(f"bench.follow: {name} ...", file=sys.stderr, flush=True)
-                res, rss = asyncio.run(fn())
+                res, rss = uvloop.run(fn())
                 rows.append(res.row(name, rss))
     finally:
         if proc is not None and proc.poll() is None:
@@ -280,13 +325,15 @@ def main() -> int:
         "reader counts.\n"
     )
     table = [
-        "| reader, append rate | p50 ms | p95 ms | lines delivered | web server RSS |",
-        "|---|---:|---:|---:|---:|",
+        "| reader, append rate | p50 ms | p95 ms | lines delivered | web server RSS "
+        "| server CPU µs per line delivered | reader CPU µs per line |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
     text = head + "\n" + "\n".join(table) + "\n"
     print(text)
-    OUT.write_text("# Follow latency\n\n" + text)
+    if not args.only:
+        OUT.write_text("# Follow latency\n\n" + text)
     return 0
 
 

@@ -48,8 +48,10 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def as_zipapp(gate_dir: Path, dest: Path) -> Path:
     """The gate's files as one zipapp, bytecode beside each source (zipimport never
-    looks in __pycache__): the comparison row for running a script instead."""
-    main = "import sys\nfrom logtorukun.gate.__main__ import main\nsys.exit(main())\n"
+    looks in __pycache__), `__main__` the entry script but for its sys.path line: the
+    comparison row for running a script instead."""
+    entry = (gate_dir / GATE_ENTRY).read_text().splitlines(keepends=True)
+    main = "".join(line for line in entry if not line.startswith("sys.path.append("))
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("__main__.py", main)
         for path in sorted(gate_dir.rglob("*.py")):

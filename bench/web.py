@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -85,6 +86,36 @@ def cli(config: Path, *args: str, stdin: str | None = None) -> str:
         cwd=ROOT,
     )
     return r.stdout.strip()
+
+
+def bench_token(config: Path) -> str:
+    """A user `bench` (role ops) and an API token for it, for the HTTP benchmarks."""
+    cli(
+        config,
+        "user",
+        "add",
+        "bench",
+        "--role",
+        "ops",
+        "--password-stdin",
+        stdin="bench password 1\n",
+    )
+    return cli(config, "token", "create", "bench")
+
+
+def latency_row(name: str, samples: list[float]) -> tuple[str, str, str]:
+    """A table row: the median and 95th percentile of `samples` (seconds)."""
+    return (name, f"p50 {ms(statistics.median(samples))}", f"p95 {ms(pct(samples, 95))}")
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    """Seconds each of `n` calls of `fn` took, one after the other."""
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return samples
 
 
 def bench_tail(url: str, token: str, path: str, n: int, clients: int) -> list[float]:
@@ -246,62 +277,28 @@ def main() -> int:
         config = write_config(
             tmp, w, listen=f"127.0.0.1:{port}", max_follows_per_user=args.followers + 10
         )
-        cli(
-            config,
-            "user",
-            "add",
-            "bench",
-            "--role",
-            "ops",
-            "--password-stdin",
-            stdin="bench password 1\n",
-        )
-        token = cli(config, "token", "create", "bench")
+        token = bench_token(config)
         proc = start_server(config, port)
         url = f"http://127.0.0.1:{port}"
         path = str(w.app_log)
         bench_tail(url, token, path, 50, 1)  # warm up: connection, bridge, caches
         seq = bench_tail(url, token, path, args.requests, 1)
-        rows.append(
-            (
-                "tail -n 200 via HTTP, 1 client (audit incl.)",
-                f"p50 {ms(statistics.median(seq))}",
-                f"p95 {ms(pct(seq, 95))}",
-            )
-        )
+        rows.append(latency_row("tail -n 200 via HTTP, 1 client (audit incl.)", seq))
         par = bench_tail(url, token, path, args.requests, 8)
+        rows.append(latency_row("tail -n 200 via HTTP, 8 clients at once", par))
+
+        def fresh_ssh() -> None:
+            assert w.ssh(f"tail -n 200 {path}").returncode == 0
+
+        fresh = timed(fresh_ssh, 20)
         rows.append(
-            (
-                "tail -n 200 via HTTP, 8 clients at once",
-                f"p50 {ms(statistics.median(par))}",
-                f"p95 {ms(pct(par, 95))}",
+            latency_row(
+                "the original article's way: fresh `ssh` per tail -n 200 (no web, no audit)", fresh
             )
         )
-        fresh = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            r = w.ssh(f"tail -n 200 {path}")
-            fresh.append(time.perf_counter() - t0)
-            assert r.returncode == 0
-        rows.append(
-            (
-                "the original article's way: fresh `ssh` per tail -n 200 (no web, no audit)",
-                f"p50 {ms(statistics.median(fresh))}",
-                f"p95 {ms(pct(fresh, 95))}",
-            )
-        )
-        local = []
-        for _ in range(50):
-            t0 = time.perf_counter()
-            subprocess.run(["tail", "-n", "200", path], capture_output=True, check=True)
-            local.append(time.perf_counter() - t0)
-        rows.append(
-            (
-                "local `tail -n 200` process",
-                f"p50 {ms(statistics.median(local))}",
-                f"p95 {ms(pct(local, 95))}",
-            )
-        )
+        tail = ["tail", "-n", "200", path]
+        local = timed(lambda: subprocess.run(tail, capture_output=True, check=True), 50)
+        rows.append(latency_row("local `tail -n 200` process", local))
         rows.append(("server RSS after the tail runs", f"{rss_mib(proc.pid):.0f} MiB", ""))
         f = asyncio.run(
             bench_followers(url, token, follow, args.followers, args.follow_lines, proc.pid)
@@ -337,10 +334,8 @@ def main() -> int:
         )
         direct = asyncio.run(bench_direct_follow(config, follow, args.follow_lines))
         rows.append(
-            (
-                "for comparison: 1 follower through the SSH client alone (no web server)",
-                f"p50 {ms(statistics.median(direct))}",
-                f"p95 {ms(pct(direct, 95))}",
+            latency_row(
+                "for comparison: 1 follower through the SSH client alone (no web server)", direct
             )
         )
         rate = bench_audit(tmp, 5000)

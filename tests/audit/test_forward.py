@@ -19,7 +19,7 @@ import pytest
 
 from logtorukun.audit import AuditStore
 from logtorukun.audit.errors import AuditError
-from logtorukun.audit.forward import Forwarder, Position
+from logtorukun.audit.forward import Forwarder, ForwardState
 from logtorukun.audit.records import GENESIS_HASH, record_hash
 from logtorukun.audit.transports import SD_ID, syslog_frame
 from logtorukun.config_siem import ForwardConfig
@@ -135,7 +135,7 @@ def test_outages_and_restarts_lose_nothing(tmp_path: Path, collector: Collector)
         collector.wait_for_seq(700)
         dups = check_delivery(collector.records(), 700)
         assert dups <= 100  # at most a resent batch or two, never the whole trail
-        assert Position.load(cfg.state).seq == 700
+        assert ForwardState.load(cfg.state).seq == 700
     finally:
         fwd.stop()
         store.close()

@@ -44,7 +44,7 @@ FIRST_BACKOFF = 0.5
 
 
 @dataclass
-class Position:
+class ForwardState:
     """What the state file holds; `seq` 0 means nothing delivered yet."""
 
     seq: int = 0
@@ -55,7 +55,7 @@ class Position:
     error_at: float | None = None
 
     @classmethod
-    def load(cls, path: Path) -> Position:
+    def load(cls, path: Path) -> ForwardState:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -128,7 +128,7 @@ class Forwarder:
         self.cfg = cfg
         self.name = f"forward:{cfg.name}"
         self.transport = transport or transport_for(cfg)
-        self.position = Position.load(cfg.state)
+        self.position = ForwardState.load(cfg.state)
         self.failures = 0
         self.delivered = 0
         self.failing = False
@@ -238,7 +238,7 @@ class Forwarder:
         self._drop_checkpoints(points)
         last = records[-1]
         was_failing = self.failing
-        self.position = Position(
+        self.position = ForwardState(
             seq=last.seq, hash=last.hash, url=self.transport.description, delivered_at=time.time()
         )
         self.position.save(self.cfg.state)
@@ -266,7 +266,7 @@ class Forwarder:
         self._lock_fd = fd
         self.active = True
         # The other process may have moved the position while it held the lock.
-        self.position = Position.load(self.cfg.state)
+        self.position = ForwardState.load(self.cfg.state)
         return True
 
     def _failed(self, why: str) -> None:
@@ -309,7 +309,7 @@ STALL_SECONDS = 300.0
 def doctor_report(head_seq: int, cfg: ForwardConfig, now: float) -> tuple[bool, str, str]:
     """(ok, detail, fix) for `logtorukun doctor`: records waiting longer than 5 minutes fail."""
     try:
-        pos = Position.load(cfg.state)
+        pos = ForwardState.load(cfg.state)
     except AuditError as exc:
         return False, str(exc), f"restore {cfg.state} or delete it (the trail is then resent)"
     lag = max(0, head_seq - pos.seq)

@@ -6,8 +6,8 @@ their bytecode compiled by the worker's own Python (the gate user cannot write
 `__pycache__`, so without it every start would compile the gate again). The forced
 command runs the entry with `python3 -IS` (isolated, no site-packages): nothing on
 the worker's import path can shadow the gate, and no `runpy` or `zipimport` stands
-between sshd and the gate's first line (the same gate as a zipapp takes 1.7x the CPU
-time of a one-shot `tail`: docs/benchmarks.md). The
+between sshd and the gate's first line (the same gate as a zipapp takes nearly twice
+the CPU time of a one-shot `tail`: docs/benchmarks.md). The
 files are byte-for-byte reproducible (hash-checked bytecode, no timestamps), so an
 operator (or a test) can compare a worker's copy with a fresh build.
 """
@@ -36,18 +36,31 @@ GATE_ENTRY = "logtorukun-gate.py"  # the script the forced command runs, in the 
 _PACKAGE_INIT = '"""logtorukun, gate only."""\n\n__version__ = {version!r}\n'
 
 # The directory goes *after* the standard library on sys.path (-I puts nothing of the
-# script's own there): no file in it can shadow a standard module.
+# script's own there): no file in it can shadow a standard module. A request served on
+# one thread (no `threading` loaded: no thread can exist) ends with os._exit once the
+# gate is done: it writes with os.write and closes its audit file itself, so the
+# interpreter's teardown (every module and object freed one by one, about 2 ms of a
+# one-shot's CPU) has nothing left to do. A bridge exits normally.
 _ENTRY = (
     "#!{python} -IS\n"
     '"""logtorukun-gate: the forced command runs this file with `python3 -IS`."""\n'
     "\n"
+    "import os\n"
     "import sys\n"
     "\n"
     'sys.path.append(__file__.rpartition("/")[0])\n'
     "\n"
     "from logtorukun.gate.__main__ import main\n"
     "\n"
-    "sys.exit(main())\n"
+    "code = main()\n"
+    'if "threading" not in sys.modules:\n'
+    "    try:\n"
+    "        sys.stdout.flush()\n"
+    "        sys.stderr.flush()\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    os._exit(code)\n"
+    "sys.exit(code)\n"
 )
 
 # Run by the worker's Python: its own magic number and cache tag (`cpython-311`), so

@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..gate.vocabulary import Exit
 from . import system
 from .doctor_escape import ESCAPE_CHECKS, escape_checks, sshd_fix
-from .doctor_probe import FAIL, PASS, SKIP, SSH_FAILED, Check, Worker
+from .doctor_probe import FAIL, PASS, SKIP, SSH_FAILED, Check, HostProbe
 
 # ssh_config files whose settings would affect an operator's plain `ssh` to a worker.
 SSH_CONFIGS: tuple[str, ...] = ("/etc/ssh/ssh_config", "/etc/ssh/ssh_config.d", "~/.ssh/config")
@@ -124,7 +124,7 @@ def check_host(host: HostConfig) -> list[Check]:
         return checks
 
     with _private_copy(host.key) as key:
-        w = Worker(host, key)
+        w = HostProbe(host, key)
         # No authentication at all: sshd answers with the methods it would accept, and
         # the host key is checked first, so one probe answers two questions.
         p = w.run("true", "-o", "PreferredAuthentications=none", "-o", "NumberOfPasswordPrompts=0")

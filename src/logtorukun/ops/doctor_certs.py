@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import HostConfig
 from ..config_ssh import SshSettings
 from ..errors import UserError
-from .doctor_probe import FAIL, PASS, Check, Worker
+from .doctor_probe import FAIL, PASS, Check, HostProbe
 
 KEY_ID = "logtorukun-doctor"
 
@@ -34,7 +34,7 @@ def check_certificates(host: HostConfig, ssh: SshSettings) -> list[Check]:
         signed.key.write_private_key(str(key))
         key.chmod(0o600)
         signed.cert.write_certificate(f"{key}-cert.pub")
-        probe = Worker(host, key).run("help", "-o", f"CertificateFile={key}-cert.pub")
+        probe = HostProbe(host, key).run("help", "-o", f"CertificateFile={key}-cert.pub")
     detail = (
         f"certificate serial {signed.serial} (key id {KEY_ID}, principal {host.user},"
         f" force-command {command!r})"

@@ -26,7 +26,7 @@ from . import system
 
 if TYPE_CHECKING:
     from .doctor import CheckAdder
-    from .doctor_probe import Worker
+    from .doctor_probe import HostProbe
 
 ESCAPE_CHECKS = (
     "PTY refused",
@@ -58,7 +58,7 @@ def key_fix(user: str) -> str:
     )
 
 
-def escape_checks(w: Worker, add: CheckAdder, *, forced: bool) -> None:
+def escape_checks(w: HostProbe, add: CheckAdder, *, forced: bool) -> None:
     h = w.host
     fix = f"{sshd_fix(h.user)}; and {key_fix(h.user)}"
     target = f"127.0.0.1:{h.port}"  # the worker's own sshd, from the worker
@@ -114,7 +114,7 @@ def _forward(add: CheckAdder, name: str, what: str, err: str, fix: str) -> None:
     add(name, refused, detail, fix)
 
 
-def _listen(w: Worker, flag: str, target: str) -> str:
+def _listen(w: HostProbe, flag: str, target: str) -> str:
     """Run `ssh -N -L|-D` on a free local port, connect through it once, return ssh's
     stderr: sshd's refusal is logged there before ssh closes our connection."""
     port = system.free_port()
@@ -155,7 +155,7 @@ def _listen(w: Worker, flag: str, target: str) -> str:
     return err.decode(errors="replace")
 
 
-def _agent(w: Worker, add: CheckAdder, *, forced: bool, fix: str) -> None:
+def _agent(w: HostProbe, add: CheckAdder, *, forced: bool, fix: str) -> None:
     name = "agent forwarding refused"
     if forced:
         add(
@@ -195,7 +195,7 @@ def _agent(w: Worker, add: CheckAdder, *, forced: bool, fix: str) -> None:
                 os.kill(int(pid), signal.SIGTERM)
 
 
-def _other_source(w: Worker, add: CheckAdder) -> None:
+def _other_source(w: HostProbe, add: CheckAdder) -> None:
     """Connect from a local address other than the usual one: `from=` must refuse it."""
     name = "other source address refused"
     h = w.host

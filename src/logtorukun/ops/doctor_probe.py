@@ -37,7 +37,7 @@ class Probe:
     err: str
 
 
-class Worker:
+class HostProbe:
     """Runs probes against one configured host with the OpenSSH client, never a shell."""
 
     def __init__(self, host: HostConfig, key: Path) -> None:

@@ -292,6 +292,31 @@ async def sources(request: Request, host: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- reads
 
 
+def _begin_read(
+    server: Server,
+    request: Request,
+    action: str,
+    host: str,
+    capability: str,
+    params: dict[str, Any],
+    source: dict[str, str | None],
+    download: bool,
+) -> Allowed:
+    """The audited start of a read of one source; `download` also needs that right."""
+    if download:
+        params["download"] = True
+    return begin(
+        server,
+        request,
+        action=action,
+        host=host,
+        capability=capability,
+        params=params,
+        source=source,
+        also=DOWNLOAD if download else None,
+    )
+
+
 @router.get("/hosts/{host}/tail", summary="the last N lines (or a time window) of a source")
 async def tail(
     request: Request,
@@ -308,18 +333,8 @@ async def tail(
     the gate's `range` (binary search on timestamps): the first `lines` lines of the window."""
     server = server_of(request)
     params: dict[str, Any] = {"lines": lines, "since": since, "until": until}
-    if download:
-        params["download"] = True
-    a = begin(
-        server,
-        request,
-        action="tail",
-        host=host,
-        capability=TAIL,
-        params=params,
-        source={"path": path, "unit": unit, "container": container},
-        also=DOWNLOAD if download else None,
-    )
+    source = {"path": path, "unit": unit, "container": container}
+    a = _begin_read(server, request, "tail", host, TAIL, params, source, download)
     assert a.source is not None
     try:  # 15m, 2h, today, yesterday: resolved here, in the form this source takes
         since = times.for_source("since", since, a.source.kind) if since else None
@@ -359,25 +374,11 @@ async def grep(
         "invert": invert,
         "max": max,
     }
-    if download:
-        params["download"] = True
-    a = begin(
-        server,
-        request,
-        action="grep",
-        host=host,
-        capability=SEARCH,
-        params=params,
-        source={"path": path, "unit": unit, "container": container},
-        also=DOWNLOAD if download else None,
-    )
+    source = {"path": path, "unit": unit, "container": container}
+    a = _begin_read(server, request, "grep", host, SEARCH, params, source, download)
     assert a.source is not None
-    if a.source.kind == "container" or (a.source.kind == "unit" and invert):
-        why = (
-            "the gate cannot search container logs; use tail with since/until"
-            if a.source.kind == "container"
-            else "invert is not supported for units"
-        )
+    why = ReadSpec.unsearchable(a.source, invert)
+    if why is not None:
         end(server, a, {"status": 422, "error": why})
         raise ApiError(422, why)
     try:  # before the worker is asked: a bad regex is the user's mistake, not a 502
@@ -385,15 +386,8 @@ async def grep(
     except BadPattern as exc:
         end(server, a, {"status": 422, "error": str(exc)})
         raise ApiError(422, str(exc)) from None
-    spec = ReadSpec(
-        "grep",
-        a.source,
-        pattern=pattern,
-        regex=regex,
-        ignore_case=ignore_case,
-        invert=invert,
-        max=max,
-        lines=max,
+    spec = ReadSpec.grep(
+        a.source, pattern, regex=regex, ignore_case=ignore_case, invert=invert, max=max
     )
     data, outcome = await _worker_call(server, a, spec)
     return await _result(server, a, "grep", data, outcome, max, download)
@@ -430,7 +424,39 @@ def host_globs(hosts: str) -> list[str | Glob]:
     return [w if w.startswith("label:") else check_user_glob(w, "hosts") for w in wanted]
 
 
-def select_hosts(server: Server, ctx: Ctx, wanted: list[str | Glob]) -> list[HostConfig]:
+def searchable_hosts(
+    server: Server,
+    ctx: Ctx,
+    hosts: str,
+    *,
+    action: str,
+    params: dict[str, Any],
+    source: str | None = None,
+) -> list[HostConfig]:
+    """The hosts `hosts` (globs or label:X, comma-separated) names that `ctx` may search;
+    a bad glob is refused (422) and so is a selection of none (404), both audited."""
+    try:
+        if has_control(hosts):
+            raise GlobError("hosts: control characters are not accepted")
+        selected = _granted(server, ctx, host_globs(hosts))
+    except GlobError as exc:
+        raise server.refuse(
+            ctx, 422, str(exc), action=action, host=hosts, source=source, params=params
+        ) from None
+    if not selected:
+        raise server.refuse(
+            ctx,
+            404,
+            f"no host you may search matches {hosts!r}",
+            action=action,
+            host=hosts,
+            source=source,
+            params=params,
+        )
+    return selected
+
+
+def _granted(server: Server, ctx: Ctx, wanted: list[str | Glob]) -> list[HostConfig]:
     """Grants first: a user's globs are only ever matched against hosts they may search."""
     assert ctx.access is not None
     granted = [h for h in server.config.hosts if SEARCH in ctx.access.host_caps(h)]
@@ -519,23 +545,17 @@ async def search(
         )
     try:
         matcher = check_user_glob(path, "path")
-        selected = select_hosts(server, ctx, host_globs(hosts))
-        if selected:
-            await patterns.check(pattern, regex, "file")
-    except (GlobError, BadPattern) as exc:
+    except GlobError as exc:
         raise server.refuse(
             ctx, 422, str(exc), action="search", host=hosts, source=path, params=params
         ) from None
-    if not selected:
+    selected = searchable_hosts(server, ctx, hosts, action="search", params=params, source=path)
+    try:
+        await patterns.check(pattern, regex, "file")
+    except BadPattern as exc:
         raise server.refuse(
-            ctx,
-            404,
-            f"no host you may search matches {hosts!r}",
-            action="search",
-            host=hosts,
-            source=path,
-            params=params,
-        )
+            ctx, 422, str(exc), action="search", host=hosts, source=path, params=params
+        ) from None
     ref = server.record(
         ctx,
         "read",
@@ -595,14 +615,8 @@ async def search(
                 reason="part of a cross-host search",
             )
             t0 = time.monotonic()
-            spec = ReadSpec(
-                "grep",
-                src,
-                pattern=pattern,
-                regex=regex,
-                ignore_case=ignore_case,
-                invert=invert,
-                max=max,
+            spec = ReadSpec.grep(
+                src, pattern, regex=regex, ignore_case=ignore_case, invert=invert, max=max
             )
             try:
                 data, outcome = await server.workers.read(

@@ -38,11 +38,12 @@ from . import patterns
 from .access import FOLLOW, SEARCH, TAIL, BadSource, Source
 from .api import MAX_LINES, Lines, TimeQ, json_bytes, off_loop, split_lines
 from .context import ApiError, Ctx, Server
+from .fanout import BATCH_SECONDS, Viewer, render
 from .guard import has_control, server_of
 from .merge import MAX_SOURCES, merge
 from .patterns import BadPattern
 from .recheck import Credential
-from .sse import BATCH_SECONDS, MAX_BATCH, FollowHub, Upstream, Viewer
+from .sse import FollowHub, Upstream
 from .workers import Outcome, ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api/merged", tags=["merged view"])
@@ -355,25 +356,17 @@ async def merged_grep(
         return ApiError(status, why)
 
     for p in picks:
-        if p.source.kind == "container":
-            raise fail(422, f"src: {p.label}: the gate cannot search container logs")
-        if p.source.kind == "unit" and invert:
-            raise fail(422, f"src: {p.label}: invert is not supported for units")
+        why = ReadSpec.unsearchable(p.source, invert)
+        if why is not None:
+            raise fail(422, f"src: {p.label}: {why}")
     try:
         for kind in dict.fromkeys(p.source.kind for p in picks):
             await patterns.check(pattern, regex, kind)
     except BadPattern as exc:
         raise fail(422, str(exc)) from None
     specs = [
-        ReadSpec(
-            "grep",
-            p.source,
-            pattern=pattern,
-            regex=regex,
-            ignore_case=ignore_case,
-            invert=invert,
-            max=max,
-            lines=max,
+        ReadSpec.grep(
+            p.source, pattern, regex=regex, ignore_case=ignore_case, invert=invert, max=max
         )
         for p in picks
     ]
@@ -522,26 +515,12 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
         hub.release(slot)
 
     def batch(i: int, v: Viewer) -> bytes:
-        """Up to MAX_BATCH of source i's waiting lines (or its gap) as one event."""
-        backlog = v.backlog
-        if backlog and backlog[0][0] is None:
-            _, pos, gap = backlog.popleft()
-            return _sse("gap", {"src": i, "reason": gap, "pos": pos})
-        lines: list[str] = []
-        pos = None
-        while backlog and len(lines) < MAX_BATCH and backlog[0][0] is not None:
-            line, at, _ = backlog.popleft()
-            lines.append(line)  # type: ignore[arg-type]
-            if at is not None:
-                pos = at
-        tail = f',"pos":"{pos}"' if pos is not None else ""
-        payload = (
-            f'event: lines\ndata: {{"src":{i},"lines":[{",".join(lines)}],'
-            f'"dropped":{v.dropped}{tail}}}\n\n'
-        ).encode()
-        v.dropped_total += v.dropped
-        v.dropped = 0
-        v.lines += len(lines)
+        """Source i's waiting lines (at most MAX_BATCH) and gaps, as events."""
+        got = ups[i].out.take(v)
+        if got is None:
+            return b""
+        payload, count = render(*got, src=i)
+        v.lines += count
         v.bytes += len(payload)
         return payload
 
@@ -576,7 +555,7 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
                     state["reason"] = v.revoked or "revoked"
                     yield _sse("end", {"src": revoked, "reason": v.ended, "retry": False})
                     return
-                busy = [i for i in ups if viewers[i].backlog or viewers[i].dropped]
+                busy = [i for i in ups if ups[i].out.behind(viewers[i])]
                 if busy:
                     gap_s = last_sent + BATCH_SECONDS - time.monotonic()
                     if gap_s > 0:
@@ -584,10 +563,18 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
                     for i in busy:
                         yield batch(i, viewers[i])
                     last_beat = last_sent = time.monotonic()
-                    if any(viewers[i].backlog for i in ups):
+                    if any(ups[i].out.behind(viewers[i]) for i in ups):
                         wake.set()
                     continue
-                ended = next((i for i in ups if viewers[i].ended is not None), None)
+                # (an ended source's last lines first: they go out with its last flush)
+                ended = next(
+                    (
+                        i
+                        for i in ups
+                        if viewers[i].ended is not None and viewers[i].cursor >= ups[i].out.end
+                    ),
+                    None,
+                )
                 if ended is not None:
                     v = viewers[ended]
                     state["reason"] = f"{picks[ended].label}: {v.ended}"

@@ -170,7 +170,9 @@ async def login(
             429,
             name,
         )
-    if not csrf_ok(request.cookies.get(PRE_COOKIE), csrf) or not same_origin(request):
+
+    def refused(result: str, reason: str, message: str, status: int) -> Response:
+        """A refused sign-in: counted against the address, audited, the form again."""
         server.failures.note(ctx.client)
         server.record(
             anon,
@@ -178,46 +180,30 @@ async def login(
             action="login",
             params={"name": name},
             decision="deny",
-            reason="CSRF check failed on the sign-in form",
+            reason=reason,
         )
-        server.metrics.logins[(("result", "csrf"),)] += 1
-        return _login_page(
-            server, request, target, "The form expired; please try again.", 403, name
+        server.metrics.logins[(("result", result),)] += 1
+        return _login_page(server, request, target, message, status, name)
+
+    if not csrf_ok(request.cookies.get(PRE_COOKIE), csrf) or not same_origin(request):
+        return refused(
+            "csrf",
+            "CSRF check failed on the sign-in form",
+            "The form expired; please try again.",
+            403,
         )
     wait = server.throttle.blocked(name, ctx.client)
     if wait > 0:
-        server.failures.note(ctx.client)
-        server.record(
-            anon,
-            "login_failed",
-            action="login",
-            params={"name": name},
-            decision="deny",
-            reason=f"throttled: too many failed sign-ins ({wait:.0f} s left)",
-        )
-        server.metrics.logins[(("result", "throttled"),)] += 1
-        return _login_page(
-            server,
-            request,
-            target,
+        return refused(
+            "throttled",
+            f"throttled: too many failed sign-ins ({wait:.0f} s left)",
             f"Too many failed sign-ins. Try again in {int(wait // 60) + 1} minutes.",
             429,
-            name,
         )
     found = await run_in_threadpool(_check_password, server, name, password)
     if found is None:
         server.throttle.failed(name, ctx.client)
-        server.failures.note(ctx.client)
-        server.record(
-            anon,
-            "login_failed",
-            action="login",
-            params={"name": name},
-            decision="deny",
-            reason="wrong user name or password",
-        )
-        server.metrics.logins[(("result", "failed"),)] += 1
-        return _login_page(server, request, target, "Wrong user name or password.", 401, name)
+        return refused("failed", "wrong user name or password", "Wrong user name or password.", 401)
     server.throttle.succeeded(name, ctx.client)
     signed = Ctx(found, "session", ctx.client, ctx.user_agent)
     # The record comes first: if it cannot be written, nobody is signed in (503).

@@ -4,14 +4,12 @@ Why shared: two hundred people watching one log during an incident must not open
 hundred `tail -F` sessions on the worker (its `max_concurrent` would refuse most of
 them). The first viewer starts the upstream; the last one leaving stops it.
 
-Back-pressure without letting one slow browser stall the others: each viewer has a
-bounded backlog (`BACKLOG` lines). A line reaching an idle viewer goes out at once (the
-next event-loop turn); while a viewer is busy, lines gather into one event at most every
-`BATCH_SECONDS` (longer with many viewers: `EVENTS_PER_SECOND` for all viewers of one
-source together), and a slow browser (whose socket is full, so the send waits) gets
-everything that arrived meanwhile as one event. A viewer whose backlog is full loses
-the oldest lines and is told how many (`dropped`), instead of the server buffering
-without bound. Every viewer has its own follow_start/follow_end audit records.
+The fan-out (fanout.py): one ring of recent lines per upstream, encoded once, written to
+every caught-up viewer in one pass; a slow browser is skipped while its socket is full
+and then gets what arrived meanwhile as one event, and a viewer that falls more than
+`BACKLOG` lines behind loses the oldest and is told how many (`dropped`), instead of the
+server buffering without bound. Every viewer has its own follow_start/follow_end audit
+records.
 """
 
 from __future__ import annotations
@@ -21,13 +19,12 @@ import contextlib
 import json
 import time
 import zlib
-from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..client.stream import Position
 from ..config import HostConfig
@@ -35,6 +32,7 @@ from ..gate.protocol import POS_EVERY
 from .access import FOLLOW, Source
 from .api import ContainerQ, PathQ, UnitQ, worker_failed
 from .context import ApiError, Ctx, Server
+from .fanout import Entry, Fanout, Resume, Viewer, event, render
 from .guard import begin, server_of
 from .recheck import Credential, Rechecker
 from .shared import SharedFollows
@@ -51,61 +49,10 @@ FromQ = Annotated[
     ),
 ]
 
-BACKLOG = 5000  # lines a viewer may be behind before the oldest are dropped
-REPLAY = 5000  # lines an upstream keeps, with positions, for viewers joining from one
-BATCH_SECONDS = 0.005  # busy: at most one event per viewer this often (idle: at once)
-# ... and, with many viewers of one source, at most this many events a second for all of
-# them together (200 viewers: one event each per 25 ms): past that the server would
-# spend its time on per-event overhead and every viewer would fall behind.
-EVENTS_PER_SECOND = 8000
-MAX_BATCH = 2000
 HEARTBEAT = 15.0
 MAX_LINE = 64 * 1024  # a longer "line" is cut: one write must not become one huge event
 MAX_PENDING = 1 << 20  # bytes held waiting for their position before going out without
 TAG_BYTES = 64  # a position's tag: CRC32 of the file's 64 bytes before it (as the gate's)
-
-# A backlog entry: (JSON-encoded line, or None for a gap; position token "INO:OFF:TAG"
-# just past this line if known; the gap's reason).
-Entry = tuple[str | None, str | None, str | None]
-
-
-class Viewer:
-    """One browser following; holds its own bounded backlog of JSON-encoded lines."""
-
-    def __init__(self, user: str) -> None:
-        self.user = user
-        self.backlog: deque[Entry] = deque(maxlen=BACKLOG)
-        self.dropped = 0
-        self.dropped_total = 0
-        self.wake = asyncio.Event()
-        self.ended: str | None = None  # reason, once the upstream has ended
-        self.retry = True  # may the browser start again from its last position?
-        self.revoked: str | None = None  # the audit reason, once credentials failed
-        self.lines = 0
-        self.bytes = 0
-
-    def push(self, entries: list[Entry]) -> None:
-        if self.revoked is not None:
-            return
-        # The deque's maxlen drops the oldest lines: the newest are what a live view is for.
-        over = len(self.backlog) + len(entries) - BACKLOG
-        if over > 0:
-            self.dropped += over
-        self.backlog.extend(entries)
-        self.wake.set()
-
-    def end(self, reason: str, retry: bool) -> None:
-        self.ended = reason
-        self.retry = retry
-        self.wake.set()
-
-    def revoke(self, reason: str, shown: str) -> None:
-        """Credentials no longer valid (recheck.py): nothing more is sent, not even
-        lines already queued; the browser is told `shown` and must not retry."""
-        self.revoked = reason
-        self.backlog.clear()
-        self.dropped = 0
-        self.end(shown, retry=False)
 
 
 class Upstream:
@@ -113,9 +60,9 @@ class Upstream:
 
     A file follow asks the gate for positions: lines are held until the position after
     them arrives (right after their data), so every line sent to a browser can carry
-    the exact (inode, offset) to continue from after a drop. The last `REPLAY` lines are
-    kept with their positions: a viewer that joins from a position among them is
-    replayed the rest and then shares this upstream.
+    the exact (inode, offset) to continue from after a drop. The last `BACKLOG` lines are
+    kept with their positions (the fan-out's ring): a viewer that joins from a position
+    among them is replayed the rest and then shares this upstream.
     """
 
     def __init__(
@@ -128,7 +75,7 @@ class Upstream:
     ):
         self.hub, self.host, self.source = hub, host, source
         self.key = (host.name, source.key)
-        self.viewers: set[Viewer] = set()
+        self.out = Fanout()
         self.lines = 0
         self.bytes = 0
         self.positions = source.kind == "file"
@@ -137,7 +84,6 @@ class Upstream:
         self.cur: tuple[int, int] | None = None if start is None else start[:2]
         self.pos: str | None = None if start is None else _token(*start)
         self.recent: bytes | None = None
-        self.ring: deque[Entry] = deque(maxlen=REPLAY)
         self.heard = time.monotonic()  # the worker's last sign of life (data or position)
         self.task = asyncio.create_task(self._run(via, start))
 
@@ -228,22 +174,22 @@ class Upstream:
         if entries:
             self._fan(entries)
 
-    def _fan(self, entries: list[Entry]) -> None:
-        # JSON-encoded once here, not once per viewer: 200 viewers cost 200 joins.
-        self.lines += len(entries)
-        self.ring.extend(entries)
-        for v in self.viewers:
-            v.push(entries)
+    @property
+    def viewers(self) -> set[Viewer]:
+        return self.out.viewers
 
-    def replay_after(self, token: str) -> list[Entry] | None:
-        """What a viewer that has everything up to `token` still needs, or None if this
-        upstream cannot tell (the position is not among its recent lines)."""
+    def _fan(self, entries: list[Entry]) -> None:
+        # JSON-encoded once here, then rendered once per flush for all viewers.
+        self.lines += len(entries)
+        self.out.add(entries)
+
+    def replay_after(self, token: str) -> int | None:
+        """Where a viewer that has everything up to `token` goes on from in the ring,
+        or None if this upstream cannot tell (the position is not among its recent
+        lines)."""
         if token == self.pos:
-            return []
-        for i in range(len(self.ring) - 1, -1, -1):
-            if self.ring[i][1] == token:
-                return list(self.ring)[i + 1 :]
-        return None
+            return self.out.end
+        return self.out.after(token)
 
     def _unlist(self) -> None:
         # Only if it is still us: a new upstream for the same key may have replaced us.
@@ -327,13 +273,15 @@ class FollowHub:
                 self.upstreams[key] = up
                 up.viewers.add(viewer)
                 return up
+        viewer.cursor = up.out.end  # new lines only
         if start is not None:
             replay = up.replay_after(_token(*start))
             if replay is None:
                 up = Upstream(self, host, source, via, start)
                 self.private.add(up)
-            elif replay:
-                viewer.push(replay)
+                viewer.cursor = 0
+            else:
+                viewer.cursor = replay
         up.viewers.add(viewer)
         return up
 
@@ -348,7 +296,48 @@ class FollowHub:
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    return event(name, data).encode()
+
+
+class _EventStream(Response):
+    """The SSE response: `run(send)` is the viewer's task; it ends when the browser
+    disconnects (watched here, as StreamingResponse does), and `cleanup` runs once in
+    every case, including a client gone before the first byte."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, run: Callable[[Send], Awaitable[None]], cleanup: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"x-accel-buffering": "no"})  # no body: no content-length
+        self.run, self.cleanup = run, cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await self.run(send)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+        finally:
+            watcher.cancel()
+            await self.cleanup()
 
 
 @router.get(
@@ -363,7 +352,7 @@ async def follow(
     unit: UnitQ = None,
     container: ContainerQ = None,
     from_: FromQ = None,
-) -> StreamingResponse:
+) -> Response:
     """Events: `ready` ({"heartbeat": seconds, "pos"}), `lines` ({"lines": [...],
     "dropped": N, "pos": "INO:OFF" after the last line}), `gap` ({"reason"}: lines the
     worker could not read), `beat` (every `heartbeat` seconds while the worker is
@@ -422,8 +411,7 @@ async def follow(
     state = {"reason": "viewer closed", "done": False}
 
     async def cleanup() -> None:
-        """Once per viewer: from the generator's end, or (if the client went away before
-        the stream started) from the response's background task."""
+        """Once per viewer, when its response ends, however it ends."""
         if state["done"]:
             return
         state["done"] = True
@@ -446,86 +434,71 @@ async def follow(
         hub.per_user[user] = max(0, hub.per_user.get(user, 1) - 1)
         hub.release(slot)
 
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            beat = hub.heartbeat
-            yield b"retry: 3000\n" + _event(
-                "ready",
-                {
-                    "host": host,
-                    "source": source_key,
-                    "audit": a.ref.seq,
-                    "heartbeat": beat,
-                    "pos": up.pos if start is None else from_,
-                },
-            )
-            last_beat = last_sent = time.monotonic()
-            while True:
-                hub.keep_counted()
-                if not viewer.wake.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(beat):
-                            await viewer.wake.wait()
-                viewer.wake.clear()
-                if viewer.revoked is not None:
-                    state["reason"] = viewer.revoked
-                    yield _event("end", {"reason": viewer.ended, "retry": False})
-                    return
-                backlog = viewer.backlog
-                if backlog and backlog[0][0] is None:
-                    _, pos, gap = backlog.popleft()
-                    yield _event("gap", {"reason": gap, "pos": pos})
-                    viewer.wake.set()
-                    continue
-                if backlog or viewer.dropped:
-                    # Idle: out at once. Busy (an event went out less than BATCH_SECONDS
-                    # ago): wait out the gap, gathering what arrives meanwhile.
-                    spacing = max(BATCH_SECONDS, len(up.viewers) / EVENTS_PER_SECOND)
-                    gap_s = last_sent + spacing - time.monotonic()
-                    if gap_s > 0:
-                        await asyncio.sleep(gap_s)
-                    batch: list[str] = []
-                    pos = None
-                    while backlog and len(batch) < MAX_BATCH and backlog[0][0] is not None:
-                        line, p, _ = backlog.popleft()
-                        batch.append(line)  # type: ignore[arg-type]
-                        if p is not None:
-                            pos = p
-                    tail = f',"pos":"{pos}"' if pos is not None else ""
-                    payload = (
-                        f'event: lines\ndata: {{"lines":[{",".join(batch)}],'
-                        f'"dropped":{viewer.dropped}{tail}}}\n\n'
-                    ).encode()
-                    viewer.dropped_total += viewer.dropped
-                    viewer.dropped = 0
-                    viewer.lines += len(batch)
+    async def run(send: Send) -> None:
+        out = up.out
+        beat = hub.heartbeat
+        ready = {
+            "host": host,
+            "source": source_key,
+            "audit": a.ref.seq,
+            "heartbeat": beat,
+            "pos": up.pos if start is None else from_,
+        }
+        await send(_body(b"retry: 3000\n" + _event("ready", ready)))
+        last_beat = time.monotonic()
+        viewer.send = send  # from now on a flush may send to this viewer directly
+        while True:
+            viewer.wake.clear()
+            hub.keep_counted()
+            if viewer.failure is not None:
+                raise viewer.failure
+            if viewer.inflight is not None:
+                # A flush's send that had to wait: the browser reads slowly. Its lines
+                # gather in the ring meanwhile and go out below as one event.
+                await Resume(*viewer.inflight)
+                viewer.inflight = None
+                last_beat = time.monotonic()
+            if viewer.revoked is not None:
+                state["reason"] = viewer.revoked
+                await send(_body(_event("end", {"reason": viewer.ended, "retry": False})))
+                return
+            now = time.monotonic()
+            if out.behind(viewer):
+                # Behind the caught-up viewers: its own event, at most one per spacing.
+                gap_s = viewer.last_sent + out.spacing() - now
+                if gap_s > 0:
+                    await asyncio.sleep(gap_s)
+                    continue  # (what arrived meanwhile goes out with it)
+                got = out.take(viewer)
+                if got is not None:
+                    payload, count = render(*got)
+                    viewer.lines += count
                     viewer.bytes += len(payload)
-                    # A slow browser makes this wait (the transport's flow control):
-                    # its lines gather in the backlog meanwhile and go out as one event.
-                    yield payload
-                    last_beat = last_sent = time.monotonic()
-                    if backlog:
-                        viewer.wake.set()
+                    viewer.last_sent = last_beat = now
+                    await send(_body(payload))
                     continue
-                if viewer.ended is not None:
-                    state["reason"] = viewer.ended
-                    yield _event("end", {"reason": viewer.ended, "retry": viewer.retry})
-                    return
-                now = time.monotonic()
-                if now - last_beat >= beat:
-                    # A beat only while the worker is heard from: a hung worker or a dead
-                    # connection shows as "stalled" in the browser, not as LIVE.
-                    if up.alive(now, beat):
-                        yield _event("beat", {"pos": up.pos})
-                    else:
-                        yield b": keep-alive\n\n"  # proxies must not close the stream
-                    last_beat = now
-        finally:
-            await cleanup()
+            if viewer.ended is not None and viewer.cursor >= out.end:
+                state["reason"] = viewer.ended
+                await send(_body(_event("end", {"reason": viewer.ended, "retry": viewer.retry})))
+                return
+            last_beat = max(last_beat, viewer.last_sent)
+            if now - last_beat >= beat:
+                # A beat only while the worker is heard from: a hung worker or a dead
+                # connection shows as "stalled" in the browser, not as LIVE.
+                if up.alive(now, beat):
+                    await send(_body(_event("beat", {"pos": up.pos})))
+                else:
+                    await send(_body(b": keep-alive\n\n"))  # proxies must not close it
+                last_beat = now
+                continue
+            viewer.idle = True  # a flush may now send to it directly
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(last_beat + beat - now):
+                    await viewer.wake.wait()
+            viewer.idle = False
 
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"x-accel-buffering": "no"},
-        background=BackgroundTask(cleanup),
-    )
+    return _EventStream(run, cleanup)
+
+
+def _body(data: bytes) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": True}

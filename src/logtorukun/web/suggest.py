@@ -22,9 +22,9 @@ from fastapi import APIRouter, Query, Request
 from ..config import HostConfig
 from ..gate.globs import GlobError, check_user_glob
 from .access import READ_CAPS, SEARCH, BadSource, Source, host_matches, source_from
-from .api import host_globs, select_hosts
+from .api import searchable_hosts
 from .context import Ctx, Server
-from .guard import has_control, server_of
+from .guard import server_of
 from .workers import WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -156,23 +156,7 @@ async def search_sources(
     server = server_of(request)
     params = {"hosts": hosts}
     ctx = server.require_user(request, "search_sources", host=hosts, params=params)
-    try:
-        if has_control(hosts):
-            raise GlobError("hosts: control characters are not accepted")
-        selected = select_hosts(server, ctx, host_globs(hosts))
-    except GlobError as exc:
-        raise server.refuse(
-            ctx, 422, str(exc), action="search_sources", host=hosts, params=params
-        ) from None
-    if not selected:
-        raise server.refuse(
-            ctx,
-            404,
-            f"no host you may search matches {hosts!r}",
-            action="search_sources",
-            host=hosts,
-            params=params,
-        )
+    selected = searchable_hosts(server, ctx, hosts, action="search_sources", params=params)
     listed = selected[:MAX_LISTED_HOSTS]
     ref = server.record(
         ctx,

@@ -113,6 +113,38 @@ class ReadSpec:
     start: tuple[int, int, int] | None = None  # a file follow continuing at (ino, off, tag)
     before: tuple[int, int] | None = None  # a page of history ending at (ino, off)
 
+    @classmethod
+    def grep(
+        cls,
+        source: Source,
+        pattern: str,
+        *,
+        regex: bool,
+        ignore_case: bool,
+        invert: bool,
+        max: int,
+    ) -> ReadSpec:
+        """A search of one source: at most `max` matching lines."""
+        return cls(
+            "grep",
+            source,
+            max,
+            pattern,
+            regex=regex,
+            ignore_case=ignore_case,
+            invert=invert,
+            max=max,
+        )
+
+    @staticmethod
+    def unsearchable(source: Source, invert: bool) -> str | None:
+        """Why the worker cannot search `source` (None: it can)."""
+        if source.kind == "container":
+            return "the gate cannot search container logs; use tail with since/until"
+        if source.kind == "unit" and invert:
+            return "invert is not supported for units"
+        return None
+
     @property
     def positions(self) -> bool:
         """A file follow: ask the gate for positions (resume points and heartbeats)."""

@@ -23,6 +23,9 @@ import pytest
 from tests.support.postgres import APP, OWNER, Postgres
 from tests.support.sshd import Worker
 
+# Fixtures that tests in more than one folder use.
+pytest_plugins = ["tests.support.fleet"]
+
 
 class MakeWorker(Protocol):
     def __call__(self, *, start: bool = True, **kwargs: Any) -> Worker: ...

@@ -3,7 +3,6 @@ server for the session; tests that need their own server start one with `running
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,18 +55,6 @@ def web_worker() -> Iterator[Worker]:
         yield w
     finally:
         w.destroy()
-
-
-@pytest.fixture
-def silent() -> Iterator[socket.socket]:
-    """A port that accepts TCP and never says a word (a hung sshd); close it to release."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="session")

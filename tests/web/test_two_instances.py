@@ -5,6 +5,7 @@ that was answered."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -59,6 +60,7 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def serve(directory: Path, worker: Worker, database: str, **settings: object) -> Instance:
+    """Start `logtorukun serve`; `ready()` waits until it answers."""
     directory.mkdir()
     port = free_port()
     config = write_config(
@@ -71,19 +73,31 @@ def serve(directory: Path, worker: Worker, database: str, **settings: object) ->
         stderr=subprocess.PIPE,
         preexec_fn=die_with_parent,
     )
-    url = f"http://127.0.0.1:{port}"
+    return Instance(config, f"http://127.0.0.1:{port}", proc)
+
+
+def ready(inst: Instance) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return Instance(config, url, proc)
+            if httpx.get(f"{inst.url}/healthz", timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            err = proc.stderr.read().decode() if proc.stderr else ""
+        if inst.proc.poll() is not None or time.monotonic() > deadline:
+            inst.proc.kill()
+            err = inst.proc.stderr.read().decode() if inst.proc.stderr else ""
             raise RuntimeError(f"serve did not start: {err[-2000:]}")
         time.sleep(0.05)
+
+
+def new_token(pg_url: str, user: str = "olivia") -> str:
+    """A bearer token, created the way `logtorukun token create` does (in this process)."""
+    auth = AuthStore(pg_url, hasher=FAST_HASHER)
+    try:
+        return auth.create_token(user, None)[0]
+    finally:
+        auth.close()
 
 
 @contextlib.contextmanager
@@ -94,17 +108,16 @@ def two(
     for name, roles in {**USERS, "oscar": ["ops"]}.items():  # oscar: a second ops user
         auth.add_user(name, roles, PASSWORD)
     auth.close()
-    a = serve(tmp_path / "a", worker, pg_url, **settings)
+    started: list[Instance] = []
     try:
-        b = serve(tmp_path / "b", worker, pg_url, **settings)
-    except BaseException:
-        a.stop()
-        raise
-    try:
-        yield a, b
+        for name in ("a", "b"):  # both start at once: their start-ups overlap
+            started.append(serve(tmp_path / name, worker, pg_url, **settings))
+        for inst in started:
+            ready(inst)
+        yield started[0], started[1]
     finally:
-        a.stop()
-        b.stop()
+        for inst in started:
+            inst.stop()
 
 
 @pytest.fixture
@@ -223,27 +236,33 @@ def _run_burst(
     return [h for part in answered for h in part]
 
 
-def test_four_writers_on_two_instances_append_20000_records_in_one_chain(
+def test_four_writers_on_two_instances_append_5000_records_in_one_chain(
     pair: tuple[Instance, Instance], pg_url: str
 ) -> None:
+    """Appends of two processes interleave thousands of times in 5000 records (the
+    append rate at scale is measured by bench/database.py, not here)."""
     a, _ = pair
-    token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
-    answered = _run_burst(pair, token, 5000, kill_after=None)
-    assert len(answered) == 20000
+    token = new_token(pg_url)
+    answered = _run_burst(pair, token, 1250, kill_after=None)
+    assert len(answered) == 5000
     done = cli(a.config, "audit", "verify")
     assert done.returncode == 0, done.stdout + done.stderr
     with AuditStore(pg_url, readonly=True) as store:
-        hosts = {r.host for r in store.iter_records() if r.event == "refused"}
+        hosts = [r.host or "" for r in store.iter_records() if r.event == "refused"]
         report = store.verify()
-    assert report.ok and report.records >= 20000
-    assert hosts >= set(answered)
+    assert report.ok and report.records >= 5000
+    assert set(hosts) >= set(answered)
+    # in chain order, A's writers (w0, w2) and B's (w1, w3) took turns many times
+    on_a = [h.startswith(("h-w0-", "h-w2-")) for h in hosts if h.startswith("h-w")]
+    turns = sum(x != y for x, y in itertools.pairwise(on_a))
+    assert turns > 100, turns
 
 
 def test_kill_9_mid_burst_keeps_the_chain_and_every_answer_recorded(
     pair: tuple[Instance, Instance], pg_url: str
 ) -> None:
     a, b = pair
-    token = cli(b.config, "token", "create", "olivia").stdout.strip().split()[-1]
+    token = new_token(pg_url)
     answered = _run_burst(pair, token, 1000, kill_after=300)
     assert a.proc.wait(timeout=10) == -signal.SIGKILL
     on_b = [h for h in answered if h.startswith(("h-w1-", "h-w3-"))]
@@ -263,7 +282,7 @@ def test_rate_limit_throttle_and_follow_cap_count_across_instances(
 ) -> None:
     # 1 request a minute after a burst of 10; one follow per user
     with two(tmp_path, web_worker, pg_url, requests_per_minute=1, max_follows_per_user=1) as (a, b):
-        token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
+        token = new_token(pg_url)
         auth = {"authorization": f"Bearer {token}"}
         with a.client(headers=auth) as ca, b.client(headers=auth) as cb:
             codes = [(ca, cb)[i % 2].get("/api/me").status_code for i in range(20)]
@@ -296,7 +315,7 @@ def test_a_token_revoked_on_one_instance_ends_its_follow_on_the_other(
     tmp_path: Path, web_worker: Worker, pg_url: str
 ) -> None:
     with two(tmp_path, web_worker, pg_url, follow_recheck_seconds=0.5) as (a, b):
-        token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
+        token = new_token(pg_url)
         params = {"path": str(web_worker.root / "follow.log")}
         with (
             a.client(headers={"authorization": f"Bearer {token}"}) as ca,

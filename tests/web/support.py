@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from argon2 import PasswordHasher
 from playwright.sync_api import Browser, Page, expect
@@ -344,6 +345,19 @@ def served(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+@contextlib.contextmanager
+def own_log(worker: Worker, request: pytest.FixtureRequest, text: str) -> Iterator[Path]:
+    """A log file of this test's own on `worker` (named after the test) holding `text`,
+    removed afterwards."""
+    path = worker.root / f"{request.node.name[:40]}.log"
+    path.write_text(text)
+    path.chmod(0o644)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,19 +10,15 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, new_page, sign_in
+from tests.web.support import LiveServer, new_page, own_log, sign_in
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 def one(web_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Path]:
-    path = web_worker.root / f"{request.node.name[:40]}.log"
-    path.write_text("2024-12-17 14:00:00 INFO the only line\n")
-    path.chmod(0o644)
-    yield path
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    with own_log(web_worker, request, "2024-12-17 14:00:00 INFO the only line\n") as path:
+        yield path
 
 
 @pytest.fixture

@@ -59,6 +59,9 @@ class ServerSettings:
     follow_recheck_seconds: float = 5.0
     # A checkpoint (seq and hash of the head) goes to the audit sinks every N records.
     checkpoint_every: int = 1000
+    # Seconds a write to the SQLite database waits for another process's lock on it
+    # before the request fails closed (503).
+    busy_timeout: float = 5.0
     # `database = "postgresql://..."`: the URL (and `database` is unused).
     database_url: str | None = None
 
@@ -142,8 +145,14 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         failures_per_minute=s.get("failures_per_minute", int, 10),
         follow_recheck_seconds=s.get("follow_recheck_seconds", float, 5.0),
         checkpoint_every=s.get("checkpoint_every", int, 1000),
+        busy_timeout=s.get("busy_timeout", float, 5.0),
     )
-    for key in ("failures_per_minute", "follow_recheck_seconds", "checkpoint_every"):
+    for key in (
+        "failures_per_minute",
+        "follow_recheck_seconds",
+        "checkpoint_every",
+        "busy_timeout",
+    ):
         if getattr(server, key) <= 0:
             s.fail(key, "must be positive")
     s.done()

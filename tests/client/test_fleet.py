@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import io
 import socket
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,18 +22,6 @@ from tests.conftest import MakeWorker
 from tests.support.sshd import Worker
 
 IDLE = replace(FAST, idle_timeout=0.5)
-
-
-@pytest.fixture
-def silent() -> Iterator[socket.socket]:
-    """A port that accepts TCP and never says a word (a hung sshd); close it to release."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 async def test_idle_connection_is_closed_on_both_ends_and_reopened(mine: Worker) -> None:

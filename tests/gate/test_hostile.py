@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from logtorukun.gate.errors import Exit
-from logtorukun.gate.protocol import CANCEL, CREDIT, HEADER, MAX_REQUEST, REQUEST
+from logtorukun.gate.protocol import CANCEL, CREDIT, DATA, HEADER, MAX_REQUEST, REQUEST
 from tests.gate.test_bridge import BridgeClient
 from tests.support.peak import PeakRss
 from tests.support.sshd import USER, Worker
@@ -84,7 +84,7 @@ class Hostile(Worker):
         # sampler on a loaded machine; the kernel's maximum is never missed.
         (kib,) = self.maxrss_log.read_text().splitlines()[reported:]
         assert peak.samples > 0 and int(kib) > 0  # the sampler ran, the kernel saw the gate
-        return Ran(
+        ran = Ran(
             out.returncode,
             out.stdout,
             out.stderr,
@@ -92,6 +92,8 @@ class Hostile(Worker):
             max(peak.bytes, int(kib) * 1024),
             self.audit_since(before),
         )
+        ran.largest = int(kib) * 1024
+        return ran
 
     @property
     def maxrss_log(self) -> Path:
@@ -128,6 +130,8 @@ class Ran:
     ) -> None:
         self.code, self.stdout, self.stderr = code, stdout, stderr
         self.elapsed, self.peak, self.records = elapsed, peak, records
+        # the kernel's largest RSS among this request's own gate and children (ru_maxrss)
+        self.largest = 0
 
     def __repr__(self) -> str:
         return (
@@ -182,6 +186,53 @@ def test_a_normal_grep_of_a_gz_works_under_the_limit(hw: Hostile) -> None:
     lines = gzip.decompress((hw.root / "app.log.2.gz").read_bytes()).splitlines()
     want = sum(b"INFO" in line for line in lines)
     assert want > 0 and r.stdout == f"{want}\n".encode()
+
+
+# ---------------------------------------------------------------- the worker's memory budget
+
+BUDGET_SLOTS = 4
+BUDGET_CHILD = 128 * MIB  # max_memory in this case
+BUDGET_TOTAL = BUDGET_SLOTS * 32 * MIB + 3 * 32 * MIB  # the slots' own, and a pool of 96
+
+
+def test_children_share_the_worker_memory_budget(hw: Hostile) -> None:
+    """A grep whose answer is never read holds its 128 MiB (the whole pool) while it
+    waits; grep bombs then get only their slot's own 32 MiB and stop there, saying so,
+    where each alone would grow to 128 MiB; a normal tail and a normal grep of a .gz
+    still work. Once the holder is cancelled, a bomb gets max_memory again."""
+    policy = hw.hostile_policy(
+        max_seconds=30,
+        max_concurrent=BUDGET_SLOTS,
+        max_memory=BUDGET_CHILD,
+        max_total_memory=BUDGET_TOTAL,
+    )
+    with hw.policy(policy):
+        s = BridgeClient(hw.ssh_argv("bridge"))
+        s.request(1, f"grep -e w {hw.root}/wide.log")  # 9 MB of matches, 1 MiB window
+        s.next_frame(lambda f: f[1] == 1 and f[0] == DATA)  # running: the pool is its
+        bombs = [hw.run(f"grep -c x {hw.root}/bomb.log.gz") for _ in range(2)]
+        tail = hw.run(f"tail -n 2 {hw.root}/app.log")
+        grep = hw.run(f"grep -c INFO {hw.root}/app.log.2.gz")
+        s.send(CANCEL, 1)
+        _data, held = s.result(1)
+        alone = hw.run(f"grep -c x {hw.root}/bomb.log.gz")
+        assert s.close() == (0, b"")
+    why = (
+        "stopped at the memory limit (32 MiB: other requests' children hold the rest of"
+        f" max_total_memory, {BUDGET_TOTAL >> 20} MiB; try again shortly)"
+    )
+    for r in bombs:
+        assert r.code == Exit.LIMIT and r.stderr == f"logtorukun-gate: {why}\n".encode(), r
+        # the largest process of the request (the gate itself or grep) stayed far below
+        # the 128 MiB a bomb's grep reaches on its own (below)
+        assert r.largest < 48 * MIB, r
+        end = r.records[-1]
+        assert end["event"] == "end" and end["exit"] == Exit.LIMIT and end["reason"] == why
+    assert tail.code == Exit.OK and tail.stdout.count(b"\n") == 2, tail
+    assert grep.code == Exit.OK and int(grep.stdout) > 0, grep
+    assert held["reason"] == "client went away", held
+    assert alone.code == Exit.LIMIT and b"(128 MiB, max_memory in the policy)" in alone.stderr
+    assert alone.largest > 48 * MIB, alone  # what the budget kept the bombs from
 
 
 # ---------------------------------------------------------------- lines without an end
@@ -319,7 +370,9 @@ def test_unread_answers_are_paused_not_buffered(hw: Hostile) -> None:
         assert end["bytes"] == len(data), end  # what END claims is what arrived
         assert end["exit"] in (Exit.OK, Exit.LIMIT), end
     assert sum(e["exit"] == Exit.LIMIT for _, e in results) > 100  # most were left unread
-    assert peak.bytes < 300 * MIB, f"{peak.mib:.0f} MiB"  # was 2.9 GB
+    # was 2.9 GB; now the gate, session_buffer (8 MiB), one 64 KiB read per running
+    # request and their threads: 56 MiB measured
+    assert peak.bytes < 128 * MIB, f"{peak.mib:.0f} MiB"
 
 
 def test_help_and_cancel_are_answered_while_a_slow_read_runs(hw: Hostile) -> None:

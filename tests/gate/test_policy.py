@@ -79,7 +79,8 @@ def test_design_example_loads(tmp_path: Path) -> None:
 def test_defaults_for_an_empty_policy(tmp_path: Path) -> None:
     p = load_policy(write(tmp_path, ""))
     assert p.limits == Limits()
-    assert p.limits.max_memory == 512 * 1024 * 1024
+    assert p.limits.max_memory == 256 * 1024 * 1024
+    assert p.limits.max_total_memory == 512 * 1024 * 1024
     assert (p.files, p.units, p.containers) == ((), (), ())
     assert p.audit.destination == "syslog"  # authpriv by default
     assert p.programs.docker[:2] == ("/usr/bin/sudo", "-n")  # never the docker group
@@ -129,6 +130,16 @@ def test_unreadable_for_the_gate_user(tmp_path: Path) -> None:
         ("[limits]\nmax_memory = '512M'\n", "limits.max_memory must be int"),
         ("[limits]\nmax_memory = 0\n", "limits.max_memory must be positive"),
         ("[limits]\nmax_memory = 512\n", "limits.max_memory is in bytes and must be at least"),
+        ("[limits]\nmax_total_memory = 1.5\n", "limits.max_total_memory must be int"),
+        (
+            "[limits]\nmax_concurrent = 17\n",
+            "limits.max_total_memory is in bytes and must be at least max_concurrent x 32 MiB"
+            " (570425344)",
+        ),
+        (
+            "[limits]\nmax_concurrent = 2\nmax_total_memory = 67108863\n",
+            "limits.max_total_memory is in bytes and must be at least",
+        ),
         ("[programs]\njournalctl = []\n", "programs.journalctl must be a path, or [PATH"),
         ("[programs]\njournalctl = ['/bin/j', 'x']\n", "programs.journalctl must be a path"),
         ("[programs]\njournalctl = ['/bin/j', 5]\n", "programs.journalctl must be a path"),

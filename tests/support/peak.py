@@ -16,18 +16,25 @@ from logtorukun.ops.system import descendants
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def tree_rss(root: int, exclude: tuple[str, ...] = ("sshd",)) -> int:
-    """Bytes resident in the descendants of `root` whose command is not in `exclude`."""
+def tree_rss(
+    root: int, exclude: tuple[str, ...] = ("sshd",), by_command: dict[str, int] | None = None
+) -> int:
+    """Bytes resident in the descendants of `root` whose command is not in `exclude`
+    (and, into `by_command`, the same per command name: python3, grep, gzip...)."""
     total = 0
     for pid in descendants(root):
         try:
             with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip().startswith(exclude):
-                    continue
+                comm = f.read().strip()
+            if comm.startswith(exclude):
+                continue
             with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
+                rss = int(f.read().split()[1]) * PAGE
         except (OSError, IndexError, ValueError):
             continue  # it exited between the listing and the read
+        total += rss
+        if by_command is not None:
+            by_command[comm] = by_command.get(comm, 0) + rss
     return total
 
 
@@ -39,12 +46,16 @@ class PeakRss:
         self.interval = interval
         self.bytes = 0
         self.samples = 0
+        self.at_peak: dict[str, int] = {}  # bytes per command name in the peak sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.bytes = max(self.bytes, tree_rss(self.root))
+            parts: dict[str, int] = {}
+            total = tree_rss(self.root, by_command=parts)
+            if total > self.bytes:
+                self.bytes, self.at_peak = total, parts
             self.samples += 1
             self._stop.wait(self.interval)
 

@@ -3,7 +3,6 @@ server for the session; tests that need their own server start one with `running
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, running, write_config
+from tests.web.support import LiveServer, new_page, running, write_config
 
 XSS_LINES = [
     "<img src=x onerror=alert(1)>",
@@ -58,18 +57,6 @@ def web_worker() -> Iterator[Worker]:
         w.destroy()
 
 
-@pytest.fixture
-def silent() -> Iterator[socket.socket]:
-    """A port that accepts TCP and never says a word (a hung sshd); close it to release."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 @pytest.fixture(scope="session")
 def web_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("web")
@@ -94,8 +81,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
+    """One Chromium for the session (started by the first test that needs it); each
+    test gets a context of its own (`new_page`), which shares nothing with another."""
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
@@ -106,13 +95,8 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = ctx.new_page()
-    pg.set_default_timeout(15000)
-    try:
+    with new_page(browser) as pg:
         yield pg
-    finally:
-        ctx.close()
 
 
 @pytest.fixture

@@ -7,13 +7,29 @@ Against a real `logtorukun serve` and a real sshd worker."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from logtorukun.audit import AuditStore
 from tests.support.sshd import Worker
-from tests.web.support import served
+from tests.web.support import Served, served
 
 USERS = {"rita": ["reader"], "olivia": ["ops"], "alice": ["auditor"]}
+
+
+@pytest.fixture(scope="module")
+def srv(web_worker: Worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One server for the tests that only read: each signs in as a user of its own
+    (rita, root, olivia) and counts only that user's records."""
+    users = {**USERS, "root": ["ops", "auditor"]}
+    with served(tmp_path_factory.mktemp("disclosure"), web_worker, users) as s:
+        yield s
+
+
+def _store(srv: Served) -> AuditStore:
+    return AuditStore(srv.config_path.parent / "logtorukun.db", readonly=True)
 
 
 def _routes(root: Path, host: str) -> list[tuple[str, dict[str, str]]]:
@@ -31,13 +47,13 @@ def _routes(root: Path, host: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def test_a_host_without_a_grant_answers_like_an_unknown_host(
-    web_worker: Worker, tmp_path: Path
+    web_worker: Worker, srv: Served
 ) -> None:
     # rita may read web1 only; web2 exists, "ghost" does not.
-    with served(tmp_path, web_worker, USERS) as srv:
-        for browser in (False, True):
-            c = srv.session("rita") if browser else srv.client("rita")
-            accept = {"accept": "text/html"} if browser else {}
+    for browser in (False, True):
+        c = srv.session("rita") if browser else srv.client("rita")
+        accept = {"accept": "text/html"} if browser else {}
+        try:
             for (route, q1), (route2, q2) in zip(
                 _routes(web_worker.root, "web2"), _routes(web_worker.root, "ghost"), strict=True
             ):
@@ -46,7 +62,9 @@ def test_a_host_without_a_grant_answers_like_an_unknown_host(
                 assert real.status_code == ghost.status_code == 404, (route, real.text)
                 assert real.text.replace("web2", "ghost") == ghost.text, route
                 assert "grant" not in real.text
-    store = AuditStore(tmp_path / "logtorukun.db", readonly=True)
+        finally:
+            c.close()
+    store = _store(srv)
     try:
         refused = store.query(event="refused", user="rita", host="web2", limit=100)
         per_host = [x for x in refused if x.action != "search"]
@@ -75,16 +93,15 @@ BAD_PARAMETERS = [
 ]
 
 
-def test_every_bad_parameter_is_a_422_naming_it(web_worker: Worker, tmp_path: Path) -> None:
-    users = {"root": ["ops", "auditor"]}
-    with served(tmp_path, web_worker, users) as srv, srv.client("root") as c:
+def test_every_bad_parameter_is_a_422_naming_it(web_worker: Worker, srv: Served) -> None:
+    with srv.client("root") as c:
         for route, params, name in BAD_PARAMETERS:
             q = {k: v.format(app=web_worker.app_log) for k, v in params.items()}
             r = c.get(route, params=q)
             assert r.status_code == 422, (route, params, r.text)
             assert r.json()["reason"].startswith(f"{name}:"), (route, params, r.text)
         assert c.get("/healthz").status_code == 200  # nothing broke on the way
-    store = AuditStore(tmp_path / "logtorukun.db", readonly=True)
+    store = _store(srv)
     try:  # each was audited (a refusal, or a read whose end says 422)
         refused = store.query(event="refused", user="root", limit=100)
         ended = [x for x in store.query(event="read_end", user="root", limit=100)]
@@ -93,10 +110,8 @@ def test_every_bad_parameter_is_a_422_naming_it(web_worker: Worker, tmp_path: Pa
         store.close()
 
 
-def test_invalid_regex_is_422_before_any_worker_is_asked(
-    web_worker: Worker, tmp_path: Path
-) -> None:
-    with served(tmp_path, web_worker, USERS) as srv, srv.client("olivia") as c:
+def test_invalid_regex_is_422_before_any_worker_is_asked(web_worker: Worker, srv: Served) -> None:
+    with srv.client("olivia") as c:
         app = str(web_worker.app_log)
         for route, q in (
             ("/api/hosts/web1/grep", {"path": app}),
@@ -122,7 +137,8 @@ def test_no_internal_path_or_exception_text_reaches_a_client(
     web_worker: Worker, tmp_path: Path
 ) -> None:
     db = tmp_path / "logtorukun.db"
-    with served(tmp_path, web_worker, USERS) as srv, srv.client("olivia") as c:
+    # A server of its own (it blocks the database), which waits 1 s, not 5, for a lock.
+    with served(tmp_path, web_worker, USERS, busy_timeout=1.0) as srv, srv.client("olivia") as c:
         app = {"path": str(web_worker.app_log)}
         assert c.get("/api/hosts/web1/tail", params=app).status_code == 200
         # Another process holds the database's write lock: every write fails.

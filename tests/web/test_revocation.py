@@ -5,7 +5,6 @@ real `logtorukun serve` and a real sshd worker; the viewer's notice in Chromium.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import queue
 import threading
@@ -20,9 +19,9 @@ from playwright.sync_api import Page, expect
 
 from logtorukun.audit import AuditStore
 from tests.support.sshd import Worker
-from tests.web.support import Served, cli, running, served, sign_in, write_config
+from tests.web.support import Served, cli, own_log, running, served, sign_in, write_config
 
-RECHECK = 1.0  # [server] follow_recheck_seconds for these tests
+RECHECK = 0.5  # [server] follow_recheck_seconds for these tests
 DEADLINE = 5.0  # the issue's bound, with the default of 5 s
 
 
@@ -76,12 +75,8 @@ def append(path: Path, text: str) -> None:
 
 @pytest.fixture
 def log(web_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Path]:
-    path = web_worker.root / f"revoke-{request.node.name[:30]}.log"
-    path.write_text("2024-12-17 14:00:00 INFO first\n")
-    path.chmod(0o644)
-    yield path
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    with own_log(web_worker, request, "2024-12-17 14:00:00 INFO first\n") as path:
+        yield path
 
 
 def _ended_by(srv: Served, log: Path, c: httpx.Client, revoke: Callable[[], object]) -> str:
@@ -100,45 +95,61 @@ def _ended_by(srv: Served, log: Path, c: httpx.Client, revoke: Callable[[], obje
 
 
 USERS = {name: ["ops"] for name in ("sess", "tok", "gone", "off", "demoted")}
+KEPT = {name: ["ops"] for name in ("keep", "tok2")}  # test_a_follow_that_keeps_...
 
 
-def test_each_revocation_ends_the_open_follow(
-    web_worker: Worker, tmp_path: Path, log: Path
-) -> None:
-    with served(tmp_path, web_worker, USERS, follow_recheck_seconds=RECHECK) as srv:
-        cfg = srv.config_path
-        sess = srv.session("sess")
-        csrf = sess.get("/api/me").json()["csrf"]
-        reasons = {
-            "sess": _ended_by(srv, log, sess, lambda: _logout(sess, csrf)),
-            "tok": _ended_by(
-                srv,
-                log,
-                srv.client("tok"),
-                lambda: _ok(cli("token", "revoke", srv.tokens["tok"], config=cfg)),
-            ),
-            "gone": _ended_by(
-                srv, log, srv.client("gone"), lambda: _ok(cli("user", "remove", "gone", config=cfg))
-            ),
-            "off": _ended_by(
-                srv, log, srv.client("off"), lambda: _ok(cli("user", "disable", "off", config=cfg))
-            ),
-            "demoted": _ended_by(
-                srv,
-                log,
-                srv.client("demoted"),
-                lambda: _ok(cli("user", "roles", "demoted", "--role", "reader", config=cfg)),
-            ),
-        }
-        assert reasons["sess"].startswith("your session ended — sign in again")
-        assert reasons["demoted"] == "your access to this log ended (your roles changed)"
-        # Each follow's token or session no longer works for anything else either.
-        assert srv.client("tok").get("/api/me").status_code == 401
-        assert _ok(cli("user", "enable", "off", config=cfg))
-        assert srv.client("off").get("/api/me").status_code == 200
-    store = AuditStore(tmp_path / "logtorukun.db", readonly=True)
+@pytest.fixture(scope="module")
+def srv(web_worker: Worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One server for the tests below; each uses users of its own."""
+    with served(
+        tmp_path_factory.mktemp("revocation"),
+        web_worker,
+        {**USERS, **KEPT},
+        follow_recheck_seconds=RECHECK,
+    ) as s:
+        yield s
+
+
+def test_each_revocation_ends_the_open_follow(srv: Served, log: Path) -> None:
+    cfg = srv.config_path
+    sess = srv.session("sess")
+    csrf = sess.get("/api/me").json()["csrf"]
+    reasons = {
+        "sess": _ended_by(srv, log, sess, lambda: _logout(sess, csrf)),
+        "tok": _ended_by(
+            srv,
+            log,
+            srv.client("tok"),
+            lambda: _ok(cli("token", "revoke", srv.tokens["tok"], config=cfg)),
+        ),
+        "gone": _ended_by(
+            srv, log, srv.client("gone"), lambda: _ok(cli("user", "remove", "gone", config=cfg))
+        ),
+        "off": _ended_by(
+            srv, log, srv.client("off"), lambda: _ok(cli("user", "disable", "off", config=cfg))
+        ),
+        "demoted": _ended_by(
+            srv,
+            log,
+            srv.client("demoted"),
+            lambda: _ok(cli("user", "roles", "demoted", "--role", "reader", config=cfg)),
+        ),
+    }
+    assert reasons["sess"].startswith("your session ended — sign in again")
+    assert reasons["demoted"] == "your access to this log ended (your roles changed)"
+    # Each follow's token or session no longer works for anything else either.
+    assert srv.client("tok").get("/api/me").status_code == 401
+    assert _ok(cli("user", "enable", "off", config=cfg))
+    assert srv.client("off").get("/api/me").status_code == 200
+    store = AuditStore(srv.config_path.parent / "logtorukun.db", readonly=True)
     try:
-        ends = {x.user: x for x in store.query(event="follow_end", limit=100)}
+        deadline = time.monotonic() + 20  # each follow_end is written as its stream ends
+        while True:
+            ends = {x.user: x for x in store.query(event="follow_end", limit=100)}
+            if set(USERS) <= set(ends) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert set(USERS) <= set(ends), sorted(map(str, ends))
         why = {u: str((ends[u].outcome or {}).get("reason")) for u in USERS}
         assert why["sess"] == "credentials re-checked: signed out, or the session expired"
         assert why["tok"] == "credentials re-checked: token revoked"
@@ -158,26 +169,23 @@ def _ok(r: Any) -> bool:
     return True
 
 
-def test_a_follow_that_keeps_its_credentials_goes_on(
-    web_worker: Worker, tmp_path: Path, log: Path
-) -> None:
+def test_a_follow_that_keeps_its_credentials_goes_on(srv: Served, log: Path) -> None:
     """The re-check ends only what it must: a revoked token leaves another user's follow."""
-    with served(tmp_path, web_worker, USERS, follow_recheck_seconds=RECHECK) as srv:
-        keep = Follow(srv.client("sess"), "web1", log)
-        keep.next("ready")
-        reason = _ended_by(
-            srv,
-            log,
-            srv.client("tok"),
-            lambda: _ok(cli("token", "revoke", srv.tokens["tok"], config=srv.config_path)),
-        )
-        assert "token revoked" in reason
-        time.sleep(2 * RECHECK)  # two more re-checks pass the kept follow
-        append(log, "after")
-        got: list[str] = []
-        while "2024-12-17 14:00:00 INFO after" not in got:
-            got += keep.next("lines")["lines"]
-        keep.close()
+    keep = Follow(srv.client("keep"), "web1", log)
+    keep.next("ready")
+    reason = _ended_by(
+        srv,
+        log,
+        srv.client("tok2"),
+        lambda: _ok(cli("token", "revoke", srv.tokens["tok2"], config=srv.config_path)),
+    )
+    assert "token revoked" in reason
+    time.sleep(2 * RECHECK)  # two more re-checks pass the kept follow
+    append(log, "after")
+    got: list[str] = []
+    while "2024-12-17 14:00:00 INFO after" not in got:
+        got += keep.next("lines")["lines"]
+    keep.close()
 
 
 @pytest.mark.browser

@@ -5,6 +5,7 @@ that was answered."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from logtorukun.audit.store import AuditStore
 from logtorukun.ops.system import die_with_parent
 from logtorukun.web.auth import AuthStore
 from tests.support.sshd import Worker
-from tests.web.support import FAST_HASHER, PASSWORD, USERS, free_port, login, write_config
+from tests.web.support import FAST_HASHER, PASSWORD, USERS, cli, free_port, login, write_config
 from tests.web.test_access_matrix import CAPS, HOSTS, expected, refusal, request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,18 +48,8 @@ class Instance:
                 self.proc.wait(timeout=10)
 
 
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "logtorukun", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
-
-
 def serve(directory: Path, worker: Worker, database: str, **settings: object) -> Instance:
+    """Start `logtorukun serve`; `ready()` waits until it answers."""
     directory.mkdir()
     port = free_port()
     config = write_config(
@@ -71,19 +62,31 @@ def serve(directory: Path, worker: Worker, database: str, **settings: object) ->
         stderr=subprocess.PIPE,
         preexec_fn=die_with_parent,
     )
-    url = f"http://127.0.0.1:{port}"
+    return Instance(config, f"http://127.0.0.1:{port}", proc)
+
+
+def ready(inst: Instance) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return Instance(config, url, proc)
+            if httpx.get(f"{inst.url}/healthz", timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            err = proc.stderr.read().decode() if proc.stderr else ""
+        if inst.proc.poll() is not None or time.monotonic() > deadline:
+            inst.proc.kill()
+            err = inst.proc.stderr.read().decode() if inst.proc.stderr else ""
             raise RuntimeError(f"serve did not start: {err[-2000:]}")
         time.sleep(0.05)
+
+
+def new_token(pg_url: str, user: str = "olivia") -> str:
+    """A bearer token, created the way `logtorukun token create` does (in this process)."""
+    auth = AuthStore(pg_url, hasher=FAST_HASHER)
+    try:
+        return auth.create_token(user, None)[0]
+    finally:
+        auth.close()
 
 
 @contextlib.contextmanager
@@ -94,17 +97,16 @@ def two(
     for name, roles in {**USERS, "oscar": ["ops"]}.items():  # oscar: a second ops user
         auth.add_user(name, roles, PASSWORD)
     auth.close()
-    a = serve(tmp_path / "a", worker, pg_url, **settings)
+    started: list[Instance] = []
     try:
-        b = serve(tmp_path / "b", worker, pg_url, **settings)
-    except BaseException:
-        a.stop()
-        raise
-    try:
-        yield a, b
+        for name in ("a", "b"):  # both start at once: their start-ups overlap
+            started.append(serve(tmp_path / name, worker, pg_url, **settings))
+        for inst in started:
+            ready(inst)
+        yield started[0], started[1]
     finally:
-        a.stop()
-        b.stop()
+        for inst in started:
+            inst.stop()
 
 
 @pytest.fixture
@@ -141,7 +143,7 @@ def test_access_matrix_and_audit_through_either_instance(
             c.close()
     assert cells == len(USERS) * len(HOSTS) * len(sources) * len(CAPS)
     assert not wrong, "\n".join(wrong)
-    done = cli(pair[0].config, "audit", "verify")
+    done = cli("audit", "verify", config=pair[0].config)
     assert done.returncode == 0 and done.stdout.startswith("audit chain OK"), done.stderr
     with AuditStore(pg_url, readonly=True) as store:
         kinds = ("read", "follow_start", "refused")
@@ -165,12 +167,12 @@ def test_sign_out_and_revocation_reach_the_other_instance(
         csrf = me.json()["csrf"]
         assert ca.post("/logout", data={"csrf": csrf}).status_code in (200, 303)
         assert cb.get("/api/me").status_code == 401
-    token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
+    token = cli("token", "create", "olivia", config=a.config).stdout.strip().split()[-1]
     assert token.startswith("ltk_")
     auth = {"authorization": f"Bearer {token}"}
     with a.client(headers=auth) as ca, b.client(headers=auth) as cb:
         assert ca.get("/api/me").status_code == 200 and cb.get("/api/me").status_code == 200
-        revoked = cli(b.config, "token", "revoke", token)
+        revoked = cli("token", "revoke", token, config=b.config)
         assert revoked.returncode == 0, revoked.stderr
         for c in (ca, cb):
             r = c.get("/api/me")
@@ -223,27 +225,33 @@ def _run_burst(
     return [h for part in answered for h in part]
 
 
-def test_four_writers_on_two_instances_append_20000_records_in_one_chain(
+def test_four_writers_on_two_instances_append_5000_records_in_one_chain(
     pair: tuple[Instance, Instance], pg_url: str
 ) -> None:
+    """Appends of two processes interleave thousands of times in 5000 records (the
+    append rate at scale is measured by bench/database.py, not here)."""
     a, _ = pair
-    token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
-    answered = _run_burst(pair, token, 5000, kill_after=None)
-    assert len(answered) == 20000
-    done = cli(a.config, "audit", "verify")
+    token = new_token(pg_url)
+    answered = _run_burst(pair, token, 1250, kill_after=None)
+    assert len(answered) == 5000
+    done = cli("audit", "verify", config=a.config)
     assert done.returncode == 0, done.stdout + done.stderr
     with AuditStore(pg_url, readonly=True) as store:
-        hosts = {r.host for r in store.iter_records() if r.event == "refused"}
+        hosts = [r.host or "" for r in store.iter_records() if r.event == "refused"]
         report = store.verify()
-    assert report.ok and report.records >= 20000
-    assert hosts >= set(answered)
+    assert report.ok and report.records >= 5000
+    assert set(hosts) >= set(answered)
+    # in chain order, A's writers (w0, w2) and B's (w1, w3) took turns many times
+    on_a = [h.startswith(("h-w0-", "h-w2-")) for h in hosts if h.startswith("h-w")]
+    turns = sum(x != y for x, y in itertools.pairwise(on_a))
+    assert turns > 100, turns
 
 
 def test_kill_9_mid_burst_keeps_the_chain_and_every_answer_recorded(
     pair: tuple[Instance, Instance], pg_url: str
 ) -> None:
     a, b = pair
-    token = cli(b.config, "token", "create", "olivia").stdout.strip().split()[-1]
+    token = new_token(pg_url)
     answered = _run_burst(pair, token, 1000, kill_after=300)
     assert a.proc.wait(timeout=10) == -signal.SIGKILL
     on_b = [h for h in answered if h.startswith(("h-w1-", "h-w3-"))]
@@ -254,7 +262,7 @@ def test_kill_9_mid_burst_keeps_the_chain_and_every_answer_recorded(
     assert report.ok, report.summary()
     missing = set(answered) - hosts
     assert not missing, f"{len(missing)} answered requests have no audit record"
-    done = cli(b.config, "audit", "verify")
+    done = cli("audit", "verify", config=b.config)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -263,7 +271,7 @@ def test_rate_limit_throttle_and_follow_cap_count_across_instances(
 ) -> None:
     # 1 request a minute after a burst of 10; one follow per user
     with two(tmp_path, web_worker, pg_url, requests_per_minute=1, max_follows_per_user=1) as (a, b):
-        token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
+        token = new_token(pg_url)
         auth = {"authorization": f"Bearer {token}"}
         with a.client(headers=auth) as ca, b.client(headers=auth) as cb:
             codes = [(ca, cb)[i % 2].get("/api/me").status_code for i in range(20)]
@@ -296,7 +304,7 @@ def test_a_token_revoked_on_one_instance_ends_its_follow_on_the_other(
     tmp_path: Path, web_worker: Worker, pg_url: str
 ) -> None:
     with two(tmp_path, web_worker, pg_url, follow_recheck_seconds=0.5) as (a, b):
-        token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
+        token = new_token(pg_url)
         params = {"path": str(web_worker.root / "follow.log")}
         with (
             a.client(headers={"authorization": f"Bearer {token}"}) as ca,
@@ -305,7 +313,7 @@ def test_a_token_revoked_on_one_instance_ends_its_follow_on_the_other(
             assert r.status_code == 200
             lines = r.iter_lines()
             assert next(lines) == "retry: 3000" and next(lines) == "event: ready"
-            assert cli(b.config, "token", "revoke", token).returncode == 0
+            assert cli("token", "revoke", token, config=b.config).returncode == 0
             deadline = time.monotonic() + 60  # heartbeats keep the loop moving
             events = []
             for line in lines:  # until A ends the follow

@@ -178,6 +178,7 @@ class AuditStore:
             settings.store,
             sinks=sinks_from_settings(settings),
             checkpoint_every=settings.checkpoint_every,
+            busy_timeout=settings.busy_timeout,
             **kwargs,
         )
 

@@ -103,7 +103,7 @@ def _auth(config: Config) -> AuthStore:
             f"{config.server.database.parent}: no such directory (create it, "
             "owned by the server's user, mode 0700; see docs/web.md)"
         )
-    return AuthStore(config.server.store)
+    return AuthStore(config.server.store, busy_timeout=config.server.busy_timeout)
 
 
 def _read_password(args: argparse.Namespace) -> str:

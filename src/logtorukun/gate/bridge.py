@@ -424,10 +424,12 @@ class _Sink:
         try:
             if got is not None:
                 self.gathered = None  # too big for one write: stream from here on
+                size = len(got)
                 try:
                     stream.send_data(got)
                 finally:
-                    self.budget.give(len(got))
+                    del got  # not held while `data` waits for credit below
+                    self.budget.give(size)
             stream.send_data(data)
         finally:
             self.budget.give(len(data))

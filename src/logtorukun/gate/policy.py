@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_POLICY = "/etc/logtorukun/policy.toml"
+MEMORY_UNIT = 32 << 20  # the least max_memory, each slot's own share of max_total_memory
 
 
 @record(frozen=True)
@@ -33,10 +34,13 @@ class Limits:
     # Address-space limit (RLIMIT_AS) of every child the gate starts: grep, gzip,
     # journalctl, sudo/docker. A child that needs more fails, and the request ends at
     # the limit (exit 5) instead of the worker swapping.
-    max_memory: int = 512 << 20
+    max_memory: int = 256 << 20
+    # The same for all children of all requests together (slots.py shares it out):
+    # max_concurrent x max_memory would otherwise be the bound.
+    max_total_memory: int = 512 << 20
     # Bytes of answers a bridge session holds for a client that has not read them,
     # across all its streams; past it, streams wait (paused) instead of buffering.
-    session_buffer: int = 32 << 20
+    session_buffer: int = 8 << 20
 
 
 @record(frozen=True)
@@ -198,6 +202,7 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
         ),
         max_concurrent=_take(lim, "max_concurrent", int, d.max_concurrent, "limits", path),
         max_memory=_take(lim, "max_memory", int, d.max_memory, "limits", path),
+        max_total_memory=_take(lim, "max_total_memory", int, d.max_total_memory, "limits", path),
         session_buffer=_take(lim, "session_buffer", int, d.session_buffer, "limits", path),
         state_dir=_take(lim, "state_dir", str, "", "limits", path),
     )
@@ -209,6 +214,7 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
         "follow_max_seconds",
         "max_concurrent",
         "max_memory",
+        "max_total_memory",
         "session_buffer",
     ):
         value = getattr(limits, name)
@@ -217,8 +223,14 @@ def parse_policy(data: dict[str, Any], path: str) -> Policy:
             raise _bad(path, f"limits.{name} must be a finite number")
         if value <= 0:
             raise _bad(path, f"limits.{name} must be positive")
-    if limits.max_memory < 32 << 20:
+    if limits.max_memory < MEMORY_UNIT:
         raise _bad(path, "limits.max_memory is in bytes and must be at least 33554432 (32 MiB)")
+    if limits.max_total_memory < limits.max_concurrent * MEMORY_UNIT:
+        raise _bad(
+            path,
+            "limits.max_total_memory is in bytes and must be at least max_concurrent x 32 MiB"
+            f" ({limits.max_concurrent * MEMORY_UNIT}): every slot needs 32 MiB for its children",
+        )
 
     aud = _table(data, "audit", path)
     audit = AuditSettings(

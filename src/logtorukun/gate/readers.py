@@ -25,12 +25,16 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20  # forward reads and writes: large, so throughput is not per-line
 LINE_CAP = 1 << 20  # a partial line held longer than this goes out in pieces
 FIRST_BLOCK = 1 << 14  # backward scan: 16 KiB covers `tail -n 200` of typical logs
+# Reads of a tail's answer (at most max_bytes): a bridge runs up to 64 of them at once,
+# and each one waiting for the client to read holds one such piece (one DATA frame).
+TAIL_CHUNK = 1 << 16
 _MAX_BLOCK = 1 << 20
 _GZ_INPUT = 1 << 18
 
 __all__ = [
     "CHUNK",
     "LINE_CAP",
+    "TAIL_CHUNK",
     "LineBuffer",
     "copy_lines",
     "emit_span",
@@ -150,7 +154,14 @@ def _tail_start(
     return earliest, found
 
 
-def emit_span(fd: int, start: int, end: int, out: Output, max_lines: int | None = None) -> int:
+def emit_span(
+    fd: int,
+    start: int,
+    end: int,
+    out: Output,
+    max_lines: int | None = None,
+    chunk_size: int = CHUNK,
+) -> int:
     """Send `[start, end)` (which begins at a line start) as whole lines, in large writes.
 
     Returns how many lines were sent; stops quietly after `max_lines`. A line that could
@@ -160,16 +171,17 @@ def emit_span(fd: int, start: int, end: int, out: Output, max_lines: int | None 
     pos = start
     held = LineBuffer()
     # With a line limit, start small and grow: `-m 200` should not read a whole MiB.
-    size = CHUNK if max_lines is None else min(FIRST_BLOCK * 4, CHUNK)
+    size = chunk_size if max_lines is None else min(FIRST_BLOCK * 4, chunk_size)
     while pos < end:
         out.check_time()
         want = min(size, end - pos)
-        size = min(size * 2, CHUNK)
+        size = min(size * 2, chunk_size)
         data = os.pread(fd, want, pos)
         if len(data) < want:
             end = pos + len(data)  # the file shrank under us: send what there is
         pos += len(data)
         chunk = held.feed(data)
+        del data  # only `chunk` is held while a bridge stream waits for room to send it
         if pos >= end:
             chunk += held.take()
         if not chunk:
@@ -245,7 +257,7 @@ def tail_plain(fd: int, end: int, n: int, out: Output) -> None:
     room_bytes = out.max_bytes - out.bytes
     n_eff = min(n, room_lines)
     start, count = _tail_start(lambda ln, off: _pread_exact(fd, ln, off), end, n_eff, room_bytes)
-    emit_span(fd, start, end, out)
+    emit_span(fd, start, end, out, chunk_size=TAIL_CHUNK)
     if count < n and start > 0:
         raise limit_reached(out, "max_lines" if count == room_lines else "max_bytes")
 

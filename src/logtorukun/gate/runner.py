@@ -62,6 +62,9 @@ class Plan:
     needs_slot: bool = True
     fds: list[int] = field(default_factory=list)
     target: str = ""
+    # Address space for the children it starts: asked for (max_memory) by authorize,
+    # then what the worker's memory budget granted (slots.acquire), 0 if none.
+    memory: int = 0
 
     def close(self) -> None:
         for fd in self.fds:
@@ -108,7 +111,8 @@ def serve(
         if plan.needs_slot:
             from . import slots  # a quick request (tail, help) takes no slot: no import
 
-            slot = slots.acquire(ctx.policy.limits)
+            slot = slots.acquire(ctx.policy.limits, plan.memory)
+            plan.memory = slot.memory
         ctx.audit.write({**base, "event": "request", "decision": "allow", "target": plan.target})
     except GateError as exc:
         plan.close()
@@ -213,23 +217,29 @@ def authorize(req: Request, policy: Policy) -> Plan:
         argv = journal_argv(req, policy)
         secs = lim.follow_max_seconds if req.follow else lim.max_seconds
         env = {**_CHILD_ENV, "LC_ALL": "C.UTF-8", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
-        return Plan(
-            req,
-            lambda out: run_child(argv, None, out, seconds=secs, limits=policy, env=env),
-            target=f"unit:{req.unit}",
+        plan = Plan(req, lambda out: None, target=f"unit:{req.unit}", memory=lim.max_memory)
+        plan.run = lambda out: run_child(
+            argv, None, out, seconds=secs, limits=policy, memory=plan.memory, env=env
         )
+        return plan
     if isinstance(req, Docker):
         if req.container not in policy.containers:
             raise GateError(Exit.REFUSED, f"container {req.container!r} is not allowed")
         argv = docker_argv(req, policy)
         secs = lim.follow_max_seconds if req.follow else lim.max_seconds
-        return Plan(
-            req,
-            lambda out: run_child(
-                argv, None, out, seconds=secs, limits=policy, merge_stderr=True, go_runtime=True
-            ),
-            target=f"container:{req.container}",
+        plan = Plan(req, lambda out: None, target=f"container:{req.container}")
+        plan.memory = lim.max_memory
+        plan.run = lambda out: run_child(
+            argv,
+            None,
+            out,
+            seconds=secs,
+            limits=policy,
+            memory=plan.memory,
+            merge_stderr=True,
+            go_runtime=True,
         )
+        return plan
 
     rule, parts = policy.file_rule(req.path)
     fd = open_under(rule, parts, req.path)
@@ -324,6 +334,7 @@ def authorize(req: Request, policy: Policy) -> Plan:
         plan.run = lambda out: read_range(fd, since, until, out, max_lines=req.max_lines, gz=gz)
     else:
         argv = grep_argv(req, policy)
+        plan.memory = lim.max_memory
 
         def run_grep(out: Output) -> None:
             try:
@@ -333,6 +344,7 @@ def authorize(req: Request, policy: Policy) -> Plan:
                     out,
                     seconds=lim.max_seconds,
                     limits=policy,
+                    memory=plan.memory,
                     keep_last=req.tail,
                     gunzip=gz,
                 )
@@ -450,13 +462,17 @@ def run_child(
     *,
     seconds: float,
     limits: Policy,
+    memory: int,
     env: dict[str, str] | None = None,
     merge_stderr: bool = False,
     keep_last: int | None = None,
     gunzip: bool = False,
     go_runtime: bool = False,
 ) -> None:
-    """Stream a child's stdout as whole lines; kill it at the wall or CPU limit or on cancel."""
+    """Stream a child's stdout as whole lines; kill it at the wall or CPU limit or on cancel.
+
+    `memory`: the address space the children may use together (the request's grant from
+    the worker's memory budget); a gzip feeding grep gets `GZIP_MEMORY` of it."""
     import contextlib
     import subprocess
     import tempfile
@@ -464,7 +480,7 @@ def run_child(
 
     deadline = time.monotonic() + seconds
     cpu = max(1, int(limits.limits.max_seconds))
-    mem = limits.limits.max_memory
+    mem = memory - GZIP_MEMORY if gunzip else memory
     limit_child = _child_limits(cpu, mem, go=go_runtime)
     procs: list[subprocess.Popen[bytes]] = []
     errfile = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finally)
@@ -478,7 +494,7 @@ def run_child(
                 stderr=errfile,
                 env=_CHILD_ENV,
                 close_fds=True,
-                preexec_fn=limit_child,
+                preexec_fn=_child_limits(cpu, GZIP_MEMORY),
             )
             procs.append(unzip)
             src = unzip.stdout
@@ -555,9 +571,7 @@ def run_child(
             errfile.seek(0)
             text = errfile.read(4000).decode("utf-8", "replace")
             if failed.returncode in (-6, -11) or any(w in text.lower() for w in _OUT_OF_MEMORY):
-                raise LimitReached(
-                    f"stopped at the memory limit ({mem >> 20} MiB, max_memory in the policy)"
-                )
+                raise LimitReached(f"stopped at the memory limit ({_memory_why(memory, limits)})")
             msg = text.strip().splitlines()
             detail = msg[0] if msg else f"exit status {failed.returncode}"
             name = os.path.basename(str(failed.args[0]))  # type: ignore[index]
@@ -572,6 +586,19 @@ def run_child(
             if p.stdout is not None:
                 p.stdout.close()
         errfile.close()
+
+
+GZIP_MEMORY = 16 << 20  # gzip -dc needs under 4 MiB of address space
+
+
+def _memory_why(granted: int, policy: Policy) -> str:
+    lim = policy.limits
+    if granted >= lim.max_memory:
+        return f"{granted >> 20} MiB, max_memory in the policy"
+    return (
+        f"{granted >> 20} MiB: other requests' children hold the rest of max_total_memory,"
+        f" {lim.max_total_memory >> 20} MiB; try again shortly"
+    )
 
 
 # What a child prints when it hits RLIMIT_AS: grep "memory exhausted", gzip and libc

@@ -109,7 +109,7 @@ def create_app(
     see `Workers` (certificates for hosts whose config names no gate_command)."""
     settings = config.server
     audit = audit or AuditStore.from_settings(settings)
-    auth = auth or AuthStore(settings.store)
+    auth = auth or AuthStore(settings.store, busy_timeout=settings.busy_timeout)
     server = Server(
         config=config,
         audit=audit,

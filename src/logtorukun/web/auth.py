@@ -89,8 +89,15 @@ def parse_duration(text: str) -> float:
 class AuthStore:
     """Thread-safe access to the auth tables; one connection, short transactions."""
 
-    def __init__(self, path: str | os.PathLike[str], hasher: PasswordHasher | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        hasher: PasswordHasher | None = None,
+        *,
+        busy_timeout: float = 5.0,
+    ):
         self.path = Path(path)
+        self.busy_timeout = busy_timeout  # SQLite: how long a write waits for a lock
         self.hasher = hasher or PasswordHasher()
         # Verifying against this when the user does not exist costs the same time as a
         # real check, so response time does not tell which user names exist.
@@ -128,7 +135,10 @@ class AuthStore:
             raise AuthError(f"{self.path}: the user database is not there (moved or deleted)")
         try:
             db = sqlite3.connect(
-                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
             )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

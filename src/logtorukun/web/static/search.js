@@ -79,8 +79,8 @@
         ...c.hosts.flatMap((h) => [viewLink(h, "container", c.name), " "])]),
       n ? null : el("p", { class: "muted", text: "No source you may read on these hosts." }),
     ].filter(Boolean));
-    if (!pathTouched && !$("path").value && doc.default) $("path").value = doc.default;
-    if (!doc.default && !$("path").value) $("path").placeholder = "no file you may search on these hosts";
+    if (!pathTouched) $("path").value = doc.default || "";  // other hosts, other default
+    $("path").placeholder = doc.default ? "e.g. " + doc.default : "no file you may search on these hosts";
   }
 
   // ------------------------------------------------------------ results

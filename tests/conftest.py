@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,25 +113,27 @@ def make_worker() -> Iterator[MakeWorker]:
             w.destroy()
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Postgres]:
+@contextlib.contextmanager
+def _running_postgres() -> Iterator[Postgres]:
     pg = Postgres()
     try:
         pg.start()
         yield pg
     finally:
         pg.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Postgres]:
+    with _running_postgres() as pg:
+        yield pg
 
 
 @pytest.fixture
 def own_pg() -> Iterator[Postgres]:
     """A PostgreSQL of this test's own, to stop and start."""
-    pg = Postgres()
-    try:
-        pg.start()
+    with _running_postgres() as pg:
         yield pg
-    finally:
-        pg.destroy()
 
 
 _databases = itertools.count(1)

@@ -13,12 +13,7 @@ from logtorukun.audit import AuditStore
 
 from .test_store import fill, swap_sql, tamper
 
-
-@pytest.fixture(autouse=True)
-def only_audit_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Other parts' subcommands are not under test here."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("logtorukun.cli.audit_trail",))
-    monkeypatch.delenv("LOGTORUKUN_CONFIG", raising=False)
+pytestmark = pytest.mark.usefixtures("only_audit_commands")
 
 
 @pytest.fixture

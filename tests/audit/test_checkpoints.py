@@ -18,11 +18,7 @@ from logtorukun.audit.verify import parse_checkpoints
 
 from .test_store import fill, tamper
 
-
-@pytest.fixture(autouse=True)
-def only_audit_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("logtorukun.cli.audit_trail",))
-    monkeypatch.delenv("LOGTORUKUN_CONFIG", raising=False)
+pytestmark = pytest.mark.usefixtures("only_audit_commands")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from logtorukun.ops.system import die_with_parent, free_port, run
@@ -70,12 +71,8 @@ class Postgres:
             self.sock.mkdir()
             os.chown(self.dir, self.pw.pw_uid, self.pw.pw_gid)
             os.chown(self.sock, self.pw.pw_uid, self.pw.pw_gid)
-            self._as_user(
-                [pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust"],
-                "-E",
-                "UTF8",
-                "--no-sync",
-            )
+            # A copy of one initdb per process: a fresh cluster in a fraction of the time.
+            self._as_user(["/bin/cp", "-a", str(_template(self._as_user)), str(self.data)])
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
@@ -216,6 +213,29 @@ class Postgres:
 
 _LIVE: set[Postgres] = set()
 _LOCK = threading.Lock()
+_TEMPLATE: Path | None = None
+
+
+def _template(as_user: Callable[..., None]) -> Path:
+    """A data directory made by `initdb` once per process (removed at exit); clusters
+    are copies of it, never started themselves."""
+    global _TEMPLATE
+    with _LOCK:
+        if _TEMPLATE is None:
+            parent = Path(tempfile.mkdtemp(prefix="logtorukun-test-pg-template-"))
+            atexit.register(shutil.rmtree, parent, True)
+            pw = ensure_pg_user()
+            parent.chmod(0o755)
+            os.chown(parent, pw.pw_uid, pw.pw_gid)
+            data = parent / "data"
+            as_user(
+                [pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
+            _TEMPLATE = data
+        return _TEMPLATE
 
 
 def _stop_all() -> None:

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, running, write_config
+from tests.web.support import LiveServer, new_page, running, write_config
 
 XSS_LINES = [
     "<img src=x onerror=alert(1)>",
@@ -81,8 +81,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
+    """One Chromium for the session (started by the first test that needs it); each
+    test gets a context of its own (`new_page`), which shares nothing with another."""
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:
@@ -93,13 +95,8 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = ctx.new_page()
-    pg.set_default_timeout(15000)
-    try:
+    with new_page(browser) as pg:
         yield pg
-    finally:
-        ctx.close()
 
 
 @pytest.fixture

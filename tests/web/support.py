@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from argon2 import PasswordHasher
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from logtorukun.audit import AuditStore
 from logtorukun.audit.records import AuditRecord, AuditRef
@@ -344,6 +345,32 @@ def served(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+@contextlib.contextmanager
+def own_log(worker: Worker, request: pytest.FixtureRequest, text: str) -> Iterator[Path]:
+    """A log file of this test's own on `worker` (named after the test) holding `text`,
+    removed afterwards."""
+    path = worker.root / f"{request.node.name[:40]}.log"
+    path.write_text(text)
+    path.chmod(0o644)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def new_page(browser: Browser, **context: Any) -> Iterator[Page]:
+    """A page in a browser context of its own (1280x800 unless `context` says otherwise;
+    any other `Browser.new_context` option too), closed with its context."""
+    ctx = browser.new_context(**{"viewport": {"width": 1280, "height": 800}, **context})
+    pg = ctx.new_page()
+    pg.set_default_timeout(15000)
+    try:
+        yield pg
+    finally:
+        ctx.close()
 
 
 def sign_in(page: Page, live: LiveServer, user: str, next_url: str = "/") -> None:

@@ -10,7 +10,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,19 +20,16 @@ import pytest
 
 from logtorukun.audit import AuditStore
 from tests.support.sshd import Worker
-from tests.web.support import PASSWORD, LiveServer, free_port, login, running, write_config
-
-PY = sys.executable
-
-
-def cli(*args: str, config: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "logtorukun", "--config", str(config), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.web.support import (
+    PASSWORD,
+    PY,
+    LiveServer,
+    cli,
+    free_port,
+    login,
+    running,
+    write_config,
+)
 
 
 def test_every_kind_of_action_is_recorded(live: LiveServer, web_worker: Worker) -> None:

@@ -15,7 +15,7 @@ from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-unt
 from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, sign_in
+from tests.web.support import LiveServer, new_page, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -46,13 +46,8 @@ def pages(w: Worker) -> list[tuple[str, str, str]]:
 
 @pytest.fixture(params=["light", "dark"])
 def phone(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    ctx = browser.new_context(viewport=PHONE, color_scheme=request.param)
-    pg = ctx.new_page()
-    pg.set_default_timeout(15000)
-    try:
+    with new_page(browser, viewport=PHONE, color_scheme=request.param) as pg:
         yield pg
-    finally:
-        ctx.close()
 
 
 def open_page(page: Page, live: LiveServer, user: str, path: str, ready: str) -> None:

@@ -5,7 +5,6 @@ real `logtorukun serve` and a real sshd worker; the viewer's notice in Chromium.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import queue
 import threading
@@ -20,7 +19,7 @@ from playwright.sync_api import Page, expect
 
 from logtorukun.audit import AuditStore
 from tests.support.sshd import Worker
-from tests.web.support import Served, cli, running, served, sign_in, write_config
+from tests.web.support import Served, cli, own_log, running, served, sign_in, write_config
 
 RECHECK = 0.5  # [server] follow_recheck_seconds for these tests
 DEADLINE = 5.0  # the bound, with the default of 5 s
@@ -76,12 +75,8 @@ def append(path: Path, text: str) -> None:
 
 @pytest.fixture
 def log(web_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Path]:
-    path = web_worker.root / f"revoke-{request.node.name[:30]}.log"
-    path.write_text("2024-12-17 14:00:00 INFO first\n")
-    path.chmod(0o644)
-    yield path
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    with own_log(web_worker, request, "2024-12-17 14:00:00 INFO first\n") as path:
+        yield path
 
 
 def _ended_by(srv: Served, log: Path, c: httpx.Client, revoke: Callable[[], object]) -> str:

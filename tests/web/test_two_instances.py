@@ -23,7 +23,7 @@ from logtorukun.audit.store import AuditStore
 from logtorukun.ops.system import die_with_parent
 from logtorukun.web.auth import AuthStore
 from tests.support.sshd import Worker
-from tests.web.support import FAST_HASHER, PASSWORD, USERS, free_port, login, write_config
+from tests.web.support import FAST_HASHER, PASSWORD, USERS, cli, free_port, login, write_config
 from tests.web.test_access_matrix import CAPS, HOSTS, expected, refusal, request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,17 +46,6 @@ class Instance:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "logtorukun", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
 
 
 def serve(directory: Path, worker: Worker, database: str, **settings: object) -> Instance:
@@ -154,7 +143,7 @@ def test_access_matrix_and_audit_through_either_instance(
             c.close()
     assert cells == len(USERS) * len(HOSTS) * len(sources) * len(CAPS)
     assert not wrong, "\n".join(wrong)
-    done = cli(pair[0].config, "audit", "verify")
+    done = cli("audit", "verify", config=pair[0].config)
     assert done.returncode == 0 and done.stdout.startswith("audit chain OK"), done.stderr
     with AuditStore(pg_url, readonly=True) as store:
         kinds = ("read", "follow_start", "refused")
@@ -178,12 +167,12 @@ def test_sign_out_and_revocation_reach_the_other_instance(
         csrf = me.json()["csrf"]
         assert ca.post("/logout", data={"csrf": csrf}).status_code in (200, 303)
         assert cb.get("/api/me").status_code == 401
-    token = cli(a.config, "token", "create", "olivia").stdout.strip().split()[-1]
+    token = cli("token", "create", "olivia", config=a.config).stdout.strip().split()[-1]
     assert token.startswith("ltk_")
     auth = {"authorization": f"Bearer {token}"}
     with a.client(headers=auth) as ca, b.client(headers=auth) as cb:
         assert ca.get("/api/me").status_code == 200 and cb.get("/api/me").status_code == 200
-        revoked = cli(b.config, "token", "revoke", token)
+        revoked = cli("token", "revoke", token, config=b.config)
         assert revoked.returncode == 0, revoked.stderr
         for c in (ca, cb):
             r = c.get("/api/me")
@@ -245,7 +234,7 @@ def test_four_writers_on_two_instances_append_5000_records_in_one_chain(
     token = new_token(pg_url)
     answered = _run_burst(pair, token, 1250, kill_after=None)
     assert len(answered) == 5000
-    done = cli(a.config, "audit", "verify")
+    done = cli("audit", "verify", config=a.config)
     assert done.returncode == 0, done.stdout + done.stderr
     with AuditStore(pg_url, readonly=True) as store:
         hosts = [r.host or "" for r in store.iter_records() if r.event == "refused"]
@@ -273,7 +262,7 @@ def test_kill_9_mid_burst_keeps_the_chain_and_every_answer_recorded(
     assert report.ok, report.summary()
     missing = set(answered) - hosts
     assert not missing, f"{len(missing)} answered requests have no audit record"
-    done = cli(b.config, "audit", "verify")
+    done = cli("audit", "verify", config=b.config)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -324,7 +313,7 @@ def test_a_token_revoked_on_one_instance_ends_its_follow_on_the_other(
             assert r.status_code == 200
             lines = r.iter_lines()
             assert next(lines) == "retry: 3000" and next(lines) == "event: ready"
-            assert cli(b.config, "token", "revoke", token).returncode == 0
+            assert cli("token", "revoke", token, config=b.config).returncode == 0
             deadline = time.monotonic() + 60  # heartbeats keep the loop moving
             events = []
             for line in lines:  # until A ends the follow

@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from tests.client.helpers import gate_pids
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, sign_in
+from tests.web.support import LiveServer, own_log, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -22,12 +22,9 @@ pytestmark = pytest.mark.browser
 @pytest.fixture
 def log(web_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A log of this test's own, with three lines."""
-    path = web_worker.root / f"{request.node.name[:40]}.log"
-    path.write_text("".join(f"2024-12-17 14:00:0{i} INFO start {i}\n" for i in range(3)))
-    path.chmod(0o644)
-    yield path
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    text = "".join(f"2024-12-17 14:00:0{i} INFO start {i}\n" for i in range(3))
+    with own_log(web_worker, request, text) as path:
+        yield path
 
 
 def append(path: Path, lines: list[str]) -> None:

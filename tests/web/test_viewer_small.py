@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,30 +10,21 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, sign_in
+from tests.web.support import LiveServer, new_page, own_log, sign_in
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 def one(web_worker: Worker, request: pytest.FixtureRequest) -> Iterator[Path]:
-    path = web_worker.root / f"{request.node.name[:40]}.log"
-    path.write_text("2024-12-17 14:00:00 INFO the only line\n")
-    path.chmod(0o644)
-    yield path
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    with own_log(web_worker, request, "2024-12-17 14:00:00 INFO the only line\n") as path:
+        yield path
 
 
 @pytest.fixture
 def tokyo(browser: Browser) -> Iterator[Page]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, timezone_id="Asia/Tokyo")
-    pg = ctx.new_page()
-    pg.set_default_timeout(15000)
-    try:
+    with new_page(browser, timezone_id="Asia/Tokyo") as pg:
         yield pg
-    finally:
-        ctx.close()
 
 
 def test_one_line_local_time_and_settings_kept(tokyo: Page, live: LiveServer, one: Path) -> None:

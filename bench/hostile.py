@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.hostile [--requests 300] [--rounds 1]
 
 One real sshd worker with the default limits (max_memory 256 MiB, max_total_memory
-512 MiB, max_seconds 30, max_concurrent 8, session_buffer 32 MiB). The normal reader is
+512 MiB, max_seconds 30, max_concurrent 8, session_buffer 8 MiB). The normal reader is
 one bridge session doing `tail -n 200` of an 800-line log, one request at a time. It is
 measured alone, then while 20 threads keep hostile requests going, each class of
 tests/gate/test_hostile.py in turn: a grep that outgrows max_memory, a 128 MiB line

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from logtorukun.ops.demo import READY
+from logtorukun.ops.demo import READY, LogWriter
 from logtorukun.ops.system import alive, descendants, free_port, kill_tree
 from tests.support.sshd import ensure_prerequisites
 
@@ -200,3 +200,42 @@ def _run_once(state: Path) -> None:
 def test_demo_runs_serves_and_stops_cleanly_twice(demo_dir: Path) -> None:
     _run_once(demo_dir)
     _run_once(demo_dir)  # running it twice works: same keys and users, new passwords
+
+
+def test_rotation_never_leaves_app_log_missing_empty_or_linked(tmp_path: Path) -> None:
+    """The gate refuses a file with two links, so a rotation by hard link made app.log
+    unreadable for an instant (the demo's search suggestions came back empty)."""
+    app = tmp_path / "app.log"
+    app.write_text("2024-12-17 14:00:00 INFO first\n")
+    writer = LogWriter(tmp_path, interval=1, rotate_every=1)
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                st = app.stat()
+            except FileNotFoundError:
+                seen.append("missing")
+                continue
+            if st.st_nlink != 1 or st.st_size == 0:
+                seen.append(f"links={st.st_nlink} size={st.st_size}")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        inodes = []
+        for i in range(300):
+            inodes.append(app.stat().st_ino)
+            writer.rotate(f"2024-12-17 14:00:01 INFO line {i}\n")
+            # the inode that was app.log is app.log.1 now, with its lines
+            assert (tmp_path / "app.log.1").stat().st_ino == inodes[-1]
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert not seen, seen[:5]
+    assert app.read_text() == "2024-12-17 14:00:01 INFO line 299\n"
+    assert (tmp_path / "app.log.1").read_text() == "2024-12-17 14:00:01 INFO line 298\n"
+    with gzip.open(tmp_path / "app.log.2.gz", "rt") as gz:
+        assert gz.read() == "2024-12-17 14:00:01 INFO line 297\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.log", "app.log.1", "app.log.2.gz"]

@@ -81,10 +81,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One Chromium for the session (started by the first test that needs it); each
-    test gets a context of its own (`new_page`), which shares nothing with another."""
+    """One Chromium per module; each test gets a context of its own (`new_page`). Not
+    per session: Playwright's sync API can leave its event loop marked running between
+    calls, and the async tests of a later module then cannot start theirs."""
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         try:

@@ -99,9 +99,9 @@ class LogWriter(threading.Thread):
             self.error = exc
 
     def rotate(self, first_line: str) -> None:
-        """Rotate so that app.log never vanishes and is never empty: a reader at any
-        instant finds a file with at least one line (a rename-and-create rotation with
-        the new file's first line already in it)."""
+        """Rotate so that app.log never vanishes, is never empty and never has a second
+        link: a reader at any instant finds a file with at least one line that the gate
+        will open (a rename-and-create rotation with the new file's first line in it)."""
         app, one = self.root / "app.log", self.root / "app.log.1"
         if one.exists():
             data = gzip.compress(one.read_bytes())
@@ -109,16 +109,17 @@ class LogWriter(threading.Thread):
             tmp.write_bytes(data)
             tmp.chmod(0o644)
             tmp.replace(self.root / "app.log.2.gz")
-        # app.log.1 becomes the current inode (a hard link, then a rename over the old
-        # .1), then a new app.log with one line replaces the name in one rename.
-        linked = self.root / ".app.log.1.tmp"
-        linked.unlink(missing_ok=True)
-        os.link(app, linked)
-        linked.replace(one)
+        # The new app.log (one line) and the current inode swap names in one step, then
+        # the current inode becomes app.log.1. No hard link: the gate refuses a file with
+        # two links, so a linked app.log would be unreadable for that instant.
         fresh = self.root / ".app.log.tmp"
         fresh.write_text(first_line)
         fresh.chmod(0o644)
-        fresh.replace(app)
+        if system.exchange(fresh, app):
+            fresh.replace(one)
+        else:  # no renameat2: app.log is missing for an instant
+            app.replace(one)
+            fresh.replace(app)
 
     def stop(self) -> None:
         self.stop_event.set()

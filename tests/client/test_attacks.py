@@ -182,4 +182,6 @@ async def test_symlink_swapped_in_a_loop_during_1000_bridge_requests(traps: Work
         for p in (target, r / ".swap0", r / ".swap1"):
             p.unlink(missing_ok=True)
     assert sum(outcomes.values()) == 1000
-    assert set(outcomes) <= {0, 3, 4} and outcomes.get(0) and outcomes.get(3), outcomes
+    # 6: `cat` takes a concurrency slot (docs/gate.md), and 250 at once on a loaded
+    # machine can find all of them taken: refused before anything is read.
+    assert set(outcomes) <= {0, 3, 4, 6} and outcomes.get(0) and outcomes.get(3), outcomes

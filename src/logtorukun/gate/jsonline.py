@@ -41,14 +41,8 @@ def string(text: str) -> str:
 def _key(key: object) -> str:
     if isinstance(key, str):
         return string(key)
-    if key is True:
-        return '"true"'
-    if key is False:
-        return '"false"'
-    if key is None:
-        return '"null"'
-    if isinstance(key, int | float):
-        return f'"{_number(key)}"'
+    if key is None or isinstance(key, int | float):  # bool is an int
+        return f'"{encode(key)}"'
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 

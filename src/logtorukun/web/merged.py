@@ -187,6 +187,22 @@ def _via(ctx: Ctx, p: Pick) -> dict[str, Any]:
     return {"user": ctx.name, "audit": p.ref.seq}
 
 
+def _fail_all(
+    server: Server,
+    parent: AuditRef,
+    picks: list[Pick],
+    status: int,
+    why: str,
+    event: str = "read_end",
+) -> ApiError:
+    """A merged request refused after `pick`: every source's record and its own end."""
+    for p in picks:
+        assert p.ref is not None
+        server.finish(p.ref, event, {"status": status, "error": why})
+    server.finish(parent, event, {"status": status, "error": why})
+    return ApiError(status, why)
+
+
 async def _read_all(
     server: Server, ctx: Ctx, picks: list[Pick], specs: list[ReadSpec], limit: int
 ) -> list[list[str]]:
@@ -299,24 +315,10 @@ async def merged_tail(
     ctx, parent, picks = pick(
         server, request, action="tail", specs=src, capability=TAIL, params=params
     )
-    specs: list[ReadSpec] = []
     try:
-        for p in picks:
-            kind = p.source.kind
-            s = times.for_source("since", since, kind) if since else None
-            u = times.for_source("until", until, kind) if until else None
-            verb = "range" if kind == "file" and (s or u) else "tail"
-            specs.append(
-                ReadSpec(
-                    verb, p.source, lines=lines, since=s or ("1970-01-01" if u else None), until=u
-                )
-            )
+        specs = [ReadSpec.last(p.source, lines, since, until) for p in picks]
     except times.BadTime as exc:
-        for p in picks:
-            assert p.ref is not None
-            server.finish(p.ref, "read_end", {"status": 422, "error": str(exc)})
-        server.finish(parent, "read_end", {"status": 422, "error": str(exc)})
-        raise ApiError(422, str(exc)) from None
+        raise _fail_all(server, parent, picks, 422, str(exc)) from None
     per_source = await _read_all(server, ctx, picks, specs, lines)
     keep: Literal["last", "first"] = "first" if since or until else "last"
     return await _answer(server, parent, picks, per_source, "tail", lines, keep, started)
@@ -349,11 +351,7 @@ async def merged_grep(
     )
 
     def fail(status: int, why: str) -> ApiError:
-        for p in picks:
-            assert p.ref is not None
-            server.finish(p.ref, "read_end", {"status": status, "error": why})
-        server.finish(parent, "read_end", {"status": status, "error": why})
-        return ApiError(status, why)
+        return _fail_all(server, parent, picks, status, why)
 
     for p in picks:
         why = ReadSpec.unsearchable(p.source, invert)
@@ -439,22 +437,18 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
     assert ctx.user is not None
     user = ctx.user.name
 
-    def fail(status: int, why: str, refs: list[Pick]) -> ApiError:
-        for p in refs:
-            assert p.ref is not None
-            server.finish(p.ref, "follow_end", {"status": status, "error": why})
-        server.finish(parent, "follow_end", {"status": status, "error": why})
-        return ApiError(status, why)
+    def fail(status: int, why: str) -> ApiError:
+        return _fail_all(server, parent, picks, status, why, "follow_end")
 
     try:
         starts = _starts(picks, from_)
     except ValueError as exc:
-        raise fail(422, str(exc), picks) from None
+        raise fail(422, str(exc)) from None
     cap = server.config.server.max_follows_per_user
     slot = hub.shared.take(user, cap) if hub.shared is not None else None
     if hub.per_user.get(user, 0) >= cap or (hub.shared is not None and slot is None):
         hub.release(slot)
-        raise fail(429, f"at most {cap} live follows per user; close one first", picks)
+        raise fail(429, f"at most {cap} live follows per user; close one first")
     hub.per_user[user] = hub.per_user.get(user, 0) + 1
     wake = asyncio.Event()
     viewers: list[Viewer] = []
@@ -475,7 +469,7 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
         hub.per_user[user] -= 1
         hub.release(slot)
         with contextlib.suppress(ApiError):
-            fail(499, "the client went away before the follow started", picks)
+            fail(499, "the client went away before the follow started")
         raise
     bug = next((t.exception() for t in tasks if _unexpected(t.exception())), None)
     if bug is not None:  # not a worker's refusal: give back what was taken, then raise
@@ -483,7 +477,7 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
         hub.per_user[user] -= 1
         hub.release(slot)
         with contextlib.suppress(ApiError):
-            fail(500, f"internal error: {bug!r}", picks)
+            fail(500, f"internal error: {bug!r}")
         raise bug
     ups: dict[int, Upstream] = {}
     failed: list[dict[str, Any]] = []

@@ -10,6 +10,9 @@
 
   let sources = [];          // "HOST:SOURCE" labels, in the order chosen (= colour)
   let positions = {};        // source index -> "INO:OFF:TAG" where its follow goes on
+  // Paging back: source index -> "INO:OFF:FILE" where its shown lines begin (files only;
+  // gone when it has nothing older); `unpaged`: the sources that do not page back.
+  const hist = { at: {}, unpaged: [] };
 
   // "web1:/var/log/app.log" -> "web1 app.log" (the whole label is the tooltip)
   function shortLabel(label) {
@@ -39,7 +42,14 @@
     },
     loaded(data) {
       positions = {};
-      data.sources.forEach((s, i) => { if (s.pos) positions[i] = s.pos; });
+      hist.at = {};
+      hist.unpaged = [];
+      data.sources.forEach((s, i) => {
+        if (s.pos) positions[i] = s.pos;
+        if (s.start) hist.at[i] = s.start + ":" + s.source;
+        else if (data.action === "tail") hist.unpaged.push(i);
+      });
+      if (!Object.keys(hist.at).length) hist.unpaged = [];
       return {
         items: data.lines.map((line, k) => ({ line, src: data.src[k] })),
         summary: LTK.plural(data.count, data.action === "grep" ? "matching line" : "line") +
@@ -57,9 +67,45 @@
     endReason: (data) => sources[data.src] + ": " + data.reason,
     following: () => LTK.plural(sources.length, "source"),
     followNote: " (in the order they arrive)",
-    older: () => null,
+    older: () => (Object.keys(hist.at).length ? pageBack() : null),
     chip,
   });
+
+  // The merged page before the top row (merged_history.py): each source with a cursor
+  // gives its lines before it, the server merges; a marker after a source's last line
+  // from an older file, and where a source has nothing older.
+  async function pageBack() {
+    const idx = Object.keys(hist.at).map(Number);
+    const q = new URLSearchParams();
+    for (const i of idx) { q.append("src", sources[i]); q.append("at", hist.at[i]); }
+    q.set("lines", v.inputs.lines.value || "200");
+    let data;
+    try {
+      data = await LTK.api("/api/merged/history?" + q);
+    } catch (e) {
+      hist.at = {};
+      throw e;
+    }
+    const items = data.lines.map((line, k) => ({ line, src: idx[data.src[k]] }));
+    const ends = [];
+    data.sources.forEach((s, j) => {
+      const i = idx[j];
+      const file = hist.at[i].split(":").slice(2).join(":");
+      if (s.older) {
+        let last = -1;
+        items.forEach((it, k) => { if (it.src === i) last = k; });
+        items.splice(last + 1, 0, { src: i, gap: "above: " + s.older + " (older) · below: " + file });
+      }
+      if (s.at) hist.at[i] = s.at;
+      else {
+        delete hist.at[i];
+        ends.push({ src: i, gap: s.error ? "paging back stopped: " + s.error : "the beginning: no older file of this log" });
+      }
+    });
+    for (const i of hist.unpaged) ends.push({ src: i, gap: "not paged back: only files have older pages" });
+    hist.unpaged = [];
+    return v.keep(items).concat(ends);
+  }
 
   // ------------------------------------------------------------------ choosing sources
 

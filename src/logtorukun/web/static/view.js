@@ -62,7 +62,7 @@
         hist.start = null;
         return [{ gap: "the beginning: no older file of this log" }];
       }
-      const items = v.keep(data.lines).map((line) => ({ line }));
+      const items = v.keep(data.lines.map((line) => ({ line })));
       if (data.path !== hist.path) items.push({ gap: "above: " + data.path + " (older) · below: " + hist.path });
       hist.path = data.path;
       hist.start = data.start;

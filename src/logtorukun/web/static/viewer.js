@@ -148,13 +148,18 @@ const LogViewer = (() => {
       if (!shown.length) log.append(LTK.el("div", { class: "empty", text: "No lines." }));
     }
 
-    // A follow's lines as a search would show them (the worker does not filter a follow).
-    function keep(lines) {
-      if (!inputs.pattern.value || inputs.mark.checked) return lines;
+    // Followed or paged-back items as a search would show them (the worker does not
+    // filter a follow or a page back); markers stay.
+    function keep(items) {
+      if (!inputs.pattern.value || inputs.mark.checked) return items;
       const m = matcher();
-      if (!m) return lines;
+      if (!m) return items;
       const want = !inputs.invert.checked;
-      return lines.filter((l) => { m.lastIndex = 0; return m.test(l) === want; });
+      return items.filter((it) => {
+        if (it.gap !== undefined) return true;
+        m.lastIndex = 0;
+        return m.test(it.line) === want;
+      });
     }
 
     function appendItems(items) {
@@ -329,7 +334,7 @@ const LogViewer = (() => {
             if (hooks.ready) receive(hooks.ready(data));
             status.textContent = statusFollow();
           } else if (ev.event === "lines") {
-            const items = keep(data.lines).map((line) => ({ src: data.src, line }));
+            const items = keep(data.lines.map((line) => ({ src: data.src, line })));
             if (data.dropped) {
               items.unshift({ src: data.src, gap: data.dropped + " lines skipped: this browser fell behind the log" });
             }

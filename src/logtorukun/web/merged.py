@@ -196,7 +196,7 @@ def _via(ctx: Ctx, p: Pick) -> dict[str, Any]:
     return {"user": ctx.name, "audit": p.ref.seq}
 
 
-def _fail_all(
+def fail_picks(
     server: Server,
     parent: AuditRef,
     picks: list[Pick],
@@ -362,7 +362,7 @@ async def merged_tail(
     try:
         specs = [ReadSpec.last(p.source, lines, since, until) for p in picks]
     except times.BadTime as exc:
-        raise _fail_all(server, parent, picks, 422, str(exc)) from None
+        raise fail_picks(server, parent, picks, 422, str(exc)) from None
     per_source = await _read_all(server, ctx, picks, specs, lines)
     keep: Literal["last", "first"] = "first" if since or until else "last"
     return await _answer(server, parent, picks, per_source, "tail", lines, keep, started, download)
@@ -402,7 +402,7 @@ async def merged_grep(
     )
 
     def fail(status: int, why: str) -> ApiError:
-        return _fail_all(server, parent, picks, status, why)
+        return fail_picks(server, parent, picks, status, why)
 
     for p in picks:
         why = ReadSpec.unsearchable(p.source, invert)
@@ -489,7 +489,7 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
     user = ctx.user.name
 
     def fail(status: int, why: str) -> ApiError:
-        return _fail_all(server, parent, picks, status, why, "follow_end")
+        return fail_picks(server, parent, picks, status, why, "follow_end")
 
     try:
         starts = _starts(picks, from_)

@@ -42,7 +42,7 @@ from .context import ApiError, Ctx, Server
 from .fanout import BATCH_SECONDS, Viewer, render
 from .guard import has_control, server_of
 from .history import line_start
-from .merge import MAX_SOURCES, merge
+from .merge import MAX_SOURCES, host_source, merge
 from .patterns import BadPattern
 from .recheck import Credential
 from .sse import FollowHub, Upstream
@@ -82,12 +82,10 @@ class Pick:
 
 def _parse(spec: str) -> tuple[str, Source]:
     """`HOST:SOURCE` -> (host name, source); BadSource names what is wrong."""
-    host, sep, key = spec.partition(":")
-    if not sep or not host or not key:
-        raise BadSource(
-            f"src: {spec[:100]!r} is not HOST:SOURCE (web1:/var/log/app.log, "
-            "web1:unit:nginx.service, web1:container:api)"
-        )
+    try:
+        host, key = host_source(spec)
+    except ValueError as exc:
+        raise BadSource(f"src: {exc}") from None
     try:
         return host, Source.parse(key)
     except BadSource as exc:

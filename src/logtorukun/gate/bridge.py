@@ -25,7 +25,7 @@ from . import GATE_VERSION, grammar
 from .audit import now_iso
 from .cancel import CancelFlag
 from .errors import Exit, GateError
-from .output import LimitReached, Output
+from .output import PIPE_SIZE, LimitReached, Output, widen_pipe
 from .protocol import (
     CANCEL,
     CREDIT,
@@ -87,6 +87,7 @@ class _Writer:
         self.lock = threading.Lock()
         self.broken = False
         self._spare: tuple[int, int] | None = None  # (read, write) ends: see splice_data
+        self.widened = False  # stdout's pipe made larger for a long stream (widen_pipe)
 
     def close(self) -> None:
         """Close the splice pipe, if there is one (the session's stdout is not ours)."""
@@ -204,6 +205,9 @@ class _ServedStream:
     def send_file(self, fd: int, offset: int, count: int) -> int:
         """`Output`'s sendfile: `count` bytes of file `fd` as DATA frames within the
         credit; fewer if the file shrank; -1 if the system cannot splice."""
+        if count >= PIPE_SIZE and not self.writer.widened:
+            self.writer.widened = True
+            widen_pipe(self.writer.fd)
         sent = 0
         while sent < count:
             with self.cond:

@@ -26,7 +26,8 @@ import zipfile
 from pathlib import Path
 
 from bench._logs import make_log
-from logtorukun.ops.bundle import GATE_ENTRY, build_gate
+from logtorukun.ops.bundle import GATE_ENTRY
+from logtorukun.ops.gate_install import build_gate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-startup.md"
 PY = "/usr/bin/python3"

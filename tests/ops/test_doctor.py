@@ -29,6 +29,7 @@ HOST_CHECKS = {
     "key forced to the gate",
     "injection refused",
     "file outside policy refused",
+    doctor.INSTALL_CHECK,
     *ESCAPE_CHECKS,
 }
 # The key as `worker setup --from 127.0.0.1` installs it: doctor's probe from 127.0.0.2

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from .access import TAIL
 from .api import Lines, PathQ, json_bytes, worker_failed
 from .context import ApiError
-from .guard import begin, server_of, via
+from .guard import Allowed, begin, server_of, via
 from .workers import ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -34,23 +34,39 @@ BeforeQ = Annotated[
 _ROTATED = re.compile(r"(?:[.-][0-9]{1,14})?(?:\.gz)?")
 
 
-def older_file(path: str, files: list[dict[str, Any]]) -> str | None:
-    """The next older file of the same log as `path` among the worker's `sources` files."""
+def same_log(path: str, other: str) -> bool:
+    """Whether `other` is `path` or one of its rotated files (`app.log.1`, `.2.gz`, ...)."""
     directory, name = posixpath.split(path)
     base = re.sub(r"(?:[.-][0-9]{1,14})?(?:\.gz)?$", "", name)
-    family = [
-        f
-        for f in files
-        if posixpath.dirname(f["path"]) == directory
-        and posixpath.basename(f["path"]).startswith(base)
-        and _ROTATED.fullmatch(posixpath.basename(f["path"])[len(base) :])
-    ]
+    other_dir, other_name = posixpath.split(other)
+    return (
+        other_dir == directory
+        and other_name.startswith(base)
+        and _ROTATED.fullmatch(other_name[len(base) :]) is not None
+    )
+
+
+def older_file(path: str, files: list[dict[str, Any]]) -> str | None:
+    """The next older file of the same log as `path` among the worker's `sources` files."""
+    family = [f for f in files if same_log(path, f["path"])]
     family.sort(key=lambda f: (-float(f.get("mtime", 0)), f["path"]))
     names = [f["path"] for f in family]
     if path not in names:
         return None
     i = names.index(path)
     return names[i + 1] if i + 1 < len(names) else None
+
+
+def line_start(data: bytes, skip: int) -> int:
+    """The offset in `data` of its line number `skip` (from 0): the bytes of the lines
+    before it, each with its newline (lines are counted as `split_lines` counts them)."""
+    at = 0
+    for _ in range(skip):
+        nl = data.find(b"\n", at)
+        if nl < 0:
+            return len(data)
+        at = nl + 1
+    return at
 
 
 @router.get("/hosts/{host}/history", summary="a page of a file's history, paging back")
@@ -72,16 +88,21 @@ async def history(
     if before is not None:
         ino, off = (int(x) for x in before.split(":"))
         at = (ino, off)
-    if at is not None and at[1] == 0:  # the start of a file: the older file's end
-        a0 = begin(
+
+    def begin_page(file: str, before: str | None) -> Allowed:
+        """The audited start of one request to the worker for this page."""
+        return begin(
             server,
             request,
             action="history",
             host=host,
             capability=TAIL,
             params={"before": before, "lines": lines},
-            source={"path": path, "unit": None, "container": None},
+            source={"path": file, "unit": None, "container": None},
         )
+
+    if at is not None and at[1] == 0:  # the start of a file: the older file's end
+        a0 = begin_page(path, before)
         try:
             listing = await server.workers.sources(a0.host, via(a0))
         except WorkerError as exc:
@@ -92,15 +113,7 @@ async def history(
         if older is None:
             return _reply({"host": host, "path": None, "lines": [], "start": None})
         target, at = older, None
-    a = begin(
-        server,
-        request,
-        action="history",
-        host=host,
-        capability=TAIL,
-        params={"before": f"{at[0]}:{at[1]}" if at else None, "lines": lines},
-        source={"path": target, "unit": None, "container": None},
-    )
+    a = begin_page(target, f"{at[0]}:{at[1]}" if at else None)
     assert a.source is not None
     spec = ReadSpec("tail", a.source, lines=lines, before=at)
     try:

@@ -27,7 +27,7 @@ from logtorukun.cli import main
 from logtorukun.gate import GATE_VERSION
 from logtorukun.ops import bundle, worker_plan
 from logtorukun.ops.bundle import GATE_ENTRY, GateBuild, gate_build, gate_sources
-from logtorukun.ops.gate_install import GateInstall
+from logtorukun.ops.gate_install import GateInstall, build_gate
 from logtorukun.ops.worker_spec import Layout
 from tests.gate.test_bridge import BridgeClient
 from tests.ops.worker_box import USER, Box, as_user
@@ -357,3 +357,28 @@ def test_a_running_one_shot_pins_its_build_against_deletion(
             if f is not None:
                 f.close()
     assert a in inst.stale([])
+
+
+def test_an_entry_whose_link_moved_on_imports_its_own_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instant between Python opening the entry through the link and the entry's
+    realpath: the link may already name the next build. The entry's BUILD wins. Here
+    build a's entry sits in build b's directory, which is what that instant looks like."""
+    with tagged(monkeypatch, "a"):
+        entry = build_gate(tmp_path / "gate")
+    inst = GateInstall(tmp_path / "gate")
+    b = build_of(monkeypatch, "b")
+    inst.write(b)
+    inst.switch(b.id)
+    stray = inst.build_dir(b.id) / "from-a.py"
+    shutil.copyfile(inst.build_dir(str(inst.target(inst.previous))) / GATE_ENTRY, stray)
+    for path, tag in ((stray, "a"), (entry, "b")):
+        out = subprocess.run(
+            ["/usr/bin/python3", "-IS", str(path), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert (out.returncode, out.stdout) == (0, f"logtorukun-gate {GATE_VERSION}+{tag}\n")

@@ -156,7 +156,8 @@ def pick(
             server.refuse(ctx, 403, decision.reason, **audit)
             refused.append(f"{label} ({decision.reason})")
             continue
-        picks.append(Pick(label, hc, source))
+        may = {"download": ctx.access.check(hc, source, DOWNLOAD).allowed}  # its button
+        picks.append(Pick(label, hc, source, extra=may))
     if refused:
         raise ApiError(
             403,

@@ -159,8 +159,8 @@ async def run(args: argparse.Namespace) -> str:
         f"Command: `.venv/bin/python -m bench.stream` — {size:,} bytes ({args.size_mib} MiB), "
         f"median of {args.rounds} rounds; {os.cpu_count()} cores shared with other work "
         f"(load average {load:.1f} at the start), sshd and client on loopback, "
-        "pooled asyncssh connections (aes128-gcm).",
-        "",
+        f"pooled asyncssh connections (aes128-gcm); load average {os.getloadavg()[0]:.1f} "
+        "at the end.",
         "",
         "CPU columns: seconds per GiB streamed (medians) of the command that produced the",
         "stream (the gate, or the plain tool), of sshd and of the client.",

@@ -310,7 +310,7 @@ PIPE_SIZE = 256 << 10
 def widen_pipe(fd: int) -> None:
     """Let the pipe on `fd` (sshd reads it) hold PIPE_SIZE bytes instead of Linux's
     64 KiB, for a long stream: the gate then blocks, and sshd wakes, a quarter as often
-    (a fifth of the gate's CPU per GiB, measured in bench.stream). Only for long
+    (a fifth of the gate's CPU per GiB: bench.stream_cpu). Only for long
     streams, because a pipe's size counts against the gate user's allowance of pipe
     buffers (fs.pipe-user-pages-soft); past it the kernel refuses, and the stream just
     goes at the default size. Never shrinks a pipe; anything but a pipe is left alone."""

@@ -159,11 +159,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     fleet = _fleet(TableReader(path, text, "fleet", data.get("fleet", {})))
 
     hosts: list[HostConfig] = []
-    raw_hosts = data.get("host", [])
-    if not isinstance(raw_hosts, list):
-        top.fail("host", "write hosts as [[host]] tables")
-    for i, raw in enumerate(raw_hosts):
-        h = TableReader(path, text, "host", raw, i)
+    for h in top.tables("host", "hosts"):
         name = h.get("name", str, REQUIRED)
         if not _NAME.fullmatch(name):
             h.fail("name", f"{name!r}: use letters, digits, '.', '_' or '-'")
@@ -193,11 +189,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         h.done()
 
     roles: dict[str, RoleConfig] = {}
-    raw_roles = data.get("role", [])
-    if not isinstance(raw_roles, list):
-        top.fail("role", "write roles as [[role]] tables")
-    for i, raw in enumerate(raw_roles):
-        r = TableReader(path, text, "role", raw, i)
+    for r in top.tables("role", "roles"):
         name = r.get("name", str, REQUIRED)
         if name in roles:
             r.fail("name", f"role {name!r} is defined twice")
@@ -224,12 +216,8 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
     from .config_siem import parse_alerts, parse_forwards
     from .config_ssh import parse_ssh
 
-    forward = parse_forwards(top, data.get("forward", []), TableReader, server.database)
-    alerts = (
-        parse_alerts(top, data["alerts"], TableReader, server.database)
-        if "alerts" in data
-        else None
-    )
+    forward = parse_forwards(top, server.database)
+    alerts = parse_alerts(top, data["alerts"], server.database) if "alerts" in data else None
     return Config(
         path=path,
         server=server,
@@ -238,7 +226,7 @@ def parse_config(data: dict[str, Any], path: Path, text: str = "") -> Config:
         fleet=fleet,
         forward=forward,
         alerts=alerts,
-        ssh=parse_ssh(top, data["ssh"], TableReader) if "ssh" in data else None,
+        ssh=parse_ssh(top, data["ssh"]) if "ssh" in data else None,
     )
 
 

@@ -68,6 +68,14 @@ class TableReader:
             self.fail(key, "must be a list of non-empty strings")
         return tuple(value)
 
+    def tables(self, key: str, what: str) -> list[TableReader]:
+        """The array of tables `[[key]]` in this one, a reader each (so a mistake names
+        its own table's line); `what` names them in the message if `key` is no array."""
+        raw = self.data.get(key, [])
+        if not isinstance(raw, list):
+            self.fail(key, f"write {what} as [[{key}]] tables")
+        return [TableReader(self.path, self.text, key, t, i) for i, t in enumerate(raw)]
+
     def done(self) -> None:
         extra = sorted(set(self.data) - self.used)
         if extra:

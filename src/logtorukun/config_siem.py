@@ -65,15 +65,9 @@ class AlertSettings:
     webhook_attempts: int = 5
 
 
-def parse_forwards(
-    top: TableReader, raw: Any, reader: type[TableReader], database: Path
-) -> tuple[ForwardConfig, ...]:
-
-    if not isinstance(raw, list):
-        top.fail("forward", "write forwarders as [[forward]] tables")
+def parse_forwards(top: TableReader, database: Path) -> tuple[ForwardConfig, ...]:
     out: list[ForwardConfig] = []
-    for i, table in enumerate(raw):
-        f = reader(top.path, top.text, "forward", table, i)
+    for f in top.tables("forward", "forwarders"):
         name = f.get("name", str, "siem")
         if not _NAME.fullmatch(name):
             f.fail("name", f"{name!r}: use letters, digits, '.', '_' or '-'")
@@ -136,11 +130,8 @@ def _check_url(f: TableReader, url: str) -> None:
         f.fail("url", f"{url!r}: plain http only to a collector on this host; use https")
 
 
-def parse_alerts(
-    top: TableReader, raw: Any, reader: type[TableReader], database: Path
-) -> AlertSettings:
-
-    a = reader(top.path, top.text, "alerts", raw)
+def parse_alerts(top: TableReader, raw: Any, database: Path) -> AlertSettings:
+    a = TableReader(top.path, top.text, "alerts", raw)
     webhook = a.get("webhook", str)
     if webhook is not None:
         from .audit.transports import is_loopback
@@ -159,7 +150,7 @@ def parse_alerts(
     raw_rules = a.get("rule", list, [])
     rules: list[AlertRule] = []
     for i, table in enumerate(raw_rules):
-        r = reader(top.path, top.text, "alerts.rule", table, i)
+        r = TableReader(top.path, top.text, "alerts.rule", table, i)
         rules.append(_rule(r, rules))
         r.done()
     a.done()

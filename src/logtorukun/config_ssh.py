@@ -26,9 +26,8 @@ class SshSettings:
     max_user_connections: int = 256
 
 
-def parse_ssh(top: TableReader, raw: Any, reader: type[TableReader]) -> SshSettings:
-
-    s = reader(top.path, top.text, "ssh", raw)
+def parse_ssh(top: TableReader, raw: Any) -> SshSettings:
+    s = TableReader(top.path, top.text, "ssh", raw)
     certificates = s.get("certificates", bool, False)
     ca = s.get("ca_key", str)
     agent = s.get("agent", bool, False)

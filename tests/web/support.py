@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,3 +379,16 @@ def sign_in(page: Page, live: LiveServer, user: str, next_url: str = "/") -> Non
     page.fill("input[name=user]", user)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
+
+
+def scroll_back(page: Page, done: Callable[[], bool], what: str, rounds: int = 40) -> None:
+    """Scroll the viewer's log to its top, a page back at a time, until `done()`: each
+    round waits for the top row to change (a page came) or for 5 s (none came)."""
+    for _ in range(rounds):
+        if done():
+            return
+        top = page.locator("#log .line").first.inner_text()
+        page.locator("#log").evaluate("e => { e.scrollTop = 0; }")
+        with contextlib.suppress(AssertionError):
+            expect(page.locator("#log .line").first).not_to_have_text(top, timeout=5000)
+    raise AssertionError(f"never got back to {what}")

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, sign_in
+from tests.web.support import LiveServer, scroll_back, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -45,17 +45,8 @@ def rows(page: Page) -> list[str]:
     return page.locator("#log .line:not(.gap)").all_inner_texts()
 
 
-def scroll_back_until(page: Page, first: str, rounds: int = 30) -> None:
-    for _ in range(rounds):
-        if page.locator("#log .line").first.inner_text() == first:
-            return
-        before = page.locator("#log .line").first.inner_text()
-        page.locator("#log").evaluate("e => { e.scrollTop = 0; }")
-        try:
-            expect(page.locator("#log .line").first).not_to_have_text(before, timeout=5000)
-        except AssertionError:
-            continue
-    raise AssertionError(f"never got back to {first!r}")
+def scroll_back_until(page: Page, first: str) -> None:
+    scroll_back(page, lambda: page.locator("#log .line").first.inner_text() == first, first)
 
 
 @pytest.mark.parametrize("rotated", [300], indirect=True)

@@ -220,3 +220,22 @@ def test_merged_follow_continues_from_load_and_across_a_dropped_connection(
     assert sorted(got[len(before) :]) == sorted(between + during + after)
     assert "RECONNECTING" in page.evaluate("window.__badges")
     expect(page.locator("#live-badge")).to_have_text("LIVE")
+
+
+def test_download_the_merged_lines(page: Page, live: LiveServer, three: list[Path]) -> None:
+    srcs = labels(three)
+    sign_in(page, live, "olivia", url(srcs))
+    expect(page.locator("#status")).to_contain_text("9 lines from 3 sources")
+    with page.expect_download() as got:
+        page.click("#download")
+    assert got.value.suggested_filename == "merged_tail.log"
+    text = Path(got.value.path()).read_text()
+    assert text == "".join(f"{srcs[i]}\t{line}\n" for i, line in ROWS)
+    # A search: the matching lines as shown, in the same form.
+    page.fill("#pattern", "INFO")
+    page.click("#run")
+    expect(page.locator("#status")).to_contain_text("3 matching lines from 3 sources")
+    with page.expect_download() as got:
+        page.click("#download")
+    want = [(i, line) for i, line in ROWS if "INFO" in line]
+    assert Path(got.value.path()).read_text() == "".join(f"{srcs[i]}\t{x}\n" for i, x in want)

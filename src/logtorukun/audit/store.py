@@ -261,13 +261,7 @@ class AuditStore:
                 "the server creates it on first start)"
             )
         try:
-            conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            conn = self._sqlite_readonly()
             conn.execute("SELECT 1 FROM audit_log LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             if "no such table" in str(exc):
@@ -281,16 +275,19 @@ class AuditStore:
         if self.pg is not None:
             return self.pg.connect()
         try:
-            conn = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            return self._sqlite_readonly()
         except sqlite3.Error as exc:
             raise AuditError(explain(self.path, exc, "read the audit database")) from None
-        return conn
+
+    def _sqlite_readonly(self) -> sqlite3.Connection:
+        """The SQLite file opened read-only (`mode=ro`: never creates it)."""
+        return sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
 
     def _read_conn(self) -> sqlite3.Connection:
         self._check_open()

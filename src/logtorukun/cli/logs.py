@@ -26,7 +26,7 @@ from ..client.errors import ClientError, HostKeyChanged, LimitHit, RequestTimeou
 from ..client.hosts import host_by_name, select_hosts
 from ..client.reads import Client
 from ..client.replies import Reply
-from ..client.stream import Status
+from ..client.stream import Status, Stream
 from ..client.terminal import neutralise
 from ..config import Config, HostConfig, load_config
 from ..errors import UserError
@@ -44,9 +44,7 @@ def register(sub: Any) -> None:
     p.add_argument("host", metavar="HOST")
     p.add_argument("path", metavar="PATH")
     p.add_argument("-n", "--lines", type=int, default=200, metavar="N")
-    _time_options(p)
-    _output_options(p)
-    _common(p)
+    _read_options(p)
     p.set_defaults(func=_cmd_tail)
 
     p = sub.add_parser(
@@ -66,9 +64,7 @@ def register(sub: Any) -> None:
     p.add_argument("-c", "--count", action="store_true")
     p.add_argument("-m", "--max-count", type=int, metavar="N")
     p.add_argument("--last", type=int, metavar="N", help="only the last N matches")
-    _time_options(p)
-    _output_options(p)
-    _common(p)
+    _read_options(p)
     p.set_defaults(func=_cmd_grep)
 
     p = sub.add_parser("follow", help="follow a log on a worker (tail -F) until Ctrl-C")
@@ -81,8 +77,7 @@ def register(sub: Any) -> None:
         help="first the lines since TIME (15m, 2h, today, 2024-12-17 14:00), then follow"
         " from exactly where they end",
     )
-    _output_options(p)
-    _common(p)
+    _read_options(p, window=False)
     p.set_defaults(func=_cmd_follow)
 
     p = sub.add_parser(
@@ -97,9 +92,7 @@ def register(sub: Any) -> None:
     p.add_argument("-g", "--grep", metavar="PATTERN", help="only entries matching (PCRE)")
     p.add_argument("-p", "--priority", metavar="PRIO", help="err, warning, 3, ...")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
-    _time_options(p)
-    _output_options(p)
-    _common(p)
+    _read_options(p)
     p.set_defaults(func=_cmd_journal)
 
     p = sub.add_parser(
@@ -111,9 +104,7 @@ def register(sub: Any) -> None:
     p.add_argument("-n", "--tail", type=int, default=200, metavar="N")
     p.add_argument("-t", "--timestamps", action="store_true")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    _time_options(p)
-    _output_options(p)
-    _common(p)
+    _read_options(p)
     p.set_defaults(func=_cmd_docker)
 
     p = sub.add_parser(
@@ -128,9 +119,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("sources", nargs="+", metavar="HOST:SOURCE")
     p.add_argument("-n", "--lines", type=int, default=200, metavar="N")
-    _time_options(p)
-    _output_options(p)
-    _common(p)
+    _read_options(p)
     p.set_defaults(func=_cmd_merge)
 
     hosts = sub.add_parser("hosts", help="check the configured workers, trust a host key")
@@ -153,6 +142,14 @@ def register(sub: Any) -> None:
     g.add_argument("--yes", action="store_true", help="trust the key shown, as it is")
     g.add_argument("--fingerprint", metavar="SHA256:...", help="trust it only if it matches")
     p.set_defaults(func=_cmd_trust)
+
+
+def _read_options(p: argparse.ArgumentParser, *, window: bool = True) -> None:
+    """What every read takes: --since/--until (with `window`), the output's, the SSH's."""
+    if window:
+        _time_options(p)
+    _output_options(p)
+    _common(p)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -335,11 +332,7 @@ def _cmd_follow(args: argparse.Namespace) -> int:
                     raise LimitHit(host, Exit.LIMIT, window.status.reason or "range cut")
                 command = line_for(Tail(args.path, 0, follow=True, start=window.status.pos))
                 stream = await client.stream(host, command)
-            async with stream:
-                async for line in stream.lines():  # whole lines: no UTF-8 or escape split
-                    printer.write(line)
-            if stream.status is not None and stream.status.truncated:
-                _limit_note(host, stream.status)
+            await _print_stream(host, stream, printer)
         return 0
 
     return _run(args, body)
@@ -390,15 +383,19 @@ def _run_command(args: argparse.Namespace, command: str, *, follow: bool) -> int
         async with _client(config, args) as client:
             if not follow:
                 return _finish_single(await client.run(host, command), printer)
-            stream = await client.stream(host, command)
-            async with stream:
-                async for line in stream.lines():
-                    printer.write(line)
-            if stream.status is not None and stream.status.truncated:
-                _limit_note(host, stream.status)
+            await _print_stream(host, await client.stream(host, command), printer)
         return 0
 
     return _run(args, body)
+
+
+async def _print_stream(host: str, stream: Stream, printer: Printer) -> None:
+    """A follow's lines as they come, until it ends (or Ctrl-C); a cut is noted."""
+    async with stream:
+        async for line in stream.lines():  # whole lines: no UTF-8 or escape split
+            printer.write(line)
+    if stream.status is not None and stream.status.truncated:
+        _limit_note(host, stream.status)
 
 
 def _merge_read(spec: str, args: argparse.Namespace) -> tuple[str, str, str]:

@@ -336,16 +336,11 @@ async def tail(
     source = {"path": path, "unit": unit, "container": container}
     a = _begin_read(server, request, "tail", host, TAIL, params, source, download)
     assert a.source is not None
-    try:  # 15m, 2h, today, yesterday: resolved here, in the form this source takes
-        since = times.for_source("since", since, a.source.kind) if since else None
-        until = times.for_source("until", until, a.source.kind) if until else None
+    try:
+        spec = ReadSpec.last(a.source, lines, since, until)
     except times.BadTime as exc:
         end(server, a, {"status": 422, "error": str(exc)})
         raise ApiError(422, str(exc)) from None
-    verb = "range" if a.source.kind == "file" and (since or until) else "tail"
-    spec = ReadSpec(
-        verb, a.source, lines=lines, since=since or ("1970-01-01" if until else None), until=until
-    )
     data, outcome = await _worker_call(server, a, spec)
     return await _result(server, a, "tail", data, outcome, lines, download)
 

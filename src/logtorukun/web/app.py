@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..audit import AuditStore
 from ..config import Config, ServerSettings
-from . import api, download, history, merged, pages, sse, suggest
+from . import api, download, history, merged, merged_history, pages, sse, suggest
 from .auth import AuthStore
 from .context import ERROR_NAMES, HERE, ApiError, Ctx, Server, log
 from .security import (
@@ -182,6 +182,7 @@ def create_app(
     app.include_router(history.router)
     app.include_router(suggest.router)
     app.include_router(merged.router)
+    app.include_router(merged_history.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

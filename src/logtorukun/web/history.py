@@ -34,23 +34,39 @@ BeforeQ = Annotated[
 _ROTATED = re.compile(r"(?:[.-][0-9]{1,14})?(?:\.gz)?")
 
 
-def older_file(path: str, files: list[dict[str, Any]]) -> str | None:
-    """The next older file of the same log as `path` among the worker's `sources` files."""
+def same_log(path: str, other: str) -> bool:
+    """Whether `other` is `path` or one of its rotated files (`app.log.1`, `.2.gz`, ...)."""
     directory, name = posixpath.split(path)
     base = re.sub(r"(?:[.-][0-9]{1,14})?(?:\.gz)?$", "", name)
-    family = [
-        f
-        for f in files
-        if posixpath.dirname(f["path"]) == directory
-        and posixpath.basename(f["path"]).startswith(base)
-        and _ROTATED.fullmatch(posixpath.basename(f["path"])[len(base) :])
-    ]
+    other_dir, other_name = posixpath.split(other)
+    return (
+        other_dir == directory
+        and other_name.startswith(base)
+        and _ROTATED.fullmatch(other_name[len(base) :]) is not None
+    )
+
+
+def older_file(path: str, files: list[dict[str, Any]]) -> str | None:
+    """The next older file of the same log as `path` among the worker's `sources` files."""
+    family = [f for f in files if same_log(path, f["path"])]
     family.sort(key=lambda f: (-float(f.get("mtime", 0)), f["path"]))
     names = [f["path"] for f in family]
     if path not in names:
         return None
     i = names.index(path)
     return names[i + 1] if i + 1 < len(names) else None
+
+
+def line_start(data: bytes, skip: int) -> int:
+    """The offset in `data` of its line number `skip` (from 0): the bytes of the lines
+    before it, each with its newline (lines are counted as `split_lines` counts them)."""
+    at = 0
+    for _ in range(skip):
+        nl = data.find(b"\n", at)
+        if nl < 0:
+            return len(data)
+        at = nl + 1
+    return at
 
 
 @router.get("/hosts/{host}/history", summary="a page of a file's history, paging back")

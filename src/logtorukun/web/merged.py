@@ -4,6 +4,7 @@ the source it came from.
 
     GET /api/merged/tail?src=HOST:SOURCE&src=...&lines=N[&since&until]
     GET /api/merged/grep?src=...&pattern=S[&regex&ignore_case&invert&max]
+        (either with &download=true: the merged lines as a file, `HOST:SOURCE<TAB>line`)
     GET /api/merged/follow?src=...[&from=I:INO:OFF:TAG ...]    (Server-Sent Events)
 
 `SOURCE` is a path, `unit:NAME` or `container:NAME` (a source's key). At most
@@ -35,11 +36,12 @@ from ..audit import AuditRef
 from ..config import HostConfig
 from ..gate.vocabulary import MAX_PATH, MAX_PATTERN
 from . import patterns
-from .access import FOLLOW, SEARCH, TAIL, BadSource, Source
+from .access import DOWNLOAD, FOLLOW, SEARCH, TAIL, BadSource, Source
 from .api import MAX_LINES, Lines, TimeQ, json_bytes, off_loop, split_lines
 from .context import ApiError, Ctx, Server
 from .fanout import BATCH_SECONDS, Viewer, render
 from .guard import has_control, server_of
+from .history import line_start
 from .merge import MAX_SOURCES, merge
 from .patterns import BadPattern
 from .recheck import Credential
@@ -75,6 +77,7 @@ class Pick:
     source: Source
     ref: AuditRef | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    data: bytes = b""  # what the worker sent, while the reply is made (see _starts_of)
 
 
 def _parse(spec: str) -> tuple[str, Source]:
@@ -100,9 +103,13 @@ def pick(
     capability: str,
     params: dict[str, Any],
     event: str = "read",
+    download: bool = False,
 ) -> tuple[Ctx, AuditRef, list[Pick]]:
-    """Authenticate, check every source, audit: the merged request's own record and
-    one per source. Raises ApiError (already audited) on any refusal."""
+    """Authenticate, check every source (for `capability`, and `download` too for a
+    download), audit: the merged request's own record and one per source. Raises
+    ApiError (already audited) on any refusal."""
+    if download:
+        params = {**params, "download": True}
     shown = ", ".join(s[:_SRC_CHARS] for s in specs[: MAX_SOURCES + 1])[:2000]
     ctx = server.require_user(request, action, source=shown, params=params)
     assert ctx.access is not None
@@ -145,6 +152,8 @@ def pick(
             refused.append(f"{label} (unknown host {host!r})")
             continue
         decision = ctx.access.check(hc, source, capability)
+        if decision.allowed and download:
+            decision = ctx.access.check(hc, source, DOWNLOAD)
         if not decision.allowed:
             server.refuse(ctx, 403, decision.reason, **audit)
             refused.append(f"{label} ({decision.reason})")
@@ -187,6 +196,22 @@ def _via(ctx: Ctx, p: Pick) -> dict[str, Any]:
     return {"user": ctx.name, "audit": p.ref.seq}
 
 
+def _fail_all(
+    server: Server,
+    parent: AuditRef,
+    picks: list[Pick],
+    status: int,
+    why: str,
+    event: str = "read_end",
+) -> ApiError:
+    """A merged request refused after `pick`: every source's record and its own end."""
+    for p in picks:
+        assert p.ref is not None
+        server.finish(p.ref, event, {"status": status, "error": why})
+    server.finish(parent, event, {"status": status, "error": why})
+    return ApiError(status, why)
+
+
 async def _read_all(
     server: Server, ctx: Ctx, picks: list[Pick], specs: list[ReadSpec], limit: int
 ) -> list[list[str]]:
@@ -204,6 +229,8 @@ async def _read_all(
             return []
         lines, cut = await off_loop(len(data), split_lines, data, limit)
         p.extra.update(_describe(outcome, cut, len(lines)))
+        if "pos" in p.extra and not cut and spec.verb in ("tail", "range"):
+            p.data = data  # the file's bytes just before `pos`
         server.finish(
             p.ref,
             "read_end",
@@ -229,6 +256,28 @@ def _describe(outcome: Outcome, cut: bool, count: int) -> dict[str, Any]:
     return out
 
 
+def _starts_of(picks: list[Pick], per_source: list[list[str]], src: list[int], last: bool) -> None:
+    """Each file's `start`: where the lines of it that are shown begin (`INO:OFF`), the
+    `before` of its first page back (merged_history.py). A tail shows each source's last
+    lines (the older ones the merge left out are above `start`); a time window its first."""
+    shown = [0] * len(picks)
+    for i in src:
+        shown[i] += 1
+    for i, p in enumerate(picks):
+        if p.data:
+            ino, end = (int(x) for x in p.extra["pos"].split(":")[:2])
+            hidden = len(per_source[i]) - shown[i] if last else 0
+            p.extra["start"] = f"{ino}:{end - len(p.data) + line_start(p.data, hidden)}"
+            p.data = b""
+
+
+def _as_file(picks: list[Pick], lines: list[str], src: list[int]) -> bytes:
+    """A merged download: each line after its source's `HOST:SOURCE` and a tab (so
+    `cut -f2-` gives the lines back and `grep ^web1:` one host's)."""
+    rows = zip(lines, src, strict=True)
+    return "".join(f"{picks[i].label}\t{line}\n" for line, i in rows).encode()
+
+
 async def _answer(
     server: Server,
     parent: AuditRef,
@@ -238,14 +287,31 @@ async def _answer(
     limit: int,
     keep: Literal["last", "first"],
     started: float,
+    download: bool = False,
 ) -> Response:
     size = sum(len(line) for lines in per_source for line in lines)
     merged = await off_loop(size, functools.partial(merge, per_source, limit=limit, keep=keep))
+    _starts_of(picks, per_source, merged.src, keep == "last")
     notes = [f"{picks[i].label}: no timestamps found, its lines come first" for i in merged.undated]
     cut = bool(merged.cut) and keep == "first"  # a tail's older lines are not news
     if cut:
         notes.append(f"{merged.cut} later merged lines left out: at most {limit} are shown")
     notes += [f"{p.label}: {p.extra['error']}" for p in picks if "error" in p.extra]
+    done: dict[str, Any] = {
+        "lines": len(merged.lines),
+        "failed": sum(1 for p in picks if "error" in p.extra),
+    }
+    if download:
+        body = await off_loop(size, _as_file, picks, merged.lines, merged.src)
+        done.update(bytes=len(body), download=True, truncated=cut)
+        done["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
+        server.finish(parent, "read_end", done)
+        server.metrics.sent("download", len(body), len(merged.lines))
+        return Response(
+            body,
+            media_type="text/plain; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="merged_{action}.log"'},
+        )
     payload = {
         "action": action,
         "sources": [
@@ -267,16 +333,8 @@ async def _answer(
         "audit": parent.seq,
     }
     body = await off_loop(size, json_bytes, payload)
-    server.finish(
-        parent,
-        "read_end",
-        {
-            "lines": len(merged.lines),
-            "bytes": len(body),
-            "failed": sum(1 for p in picks if "error" in p.extra),
-            "duration_ms": round((time.monotonic() - started) * 1000, 3),
-        },
-    )
+    done.update(bytes=len(body), duration_ms=round((time.monotonic() - started) * 1000, 3))
+    server.finish(parent, "read_end", done)
     server.metrics.sent(f"merged_{action}", len(body), len(merged.lines))
     return Response(body, media_type="application/json")
 
@@ -288,38 +346,26 @@ async def merged_tail(
     lines: Lines = 200,
     since: TimeQ = None,
     until: TimeQ = None,
+    download: bool = False,
 ) -> Response:
     """Each source's last `lines` lines (or, with since/until, the first `lines` of the
     window), merged by timestamp; `lines` of the result at most. `src[i]` of each line
     is the index of its source in `sources`. A file's `pos` is where a merged follow
-    continues it (`from=I:POS`)."""
+    continues it (`from=I:POS`), its `start` where paging back begins. `download`: the
+    same lines as a file (needs `download` on every source)."""
     server = server_of(request)
     started = time.monotonic()
     params = {k: v for k, v in {"lines": lines, "since": since, "until": until}.items() if v}
     ctx, parent, picks = pick(
-        server, request, action="tail", specs=src, capability=TAIL, params=params
+        server, request, action="tail", specs=src, capability=TAIL, params=params, download=download
     )
-    specs: list[ReadSpec] = []
     try:
-        for p in picks:
-            kind = p.source.kind
-            s = times.for_source("since", since, kind) if since else None
-            u = times.for_source("until", until, kind) if until else None
-            verb = "range" if kind == "file" and (s or u) else "tail"
-            specs.append(
-                ReadSpec(
-                    verb, p.source, lines=lines, since=s or ("1970-01-01" if u else None), until=u
-                )
-            )
+        specs = [ReadSpec.last(p.source, lines, since, until) for p in picks]
     except times.BadTime as exc:
-        for p in picks:
-            assert p.ref is not None
-            server.finish(p.ref, "read_end", {"status": 422, "error": str(exc)})
-        server.finish(parent, "read_end", {"status": 422, "error": str(exc)})
-        raise ApiError(422, str(exc)) from None
+        raise _fail_all(server, parent, picks, 422, str(exc)) from None
     per_source = await _read_all(server, ctx, picks, specs, lines)
     keep: Literal["last", "first"] = "first" if since or until else "last"
-    return await _answer(server, parent, picks, per_source, "tail", lines, keep, started)
+    return await _answer(server, parent, picks, per_source, "tail", lines, keep, started, download)
 
 
 @router.get("/grep", summary="matching lines of several sources, interleaved by time")
@@ -331,13 +377,14 @@ async def merged_grep(
     ignore_case: bool = False,
     invert: bool = False,
     max: Annotated[int, Query(ge=1, le=MAX_LINES)] = 1000,
+    download: bool = False,
 ) -> Response:
     """Each source searched on its worker (grep -m `max`; units with journalctl -g),
     merged by timestamp; the first `max` lines of the result at most. Containers
-    cannot be searched on the worker: 422 naming them."""
+    cannot be searched on the worker: 422 naming them. `download` as for the tail."""
     server = server_of(request)
     started = time.monotonic()
-    params = {
+    params: dict[str, Any] = {
         "pattern": pattern,
         "regex": regex,
         "ignore_case": ignore_case,
@@ -345,15 +392,17 @@ async def merged_grep(
         "max": max,
     }
     ctx, parent, picks = pick(
-        server, request, action="grep", specs=src, capability=SEARCH, params=params
+        server,
+        request,
+        action="grep",
+        specs=src,
+        capability=SEARCH,
+        params=params,
+        download=download,
     )
 
     def fail(status: int, why: str) -> ApiError:
-        for p in picks:
-            assert p.ref is not None
-            server.finish(p.ref, "read_end", {"status": status, "error": why})
-        server.finish(parent, "read_end", {"status": status, "error": why})
-        return ApiError(status, why)
+        return _fail_all(server, parent, picks, status, why)
 
     for p in picks:
         why = ReadSpec.unsearchable(p.source, invert)
@@ -371,7 +420,7 @@ async def merged_grep(
         for p in picks
     ]
     per_source = await _read_all(server, ctx, picks, specs, max)
-    return await _answer(server, parent, picks, per_source, "grep", max, "first", started)
+    return await _answer(server, parent, picks, per_source, "grep", max, "first", started, download)
 
 
 # ---------------------------------------------------------------------- follow
@@ -439,22 +488,18 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
     assert ctx.user is not None
     user = ctx.user.name
 
-    def fail(status: int, why: str, refs: list[Pick]) -> ApiError:
-        for p in refs:
-            assert p.ref is not None
-            server.finish(p.ref, "follow_end", {"status": status, "error": why})
-        server.finish(parent, "follow_end", {"status": status, "error": why})
-        return ApiError(status, why)
+    def fail(status: int, why: str) -> ApiError:
+        return _fail_all(server, parent, picks, status, why, "follow_end")
 
     try:
         starts = _starts(picks, from_)
     except ValueError as exc:
-        raise fail(422, str(exc), picks) from None
+        raise fail(422, str(exc)) from None
     cap = server.config.server.max_follows_per_user
     slot = hub.shared.take(user, cap) if hub.shared is not None else None
     if hub.per_user.get(user, 0) >= cap or (hub.shared is not None and slot is None):
         hub.release(slot)
-        raise fail(429, f"at most {cap} live follows per user; close one first", picks)
+        raise fail(429, f"at most {cap} live follows per user; close one first")
     hub.per_user[user] = hub.per_user.get(user, 0) + 1
     wake = asyncio.Event()
     viewers: list[Viewer] = []
@@ -475,7 +520,7 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
         hub.per_user[user] -= 1
         hub.release(slot)
         with contextlib.suppress(ApiError):
-            fail(499, "the client went away before the follow started", picks)
+            fail(499, "the client went away before the follow started")
         raise
     bug = next((t.exception() for t in tasks if _unexpected(t.exception())), None)
     if bug is not None:  # not a worker's refusal: give back what was taken, then raise
@@ -483,7 +528,7 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
         hub.per_user[user] -= 1
         hub.release(slot)
         with contextlib.suppress(ApiError):
-            fail(500, f"internal error: {bug!r}", picks)
+            fail(500, f"internal error: {bug!r}")
         raise bug
     ups: dict[int, Upstream] = {}
     failed: list[dict[str, Any]] = []

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .access import READ_CAPS, SEARCH, BadSource, source_from
 from .context import ApiError, Ctx, Server
+from .guard import granted_host, server_of
 from .merge import MAX_SOURCES
 from .security import PRE_COOKIE, csrf_ok, same_origin
 
@@ -27,11 +28,6 @@ router = APIRouter(include_in_schema=False)
 log = logging.getLogger("logtorukun.web")
 # argon2 needs 64 MiB per check: two at a time keeps a password spray from eating memory.
 _HASHING = threading.BoundedSemaphore(2)
-
-
-def _server(request: Request) -> Server:
-    server: Server = request.app.state.server
-    return server
 
 
 def _safe_next(target: str | None) -> str:
@@ -66,6 +62,11 @@ def _page_ctx(server: Server, request: Request, page: str) -> tuple[Ctx, Respons
     if not server.limiter.allow(f"u:{ctx.user.name}"):
         raise server.refuse(ctx, 429, "too many requests; slow down", action=page)
     return ctx, None
+
+
+def _page(server: Server, request: Request, ctx: Ctx, template: str, **values: Any) -> Response:
+    """A signed-in user's page, rendered (and a session for one the proxy signed in)."""
+    return _with_proxy_session(server, ctx, _render(server, request, template, ctx, **values))
 
 
 def _with_proxy_session(server: Server, ctx: Ctx, response: Response) -> Response:
@@ -103,7 +104,7 @@ def _set_session_cookie(server: Server, response: Response, sid: str) -> None:
 
 @router.get("/login")
 async def login_form(request: Request, next: str = "/") -> Response:
-    server = _server(request)
+    server = server_of(request)
     ctx = server.ctx(request)
     if ctx.user is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
@@ -151,7 +152,7 @@ async def login(
     csrf: str = Form("", max_length=100),
     next: str = Form("/", max_length=2048),
 ) -> Response:
-    server = _server(request)
+    server = server_of(request)
     ctx = server.ctx(request)
     target = _safe_next(next)
     name = user.strip()
@@ -223,7 +224,7 @@ def _check_password(server: Server, name: str, password: str) -> Any:
 
 @router.post("/logout")
 async def logout(request: Request, csrf: str = Form("", max_length=100)) -> Response:
-    server = _server(request)
+    server = server_of(request)
     ctx = server.ctx(request)
     if ctx.user is None:
         return RedirectResponse("/login", status_code=303)
@@ -251,13 +252,11 @@ async def logout(request: Request, csrf: str = Form("", max_length=100)) -> Resp
 
 @router.get("/")
 async def home(request: Request) -> Response:
-    server = _server(request)
+    server = server_of(request)
     ctx, redirect = _page_ctx(server, request, "home")
     if redirect:
         return redirect
-    return _with_proxy_session(
-        server, ctx, _render(server, request, "hosts.html", ctx, page="hosts")
-    )
+    return _page(server, request, ctx, "hosts.html", page="hosts")
 
 
 @router.get("/view")
@@ -269,20 +268,13 @@ async def view(
     container: str | None = None,
 ) -> Response:
     """The log viewer. A deep link: the grant is checked here, then again by every API call."""
-    server = _server(request)
+    server = server_of(request)
     ctx, redirect = _page_ctx(server, request, "view")
     if redirect:
         return redirect
     assert ctx.access is not None
     src_text = path or unit or container
-    hc = server.config.host(host)
-    if hc is None:
-        raise server.no_such_host(
-            ctx, host, f"unknown host {host!r}", action="view", source=src_text
-        )
-    if not ctx.access.host_caps(hc):
-        why = f"no role grants anything on host {host} (answered as unknown)"
-        raise server.no_such_host(ctx, host, why, action="view", source=src_text)
+    hc = granted_host(server, ctx, host, "view", source=src_text)
     try:
         src = source_from(path=path, unit=unit, container=container)
     except BadSource as exc:
@@ -297,37 +289,35 @@ async def view(
             host=host,
             source=src.key,
         )
-    response = _render(
+    return _page(
         server,
         request,
-        "view.html",
         ctx,
+        "view.html",
         page="view",
         host=hc,
         source=src,
         source_caps=sorted(caps),
     )
-    return _with_proxy_session(server, ctx, response)
 
 
 @router.get("/merged")
 async def merged_page(request: Request) -> Response:
     """The merged view: its sources come from the link (`src=HOST:SOURCE`, repeated) or
     the chooser; every API call it makes checks each of them."""
-    server = _server(request)
+    server = server_of(request)
     ctx, redirect = _page_ctx(server, request, "merged")
     if redirect:
         return redirect
     assert ctx.access is not None
     if not ctx.access.hosts():
         raise server.refuse(ctx, 403, "no role grants you any host", action="merged")
-    response = _render(server, request, "merged.html", ctx, page="merged", max_sources=MAX_SOURCES)
-    return _with_proxy_session(server, ctx, response)
+    return _page(server, request, ctx, "merged.html", page="merged", max_sources=MAX_SOURCES)
 
 
 @router.get("/search")
 async def search_page(request: Request) -> Response:
-    server = _server(request)
+    server = server_of(request)
     ctx, redirect = _page_ctx(server, request, "search")
     if redirect:
         return redirect
@@ -336,15 +326,12 @@ async def search_page(request: Request) -> Response:
     if not hosts:
         raise server.refuse(ctx, 403, "no role grants you search on any host", action="search")
     labels = sorted({label for h in hosts for label in h.labels})
-    response = _render(
-        server, request, "search.html", ctx, page="search", hosts=hosts, labels=labels
-    )
-    return _with_proxy_session(server, ctx, response)
+    return _page(server, request, ctx, "search.html", page="search", hosts=hosts, labels=labels)
 
 
 @router.get("/audit")
 async def audit_page(request: Request) -> Response:
-    server = _server(request)
+    server = server_of(request)
     ctx, redirect = _page_ctx(server, request, "audit")
     if redirect:
         return redirect
@@ -353,9 +340,7 @@ async def audit_page(request: Request) -> Response:
         raise server.refuse(
             ctx, 403, "the audit trail is for roles with the audit capability", action="audit_page"
         )
-    return _with_proxy_session(
-        server, ctx, _render(server, request, "audit.html", ctx, page="audit")
-    )
+    return _page(server, request, ctx, "audit.html", page="audit")
 
 
 # ---------------------------------------------------------------------- operations
@@ -364,7 +349,7 @@ async def audit_page(request: Request) -> Response:
 @router.get("/healthz")
 async def healthz(request: Request) -> Response:
     """200 when the audit trail is writable-looking and readable; 503 otherwise."""
-    server = _server(request)
+    server = server_of(request)
     try:
         server.audit.check()  # deleted, renamed, replaced, read-only: 503 (and recovery)
         head = server.audit.head()
@@ -382,7 +367,7 @@ async def healthz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text. From loopback, a trusted proxy, or with an auditor's token only:
     host names and request counts are not for everyone."""
-    server = _server(request)
+    server = server_of(request)
     peer = request.client.host if request.client else ""
     if not (peer in ("127.0.0.1", "::1") or server.proxies.trusts(peer)):
         ctx = server.ctx(request)

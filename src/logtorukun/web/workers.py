@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import times
 from ..client import Client, ClientError, PoolOptions
 from ..client.errors import (
     AuthRefused,
@@ -135,6 +136,18 @@ class ReadSpec:
             invert=invert,
             max=max,
         )
+
+    @classmethod
+    def last(cls, source: Source, lines: int, since: str | None, until: str | None) -> ReadSpec:
+        """The last `lines` lines of a source, or with `since`/`until` (15m, today, a
+        date: resolved now, in the form the source kind takes; raises `times.BadTime`)
+        the first `lines` of that window, which a file reads by the gate's `range`."""
+        kind = source.kind
+        since = times.for_source("since", since, kind) if since else None
+        until = times.for_source("until", until, kind) if until else None
+        verb = "range" if kind == "file" and (since or until) else "tail"
+        since = since or ("1970-01-01" if until else None)
+        return cls(verb, source, lines=lines, since=since, until=until)
 
     @staticmethod
     def unsearchable(source: Source, invert: bool) -> str | None:

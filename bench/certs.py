@@ -16,6 +16,7 @@ Prints a table and writes docs/benchmarks-certs.md.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
@@ -25,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._stats import ms
 from logtorukun.client import Client, PoolOptions
 from logtorukun.client.certs import CertPolicy, CertSigner
 from logtorukun.ops.local_worker import HOST
@@ -34,10 +36,6 @@ from tests.support.sshd import USER, Worker
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-certs.md"
 SIGNS, AGENT_SIGNS, CONNECTS, TAILS, ROUNDS = 300, 30, 20, 400, 3
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms"
 
 
 def bench_signing(ca: Path) -> tuple[float, float]:
@@ -115,6 +113,7 @@ async def run(worker: Worker, ca: Path) -> list[tuple[str, str, str]]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(prog="bench.certs", description=__doc__.split("\n\n")[0]).parse_args()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="logtorukun-bench-") as tmp:
         ca = make_ca(Path(tmp) / "ca")

@@ -52,7 +52,10 @@ def policy(w: Worker, root: Path, name: str) -> str:
     )
 
 
-def host(w: Worker, name: str = "w") -> HostConfig:
+def host(
+    w: Worker, name: str = "w", *, connect_timeout: float = 30, request_timeout: float = 600
+) -> HostConfig:
+    """The client's settings for a throwaway worker (timeouts for benchmark loads)."""
     return HostConfig(
         name=name,
         address=w.host,
@@ -60,8 +63,8 @@ def host(w: Worker, name: str = "w") -> HostConfig:
         user=w.user,
         key=w.client_key,
         known_hosts=w.known_hosts,
-        connect_timeout=30,
-        request_timeout=600,
+        connect_timeout=connect_timeout,
+        request_timeout=request_timeout,
     )
 
 

@@ -25,13 +25,12 @@ import threading
 import time
 from pathlib import Path
 
-from bench.web import bench_tail, bench_token, start_server
+from bench.web import Served, bench_tail, serve, stop_server
 from logtorukun.audit.store import AuditStore
 from logtorukun.db.postgres import close_pool
 from tests.conftest import new_pg_database
 from tests.support.postgres import Postgres
 from tests.support.sshd import Worker
-from tests.web.support import free_port, write_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-database.md"
 
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> str:
     rows: list[tuple[str, str, str, str]] = []
     pg = Postgres()
     w = Worker(name="bench-db")
-    procs = []
+    servers: dict[str, Served] = {}
     with tempfile.TemporaryDirectory(prefix="logtorukun-bench-db-") as tmpdir:
         tmp = Path(tmpdir)
         try:
@@ -88,22 +87,16 @@ def run(args: argparse.Namespace) -> str:
                     )
                 )
             close_pool(pg_appends)
-            servers = {}
             for name, database in (("sqlite", str(tmp / "web.db")), ("pg", new_pg_database(pg))):
                 d = tmp / name
                 d.mkdir()
-                port = free_port()
-                config = write_config(d, w, listen=f"127.0.0.1:{port}", database=database)
-                token = bench_token(config)
-                procs.append(start_server(config, port))
-                url = f"http://127.0.0.1:{port}"
-                bench_tail(url, token, str(w.app_log), 30, 1)  # warm: connection, bridge
-                servers[name] = (url, token)
+                s = servers[name] = serve(d, w, database=database)
+                bench_tail(s.url, s.token, str(w.app_log), 30, 1)  # warm: connection, bridge
             times: dict[str, list[float]] = {"sqlite": [], "pg": []}
             block = max(1, args.requests // 10)
             for _ in range(10):
-                for name, (url, token) in servers.items():
-                    times[name] += bench_tail(url, token, str(w.app_log), block, 1)
+                for name, s in servers.items():
+                    times[name] += bench_tail(s.url, s.token, str(w.app_log), block, 1)
             p50 = {k: statistics.median(v) * 1e3 for k, v in times.items()}
             p95 = {k: sorted(v)[int(len(v) * 0.95)] * 1e3 for k, v in times.items()}
             rows.append(
@@ -123,9 +116,8 @@ def run(args: argparse.Namespace) -> str:
                 )
             )
         finally:
-            for p in procs:
-                p.terminate()
-                p.wait(timeout=15)
+            for s in servers.values():
+                stop_server(s.proc)
             w.destroy()
             pg.destroy()
     out = [

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.client import host
 from logtorukun.cli.logs import Printer
 from logtorukun.cli.logs import grep_hosts as run_grep
 from logtorukun.client import Client
@@ -66,19 +67,6 @@ class Timed(Printer):
         if self.first is None:
             self.first = time.perf_counter()
         super().write(data, prefix)
-
-
-def host(w: Worker, i: int) -> HostConfig:
-    return HostConfig(
-        name=f"w{i:03d}",
-        address=w.host,
-        port=w.port,
-        user=w.user,
-        key=w.client_key,
-        known_hosts=w.known_hosts,
-        connect_timeout=60,
-        request_timeout=120,
-    )
 
 
 def rss() -> int:
@@ -118,7 +106,10 @@ def matching(log: Path) -> int:
 
 
 async def measure(workers: list[Worker], log: Path, n: int, cold: int, warm: int) -> dict[str, Any]:
-    hosts = [host(w, i) for i, w in enumerate(workers[:n])]
+    hosts = [
+        host(w, f"w{i:03d}", connect_timeout=60, request_timeout=120)
+        for i, w in enumerate(workers[:n])
+    ]
     command = line_for(Grep(str(log), PATTERN))
     expect = matching(log) * n
     cold_runs = []

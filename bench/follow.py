@@ -23,11 +23,9 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
@@ -36,11 +34,10 @@ from typing import Any, cast
 
 import uvloop
 
-from bench.web import cli, pct, rss_mib, start_server
+from bench._stats import pct
+from bench.web import FOLLOW_LOG, rss_mib, worker_and_server
 from logtorukun.client import Client
 from logtorukun.config import load_config
-from tests.support.sshd import Worker
-from tests.web.support import free_port, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "benchmarks-follow.md"
@@ -253,32 +250,11 @@ def main() -> int:
         help="run only these readers (repeatable; default: all four)",
     )
     args = ap.parse_args()
-    w = Worker(name="bench-follow")
-    tmp = Path(tempfile.mkdtemp(prefix="logtorukun-bench-follow-"))
-    proc = None
     rows: list[str] = []
     load = os.getloadavg()[0]
-    try:
-        w.start()
-        log = w.root / "follow.log"
-        log.write_text("")
-        log.chmod(0o644)
-        port = free_port()
-        config = write_config(
-            tmp, w, listen=f"127.0.0.1:{port}", max_follows_per_user=args.viewers + 10
-        )
-        cli(
-            config,
-            "user",
-            "add",
-            "bench",
-            "--role",
-            "ops",
-            "--password-stdin",
-            stdin="bench pw 1\n",
-        )
-        token = cli(config, "token", "create", "bench")
-        proc = start_server(config, port)
+    with worker_and_server("bench-follow", max_follows_per_user=args.viewers + 10) as (w, served):
+        log = w.root / FOLLOW_LOG
+        config, port, token, pid = served.config, served.port, served.token, served.proc.pid
         for rate, n in ((10.0, args.slow_lines), (1000.0, args.fast_lines)):
             label = f"{rate:,.0f}/s"
 
@@ -292,8 +268,7 @@ def main() -> int:
                 v: int, rate: float = rate, n: int = n
             ) -> Callable[[], Coroutine[Any, Any, tuple[Result, str]]]:
                 async def run() -> tuple[Result, str]:
-                    assert proc is not None
-                    r, rss = await bench_web(port, token, log, v, rate, n, proc.pid)
+                    r, rss = await bench_web(port, token, log, v, rate, n, pid)
                     return r, f"{rss:.0f} MiB"
 
                 return run
@@ -310,14 +285,6 @@ def main() -> int:
                 print(f"bench.follow: {name} ...", file=sys.stderr, flush=True)
                 res, rss = uvloop.run(fn())
                 rows.append(res.row(name, rss))
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        w.destroy()
     head = (
         f"Command: `.venv/bin/python -m bench.follow` ({os.cpu_count()} CPUs, shared: load "
         f"average {load:.1f} at the start; worker sshd, web server and readers on loopback)\n\n"

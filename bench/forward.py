@@ -11,11 +11,13 @@ writes docs/benchmarks-forward.md.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.audit_store import FIELDS
 from logtorukun.audit import AuditStore
 from logtorukun.audit.forward import Forwarder
 from logtorukun.config_siem import ForwardConfig
@@ -24,16 +26,6 @@ from tests.support.rsyslog import Collector
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-forward.md"
 RECORDS = 30_000
 ROUNDS = 3
-FIELDS = {
-    "user": "alice",
-    "roles": ["ops"],
-    "client": "192.0.2.10",
-    "user_agent": "Mozilla/5.0 (X11; Linux x86_64) logtorukun-bench",
-    "action": "tail",
-    "host": "web1",
-    "source": "/var/log/worker/app.log",
-    "decision": "allow",
-}
 
 
 def fill(store: AuditStore, n: int) -> float:
@@ -61,6 +53,7 @@ def drain(tmp: Path, db: Path, collector: Collector, batch: int, n: int) -> floa
 
 
 def main() -> int:
+    argparse.ArgumentParser(prog="bench.forward", description=__doc__.split("\n\n")[0]).parse_args()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="logtorukun-bench-") as tmp_s:
         tmp = Path(tmp_s)

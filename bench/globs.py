@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from bench._stats import pct
 from logtorukun.gate.globs import compile_glob
 from tests.support.sshd import Worker
 from tests.web.support import served
@@ -88,11 +89,6 @@ def healthz(url: str, seconds: float) -> list[float]:
             lat.append(time.perf_counter() - t0)
             time.sleep(0.01)
     return lat
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def main() -> int:

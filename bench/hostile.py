@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench._stats import pct
 from logtorukun.gate.policy import Limits
 from logtorukun.gate.protocol import REQUEST
 from tests.gate.test_bridge import BridgeClient
@@ -141,15 +142,11 @@ def gate_times(w: Hostile, first: int, n: int) -> list[float]:
     return [r["duration_ms"] / 1000 for r in records if r.get("event") == "end" and r["id"] in ids]
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000
-
-
 def row(name: str, lat: list[float], gate: list[float], peak: str = "") -> str:
     return (
-        f"| {name} | {pct(lat, 50):.1f} ms | {pct(lat, 99):.1f} ms | {max(lat) * 1000:.1f} ms"
-        f" | {pct(gate, 50):.2f} / {pct(gate, 99):.2f} ms | {peak} |"
+        f"| {name} | {pct(lat, 50) * 1000:.1f} ms | {pct(lat, 99) * 1000:.1f} ms"
+        f" | {max(lat) * 1000:.1f} ms"
+        f" | {pct(gate, 50) * 1000:.2f} / {pct(gate, 99) * 1000:.2f} ms | {peak} |"
     )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
+from bench._stats import pct
 from tests.support.sshd import Worker
 from tests.web.conftest import CHROMIUM_ARGS
 from tests.web.support import running, sign_in, write_config
@@ -72,11 +73,6 @@ def _stamped(i: int, k: int) -> str:
     cs = (i * MERGED + k) * 10  # milliseconds since 14:00
     t = f"{14 + cs // 3_600_000:02d}:{cs // 60_000 % 60:02d}:{cs // 1000 % 60:02d}.{cs % 1000:03d}"
     return f"2024-12-17 {t} INFO [source {k}] line {i:06d}\n"
-
-
-def p95(values: list[float]) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]
 
 
 def measure(page: Page, script: str, rounds: int) -> list[float]:
@@ -151,7 +147,7 @@ def main() -> int:
     goals = ["< 300 ms", "< 100 ms", "", "", "", "", "< 300 ms"]
     for (name, values), goal in zip(rows, goals, strict=True):
         table.append(
-            f"| {name} | {statistics.median(values):.1f} ms | {p95(values):.1f} ms | {goal} |"
+            f"| {name} | {statistics.median(values):.1f} ms | {pct(values, 95):.1f} ms | {goal} |"
         )
     text = "\n".join(table)
     print(text)

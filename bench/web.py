@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -30,26 +31,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from bench._stats import ms, pct
 from logtorukun.audit import AuditStore
 from tests.support.sshd import Worker
 from tests.web.support import free_port, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "benchmarks-web.md"
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
-def ms(v: float) -> str:
-    return f"{v * 1000:.2f} ms"
+FOLLOW_LOG = "follow.log"  # in a bench worker's root: written by the benchmark, followed
 
 
 def rss_mib(pid: int) -> float:
@@ -74,6 +70,60 @@ def start_server(config: Path, port: int) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("the server did not start")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the server's orderly shutdown), a kill if it has not ended in 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass(frozen=True)
+class Served:
+    """A `logtorukun serve` process on loopback and the API token of its user `bench`."""
+
+    proc: subprocess.Popen[bytes]
+    config: Path
+    port: int
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def serve(directory: Path, worker: Worker, **server: Any) -> Served:
+    """A config for `worker` in `directory` (`server`: its [server] settings), the user
+    `bench` with a token, and the server started on a free port."""
+    port = free_port()
+    config = write_config(directory, worker, listen=f"127.0.0.1:{port}", **server)
+    token = bench_token(config)
+    return Served(start_server(config, port), config, port, token)
+
+
+@contextlib.contextmanager
+def worker_and_server(name: str, **server: Any) -> Iterator[tuple[Worker, Served]]:
+    """A throwaway sshd worker with an empty log FOLLOW_LOG in its root to follow, and a
+    server for it (`server`: [server] settings); both stopped and removed at the end."""
+    w = Worker(name=name)
+    served: Served | None = None
+    with tempfile.TemporaryDirectory(prefix=f"logtorukun-{name}-") as tmp:
+        try:
+            w.start()
+            follow = w.root / FOLLOW_LOG
+            follow.write_text("")
+            follow.chmod(0o644)
+            served = serve(Path(tmp), w, **server)
+            yield w, served
+        finally:
+            if served is not None:
+                stop_server(served.proc)
+            w.destroy()
 
 
 def cli(config: Path, *args: str, stdin: str | None = None) -> str:
@@ -265,21 +315,9 @@ def main() -> int:
     ap.add_argument("--follow-lines", type=int, default=100)
     args = ap.parse_args()
     rows: list[tuple[str, str, str]] = []
-    w = Worker(name="bench-web")
-    tmp = Path(tempfile.mkdtemp(prefix="logtorukun-bench-web-"))
-    proc = None
-    try:
-        w.start()
-        follow = w.root / "follow.log"
-        follow.write_text("")
-        follow.chmod(0o644)
-        port = free_port()
-        config = write_config(
-            tmp, w, listen=f"127.0.0.1:{port}", max_follows_per_user=args.followers + 10
-        )
-        token = bench_token(config)
-        proc = start_server(config, port)
-        url = f"http://127.0.0.1:{port}"
+    with worker_and_server("bench-web", max_follows_per_user=args.followers + 10) as (w, served):
+        proc, config, url, token = served.proc, served.config, served.url, served.token
+        follow = w.root / FOLLOW_LOG
         path = str(w.app_log)
         bench_tail(url, token, path, 50, 1)  # warm up: connection, bridge, caches
         seq = bench_tail(url, token, path, args.requests, 1)
@@ -338,7 +376,7 @@ def main() -> int:
                 "for comparison: 1 follower through the SSH client alone (no web server)", direct
             )
         )
-        rate = bench_audit(tmp, 5000)
+        rate = bench_audit(config.parent, 5000)
         rows.append(
             (
                 "audit store appends (SQLite WAL, synchronous=NORMAL)",
@@ -346,14 +384,6 @@ def main() -> int:
                 f"{1e6 / rate:.0f} µs each",
             )
         )
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        w.destroy()
     cpu = os.cpu_count()
     table = ["| measurement | value | |", "|---|---:|---:|"]
     table += [f"| {a} | {b} | {c} |" for a, b, c in rows]

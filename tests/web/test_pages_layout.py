@@ -1,9 +1,12 @@
-"""Every page at phone width and through axe-core, in light and dark mode (Chromium).
+"""Every page at phone width and through axe-core, in light and dark mode (Chromium);
+the viewers' toolbars at every width.
 
 390 px is a current phone in portrait: no page may be wider than the screen (the page
 itself must not scroll sideways; a log line may scroll inside its own box). axe-core
 (pinned through axe-playwright-python, its bundled engine: nothing is fetched) must
-report no serious or critical violation.
+report no serious or critical violation. The single and merged viewers' forms keep
+everything inside their panel from a phone to a wide desktop (at 960 px the search
+group once stuck out of it).
 """
 
 from __future__ import annotations
@@ -96,3 +99,40 @@ def test_axe_finds_nothing_serious_on_any_page(
         if bad:
             found[path] = bad
     assert found == {}, "\n".join(f"{k}: {x}" for k, v in found.items() for x in v)
+
+
+# Every control of a viewer's forms that sticks out of its panel: [form, control, px].
+OUTSIDE = """() => {
+  const out = [];
+  for (const f of document.querySelectorAll("form.controls")) {
+    const box = f.getBoundingClientRect();
+    const right = box.right - f.clientLeft;  // inside the border
+    for (const el of f.querySelectorAll("*")) {
+      const r = el.getBoundingClientRect();
+      if (r.width && r.right > right + 0.5) out.push([f.id, el.id || el.tagName, r.right - right]);
+    }
+    if (f.scrollWidth > f.clientWidth) out.push([f.id, "(scrolls)", f.scrollWidth - f.clientWidth]);
+  }
+  return out;
+}"""
+
+
+def test_the_viewer_forms_fit_their_panel_at_every_width(
+    browser: Browser, live: LiveServer, web_worker: Worker
+) -> None:
+    log = web_worker.app_log
+    viewers = [
+        (f"/view?host=web1&path={log}", "#log .line"),
+        (f"/merged?src=web1:{log}&src=web2:{log}", "#log .line .src"),
+    ]
+    widths = sorted({960, *range(390, 1441, 30)})
+    out: dict[str, list[tuple[int, object]]] = {}
+    with new_page(browser, viewport={"width": 960, "height": 800}) as page:
+        for path, ready in viewers:
+            page.context.clear_cookies()
+            open_page(page, live, "olivia", path, ready)
+            for width in widths:
+                page.set_viewport_size({"width": width, "height": 800})
+                if bad := page.evaluate(OUTSIDE):
+                    out.setdefault(path.split("?")[0], []).append((width, bad[:3]))
+    assert out == {}, out

@@ -165,6 +165,8 @@ def test_choose_sources_from_what_you_may_read(
     page.click("#add-source")
     expect(page.locator("#chosen .src")).to_have_count(1)
     expect(page.locator("#status")).to_contain_text("from 1 source")
+    expect(page.locator("#download")).to_be_disabled()  # rita has no download grant
+    assert "You may not download web1:" in (page.locator("#download").get_attribute("title") or "")
     assert f"src=web1%3A{str(web_worker.app_log).replace('/', '%2F')}" in page.url
 
 

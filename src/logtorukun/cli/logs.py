@@ -400,12 +400,12 @@ async def _print_stream(host: str, stream: Stream, printer: Printer) -> None:
 
 def _merge_read(spec: str, args: argparse.Namespace) -> tuple[str, str, str]:
     """HOST:SOURCE -> (host, source, the gate command that reads its last lines)."""
-    host, sep, key = spec.partition(":")
-    if not sep or not host or not key:
-        raise UserError(
-            f"merge: {spec!r} is not HOST:SOURCE (web1:/var/log/app.log, "
-            "web1:unit:nginx.service, web1:container:api)"
-        )
+    from ..web.merge import host_source
+
+    try:
+        host, key = host_source(spec)
+    except ValueError as exc:
+        raise UserError(f"merge: {exc}") from None
     if key.startswith("unit:"):
         since, until = _when(args, "unit")
         return host, key, line_for(Journal(key[5:], args.lines, since, until))

@@ -7,6 +7,7 @@ bridge request (bytes into frames), which is what keeps both on one code path.
 
 from __future__ import annotations
 
+import os
 import select
 import time
 
@@ -49,8 +50,20 @@ class Flag:
         return self._set
 
 
+# A file's bytes sent without counting go in pieces of this size: the request's clock
+# and cancellation are looked at between pieces, and `bytes` is exact up to the last one.
+FILE_PIECE = 1 << 20
+_TAIL = 64  # the last bytes of an uncounted span, kept to see it unchanged at a recount
+
+
 class Output:
-    """Counts what is sent and stops at `max_lines` / `max_bytes`, on a line boundary."""
+    """Counts what is sent and stops at `max_lines` / `max_bytes`, on a line boundary.
+
+    Bytes sent without counting their lines (`uncounted`) count as one line each, an
+    upper bound (a line has at least one byte), so `lines + uncounted` never passes the
+    line cap. Where that bound would stop the output, the file spans sent uncounted are
+    read again and counted, so the cap binds exactly where the lines really end.
+    """
 
     def __init__(
         self,
@@ -74,7 +87,10 @@ class Output:
             cancelled = CancelFlag()
         self.cancelled = cancelled
         self._waiter = waiter
-        self.lines = 0
+        self.lines = 0  # lines counted
+        self.uncounted = 0  # bytes sent without counting their lines
+        # (fd, offset, length, last bytes) of the file data among them: what a recount reads
+        self._spans: list[tuple[int, int, int, bytes]] = []
         self.bytes = 0
         self.truncated = False
         # Facts a reader wants in the request's end record (e.g. how a follow waits).
@@ -111,11 +127,14 @@ class Output:
             return
         self.check_time()
         n_lines = count_lines(data) + (0 if data.endswith(b"\n") else 1)
-        if self.lines + n_lines <= self.max_lines and self.bytes + len(data) <= self.max_bytes:
+        if self.uncounted and self.lines + self.uncounted + n_lines > self.max_lines:
+            self._recount()
+        lines = self.lines + self.uncounted
+        if lines + n_lines <= self.max_lines and self.bytes + len(data) <= self.max_bytes:
             self._send(data, n_lines)
             return
         # Cut at the last line that fits both caps, send that, then stop.
-        room_lines = self.max_lines - self.lines
+        room_lines = self.max_lines - lines
         room_bytes = self.max_bytes - self.bytes
         cut = 0
         kept = 0
@@ -131,7 +150,7 @@ class Output:
         if cut:
             self._send(data[:cut], kept)
         self.truncated = True
-        which = "max_lines" if self.lines >= self.max_lines else "max_bytes"
+        which = "max_lines" if self.lines + self.uncounted >= self.max_lines else "max_bytes"
         limit = self.max_lines if which == "max_lines" else self.max_bytes
         unit = "lines" if which == "max_lines" else "bytes"
         raise LimitReached(f"output truncated at {limit} {unit} ({which} in the policy)")
@@ -143,54 +162,101 @@ class Output:
         Every line has at least one byte, so once the lines still allowed are at least
         the bytes still allowed, the byte cap always binds first and counting (the
         costliest part of streaming) buys nothing; the end record then says
-        `"lines_counted": false` and `lines` counts only the lines counted before."""
+        `"lines_counted": false` and `lines` counts only the lines counted."""
         room = self.max_bytes - self.bytes
-        if self.max_lines - self.lines < room:
+        if self.max_lines - self.lines - self.uncounted < room:
             self.write(data)
             return
         if self.cancelled.is_set():
             raise Cancelled()
         self.check_time()
-        self.notes["lines_counted"] = False
         if len(data) <= room:
-            self._send(data, 0)
+            self._send(data, -1)
             return
         cut = data.rfind(b"\n", 0, room) + 1
         if cut:
-            self._send(data[:cut], 0)
+            self._send(data[:cut], -1)
         self.truncated = True
         raise LimitReached(f"output truncated at {self.max_bytes} bytes (max_bytes in the policy)")
 
     def send_file(self, fd: int, offset: int, count: int) -> bool:
-        """Send `count` bytes of `fd` from `offset` without copying them through Python
-        (sendfile to a one-shot's stdout), if the sink can and no cap can bind on them;
-        False (nothing sent) otherwise. The file may shrink meanwhile: fewer bytes go."""
-        if self._sendfile is None or count <= 0:
+        """Send `count` bytes of `fd` from `offset` (whole lines) without counting them,
+        if no cap can bind on them; False (nothing sent) otherwise. A one-shot's stdout
+        takes them by sendfile (no copy through Python); any other sink gets them read
+        in pieces. The file may shrink meanwhile: fewer bytes go."""
+        if count <= 0:
             return False
-        if self.max_lines - self.lines < count or self.max_bytes - self.bytes < count:
+        if (
+            self.max_lines - self.lines - self.uncounted < count
+            or self.max_bytes - self.bytes < count
+        ):
             return False
-        if self.cancelled.is_set():
-            raise Cancelled()
-        self.check_time()  # the sink's own deadline holds during the send
+        last = os.pread(fd, min(_TAIL, count), offset + count - min(_TAIL, count))
+        pos, end = offset, offset + count
         try:
-            sent = self._sendfile(fd, offset, count)
+            while pos < end:
+                if self.cancelled.is_set():
+                    raise Cancelled()
+                self.check_time()  # the sink's own deadline holds during the send, too
+                want = min(FILE_PIECE, end - pos)
+                sent = -1 if self._sendfile is None else self._sendfile(fd, pos, want)
+                if sent < 0:  # this output cannot take sendfile: read and write
+                    self._sendfile = None
+                    piece = os.pread(fd, want, pos)
+                    if piece:
+                        self._sink(piece)
+                    sent = len(piece)
+                    del piece
+                pos += sent
+                self.bytes += sent
+                self.uncounted += sent
+                if sent < want:
+                    break  # the file shrank under us
         except (BrokenPipeError, ConnectionError) as exc:
             self.cancelled.set()
             raise Cancelled() from exc
-        if sent < 0:  # this output cannot take sendfile after all
-            self._sendfile = None
-            return False
-        self.notes["lines_counted"] = False
-        self.bytes += sent
+        finally:
+            if pos > offset:
+                self.notes["lines_counted"] = False
+                self._spans.append((fd, offset, pos - offset, last if pos == end else b""))
         return True
 
+    def _recount(self) -> None:
+        """Count the lines of the file spans sent uncounted, reading them again: only
+        where the upper bound would stop the output, so the line cap binds exactly. A
+        span whose file changed since (shorter, or other bytes at its end) keeps
+        counting one line per byte: never past the cap, though it may stop early."""
+        spans, self._spans = self._spans, []
+        for fd, offset, length, last in spans:
+            counted = 0
+            pos, end = offset, offset + length
+            while pos < end:
+                self.check_time()
+                piece = os.pread(fd, min(FILE_PIECE, end - pos), pos)
+                if not piece:
+                    break
+                counted += count_lines(piece)
+                pos += len(piece)
+                del piece
+            k = min(_TAIL, length)
+            if pos == end and last and os.pread(fd, k, end - k) == last:
+                self.lines += counted
+                self.uncounted -= length
+        if not self.uncounted:
+            self.notes.pop("lines_counted", None)
+
     def _send(self, data: bytes, n_lines: int) -> None:
+        """`n_lines` -1: not counted (each byte counts as a line towards the cap)."""
         try:
             self._sink(data)
         except (BrokenPipeError, ConnectionError) as exc:
             self.cancelled.set()
             raise Cancelled() from exc
-        self.lines += n_lines
+        if n_lines < 0:
+            self.uncounted += len(data)
+            self.notes["lines_counted"] = False
+        else:
+            self.lines += n_lines
         self.bytes += len(data)
 
     @property

@@ -228,15 +228,34 @@ def copy_lines(fd: int, out: Output, n: int | None, *, gz: bool) -> None:
 
 
 def _send_whole_lines(fd: int, out: Output) -> None:
-    """`cat` of a plain file to a one-shot's stdout: the complete lines there are now go
-    by sendfile when no cap can bind on them (no copy through Python, no counting); the
-    fd's position is left after them for whatever follows."""
+    """`cat` of a plain file: the complete lines there are now go without counting them
+    (by sendfile to a one-shot's stdout: no copy through Python) once no cap can bind on
+    them; the fd's position is left after what was sent, for whatever follows.
+
+    A line has at least one byte, so the line cap cannot bind on the bytes left once the
+    lines still allowed are at least that many: lines are counted from the start only
+    until then (a file of 10^9 bytes under `max_lines = 10^9 - 10^7` counts about its
+    first 10^7 bytes' worth of lines, then sends the rest uncounted)."""
     size = os.fstat(fd).st_size
     look = min(size, 1 << 16)
     nl = os.pread(fd, look, size - look).rfind(b"\n") if look else -1
-    before = out.bytes
-    if nl >= 0 and out.send_file(fd, 0, size - look + nl + 1):
-        os.lseek(fd, out.bytes - before, os.SEEK_SET)
+    end = size - look + nl + 1
+    if nl < 0 or out.max_bytes - out.bytes < end:
+        return  # no whole line, or the byte cap can bind: the counting loop does it all
+    pos = 0
+    while out.max_lines - out.lines - out.uncounted < end - pos:
+        out.check_time()
+        piece = os.pread(fd, min(CHUNK, end - pos), pos)
+        cut = piece.rfind(b"\n") + 1
+        if not cut:
+            break  # a line longer than CHUNK (or a shorter file): the loop holds lines
+        out.write(piece if cut == len(piece) else piece[:cut])
+        pos += cut
+    else:
+        before = out.bytes
+        out.send_file(fd, pos, end - pos)
+        pos += out.bytes - before
+    os.lseek(fd, pos, os.SEEK_SET)
 
 
 def first_lines(data: bytes, k: int) -> bytes:

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from .access import TAIL
 from .api import Lines, PathQ, json_bytes, worker_failed
 from .context import ApiError
-from .guard import begin, server_of, via
+from .guard import Allowed, begin, server_of, via
 from .workers import ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -88,16 +88,21 @@ async def history(
     if before is not None:
         ino, off = (int(x) for x in before.split(":"))
         at = (ino, off)
-    if at is not None and at[1] == 0:  # the start of a file: the older file's end
-        a0 = begin(
+
+    def begin_page(file: str, before: str | None) -> Allowed:
+        """The audited start of one request to the worker for this page."""
+        return begin(
             server,
             request,
             action="history",
             host=host,
             capability=TAIL,
             params={"before": before, "lines": lines},
-            source={"path": path, "unit": None, "container": None},
+            source={"path": file, "unit": None, "container": None},
         )
+
+    if at is not None and at[1] == 0:  # the start of a file: the older file's end
+        a0 = begin_page(path, before)
         try:
             listing = await server.workers.sources(a0.host, via(a0))
         except WorkerError as exc:
@@ -108,15 +113,7 @@ async def history(
         if older is None:
             return _reply({"host": host, "path": None, "lines": [], "start": None})
         target, at = older, None
-    a = begin(
-        server,
-        request,
-        action="history",
-        host=host,
-        capability=TAIL,
-        params={"before": f"{at[0]}:{at[1]}" if at else None, "lines": lines},
-        source={"path": target, "unit": None, "container": None},
-    )
+    a = begin_page(target, f"{at[0]}:{at[1]}" if at else None)
     assert a.source is not None
     spec = ReadSpec("tail", a.source, lines=lines, before=at)
     try:

@@ -23,12 +23,24 @@ from typing import Literal
 
 from ..gate.stamps import instant
 
-__all__ = ["FIELD_CHARS", "HEAD_CHARS", "MAX_SOURCES", "Merged", "merge"]
+__all__ = ["FIELD_CHARS", "HEAD_CHARS", "MAX_SOURCES", "Merged", "host_source", "merge"]
 
 MAX_SOURCES = 8  # sources in one merged view, tail, search or follow
 HEAD_CHARS = 64  # a timestamp is looked for in a line's first characters only
 FIELD_CHARS = 2048  # ... or, in a JSON or logfmt line, in its time field this far in
 UNDATED = -1  # the key of a source with no timestamp at all: before everything
+
+
+def host_source(spec: str) -> tuple[str, str]:
+    """`HOST:SOURCE` (how the merged view and `logtorukun merge` name a source) ->
+    (host, source); a ValueError that shows the form if `spec` is not one."""
+    host, sep, key = spec.partition(":")
+    if not sep or not host or not key:
+        raise ValueError(
+            f"{spec[:100]!r} is not HOST:SOURCE (web1:/var/log/app.log, "
+            "web1:unit:nginx.service, web1:container:api)"
+        )
+    return host, key
 
 
 @dataclass(frozen=True, slots=True)

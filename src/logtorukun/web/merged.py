@@ -42,7 +42,7 @@ from .context import ApiError, Ctx, Server
 from .fanout import BATCH_SECONDS, Viewer, render
 from .guard import has_control, server_of
 from .history import line_start
-from .merge import MAX_SOURCES, merge
+from .merge import MAX_SOURCES, host_source, merge
 from .patterns import BadPattern
 from .recheck import Credential
 from .sse import FollowHub, Upstream
@@ -82,12 +82,10 @@ class Pick:
 
 def _parse(spec: str) -> tuple[str, Source]:
     """`HOST:SOURCE` -> (host name, source); BadSource names what is wrong."""
-    host, sep, key = spec.partition(":")
-    if not sep or not host or not key:
-        raise BadSource(
-            f"src: {spec[:100]!r} is not HOST:SOURCE (web1:/var/log/app.log, "
-            "web1:unit:nginx.service, web1:container:api)"
-        )
+    try:
+        host, key = host_source(spec)
+    except ValueError as exc:
+        raise BadSource(f"src: {exc}") from None
     try:
         return host, Source.parse(key)
     except BadSource as exc:
@@ -158,7 +156,8 @@ def pick(
             server.refuse(ctx, 403, decision.reason, **audit)
             refused.append(f"{label} ({decision.reason})")
             continue
-        picks.append(Pick(label, hc, source))
+        may = {"download": ctx.access.check(hc, source, DOWNLOAD).allowed}  # its button
+        picks.append(Pick(label, hc, source, extra=may))
     if refused:
         raise ApiError(
             403,
@@ -196,7 +195,7 @@ def _via(ctx: Ctx, p: Pick) -> dict[str, Any]:
     return {"user": ctx.name, "audit": p.ref.seq}
 
 
-def _fail_all(
+def fail_picks(
     server: Server,
     parent: AuditRef,
     picks: list[Pick],
@@ -362,7 +361,7 @@ async def merged_tail(
     try:
         specs = [ReadSpec.last(p.source, lines, since, until) for p in picks]
     except times.BadTime as exc:
-        raise _fail_all(server, parent, picks, 422, str(exc)) from None
+        raise fail_picks(server, parent, picks, 422, str(exc)) from None
     per_source = await _read_all(server, ctx, picks, specs, lines)
     keep: Literal["last", "first"] = "first" if since or until else "last"
     return await _answer(server, parent, picks, per_source, "tail", lines, keep, started, download)
@@ -402,7 +401,7 @@ async def merged_grep(
     )
 
     def fail(status: int, why: str) -> ApiError:
-        return _fail_all(server, parent, picks, status, why)
+        return fail_picks(server, parent, picks, status, why)
 
     for p in picks:
         why = ReadSpec.unsearchable(p.source, invert)
@@ -489,7 +488,7 @@ async def merged_follow(request: Request, src: SrcQ, from_: MergedFromQ = []) ->
     user = ctx.user.name
 
     def fail(status: int, why: str) -> ApiError:
-        return _fail_all(server, parent, picks, status, why, "follow_end")
+        return fail_picks(server, parent, picks, status, why, "follow_end")
 
     try:
         starts = _starts(picks, from_)

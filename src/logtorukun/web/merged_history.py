@@ -28,11 +28,11 @@ from fastapi.responses import Response
 
 from .access import TAIL, Source
 from .api import Lines, json_bytes, off_loop
-from .context import ApiError, Ctx, Server
+from .context import Ctx, Server
 from .guard import server_of
 from .history import line_start, older_file, same_log
 from .merge import merge
-from .merged import Pick, SrcQ, pick
+from .merged import Pick, SrcQ, fail_picks, pick
 from .workers import ReadSpec, WorkerError
 
 router = APIRouter(prefix="/api/merged", tags=["merged view"])
@@ -166,11 +166,7 @@ async def merged_history(request: Request, src: SrcQ, at: AtQ, lines: Lines = 20
     try:
         cursors = _cursors(picks, at)
     except ValueError as exc:
-        for p in picks:
-            assert p.ref is not None
-            server.finish(p.ref, "read_end", {"status": 422, "error": str(exc)})
-        server.finish(parent, "read_end", {"status": 422, "error": str(exc)})
-        raise ApiError(422, str(exc)) from None
+        raise fail_picks(server, parent, picks, 422, str(exc)) from None
     chunks = await asyncio.gather(
         *(_chunk(server, ctx, p, c, lines) for p, c in zip(picks, cursors, strict=True))
     )

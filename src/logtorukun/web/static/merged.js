@@ -44,6 +44,10 @@
       positions = {};
       hist.at = {};
       hist.unpaged = [];
+      const refused = data.sources.filter((s) => s.download === false).map((s) => s.label);
+      const download = $("download");
+      download.disabled = refused.length > 0;
+      download.title = refused.length ? "You may not download " + refused.join(", ") : "Download these merged lines, each after its source and a tab";
       data.sources.forEach((s, i) => {
         if (s.pos) positions[i] = s.pos;
         if (s.start) hist.at[i] = s.start + ":" + s.source;

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.web import Served, bench_tail, serve, stop_server
+from bench.web import BenchServer, bench_server, bench_tail, stop_server
 from logtorukun.audit.store import AuditStore
 from logtorukun.db.postgres import close_pool
 from tests.conftest import new_pg_database
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> str:
     rows: list[tuple[str, str, str, str]] = []
     pg = Postgres()
     w = Worker(name="bench-db")
-    servers: dict[str, Served] = {}
+    servers: dict[str, BenchServer] = {}
     with tempfile.TemporaryDirectory(prefix="logtorukun-bench-db-") as tmpdir:
         tmp = Path(tmpdir)
         try:
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> str:
             for name, database in (("sqlite", str(tmp / "web.db")), ("pg", new_pg_database(pg))):
                 d = tmp / name
                 d.mkdir()
-                s = servers[name] = serve(d, w, database=database)
+                s = servers[name] = bench_server(d, w, database=database)
                 bench_tail(s.url, s.token, str(w.app_log), 30, 1)  # warm: connection, bridge
             times: dict[str, list[float]] = {"sqlite": [], "pg": []}
             block = max(1, args.requests // 10)

@@ -252,9 +252,9 @@ def main() -> int:
     args = ap.parse_args()
     rows: list[str] = []
     load = os.getloadavg()[0]
-    with worker_and_server("bench-follow", max_follows_per_user=args.viewers + 10) as (w, served):
+    with worker_and_server("bench-follow", max_follows_per_user=args.viewers + 10) as (w, srv):
         log = w.root / FOLLOW_LOG
-        config, port, token, pid = served.config, served.port, served.token, served.proc.pid
+        config, port, token, pid = srv.config, srv.port, srv.token, srv.proc.pid
         for rate, n in ((10.0, args.slow_lines), (1000.0, args.fast_lines)):
             label = f"{rate:,.0f}/s"
 

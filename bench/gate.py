@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench._logs import make_log
-from logtorukun.ops.bundle import build_gate
+from logtorukun.ops.gate_install import build_gate
 
 DATA = Path(__file__).parent / "data"
 RARE = "needle-7f3a9c"

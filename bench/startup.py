@@ -26,7 +26,8 @@ import zipfile
 from pathlib import Path
 
 from bench._logs import make_log
-from logtorukun.ops.bundle import GATE_ENTRY, build_gate
+from logtorukun.ops.bundle import GATE_ENTRY
+from logtorukun.ops.gate_install import build_gate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-startup.md"
 PY = "/usr/bin/python3"
@@ -48,10 +49,12 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def as_zipapp(gate_dir: Path, dest: Path) -> Path:
     """The gate's files as one zipapp, bytecode beside each source (zipimport never
-    looks in __pycache__), `__main__` the entry script but for its sys.path line: the
-    comparison row for running a script instead."""
-    entry = (gate_dir / GATE_ENTRY).read_text().splitlines(keepends=True)
-    main = "".join(line for line in entry if not line.startswith("sys.path.append("))
+    looks in __pycache__), `__main__` the entry script but for the lines that find its
+    build's directory and put it on sys.path: the comparison row for running a script
+    instead."""
+    entry = (gate_dir / GATE_ENTRY).read_text()
+    head, _, rest = entry.partition("\nhere = ")
+    main = head + "\n" + rest.partition("\nsys.path.append(here)\n")[2]
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("__main__.py", main)
         for path in sorted(gate_dir.rglob("*.py")):

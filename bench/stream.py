@@ -2,13 +2,23 @@
 
     .venv/bin/python -m bench.stream [--size-mib 1024] [--rounds 3]
 
-One real sshd worker runs the gate as forced command (policy caps far above the file,
-so no cap can bind: one-shot `cat` goes by sendfile, the bridge streams without
-counting lines); a second sshd account on the same machine has no forced command and
-runs the plain tools. Every method reads over a pooled asyncssh connection of the same
-kind (aes128-gcm), in rounds that alternate the methods, and the table gives the median
-MB/s (10^6 bytes) and the ratio to the plain tool. The log (and its gzip -1) is
-generated once into bench/data/. Writes docs/benchmarks-stream.md.
+One real sshd worker runs the gate as forced command, with download-sized caps
+(bench.client's policy: max_lines 10^9, max_bytes 10^11; a little under the 1 GiB file's
+1.07 * 10^9 bytes, so the line cap could bind on them: the gate counts the first ~7%
+of lines until it no longer can, then sends the rest uncounted, by sendfile one-shot
+and by splice into frames in the bridge); a second sshd account on the same machine
+has no forced command and runs the plain tools. Every method reads over a pooled
+asyncssh connection of the same kind (aes128-gcm), in rounds that alternate the methods,
+and the table gives the median MB/s (10^6 bytes) and the ratio to the plain tool. The
+log (and its gzip -1) is generated once into bench/data/. Writes
+docs/benchmarks-stream.md.
+
+Where the time goes: for every method the table also gives the CPU seconds per GiB of
+the command that produced the stream (the gate, or the plain tool), of sshd (reading
+that command's pipe, encrypting) and of the client (this process: decrypting, reading),
+from the worker's process tree in /proc. On 2 shared cores the throughput follows the
+sum of these more than any one of them; they vary less with the load than MB/s does
+(though a loaded machine inflates them too: compare rows of one run).
 """
 
 from __future__ import annotations
@@ -43,13 +53,53 @@ def gzip_of(log: Path) -> Path:
     return gz
 
 
-async def measure(fn: Callable[[], Awaitable[int]], size: int) -> float:
+def tree_cpu(root: int) -> tuple[float, float]:
+    """CPU seconds so far of sshd itself and of the commands it ran, in the process
+    tree under `root` (a worker's sshd): a command that has ended is in its parent's
+    cutime/cstime, a running one (a bridge) in its own utime/stime."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, tuple[str, list[int]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        stats[int(entry)] = (comm, [int(x) for x in fields[11:15]])
+    sshd = command = 0
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        comm, (utime, stime, cutime, cstime) = stats[pid]
+        if comm.startswith("sshd"):
+            sshd += utime + stime
+            command += cutime + cstime
+        else:
+            command += utime + stime + cutime + cstime
+    hz = os.sysconf("SC_CLK_TCK")
+    return sshd / hz, command / hz
+
+
+async def measure(
+    fn: Callable[[], Awaitable[int]], size: int, root: int
+) -> tuple[float, tuple[float, float, float]]:
+    """MB/s, and CPU seconds per GiB of (command, sshd, client)."""
+    sshd0, cmd0 = tree_cpu(root)
+    cpu0 = time.process_time()
     t = time.perf_counter()
     n = await fn()
     dt = time.perf_counter() - t
+    cpu1 = time.process_time()
+    sshd1, cmd1 = tree_cpu(root)
     if n != size:
         raise SystemExit(f"short read: {n} of {size} bytes")
-    return size / dt / 1e6
+    gib = size / (1 << 30)
+    return size / dt / 1e6, ((cmd1 - cmd0) / gib, (sshd1 - sshd0) / gib, (cpu1 - cpu0) / gib)
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -90,11 +140,16 @@ async def run(args: argparse.Namespace) -> str:
                 ),
             ]
             results: dict[str, list[float]] = {}
+            cpus: dict[str, list[tuple[float, float, float]]] = {}
             for rnd in range(args.rounds):
                 for _, methods in groups:
                     for name, fn in methods:
                         print(f"bench.stream: round {rnd + 1}: {name}", file=sys.stderr)
-                        results.setdefault(name, []).append(await measure(fn, size))
+                        root = raw.pid if "no gate" in name else w.pid
+                        assert root is not None
+                        rate, cpu = await measure(fn, size, root)
+                        results.setdefault(name, []).append(rate)
+                        cpus.setdefault(name, []).append(cpu)
     finally:
         w.destroy()
         raw.destroy()
@@ -104,16 +159,25 @@ async def run(args: argparse.Namespace) -> str:
         f"Command: `.venv/bin/python -m bench.stream` — {size:,} bytes ({args.size_mib} MiB), "
         f"median of {args.rounds} rounds; {os.cpu_count()} cores shared with other work "
         f"(load average {load:.1f} at the start), sshd and client on loopback, "
-        "pooled asyncssh connections (aes128-gcm).",
+        f"pooled asyncssh connections (aes128-gcm); load average {os.getloadavg()[0]:.1f} "
+        "at the end.",
         "",
-        "| data | method | MB/s | vs the plain tool |",
-        "|---|---|---:|---:|",
+        "CPU columns: seconds per GiB streamed (medians) of the command that produced the",
+        "stream (the gate, or the plain tool), of sshd and of the client.",
+        "",
+        "| data | method | MB/s | vs the plain tool | command CPU | sshd CPU | client CPU |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for data, methods in groups:
         base = statistics.median(results[methods[0][0]])
         for name, _ in methods:
             rate = statistics.median(results[name])
-            out.append(f"| {data} | {name} | {rate:,.0f} | {rate / base:.2f}x |")
+            med = [statistics.median(c[i] for c in cpus[name]) for i in range(3)]
+            out.append(
+                f"| {data} | {name} | {rate:,.0f} | {rate / base:.2f}x | "
+                + " | ".join(f"{c:.2f}" for c in med)
+                + " |"
+            )
     return "\n".join(out) + "\n"
 
 

@@ -84,8 +84,10 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 @dataclass(frozen=True)
-class Served:
-    """A `logtorukun serve` process on loopback and the API token of its user `bench`."""
+class BenchServer:
+    """A `logtorukun serve` process on loopback and the API token of its user `bench`.
+    As tests/web/support.py's `served`, but at --log-level warning: an access-log line
+    per request is not part of what the benchmarks measure."""
 
     proc: subprocess.Popen[bytes]
     config: Path
@@ -97,32 +99,32 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
 
-def serve(directory: Path, worker: Worker, **server: Any) -> Served:
+def bench_server(directory: Path, worker: Worker, **server: Any) -> BenchServer:
     """A config for `worker` in `directory` (`server`: its [server] settings), the user
     `bench` with a token, and the server started on a free port."""
     port = free_port()
     config = write_config(directory, worker, listen=f"127.0.0.1:{port}", **server)
     token = bench_token(config)
-    return Served(start_server(config, port), config, port, token)
+    return BenchServer(start_server(config, port), config, port, token)
 
 
 @contextlib.contextmanager
-def worker_and_server(name: str, **server: Any) -> Iterator[tuple[Worker, Served]]:
+def worker_and_server(name: str, **server: Any) -> Iterator[tuple[Worker, BenchServer]]:
     """A throwaway sshd worker with an empty log FOLLOW_LOG in its root to follow, and a
     server for it (`server`: [server] settings); both stopped and removed at the end."""
     w = Worker(name=name)
-    served: Served | None = None
+    srv: BenchServer | None = None
     with tempfile.TemporaryDirectory(prefix=f"logtorukun-{name}-") as tmp:
         try:
             w.start()
             follow = w.root / FOLLOW_LOG
             follow.write_text("")
             follow.chmod(0o644)
-            served = serve(Path(tmp), w, **server)
-            yield w, served
+            srv = bench_server(Path(tmp), w, **server)
+            yield w, srv
         finally:
-            if served is not None:
-                stop_server(served.proc)
+            if srv is not None:
+                stop_server(srv.proc)
             w.destroy()
 
 
@@ -315,8 +317,8 @@ def main() -> int:
     ap.add_argument("--follow-lines", type=int, default=100)
     args = ap.parse_args()
     rows: list[tuple[str, str, str]] = []
-    with worker_and_server("bench-web", max_follows_per_user=args.followers + 10) as (w, served):
-        proc, config, url, token = served.proc, served.config, served.url, served.token
+    with worker_and_server("bench-web", max_follows_per_user=args.followers + 10) as (w, srv):
+        proc, config, url, token = srv.proc, srv.config, srv.url, srv.token
         follow = w.root / FOLLOW_LOG
         path = str(w.app_log)
         bench_tail(url, token, path, 50, 1)  # warm up: connection, bridge, caches

@@ -9,6 +9,7 @@ sink, after a piece was sent), so nothing depends on timing.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from logtorukun.gate import readers
-from logtorukun.gate.output import FILE_PIECE, LimitReached, Output
+from logtorukun.gate.output import FILE_PIECE, PIPE_SIZE, LimitReached, Output, widen_pipe
 
 BIG = 10**12
 LINE = 100  # bytes per line of `lines_file`
@@ -278,3 +279,19 @@ def test_a_sink_that_refuses_sendfile_gets_the_bytes_written(tmp_path: Path) -> 
         assert out.notes["lines_counted"] is False
     finally:
         os.close(s.fd)
+
+
+def test_widen_pipe_grows_a_pipe_and_never_shrinks_one(tmp_path: Path) -> None:
+    r, w = os.pipe()
+    big_r, big_w = os.pipe()
+    plain = os.open(tmp_path / "plain", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.fcntl(big_w, fcntl.F_SETPIPE_SZ, 4 * PIPE_SIZE)
+        widen_pipe(w)
+        widen_pipe(big_w)
+        widen_pipe(plain)  # not a pipe: left alone, no error
+        assert fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) == PIPE_SIZE
+        assert fcntl.fcntl(big_w, fcntl.F_GETPIPE_SZ) == 4 * PIPE_SIZE
+    finally:
+        for fd in (r, w, big_r, big_w, plain):
+            os.close(fd)

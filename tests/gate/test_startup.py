@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from logtorukun.ops.bundle import build_gate
+from logtorukun.ops.gate_install import build_gate
 from logtorukun.ops.sample_logs import write_sample_logs
 from tests.support.sshd import SYSTEM_PYTHON
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import logtorukun.gate
-from logtorukun.ops.bundle import GATE_ENTRY, build_gate
+from logtorukun.ops.bundle import GATE_ENTRY
+from logtorukun.ops.gate_install import build_gate
 from tests.support.sshd import SYSTEM_PYTHON
 
 GATE_DIR = Path(logtorukun.gate.__file__).resolve().parent

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from logtorukun.ops.bundle import GATE_ENTRY, build_gate, gate_command, gate_files
+from logtorukun.ops.bundle import GATE_ENTRY, gate_build, gate_command
+from logtorukun.ops.gate_install import build_gate
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -164,9 +165,9 @@ def test_the_entry_cannot_be_shadowed_from_the_current_directory(tmp_path: Path)
     assert out.stdout.startswith(b"logtorukun-gate ")
 
 
-def test_gate_files_need_the_workers_python(tmp_path: Path) -> None:
+def test_gate_build_needs_the_workers_python(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="cannot run /nonexistent/python3"):
-        gate_files("/nonexistent/python3")
+        gate_build("/nonexistent/python3")
 
 
 def test_gate_command() -> None:

@@ -7,15 +7,19 @@ check for that way fails (so a check that fails for everything would not pass he
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from logtorukun.cli import main
-from logtorukun.ops import doctor
+from logtorukun.ops import doctor, system
 from logtorukun.ops.doctor_escape import ESCAPE_CHECKS
+from logtorukun.ops.gate_install import GateInstall
 from logtorukun.ops.system import free_port
 from tests.conftest import MakeWorker
 from tests.support.sshd import Worker
@@ -29,6 +33,7 @@ HOST_CHECKS = {
     "key forced to the gate",
     "injection refused",
     "file outside policy refused",
+    doctor.INSTALL_CHECK,
     *ESCAPE_CHECKS,
 }
 # The key as `worker setup --from 127.0.0.1` installs it: doctor's probe from 127.0.0.2
@@ -247,3 +252,63 @@ def test_no_hosts_and_missing_config_are_one_line(
     assert "no [[host]] configured" in err and len(err.strip().splitlines()) == 1
     assert main(["--config", str(tmp_path / "nope.toml"), "doctor"]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_a_gate_install_the_gate_user_could_change_is_caught(
+    good: Worker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gate reports its install as its own account sees it (ACLs included); each
+    way of letting that account change what the forced command runs fails the check,
+    and only it."""
+    cfg = _config(tmp_path, good)
+    inst = GateInstall(good.gate_entry.parent)
+    build = inst.build_dir(str(inst.target()))
+    uid = pwd.getpwnam(good.user).pw_uid
+    module = build / "logtorukun/gate/runner.py"
+
+    def plain_dir() -> Callable[[], None]:
+        shutil.copytree(build, tmp_path / "plain")
+        inst.link.unlink()
+        (tmp_path / "plain").rename(inst.link)
+
+        def undo() -> None:
+            shutil.rmtree(inst.link)
+            inst.switch(build.name)
+
+        return undo
+
+    def chmod(path: Path, mode: int) -> Callable[[], None]:
+        old = path.stat().st_mode
+        path.chmod(mode)
+        return lambda: path.chmod(old)
+
+    def acl(path: Path) -> Callable[[], None]:
+        system.run([system.SETFACL, "-m", f"u:{good.user}:rwx", str(path)])
+
+        def undo() -> None:
+            system.run([system.SETFACL, "-b", str(path)])
+
+        return undo
+
+    def owner(path: Path) -> Callable[[], None]:
+        os.lchown(path, uid, -1)
+        return lambda: os.lchown(path, 0, -1)
+
+    cases: list[tuple[Callable[[], Callable[[], None]], str]] = [
+        (lambda: chmod(inst.versions, 0o777), f"{inst.versions} is writable by the gate user"),
+        (lambda: acl(build), f"{build} is writable by the gate user"),
+        (lambda: owner(inst.link), f"{inst.link} is owned by uid {uid}, not root"),
+        (lambda: owner(module), f"{module} is owned by the gate user"),
+        (plain_dir, f"{inst.link} is a directory, not a link to a build"),
+    ]
+    for breaks, says in cases:
+        undo = breaks()
+        try:
+            code, report = _run(cfg, capsys)
+        finally:
+            undo()
+        check = next(c for c in report["checks"] if c["name"] == doctor.INSTALL_CHECK)
+        assert code == 1 and _failed(report) == {doctor.INSTALL_CHECK}, (says, report)
+        assert says in check["detail"] and "worker setup" in check["fix"], check
+    code, report = _run(cfg, capsys)
+    assert code == 0, report

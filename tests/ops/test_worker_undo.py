@@ -205,29 +205,3 @@ def test_an_audit_file_in_an_existing_directory_leaves_that_directory_alone(box:
     assert main(box.remove_argv()) == 0
     assert (shared.stat().st_mode, shared.stat().st_uid) == before
     assert audit.stat().st_uid == 0  # kept, handed to root
-
-
-def test_the_gate_directory_is_installed_converged_and_removed(box: Box) -> None:
-    """Root's, read-only to the gate user; a rerun deletes files an older build had
-    (a module that no longer exists must not stay importable) and the zipapp earlier
-    releases installed; remove deletes the directory."""
-    lay = Layout(box.root, USER)
-    lay.old_zipapp.parent.mkdir(parents=True, exist_ok=True)
-    lay.old_zipapp.write_bytes(b"PK old gate")
-    assert main(box.setup_argv()) == 0
-    assert not lay.old_zipapp.exists()
-    entry = lay.gate_entry
-    assert entry.is_file() and (lay.gate_dir / "logtorukun/gate/runner.py").is_file()
-    for p in [lay.gate_dir, *lay.gate_dir.rglob("*")]:
-        st = p.lstat()
-        assert st.st_uid == 0 and not st.st_mode & 0o022, p
-    assert as_user(USER, "/usr/bin/python3", "-IS", str(entry), "--version").returncode == 0
-    assert as_user(USER, "touch", str(lay.gate_dir / "logtorukun/gate/x.py")).returncode != 0
-
-    stale = lay.gate_dir / "logtorukun/gate/old_module.py"
-    stale.write_text("raise SystemExit('stale')\n")
-    assert main(box.setup_argv()) == 0
-    assert not stale.exists() and entry.is_file()
-
-    assert main(["worker", "remove", "--root", str(box.root), "--user", USER]) == 0
-    assert not lay.gate_dir.exists()

@@ -77,7 +77,17 @@ class Box:
             time.sleep(0.02)
 
     def ssh(self, command: str, *options: str) -> subprocess.CompletedProcess[str]:
-        argv = [
+        return subprocess.run(
+            self.ssh_argv(command, *options),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def ssh_argv(self, command: str, *options: str) -> list[str]:
+        """`ssh` as the gate user with the web server's key, running `command`."""
+        return [
             system.SSH,
             "-F",
             "/dev/null",
@@ -104,9 +114,6 @@ class Box:
             f"{USER}@127.0.0.1",
             command,
         ]
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
-        )
 
 
 def tree(root: Path) -> dict[str, tuple[int, bytes]]:

@@ -41,7 +41,7 @@ def _stdout_writer(
     import fcntl
     import time
 
-    from .output import LimitReached
+    from .output import PIPE_SIZE, LimitReached, widen_pipe
 
     deadline = time.monotonic() + seconds
     try:  # noqa: SIM105 (contextlib would cost start-up)
@@ -68,6 +68,8 @@ def _stdout_writer(
                 wait()
 
     def sendfile(fd: int, offset: int, count: int) -> int:
+        if count >= PIPE_SIZE:
+            widen_pipe(1)  # once is enough: it never shrinks
         sent = 0
         while sent < count:
             try:

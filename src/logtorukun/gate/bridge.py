@@ -25,7 +25,7 @@ from . import GATE_VERSION, grammar
 from .audit import now_iso
 from .cancel import CancelFlag
 from .errors import Exit, GateError
-from .output import LimitReached, Output
+from .output import PIPE_SIZE, LimitReached, Output, widen_pipe
 from .protocol import (
     CANCEL,
     CREDIT,
@@ -86,6 +86,43 @@ class _Writer:
         self.fd = fd
         self.lock = threading.Lock()
         self.broken = False
+        self._spare: tuple[int, int] | None = None  # (read, write) ends: see splice_data
+        self.widened = False  # stdout's pipe made larger for a long stream (widen_pipe)
+
+    def close(self) -> None:
+        """Close the splice pipe, if there is one (the session's stdout is not ours)."""
+        with self.lock:
+            spare, self._spare = self._spare, None
+            self.broken = True
+        for fd in spare or ():
+            os.close(fd)
+
+    def splice_data(self, rid: int, fd: int, offset: int, count: int) -> int:
+        """One DATA frame of up to `count` bytes of file `fd` at `offset`, without
+        copying them through Python: the bytes go by splice into a pipe of our own
+        (which says how many there really are: the file may have shrunk), then the
+        frame's header and those bytes onto stdout. Returns the bytes framed (0 at the
+        end of the file), or -1 if this system cannot splice."""
+        splice = getattr(os, "splice", None)
+        if splice is None:
+            return -1
+        with self.lock:
+            if self.broken:
+                raise BrokenPipeError()
+            try:
+                if self._spare is None:
+                    self._spare = os.pipe()
+                spare_r, spare_w = self._spare
+                n = os.sendfile(spare_w, fd, offset, count)
+                if n:
+                    os.write(self.fd, HEADER.pack(n, DATA, rid))
+                    left = n
+                    while left:
+                        left -= splice(spare_r, self.fd, left)
+                return n
+            except OSError as exc:
+                self.broken = True  # a frame may be cut off: nothing can follow it
+                raise BrokenPipeError() from exc
 
     def send(
         self, ftype: int, rid: int, payload: bytes | memoryview = b"", before: bytes = b""
@@ -164,6 +201,31 @@ class _ServedStream:
             self.writer.send(DATA, self.rid, view[:n])
             self.sent += n
             view = view[n:]
+
+    def send_file(self, fd: int, offset: int, count: int) -> int:
+        """`Output`'s sendfile: `count` bytes of file `fd` as DATA frames within the
+        credit; fewer if the file shrank; -1 if the system cannot splice."""
+        if count >= PIPE_SIZE and not self.writer.widened:
+            self.writer.widened = True
+            widen_pipe(self.writer.fd)
+        sent = 0
+        while sent < count:
+            with self.cond:
+                while self.credit <= 0:
+                    self.wait_or_stop(self.cond, "for the client to read")
+                if self.cancelled.is_set():
+                    raise BrokenPipeError()
+                n = min(self.credit, MAX_DATA, count - sent)
+                self.credit -= n
+            k = self.writer.splice_data(self.rid, fd, offset + sent, n)
+            if k < n:
+                with self.cond:
+                    self.credit += n - max(k, 0)
+            if k <= 0:
+                return k if sent == 0 else sent  # cannot splice (-1), or end of file
+            self.sent += k
+            sent += k
+        return sent
 
     def end(self, status: Status, before: bytes = b"") -> None:
         """The END frame: `status` as served, with the bytes this stream sent."""
@@ -257,6 +319,8 @@ class BridgeServer:
             for stream in streams:
                 if stream.thread is not None:
                     stream.thread.join(timeout=5)
+            if not any(s.thread is not None and s.thread.is_alive() for s in streams):
+                self.writer.close()  # (a request still running might still splice)
             # Ending the session is audited too; a failure here cannot refuse anything.
             try:
                 ctx.audit.write(
@@ -358,6 +422,7 @@ class BridgeServer:
             max_bytes=lim.max_bytes,
             cancelled=stream.cancelled,
             marker=marker,
+            sendfile=stream.send_file,
         )
 
     def _threaded(

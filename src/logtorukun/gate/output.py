@@ -304,6 +304,25 @@ class Output:
             raise Cancelled()
 
 
+PIPE_SIZE = 256 << 10
+
+
+def widen_pipe(fd: int) -> None:
+    """Let the pipe on `fd` (sshd reads it) hold PIPE_SIZE bytes instead of Linux's
+    64 KiB, for a long stream: the gate then blocks, and sshd wakes, a quarter as often
+    (a fifth of the gate's CPU per GiB: bench.stream_cpu). Only for long
+    streams, because a pipe's size counts against the gate user's allowance of pipe
+    buffers (fs.pipe-user-pages-soft); past it the kernel refuses, and the stream just
+    goes at the default size. Never shrinks a pipe; anything but a pipe is left alone."""
+    try:
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, AttributeError):  # not a pipe, over the allowance, not Linux
+        pass
+
+
 def _cancel_flag() -> type[CancelFlag]:
     from .cancel import CancelFlag  # a flag that can wake a poll() belongs to threads
 

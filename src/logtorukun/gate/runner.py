@@ -644,6 +644,11 @@ def sources_json(policy: Policy) -> bytes:
             "follow_max_seconds": policy.limits.follow_max_seconds,
         },
     }
+    from .install import install_report
+
+    install = install_report()
+    if install is not None:
+        doc["install"] = install  # can the gate user change what runs? (doctor asks)
     return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
 
 

@@ -9,23 +9,23 @@ the worker's import path can shadow the gate, and no `runpy` or `zipimport` stan
 between sshd and the gate's first line (the same gate as a zipapp takes nearly twice
 the CPU time of a one-shot `tail`: docs/benchmarks.md). The
 files are byte-for-byte reproducible (hash-checked bytecode, no timestamps), so an
-operator (or a test) can compare a worker's copy with a fresh build.
+operator (or a test) can compare a worker's copy with a fresh build. How a build is
+put in place and switched to atomically is ops/gate_install.py.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import marshal
-import os
 import re
 import subprocess
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import logtorukun
 import logtorukun.gate
 
-__all__ = ["GATE_ENTRY", "build_gate", "gate_command", "gate_files", "gate_sources"]
+__all__ = ["GATE_ENTRY", "GateBuild", "file_mode", "gate_build", "gate_command", "gate_sources"]
 
 DEFAULT_PYTHON = "/usr/bin/python3"
 GATE_ENTRY = "logtorukun-gate.py"  # the script the forced command runs, in the gate's directory
@@ -35,7 +35,14 @@ GATE_ENTRY = "logtorukun-gate.py"  # the script the forced command runs, in the 
 # imports nothing of the rest of the package (tests/test_layering.py holds it).
 _PACKAGE_INIT = '"""logtorukun, gate only."""\n\n__version__ = {version!r}\n'
 
-# The directory goes *after* the standard library on sys.path (-I puts nothing of the
+# The forced command names the entry through a symlink that an upgrade switches
+# (ops/gate_install.py): the entry resolves it once and puts the real directory of its
+# own build (BUILD, the directory's name) on sys.path, so every module this process
+# imports, now or hours later in a bridge, comes from the build it started in. Should
+# the link be switched between Python opening this file and the realpath below, the
+# sibling named BUILD is this file's own directory. The directory is held open until
+# exit: that is how `worker setup` tells a build still in use from one it may delete.
+# It goes *after* the standard library on sys.path (-I puts nothing of the
 # script's own there): no file in it can shadow a standard module. A request served on
 # one thread (no `threading` loaded: no thread can exist) ends with os._exit once the
 # gate is done: it writes with os.write and closes its audit file itself, so the
@@ -48,7 +55,14 @@ _ENTRY = (
     "import os\n"
     "import sys\n"
     "\n"
-    'sys.path.append(__file__.rpartition("/")[0])\n'
+    'BUILD = "{build}"\n'
+    "\n"
+    'here = os.path.realpath(__file__).rpartition("/")[0]\n'
+    'parent, _, name = here.rpartition("/")\n'
+    'if name != BUILD and os.path.isdir(parent + "/" + BUILD):\n'
+    '    here = parent + "/" + BUILD\n'
+    "pin = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)\n"
+    "sys.path.append(here)\n"
     "\n"
     "from logtorukun.gate.__main__ import main\n"
     "\n"
@@ -100,9 +114,18 @@ def gate_sources() -> dict[str, bytes]:
     return files
 
 
-def gate_files(python: str = DEFAULT_PYTHON) -> dict[str, bytes]:
-    """Relative path -> content of every file of the gate's directory: the entry script,
-    the sources and their bytecode, compiled by `python` (the worker's interpreter)."""
+@dataclass(frozen=True)
+class GateBuild:
+    """One build of the gate: its files, and its name (a hash of them) on the worker."""
+
+    id: str  # 16 hex digits; the entry names it as BUILD
+    files: dict[str, bytes]  # relative path -> content: entry, sources, bytecode
+
+
+def gate_build(python: str = DEFAULT_PYTHON) -> GateBuild:
+    """Every file of the gate's directory: the entry script, the sources and their
+    bytecode, compiled by `python` (the worker's interpreter), and the build's id: the
+    SHA-256 of all of them with the entry's BUILD left empty (16 hex digits)."""
     _check_path("python", python)
     sources = gate_sources()
     try:
@@ -121,8 +144,14 @@ def gate_files(python: str = DEFAULT_PYTHON) -> dict[str, bytes]:
     pycs = marshal.loads(done.stdout)  # noqa: S302 (our own child, the worker's Python)
     if not isinstance(pycs, dict) or set(map(_source_of, pycs)) != set(sources):
         raise RuntimeError(f"{python} did not compile every gate module")
-    entry = _ENTRY.format(python=python).encode()
-    return {GATE_ENTRY: entry, **sources, **pycs}
+    files = {**sources, **pycs}
+    digest = hashlib.sha256()
+    unnamed = _ENTRY.format(python=python, build="").encode()
+    for rel, data in sorted({GATE_ENTRY: unnamed, **files}.items()):
+        digest.update(b"%s\0%o\0%d\0" % (rel.encode(), file_mode(rel), len(data)) + data)
+    build = digest.hexdigest()[:16]
+    entry = _ENTRY.format(python=python, build=build).encode()
+    return GateBuild(build, {GATE_ENTRY: entry, **files})
 
 
 def _source_of(pyc: str) -> str:
@@ -134,48 +163,6 @@ def _source_of(pyc: str) -> str:
 def file_mode(rel: str) -> int:
     """The entry script is executable (it has a shebang); the rest is only read."""
     return 0o755 if rel == GATE_ENTRY else 0o644
-
-
-def build_gate(dest: Path, *, python: str = DEFAULT_PYTHON) -> Path:
-    """Write the gate's directory at `dest` and return the entry script's path.
-
-    Each file is written to a temporary name beside it and renamed into place, so a
-    gate starting meanwhile reads whole files; files of an older build that this one
-    no longer has are removed.
-    """
-    dest = Path(dest)
-    files = gate_files(python)
-    for rel, data in sorted(files.items()):
-        path = dest / rel
-        rel_dir = path.parent.relative_to(dest)
-        for d in (*reversed(rel_dir.parents), rel_dir):
-            (dest / d).mkdir(parents=True, exist_ok=True)
-            # whatever root's umask: the gate user reads it all, and writes none of it
-            os.chmod(dest / d, 0o755)  # noqa: S103
-        _write_atomic(path, data, file_mode(rel))
-    for path in sorted(dest.rglob("*"), reverse=True):
-        rel = path.relative_to(dest).as_posix()
-        if path.is_dir() and not path.is_symlink():
-            if not any(f.startswith(rel + "/") for f in files):
-                path.rmdir()
-        elif rel not in files:
-            path.unlink()
-    return dest / GATE_ENTRY
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def gate_command(entry: Path, policy: Path, *, python: str = DEFAULT_PYTHON) -> str:

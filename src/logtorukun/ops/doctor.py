@@ -43,6 +43,7 @@ _DISABLED_CHECKING = re.compile(
     r"|GlobalKnownHostsFile\s*=?\s*/dev/null\b)"
 )
 GATE_BAD_REQUEST, GATE_REFUSED = Exit.BAD_REQUEST, Exit.REFUSED  # as a client sees them
+INSTALL_CHECK = "gate install read-only to the gate user"
 
 
 def _last(text: str) -> str:
@@ -118,6 +119,7 @@ def check_host(host: HostConfig) -> list[Check]:
             "key forced to the gate",
             "injection refused",
             "file outside policy refused",
+            INSTALL_CHECK,
             *ESCAPE_CHECKS,
         ):
             add(name, None, f"not checked: {why}")
@@ -229,12 +231,51 @@ def check_host(host: HostConfig) -> list[Check]:
             "give the gate a policy that names only log files ([[files]] root/patterns), and"
             " keep the gate user out of groups that can read /etc/shadow",
         )
+        _install_check(w, add, forced=forced)
         if accepted:
             escape_checks(w, add, forced=forced)
         else:
             for name in ESCAPE_CHECKS:
                 add(name, None, "not checked: the key was not accepted")
     return checks
+
+
+def _install_check(w: HostProbe, add: CheckAdder, *, forced: bool) -> None:
+    """The gate reports (in `sources`) whether its own account could change what the
+    forced command runs: the link to the build, the build, the directories above them
+    (gate/install.py)."""
+    user = w.host.user
+    if not forced:
+        add(INSTALL_CHECK, None, "not checked: the key is not forced to the gate")
+        return
+    p = w.run("sources")
+    try:
+        doc = json.loads(p.out)
+    except ValueError:
+        add(INSTALL_CHECK, None, f"not checked: sources exit {p.code}, {_last(p.err or p.out)}")
+        return
+    install = doc.get("install") if isinstance(doc, dict) else None
+    if not isinstance(install, dict):
+        gate = doc.get("gate", "?") if isinstance(doc, dict) else "?"
+        add(
+            INSTALL_CHECK,
+            None,
+            f"not checked: gate {gate} does not report its install (older than builds;"
+            " run logtorukun worker setup on the worker)",
+        )
+        return
+    problems = [str(x) for x in install.get("problems", [])]
+    where = f"build {install.get('build')} at {install.get('link')}"
+    add(
+        INSTALL_CHECK,
+        not problems,
+        f"{where}: root's, nothing of it writable by {user}"
+        if not problems
+        else f"{where}: {'; '.join(problems)}",
+        f"on the worker, as root: take {user}'s ownership and write access away from the"
+        f" paths named (chown root, chmod go-w, setfacl -x u:{user}), then rerun"
+        " logtorukun worker setup (it installs the gate as a link to a build, all root's)",
+    )
 
 
 def _key_checks(host: HostConfig, add: CheckAdder) -> bool:

@@ -8,7 +8,8 @@ Layout of the directory (world-readable where the gate user must read):
     client/                0700 root: id_ed25519(.pub), known_hosts
     sshd/                  0700 root: sshd_config, host key, sshd.pid, sshd.log
     authorized_keys/USER   0644 root: the key line (`command=`...) the caller writes
-    gate/                  0755 root: the gate (bundle.build_gate), entry logtorukun-gate.py
+    gate -> gate-versions/BUILD   root: the gate as a worker has it (gate_install.build_gate),
+                           entry gate/logtorukun-gate.py
     policy.toml            0644 root
     audit/, state/         0700, owned by USER: the gate's audit file and its slots
 """
@@ -24,7 +25,8 @@ from subprocess import Popen
 
 from ..errors import UserError
 from . import system
-from .bundle import DEFAULT_PYTHON, GATE_ENTRY, build_gate, gate_command
+from .bundle import DEFAULT_PYTHON, GATE_ENTRY, gate_command
+from .gate_install import build_gate
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0  # a bound for sshd to say it listens, on a loaded machine too

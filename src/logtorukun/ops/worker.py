@@ -8,7 +8,8 @@ and undone exactly by `remove`:
 - a dedicated system user with no password and `/bin/sh` (sshd runs the forced
   command through the login shell; the command string holds only checked paths); an
   existing account only with `--adopt-user`, given back as it was by `remove`;
-- the gate (a directory of sources and bytecode) and a policy file written from
+- the gate (one directory of sources and bytecode per build, behind a root-owned link
+  switched in one step: `gate_install`) and a policy file written from
   `--files/--unit/--container`;
 - the web server's key in a root-owned authorized_keys file, as
   `restrict,from="ADDR",command="<gate> --policy <file>" KEY`;

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import system, worker_account, worker_acl
-from .bundle import file_mode, gate_command, gate_files
+from .bundle import GateBuild, gate_build, gate_command
+from .gate_install import GateInstall, differences
 from .worker_changes import Change, bytes_change, dir_change, file_change
 from .worker_manifest import AclRecord, Manifest, load, load_path
 from .worker_render import logrotate_text, policy_text, sudoers_text
@@ -434,32 +435,67 @@ def _final_write(lay: Layout, m: Manifest) -> Callable[[], None]:
     return apply
 
 
-_GATE_CACHE: dict[str, dict[str, bytes]] = {}
+_GATE_CACHE: dict[str, GateBuild] = {}
 
 
 def _plan_gate(plan: _Planner, lay: Layout, python: str) -> None:
-    """The gate's directory, root's and read-only to the gate user: every file as built
-    for this Python (compiled by it), files of an older build removed, and the zipapp
-    earlier versions installed deleted (no forced command runs it any more)."""
+    """The gate's build for this Python (compiled by it) in its own directory, then the
+    link switched to it in one step (ops/gate_install.py), then builds no running gate
+    uses deleted; and the zipapp earlier versions installed (no forced command runs it
+    any more)."""
     if python not in _GATE_CACHE:
         try:
-            _GATE_CACHE[python] = gate_files(python)
+            _GATE_CACHE[python] = gate_build(python)
         except RuntimeError as exc:
             raise UserError(f"{exc}; --python must be the worker's Python >= 3.11") from None
-    files = _GATE_CACHE[python]
-    plan.dir(lay.gate_dir, 0o755)
-    for rel in sorted({str(Path(r).parent) for r in files} - {"."}):
-        plan.dir(lay.gate_dir / rel, 0o755)
-    for rel, data in sorted(files.items()):
-        plan.add(bytes_change(lay.gate_dir / rel, data, file_mode(rel)))
-    if lay.gate_dir.is_dir():
-        for path in sorted(lay.gate_dir.rglob("*")):
-            rel = path.relative_to(lay.gate_dir).as_posix()
-            if not path.is_dir() and rel not in files:
-                plan.add(Change(f"delete {path} (not part of this gate)", path.unlink))
+    build = _GATE_CACHE[python]
+    inst = GateInstall(lay.gate_dir)
+    plan.dir(inst.versions, 0o755)
+    where = inst.build_dir(build.id)
+    current = inst.target()
+    if not inst.matches(build):
+        plan.add(
+            Change(
+                f"install gate build {build.id} in {where} ({len(build.files)} files)",
+                functools.partial(inst.write, build),
+                _build_detail(inst, build, current),
+            )
+        )
+    if current != build.id:
+        target = f"{inst.versions.name}/{build.id}"
+        if inst.is_plain_dir():
+            what = (
+                f"turn the directory {inst.link} into a link to {target}"
+                " (exchanged in one step, then the old files deleted)"
+            )
+        else:
+            was = f"; {inst.previous.name} -> {current}" if current else ""
+            what = f"switch {inst.link} -> {target} (one rename{was})"
+        plan.add(Change(what, functools.partial(inst.switch, build.id)))
+    keep = {build.id, (current if current != build.id else inst.target(inst.previous)) or ""}
+    for path in inst.stale(keep):
+        plan.add(
+            Change(
+                f"delete {path} (an older gate build no running gate uses)",
+                functools.partial(inst.discard, path),
+            )
+        )
     if lay.old_zipapp.exists():
         old = lay.old_zipapp
         plan.add(Change(f"delete {old} (replaced by {lay.gate_dir})", old.unlink))
+
+
+def _build_detail(inst: GateInstall, build: GateBuild, current: str | None) -> str:
+    """For --dry-run: which sources differ from the running build (bytecode follows)."""
+    if current is None and not inst.is_plain_dir():
+        return ""
+    base = inst.build_dir(current) if current else inst.link
+    changed = [r for r in differences(base, build.files) if "__pycache__" not in r]
+    if not changed:
+        return "    (bytecode or modes only: another Python, or a repaired copy)\n"
+    shown = "".join(f"    {r}\n" for r in changed[:20])
+    more = f"    ... and {len(changed) - 20} more\n" if len(changed) > 20 else ""
+    return f"    differs from {base}:\n{shown}{more}"
 
 
 def plan_remove(layout: Layout, *, keep_user: bool) -> list[Change]:
@@ -529,11 +565,13 @@ def plan_remove(layout: Layout, *, keep_user: bool) -> list[Change]:
         if layout.keys_dir.exists()
         else []
     )
-    if layout.gate_dir.exists() and not others:
+    inst = GateInstall(layout.gate_dir)
+    if not others and any(os.path.lexists(p) for p in (inst.link, inst.previous, inst.versions)):
         changes.append(
             Change(
-                f"delete {layout.gate_dir} (no other gate user uses it)",
-                functools.partial(_rmtree, layout.gate_dir),
+                f"delete {inst.link}, {inst.previous.name} and {inst.versions} (the gate;"
+                " no other gate user uses it)",
+                inst.remove,
             )
         )
     if layout.old_zipapp.exists() and not others:

@@ -54,7 +54,8 @@ class Layout:
 
     @property
     def gate_dir(self) -> Path:
-        """The gate's files (bundle.gate_files), root's, shared by every gate user."""
+        """The link to the gate's current build (ops/gate_install.py), root's, shared by
+        every gate user: the forced command runs the entry through it."""
         return self.p("/usr/local/lib/logtorukun/gate")
 
     @property

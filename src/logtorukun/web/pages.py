@@ -64,7 +64,9 @@ def _page_ctx(server: Server, request: Request, page: str) -> tuple[Ctx, Respons
     return ctx, None
 
 
-def _page(server: Server, request: Request, ctx: Ctx, template: str, **values: Any) -> Response:
+def _user_page(
+    server: Server, request: Request, ctx: Ctx, template: str, **values: Any
+) -> Response:
     """A signed-in user's page, rendered (and a session for one the proxy signed in)."""
     return _with_proxy_session(server, ctx, _render(server, request, template, ctx, **values))
 
@@ -256,7 +258,7 @@ async def home(request: Request) -> Response:
     ctx, redirect = _page_ctx(server, request, "home")
     if redirect:
         return redirect
-    return _page(server, request, ctx, "hosts.html", page="hosts")
+    return _user_page(server, request, ctx, "hosts.html", page="hosts")
 
 
 @router.get("/view")
@@ -289,7 +291,7 @@ async def view(
             host=host,
             source=src.key,
         )
-    return _page(
+    return _user_page(
         server,
         request,
         ctx,
@@ -312,7 +314,7 @@ async def merged_page(request: Request) -> Response:
     assert ctx.access is not None
     if not ctx.access.hosts():
         raise server.refuse(ctx, 403, "no role grants you any host", action="merged")
-    return _page(server, request, ctx, "merged.html", page="merged", max_sources=MAX_SOURCES)
+    return _user_page(server, request, ctx, "merged.html", page="merged", max_sources=MAX_SOURCES)
 
 
 @router.get("/search")
@@ -326,7 +328,9 @@ async def search_page(request: Request) -> Response:
     if not hosts:
         raise server.refuse(ctx, 403, "no role grants you search on any host", action="search")
     labels = sorted({label for h in hosts for label in h.labels})
-    return _page(server, request, ctx, "search.html", page="search", hosts=hosts, labels=labels)
+    return _user_page(
+        server, request, ctx, "search.html", page="search", hosts=hosts, labels=labels
+    )
 
 
 @router.get("/audit")
@@ -340,7 +344,7 @@ async def audit_page(request: Request) -> Response:
         raise server.refuse(
             ctx, 403, "the audit trail is for roles with the audit capability", action="audit_page"
         )
-    return _page(server, request, ctx, "audit.html", page="audit")
+    return _user_page(server, request, ctx, "audit.html", page="audit")
 
 
 # ---------------------------------------------------------------------- operations

@@ -11,7 +11,7 @@
   let sources = [];          // "HOST:SOURCE" labels, in the order chosen (= colour)
   let positions = {};        // source index -> "INO:OFF:TAG" where its follow goes on
   // Paging back: source index -> "INO:OFF:FILE" where its shown lines begin (files only;
-  // gone when it has nothing older); `unpaged`: the sources that do not page back.
+  // gone when it has nothing older); `unpaged`: the sources that do not, and why.
   const hist = { at: {}, unpaged: [] };
 
   // "web1:/var/log/app.log" -> "web1 app.log" (the whole label is the tooltip)
@@ -51,7 +51,10 @@
       data.sources.forEach((s, i) => {
         if (s.pos) positions[i] = s.pos;
         if (s.start) hist.at[i] = s.start + ":" + s.source;
-        else if (data.action === "tail") hist.unpaged.push(i);
+        else if (data.action === "tail") {
+          const why = s.kind !== "file" ? "only files have older pages" : s.error || "no position in the file to page back from";
+          hist.unpaged.push({ src: i, gap: "not paged back: " + why });
+        }
       });
       if (!Object.keys(hist.at).length) hist.unpaged = [];
       return {
@@ -106,7 +109,7 @@
         ends.push({ src: i, gap: s.error ? "paging back stopped: " + s.error : "the beginning: no older file of this log" });
       }
     });
-    for (const i of hist.unpaged) ends.push({ src: i, gap: "not paged back: only files have older pages" });
+    ends.push(...hist.unpaged);
     hist.unpaged = [];
     return v.keep(items).concat(ends);
   }

@@ -352,8 +352,10 @@ def test_sources_lists_only_files_the_gate_user_can_read(hw: Hostile) -> None:
 def test_unread_answers_are_paused_not_buffered(hw: Hostile) -> None:
     """150 `tail -n 10000` of a 9 MB file on one session, none of them read past the
     first window: the gate holds the session's buffer cap, not 150 x 9 MB. Each END
-    reports the bytes really delivered; a normal request afterwards works."""
-    with hw.policy(hw.hostile_policy(max_seconds=3)):
+    reports the bytes really delivered; a normal request afterwards works. max_seconds
+    = 1: a request left unread waits for its time limit, and 150 of them run 64 at a
+    time (the session's worker threads), so the limit is paid three times over."""
+    with hw.policy(hw.hostile_policy(max_seconds=1)):
         assert hw.pid is not None
         with PeakRss(hw.pid) as peak:
             s = BridgeClient(hw.ssh_argv("bridge"))

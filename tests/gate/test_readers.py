@@ -316,9 +316,10 @@ def test_tail_gz_memory_is_bounded(tmp_path: Path) -> None:
     "payload",
     [
         b"not gzip at all\n",
-        gzip.compress(numbered(0, 1000))[:-30],  # truncated
-        gzip.compress(b"ok\n") + b"\x1f\x8bnot a member",  # a member header that is not one
+        gzip.compress(numbered(0, 1000), mtime=0)[:-30],  # truncated
+        gzip.compress(b"ok\n", mtime=0) + b"\x1f\x8bnot a member",  # a header that is not one
     ],
+    ids=["not-gzip", "truncated", "bad-member"],  # the same in every test process (xdist)
 )
 def test_tail_gz_corrupt(tmp_path: Path, payload: bytes) -> None:
     p = tmp_path / "bad.gz"

@@ -174,7 +174,9 @@ class Collector:
             text = self.out.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        # rsyslog may be half-way through writing the last line: only whole lines count
+        whole = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
     def records(self) -> list[dict[str, Any]]:
         return [r for r in self.lines() if "checkpoint" not in r]

@@ -67,9 +67,13 @@ def _stdout_writer(
             except BlockingIOError:
                 wait()
 
+    widened = False
+
     def sendfile(fd: int, offset: int, count: int) -> int:
-        if count >= PIPE_SIZE:
-            widen_pipe(1)  # once is enough: it never shrinks
+        nonlocal widened
+        if count >= PIPE_SIZE and not widened:
+            widened = True
+            widen_pipe(1)
         sent = 0
         while sent < count:
             try:

@@ -181,9 +181,11 @@ class Output:
 
     def send_file(self, fd: int, offset: int, count: int) -> bool:
         """Send `count` bytes of `fd` from `offset` (whole lines) without counting them,
-        if no cap can bind on them; False (nothing sent) otherwise. A one-shot's stdout
-        takes them by sendfile (no copy through Python); any other sink gets them read
-        in pieces. The file may shrink meanwhile: fewer bytes go."""
+        if no cap can bind on them; False (nothing sent) otherwise. They go by the
+        output's `sendfile` where it has one (a one-shot's stdout: sendfile; a bridge
+        stream: splice into DATA frames), never copied through Python; otherwise they
+        are read and given to the sink in pieces. The file may shrink meanwhile: fewer
+        bytes go."""
         if count <= 0:
             return False
         if (

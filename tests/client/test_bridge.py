@@ -52,14 +52,22 @@ async def test_500_concurrent_requests_one_channel_stock_max_sessions(
 async def test_oneshot_stays_under_max_sessions(make_worker: MakeWorker) -> None:
     """Why the bridge: channels per connection are capped; the pool queues rather than fail."""
     w = make_worker(name="stock1", sshd_options=STOCK_SSHD)
+    # More gate slots than sshd's MaxSessions 10, so that sshd is what refuses
+    w.write_policy(w.default_policy(max_concurrent=12))
     path = str(w.app_log)
     greedy = PoolOptions(max_sessions=40)
+    # Follows hold their sessions open: quick tails could end (and free their sessions)
+    # within the pool's retries on a loaded machine, and then sshd never refuses one.
     async with Client([host_for(w)], oneshot=True, options=greedy) as c:
-        replies = await asyncio.gather(
-            *(c.tail("w", path, 5) for _ in range(40)), return_exceptions=True
+        opened = await asyncio.gather(
+            *(c.follow("w", path, lines=1) for _ in range(40)), return_exceptions=True
         )
-    refused = [r for r in replies if isinstance(r, Busy)]
-    assert refused and "sshd refused another session" in str(refused[0])
+        for s in opened:
+            if not isinstance(s, BaseException):
+                await s.aclose()
+    refused = [r for r in opened if isinstance(r, Busy)]
+    assert len(refused) == 30 and "sshd refused another session" in str(refused[0])
+    assert [r for r in opened if isinstance(r, BaseException) and not isinstance(r, Busy)] == []
     async with Client([host_for(w)], oneshot=True, options=FAST) as c:  # max_sessions=8
         replies = await asyncio.gather(
             *(c.tail("w", path, 5) for _ in range(40)), return_exceptions=True

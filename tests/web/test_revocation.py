@@ -205,8 +205,14 @@ def test_the_viewer_says_the_session_ended(
     config = write_config(tmp_path, web_worker, follow_recheck_seconds=RECHECK)
     with running(config, {"olivia": ["ops"]}) as live:
         sign_in(page, live, "olivia", f"/view?host=web1&path={log}")
+        # The page's first Load done (its status names the audit record), so that the
+        # follow starts where it ended; then the server's `ready`: the follow is open on
+        # the server and re-checked (the LIVE badge alone shows before the server
+        # answered).
+        expect(page.locator("#status")).to_contain_text("audit #")
         page.click("#follow")
         expect(page.locator("#live-badge")).to_have_text("LIVE")
+        expect(page.locator("#status")).to_contain_text("Following web1:")
         append(log, "seen live")
         expect(page.locator("#log .line").last).to_contain_text("seen live")
         # Sign out in another tab of the same browser.

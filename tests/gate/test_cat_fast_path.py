@@ -12,13 +12,13 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from logtorukun.gate import readers
 from logtorukun.gate.output import FILE_PIECE, PIPE_SIZE, LimitReached, Output, widen_pipe
+from tests.support.fds import opened
 
 BIG = 10**12
 LINE = 100  # bytes per line of `lines_file`
@@ -82,15 +82,6 @@ def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sink]:
         yield s
     finally:
         os.close(s.fd)
-
-
-@contextmanager
-def opened(path: Path) -> Iterator[int]:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def cat(path: Path, out: Output) -> LimitReached | None:

@@ -6,7 +6,6 @@ import gzip
 import os
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from logtorukun.gate.errors import Exit, GateError
 from logtorukun.gate.output import LimitReached, Output
 from logtorukun.gate.readers import TAIL_CHUNK, tail
 from tests.gate.conftest import PreadCounter
+from tests.support.fds import opened
 
 BIG = 10**12
 
@@ -25,15 +25,6 @@ BIG = 10**12
 def make_out(max_lines: int = BIG, max_bytes: int = BIG) -> tuple[Output, list[bytes]]:
     sink: list[bytes] = []
     return Output(sink.append, max_lines=max_lines, max_bytes=max_bytes), sink
-
-
-@contextmanager
-def opened(path: Path) -> Iterator[int]:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def lines_of(data: bytes) -> list[bytes]:

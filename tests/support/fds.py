@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -25,3 +27,13 @@ def held_under(base: Path) -> Counter[str]:
         if target == prefix or target.startswith(prefix + "/"):
             held[target] += 1
     return held
+
+
+@contextmanager
+def opened(path: Path) -> Iterator[int]:
+    """A read-only descriptor of `path`, closed at the end (the readers take fds)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)

@@ -392,3 +392,13 @@ def scroll_back(page: Page, done: Callable[[], bool], what: str, rounds: int = 4
         with contextlib.suppress(AssertionError):
             expect(page.locator("#log .line").first).not_to_have_text(top, timeout=5000)
     raise AssertionError(f"never got back to {what}")
+
+
+def record_badge(page: Page) -> None:
+    """Keep every text the LIVE badge takes (states can be shorter than a poll)."""
+    page.evaluate("""() => {
+        window.__badges = [];
+        const b = document.getElementById("live-badge");
+        new MutationObserver(() => window.__badges.push(b.textContent))
+            .observe(b, { childList: true, characterData: true, subtree: true });
+    }""")

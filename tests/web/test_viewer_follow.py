@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from tests.client.helpers import gate_pids
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, own_log, sign_in
+from tests.web.support import LiveServer, own_log, record_badge, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -34,16 +34,6 @@ def append(path: Path, lines: list[str]) -> None:
 
 def shown(page: Page) -> list[str]:
     return page.locator("#log .line:not(.gap)").all_inner_texts()
-
-
-def record_badge(page: Page) -> None:
-    """Keep every text the LIVE badge takes (states can be shorter than a poll)."""
-    page.evaluate("""() => {
-        window.__badges = [];
-        const b = document.getElementById("live-badge");
-        new MutationObserver(() => window.__badges.push(b.textContent))
-            .observe(b, { childList: true, characterData: true, subtree: true });
-    }""")
 
 
 def open_and_load(page: Page, live: LiveServer, path: Path) -> None:

@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 from logtorukun.web.merge import MAX_SOURCES
 from tests.client.helpers import gate_pids
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, sign_in
+from tests.web.support import LiveServer, record_badge, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -204,12 +204,7 @@ def test_merged_follow_continues_from_load_and_across_a_dropped_connection(
     page.click("#follow")
     expect(page.locator("#live-badge")).to_have_text("LIVE")
     expect(page.locator("#log .line")).to_have_count(len(before) + 2)
-    page.evaluate("""() => {
-        window.__badges = [];
-        const b = document.getElementById("live-badge");
-        new MutationObserver(() => window.__badges.push(b.textContent))
-            .observe(b, { childList: true, characterData: true, subtree: true });
-    }""")
+    record_badge(page)
     for pid in gate_pids(web_worker):  # the bridge dies: both sources' follows drop
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

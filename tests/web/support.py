@@ -31,7 +31,7 @@ import httpx
 import pytest
 import uvicorn
 from argon2 import PasswordHasher
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from logtorukun.audit import AuditStore
 from logtorukun.audit.records import AuditRecord, AuditRef
@@ -402,3 +402,31 @@ def record_badge(page: Page) -> None:
         new MutationObserver(() => window.__badges.push(b.textContent))
             .observe(b, { childList: true, characterData: true, subtree: true });
     }""")
+
+
+class Held:
+    """The browser's requests to URLs matching `pattern`, held back until `release()`:
+    a test orders the page's events exactly (a script still loading, a Load still out)
+    without changing anything on the server."""
+
+    def __init__(self, page: Page, pattern: str) -> None:
+        self.page, self.pattern = page, pattern
+        self.routes: list[Route] = []
+        page.route(pattern, self._hold)
+
+    def _hold(self, route: Route) -> None:
+        self.routes.append(route)
+
+    def wait(self, timeout: float = 15) -> None:
+        """Until the page has made such a request (it is now held)."""
+        deadline = time.monotonic() + timeout
+        while not self.routes:
+            assert time.monotonic() < deadline, f"the page never requested {self.pattern}"
+            self.page.wait_for_timeout(20)  # lets Playwright deliver the route
+
+    def release(self) -> None:
+        """Send what was held, and every later request, on to the server."""
+        for route in self.routes:
+            route.continue_()
+        self.routes.clear()
+        self.page.unroute(self.pattern, self._hold)

@@ -535,12 +535,8 @@ def test_follow_upstream_restarts_cleanly_after_the_last_viewer_left(
         s = SSE(live.client("olivia"), "/api/hosts/web1/follow", {"path": str(path)})
         try:
             assert s.status == 200 and len(hub.upstreams) == 1
-            for i in range(200):
-                _append(path, f"2024-12-17 14:00:02 DEBUG again {round_} {i}\n")
-                time.sleep(0.05)
-                if s.lines():
-                    break
-            assert s.lines()
+            _append(path, f"2024-12-17 14:00:02 DEBUG again {round_}\n")
+            s.wait_for(f"again {round_}")  # written after `ready`: delivered
         finally:
             s.close()
         live.end_of(s.audit)
@@ -555,6 +551,28 @@ def _pos(path: Path) -> str:
     """The position token just past the end of `path`, computed as the gate does."""
     data = path.read_bytes()
     return f"{path.stat().st_ino}:{len(data)}:{zlib.crc32(data[-64:])}"
+
+
+def test_a_follow_without_from_delivers_every_line_written_after_ready(
+    live: LiveServer, web_worker: Worker
+) -> None:
+    """`ready` says where the follow starts, and it starts there: a line written the
+    moment `ready` arrives is delivered, however late the worker's follow gets going."""
+    path = web_worker.root / "after-ready.log"
+    path.write_text("2024-12-17 14:00:00 INFO old\n")
+    path.chmod(0o644)
+    try:
+        s = SSE(live.client("olivia"), "/api/hosts/web1/follow", {"path": str(path)})
+        try:
+            assert s.status == 200 and s.events[0][1]["pos"] == _pos(path)
+            _append(path, "2024-12-17 14:00:01 INFO right after ready\n")
+            s.wait_for("right after ready")
+            assert s.lines() == ["2024-12-17 14:00:01 INFO right after ready"]
+        finally:
+            s.close()
+        live.end_of(s.audit)
+    finally:
+        path.unlink()
 
 
 def test_follow_from_a_tail_position_loses_and_repeats_nothing(

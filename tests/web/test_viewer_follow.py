@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from tests.client.helpers import gate_pids
 from tests.support.sshd import Worker
-from tests.web.support import LiveServer, own_log, record_badge, sign_in
+from tests.web.support import Held, LiveServer, own_log, record_badge, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -63,6 +63,30 @@ def test_load_then_follow_loses_and_repeats_nothing(
     page.click("#follow")
     expect(page.locator("#log .line").last).to_have_text(gap[-1])
     assert shown(page) == before + between + later + gap
+
+
+def test_follow_clicked_while_the_first_load_is_out(
+    page: Page, live: LiveServer, log: Path
+) -> None:
+    """The Load's answer arrives after the follow started (without a position): it
+    replaces the rows, and the follow goes on after it."""
+    tail = Held(page, "**/api/hosts/web1/tail*")
+    sign_in(page, live, "olivia", f"/view?host=web1&path={log}")
+    tail.wait()
+    start = log.read_text().splitlines()
+    page.click("#follow")
+    expect(page.locator("#status")).to_contain_text("Following web1:")  # the `ready`
+    first = ["2024-12-17 14:01:00 INFO while loading"]
+    append(log, first)
+    expect(page.locator("#log .line").last).to_have_text(first[0])
+    tail.release()
+    expect(page.locator("#status")).to_contain_text("4 lines ·")
+    assert shown(page) == start + first  # the Load's result, read after the append
+    then = ["2024-12-17 14:02:00 INFO after the load"]
+    append(log, then)
+    expect(page.locator("#log .line").last).to_have_text(then[0])
+    assert shown(page) == start + first + then
+    expect(page.locator("#live-badge")).to_have_text("LIVE")
 
 
 def test_a_dropped_worker_connection_reconnects_and_resumes_exactly(

@@ -265,10 +265,13 @@ class FollowHub:
         up = self._live(key)
         if up is None:
             # A bounded read first, so "no such file" or "refused by the gate" is an HTTP
-            # status for the first viewer rather than an event after a 200.
-            await self.server.workers.read(host, ReadSpec("tail", source, lines=1), via)
+            # status for the first viewer rather than an event after a 200. A file's
+            # follow then starts where that read ended: every line written after the
+            # `ready` event is delivered, however late the worker's follow gets going.
+            _, first = await self.server.workers.read(host, ReadSpec("tail", source, lines=1), via)
             up = self._live(key)
             if up is None:
+                start = start or first.pos
                 up = Upstream(self, host, source, via, start)
                 self.upstreams[key] = up
                 up.viewers.add(viewer)
@@ -357,8 +360,9 @@ async def follow(
     "dropped": N, "pos": "INO:OFF" after the last line}), `gap` ({"reason"}: lines the
     worker could not read), `beat` (every `heartbeat` seconds while the worker is
     heard from; none for two intervals means stalled), `end` ({"reason", "retry"}).
-    New lines only: get the recent ones with `tail` first and pass its `pos` as `from`
-    to lose nothing in between; after a drop, pass the last `pos` received."""
+    New lines only (every line written after `ready`): get the recent ones with `tail`
+    first and pass its `pos` as `from` to lose nothing in between; after a drop, pass
+    the last `pos` received."""
     server = server_of(request)
     hub: FollowHub = server.hub
     a = begin(

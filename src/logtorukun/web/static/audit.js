@@ -69,5 +69,6 @@
   for (const f of fields) if (q.has(f)) $("f-" + f).value = q.get(f);
   $("audit-form").addEventListener("submit", (ev) => { ev.preventDefault(); before = null; load(false); });
   older.addEventListener("click", () => load(true));
+  LTK.scriptReady();
   load(false);
 })();

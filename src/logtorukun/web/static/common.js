@@ -131,6 +131,13 @@ const LTK = (() => {
     }
   }
 
+  // Buttons marked data-needs-script are disabled in the HTML: until the page's script
+  // has run, a click on them would be lost (or submit its form natively, dropping the
+  // page's parameters). Each page's script calls this once its listeners are in place.
+  function scriptReady() {
+    for (const el of document.querySelectorAll("[data-needs-script]")) el.disabled = false;
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     const btn = document.getElementById("theme-toggle");
     if (btn) btn.addEventListener("click", toggleTheme);
@@ -141,7 +148,7 @@ const LTK = (() => {
 
   return {
     ApiError, api, el, fmtBytes, fmtAge, typing, toggleTheme, lines, sse, errorFrom,
-    plural, setting, remember,
+    plural, setting, remember, scriptReady,
     csrf: csrfMeta ? csrfMeta.content : "",
   };
 })();

@@ -92,6 +92,7 @@
 
   filter.addEventListener("input", applyFilter);
   document.getElementById("refresh").addEventListener("click", () => load(true));
+  LTK.scriptReady();
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "/" && !LTK.typing(ev)) { ev.preventDefault(); filter.focus(); }
   });

@@ -268,6 +268,7 @@
   $("hosts").addEventListener("change", suggest);
   for (const r of document.querySelectorAll('input[name="order"]')) r.addEventListener("change", rerender);
   $("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); run(); });
+  LTK.scriptReady();
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "/" && !LTK.typing(ev)) { ev.preventDefault(); $("pattern").focus(); }
   });

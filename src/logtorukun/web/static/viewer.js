@@ -364,6 +364,8 @@ const LogViewer = (() => {
       followBtn.classList.remove("active");
       pauseBtn.classList.add("hidden");
       badge.classList.add("hidden");
+      badge.textContent = "";  // a hidden badge says nothing (not a stale "LIVE")
+      delete badge.dataset.state;
       newLinesBtn.classList.add("hidden");
       jumpBtn.classList.add("hidden");
       if (message) status.textContent = message;
@@ -524,6 +526,8 @@ const LogViewer = (() => {
       applyLevels();
       return wantFollow;
     }
+
+    LTK.scriptReady();  // (a page's hooks may disable some again: no grant, no sources)
 
     return {
       inputs, status, showNotice, load, startFollow, stopFollow, remember, readParams,

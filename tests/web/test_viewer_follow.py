@@ -68,25 +68,26 @@ def test_load_then_follow_loses_and_repeats_nothing(
 def test_follow_clicked_while_the_first_load_is_out(
     page: Page, live: LiveServer, log: Path
 ) -> None:
-    """The Load's answer arrives after the follow started (without a position): it
-    replaces the rows, and the follow goes on after it."""
+    """Follow clicked before the page's first Load answered waits for it, then goes on
+    from where its lines end: nothing between them lost, nothing shown twice."""
     tail = Held(page, "**/api/hosts/web1/tail*")
     sign_in(page, live, "olivia", f"/view?host=web1&path={log}")
     tail.wait()
     start = log.read_text().splitlines()
     page.click("#follow")
-    expect(page.locator("#status")).to_contain_text("Following web1:")  # the `ready`
-    first = ["2024-12-17 14:01:00 INFO while loading"]
-    append(log, first)
-    expect(page.locator("#log .line").last).to_have_text(first[0])
+    expect(page.locator("#live-badge")).to_have_text("LIVE")  # the click was taken
+    between = ["2024-12-17 14:01:00 INFO while loading"]
+    append(log, between)  # before the Load reads the file: the Load shows it
     tail.release()
-    expect(page.locator("#status")).to_contain_text("4 lines ·")
-    assert shown(page) == start + first  # the Load's result, read after the append
+    expect(page.locator("#status")).to_contain_text("Following web1:")
+    assert shown(page) == start + between
     then = ["2024-12-17 14:02:00 INFO after the load"]
     append(log, then)
     expect(page.locator("#log .line").last).to_have_text(then[0])
-    assert shown(page) == start + first + then
-    expect(page.locator("#live-badge")).to_have_text("LIVE")
+    assert shown(page) == start + between + then
+    starts = live.audit.query(event="follow_start", source=str(log), limit=10)
+    assert len(starts) == 1 and starts[0].params is not None
+    assert starts[0].params["from"]  # it went on from the Load's end
 
 
 def test_a_dropped_worker_connection_reconnects_and_resumes_exactly(

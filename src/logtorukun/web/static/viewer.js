@@ -199,7 +199,19 @@ const LogViewer = (() => {
 
     // ---------------------------------------------------------------- loading
 
-    async function load() {
+    // The Load on its way, if any: a Follow clicked meanwhile waits for it, to go on from
+    // where its lines end (as after any Load), not from the moment of the click.
+    let loading = null;
+
+    function load() {
+      const p = loadNow();
+      const done = () => { if (loading === p) loading = null; };
+      loading = p;
+      p.then(done, done);
+      return p;
+    }
+
+    async function loadNow() {
       stopFollow("");
       const url = hooks.loadUrl();
       if (!url) return;
@@ -272,6 +284,10 @@ const LogViewer = (() => {
       badge.classList.remove("hidden");
       setBadge("live");
       remember();
+      if (loading) {
+        await loading;  // (a new Load meanwhile stops this follow: it ends below)
+        if (following !== me) return;
+      }
       const watchdog = setInterval(() => {
         if (following !== me || !lastEventAt) return;
         const silent = (performance.now() - lastEventAt) / 1000;

@@ -132,6 +132,31 @@ def test_setup_installs_a_build_behind_a_link_converges_and_removes(
         assert not os.path.lexists(p), p
 
 
+def test_what_an_interrupted_switch_left_is_deleted_by_the_next_setup(
+    box: Box, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lay = Layout(box.root, USER)
+    inst = GateInstall(lay.gate_dir)
+    setup(box, capsys)
+    # A setup killed inside a switch leaves the new link not yet renamed over the old
+    # one, or (without RENAME_EXCHANGE) the old plain directory moved aside.
+    name = inst.link.name
+    tmp_link = inst.link.with_name(f".{name}.tmp-0123abcd")
+    os.symlink(os.readlink(inst.link), tmp_link)
+    aside = inst.link.with_name(f".{name}.old-89abcdef")
+    (aside / "logtorukun").mkdir(parents=True)
+    not_ours = inst.link.with_name(".other.tmp-0123abcd")
+    not_ours.symlink_to("nowhere")
+    out = setup(box, capsys)
+    why = "(left by a setup interrupted while switching the link)"
+    assert f"delete {tmp_link} {why}" in out and f"delete {aside} {why}" in out
+    assert not os.path.lexists(tmp_link) and not os.path.lexists(aside)
+    assert not_ours.is_symlink()  # only what a switch of this link leaves
+    assert os.readlink(inst.link) == f"gate-versions/{gate_build().id}"
+    assert "nothing to change" in setup(box, capsys)
+    not_ours.unlink()
+
+
 def test_the_gate_user_can_neither_redirect_the_link_nor_plant_a_build(
     box: Box, capsys: pytest.CaptureFixture[str]
 ) -> None:

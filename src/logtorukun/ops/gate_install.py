@@ -41,6 +41,7 @@ __all__ = ["BUILD_NAME", "GateInstall", "build_gate"]
 
 BUILD_NAME = re.compile(r"[0-9a-f]{16}", re.ASCII)
 _TEMP = re.compile(r"\..*\.tmp-[0-9a-z_]+", re.ASCII)  # what a write or switch left behind
+_ASIDE = re.compile(r"\.(.+)\.(?:tmp|old)-[0-9a-f]{8}", re.ASCII)  # beside the link (_relink)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,27 @@ class GateInstall:
         shutil.rmtree(path)
         return None
 
+    def leftovers(self) -> list[Path]:
+        """What a setup killed in the middle of a switch left beside the link: the new
+        link not yet renamed over the old one (`.gate.tmp-*`), or a plain directory
+        moved aside (`.gate.old-*`). No gate runs through them."""
+        if not self.link.parent.is_dir():
+            return []
+        names = {self.link.name, self.previous.name}
+        return sorted(
+            p
+            for p in self.link.parent.iterdir()
+            if (m := _ASIDE.fullmatch(p.name)) is not None and m.group(1) in names
+        )
+
+    @staticmethod
+    def clear(path: Path) -> None:
+        """Delete a leftover (a link, or a directory moved aside)."""
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path)
+
     def remove(self) -> None:
         """Delete the link, `previous` and every build."""
         for link in (self.link, self.previous):
@@ -261,4 +283,6 @@ def build_gate(link: Path, *, python: str = DEFAULT_PYTHON) -> Path:
     keep = {build.id, (old if old != build.id else inst.target(inst.previous)) or ""}
     for path in inst.stale(keep):
         inst.discard(path)
+    for path in inst.leftovers():
+        inst.clear(path)
     return inst.link / GATE_ENTRY

@@ -480,6 +480,13 @@ def _plan_gate(plan: _Planner, lay: Layout, python: str) -> None:
                 functools.partial(inst.discard, path),
             )
         )
+    for path in inst.leftovers():
+        plan.add(
+            Change(
+                f"delete {path} (left by a setup interrupted while switching the link)",
+                functools.partial(inst.clear, path),
+            )
+        )
     if lay.old_zipapp.exists():
         old = lay.old_zipapp
         plan.add(Change(f"delete {old} (replaced by {lay.gate_dir})", old.unlink))

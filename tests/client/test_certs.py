@@ -169,19 +169,16 @@ def cert_client(worker: Worker, ca: Path, validity: float = 300.0, **options: ob
     return Client([host], options=opts)
 
 
-async def follow_until(stream: Stream, path: Path, marker: str) -> None:
-    """Append `marker` lines until one arrives (tail -F -n 0 starts at the end)."""
+async def see(stream: Stream, path: Path, marker: str) -> None:
+    """Append `marker` and read until it arrives through the follow."""
+    with path.open("a") as f:
+        f.write(f"{marker}\n")
     got = b""
-    for i in range(200):
-        with path.open("a") as f:
-            f.write(f"{marker}-{i}\n")
-        try:
-            got += await asyncio.wait_for(stream.read(), 0.25)
-        except TimeoutError:
-            continue
-        if marker.encode() in got:
-            return
-    raise AssertionError(f"{marker} never arrived through the follow")
+    async with asyncio.timeout(20):
+        while marker.encode() not in got:
+            chunk = await stream.read()
+            assert chunk, f"the follow ended before {marker} arrived: {got!r}"
+            got += chunk
 
 
 async def test_the_pool_connects_per_person(cert_worker: Worker, ca: Path) -> None:
@@ -211,21 +208,24 @@ async def test_renewal_under_a_running_follow(cert_worker: Worker, ca: Path) -> 
     log.chmod(0o644)
     async with cert_client(cert_worker, ca, validity=6) as client:
         via = {"user": "olivia", "audit": 1}
-        stream = await client.stream("w", line_for(Tail(str(log), 0, follow=True)), via=via)
+        # From offset 0 of the empty file: a line appended before the gate opened it
+        # is delivered too (`tail -F -n 0` would start after it).
+        start = (log.stat().st_ino, 0, None)
+        stream = await client.stream("w", line_for(Tail(str(log), 0, True, start)), via=via)
         hc = client.pool.get("w", "olivia")
         first = hc.signed
         assert first is not None
-        await follow_until(stream, log, "before")
+        await see(stream, log, "before")
         renew_before = client.pool.options.certs.renew_before  # type: ignore[union-attr]
         while first.expires_in() > renew_before:  # wait for the renewal point itself
             await asyncio.sleep(0.05)
         await client.run("w", f"tail -n 1 {cert_worker.app_log}", via={"user": "olivia"})
         assert hc.renewals == 1 and hc.connects == 2
         assert hc.signed is not None and hc.signed.serial != first.serial
-        await follow_until(stream, log, "renewed")
+        await see(stream, log, "renewed")
         while first.expires_in() > -1:  # the follow's certificate is now expired
             await asyncio.sleep(0.05)
-        await follow_until(stream, log, "expired")
+        await see(stream, log, "expired")
         await stream.aclose()
 
 

@@ -92,13 +92,11 @@ def test_a_viewer_that_stops_reading_neither_slows_the_others_nor_grows_the_serv
         assert fast.status == 200
         up = next(iter(hub.upstreams.values()))
         assert len(up.viewers) == 2
-        # Probe until the worker's tail -F reads; `stuck` reads the same probes.
-        for i in range(200):
-            _append(path, f"2024-12-17 14:00:03 DEBUG fanout probe {i}\n")
-            time.sleep(0.05)
-            if fast.lines():
-                break
-        stuck.read_until(fast.lines()[0])
+        # Both have had `ready`: a line written now reaches both.
+        probe = f"fanout probe {time.time()}"
+        _append(path, f"2024-12-17 14:00:03 DEBUG {probe}\n")
+        fast.wait_for(probe)
+        stuck.read_until(probe)
         # From here on `stuck` reads nothing. 8 MB, twice what the kernel buffers for it
         # (4 MiB at most on the server's side of a socket, by default on Linux), in
         # steps of 100 lines: the next step only once `fast` has the last one.

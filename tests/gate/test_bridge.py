@@ -405,9 +405,9 @@ def test_a_request_id_still_in_use_ends_the_session(bw: Worker) -> None:
     code, err = s.close()
     assert code == Exit.BAD_REQUEST
     assert err == b"logtorukun-gate: bridge protocol error: request id 7 is already in use\n"
-    ends = [json.loads(f[2]) for f in s.frames if f[0] == END and f[1] == 7]
-    # the only END for 7 is the follow's own, cancelled as the session closed
-    assert [e["reason"] for e in ends] == ["client went away"]
+    # No END for 7 at all: not the second request's, and not the follow's, which the
+    # session's end cut; the client learns that from the exit and stderr above.
+    assert not [f for f in s.frames if f[0] == END and f[1] == 7]
 
 
 def test_a_truncated_frame_at_eof_ends_quietly(bw: Worker) -> None:
@@ -481,6 +481,21 @@ def test_killing_the_client_ends_the_bridge_and_its_follows(bw: Worker) -> None:
     s.close()
     records = bw.audit_records()
     assert records[-1]["event"] == "session_end" and records[-1]["requests"] == 2
+
+
+def test_a_request_cut_by_the_end_of_the_session_gets_no_end(bw: Worker) -> None:
+    """The bridge's input ends (the client closed it, or sshd is tearing the session
+    down) while a `cat` waits for credit. No END may reach whoever still reads: one
+    saying exit 0 made a client take the first MiB of the file for all of it."""
+    s = BridgeClient(bw.ssh_argv("bridge"))
+    big = bw.root / "big.log"
+    s.request(1, f"cat {big}")
+    assert len(s.data_until(1, WINDOW)) == WINDOW  # held by the credit window
+    code, _err = s.close()  # EOF on its input; our side still reads its output
+    assert code == 0 and s.eof
+    assert not [f for f in s.frames if f[1] == 1 and f[0] == END], s.frames[-3:]
+    ends = [r for r in bw.audit_records() if r.get("event") == "end"]
+    assert ends[-1]["reason"] == "client went away"  # the record says what happened
 
 
 def test_a_request_starved_of_credit_still_ends_at_its_time_limit(bw: Worker) -> None:

@@ -162,6 +162,10 @@ class _ServedStream:
         self.limit = 0.0
         self.sent = 0  # bytes of DATA actually written: what END reports
         self.budget: _Budget | None = None
+        # The session's input ended while this ran: the client is gone (or sshd is
+        # tearing the session down), so no END may say the request ended, not even
+        # well: one that still got through would make a cut answer look whole.
+        self.orphaned = False
 
     def add_credit(self, n: int) -> None:
         with self.cond:
@@ -312,6 +316,7 @@ class BridgeServer:
                 waiting = list(self.queue)
                 self.queue.clear()
             for stream in streams:
+                stream.orphaned = True
                 stream.cancel()
             for _stream, command, via, _positions in waiting:  # never started: say so
                 reason = "the session ended before this request started"
@@ -464,8 +469,9 @@ class BridgeServer:
     def _finish(self, stream: _ServedStream, status: Status, data: bytes = b"") -> None:
         with self.lock:
             self.streams.pop(stream.rid, None)
-        with contextlib.suppress(BrokenPipeError):
-            stream.end(status, data)
+        if not stream.orphaned:
+            with contextlib.suppress(BrokenPipeError):
+                stream.end(status, data)
         if data:
             self.budget.give(len(data))
 
